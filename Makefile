@@ -1,0 +1,32 @@
+# The two commands a new user needs: `make run` (a real local sweep) and `make test`.
+# Each does the set-up it needs first: the project-local Python environment with the pinned
+# torch wheel (libtorch for the worker) and the test engines, then the release build.
+CARGO ?= cargo
+SPEC ?= sweeps/quickstart.toml
+OUT ?= out
+WORKERS ?= 2
+
+.PHONY: setup build run test bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release --workspace --bins
+
+run: build
+	./target/release/cbsweep run $(SPEC) --workers $(WORKERS) --out $(OUT)
+
+test: build
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --release --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --release --workspace --no-fail-fast; \
+	fi
+
+bench: build
+	./target/release/cbsweep-bench
+
+clean:
+	$(CARGO) clean
+	rm -rf .venv $(OUT)

@@ -1,0 +1,21 @@
+//! Domain types of cbsweep, shared by the coordinator and the worker: sweep specs (loaded with
+//! serde + config and validated into typed values), grid expansion into trials, trial identity,
+//! parameter counting and matching, and the outcomes a trial reports.
+//!
+//! This crate must not depend on tonic, prost, tch, arrow or tokio: it is pure data and rules,
+//! so both sides (and the tests) can use it without a runtime, a GPU library or a wire format.
+
+pub mod ids;
+pub mod model_size;
+pub mod outcome;
+pub mod spec;
+pub mod trial;
+
+pub use ids::{Attempt, Seed, SweepId, TrialId, WorkerId};
+pub use outcome::{EpochRecord, TrialOutcome, TrialResult, TrialState};
+pub use spec::{SpecError, SweepSpec, load_spec, parse_spec};
+pub use trial::{Arch, FreezePoint, PackKey, Regime, Task, TrainBudget, TrialSpec, varying_parts};
+
+/// Version of the trial semantics. It is part of every trial's identity: a change to what a
+/// trial computes must bump it, so old results are never mistaken for new ones.
+pub const CODE_VERSION: &str = concat!("cbsweep-", env!("CARGO_PKG_VERSION"));

@@ -1,0 +1,122 @@
+//! What a trial reports: its per-epoch curve and how it ended.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// A trial's place in the coordinator's life cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrialState {
+    /// Waiting for a worker.
+    Pending,
+    /// Leased to a worker under a still-valid lease.
+    Leased,
+    /// Finished with a recorded result (completed or diverged).
+    Done,
+    /// Ran out of attempts; its last error is recorded.
+    Failed,
+    /// The sweep was cancelled before this trial finished.
+    Cancelled,
+}
+
+impl TrialState {
+    pub const ALL: [TrialState; 5] =
+        [TrialState::Pending, TrialState::Leased, TrialState::Done, TrialState::Failed, TrialState::Cancelled];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TrialState::Pending => "pending",
+            TrialState::Leased => "leased",
+            TrialState::Done => "done",
+            TrialState::Failed => "failed",
+            TrialState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Finished for good: nothing will run it again unless a user asks (retry-failed).
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, TrialState::Done | TrialState::Failed | TrialState::Cancelled)
+    }
+}
+
+impl fmt::Display for TrialState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TrialState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        TrialState::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| format!("unknown trial state {s:?}"))
+    }
+}
+
+/// How one attempt at a trial ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "reason", rename_all = "lowercase")]
+pub enum TrialOutcome {
+    /// Ran its whole budget (or reached the level cap).
+    Completed,
+    /// The loss became NaN or infinite; the curve up to then is kept. A result, not an error.
+    Diverged,
+    /// The attempt broke (libtorch error, worker fault); it may be retried.
+    Failed(String),
+}
+
+impl TrialOutcome {
+    pub fn status(&self) -> &'static str {
+        match self {
+            TrialOutcome::Completed => "completed",
+            TrialOutcome::Diverged => "diverged",
+            TrialOutcome::Failed(_) => "failed",
+        }
+    }
+}
+
+/// One epoch of a trial's curriculum: trained at `level`, then tested there.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// 1-based epoch number.
+    pub epoch: u32,
+    /// The memory depth N trained and tested in this epoch.
+    pub level: u32,
+    /// Mean cross-entropy over the epoch's training steps.
+    pub train_loss: f64,
+    /// Accuracy on the epoch's fresh test batches at `level`.
+    pub test_accuracy: f64,
+    /// Whether `level` counted as solved (accuracy at or above the threshold).
+    pub solved: bool,
+    /// Mean global gradient norm (before clipping) over the epoch's steps.
+    pub grad_norm: f64,
+    /// Whether the core (and readout) were learning at the end of the epoch.
+    pub core_learning: bool,
+    /// Whether the cerebellar module was learning at the end of the epoch.
+    pub cb_learning: bool,
+}
+
+/// What a worker reports when an attempt ends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrialResult {
+    pub outcome: TrialOutcome,
+    pub curve: Vec<EpochRecord>,
+    /// Wall time of the attempt on the worker, in milliseconds.
+    pub wall_time_ms: u64,
+    /// The device it trained on ("cpu", "cuda:0").
+    pub device: String,
+    /// How many trials trained together in the pack this one was part of.
+    pub pack_size: u32,
+}
+
+impl TrialResult {
+    /// Highest level solved (0 when none was).
+    pub fn max_level(&self) -> u32 {
+        self.curve.iter().filter(|e| e.solved).map(|e| e.level).max().unwrap_or(0)
+    }
+
+    /// The level the trial was working on when it stopped.
+    pub fn final_level(&self) -> u32 {
+        self.curve.last().map(|e| if e.solved { e.level + 1 } else { e.level }).unwrap_or(0)
+    }
+}

@@ -1,0 +1,421 @@
+//! Sweep specs: TOML files loaded with the config crate in two stages. First the raw serde
+//! structs (embedded defaults, then the user's file, then `CBSWEEP_SPEC__SECTION__KEY`
+//! environment overrides), then `validate()` into a typed `SweepSpec`. Only validated types
+//! leave this module; every error names the file, the key and the value.
+
+use crate::ids::{Seed, SweepId};
+use crate::model_size;
+use crate::trial::{Arch, FreezePoint, Regime, Task, TrainBudget, TrialSpec};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+const DEFAULTS: &str = include_str!("defaults.toml");
+const ENV_PREFIX: &str = "CBSWEEP_SPEC";
+
+/// Why a spec was refused. Each variant names the file it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("cannot read sweep spec {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{}: {field} = {value}: {reason}", path.display())]
+    Invalid { path: PathBuf, field: String, value: String, reason: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    sweep: RawSweep,
+    grid: RawGrid,
+    model: RawModel,
+    train: RawTrain,
+    run: RawRun,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSweep {
+    name: String,
+    description: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrid {
+    task: Vec<String>,
+    arch: Vec<String>,
+    seed: Vec<i64>,
+    granule: Vec<i64>,
+    regime: Vec<String>,
+    freeze: Vec<String>,
+    refresh_every: Vec<i64>,
+    core_plasticity: Vec<f64>,
+    lr_core: Vec<f64>,
+    lr_cb: Vec<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    hidden: i64,
+    purkinje: i64,
+    rnn_match: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrain {
+    epochs: i64,
+    steps_per_epoch: i64,
+    test_batches: i64,
+    batch_size: i64,
+    start_level: i64,
+    max_level: i64,
+    solve_threshold: f64,
+    momentum: f64,
+    clip_norm: f64,
+    lr_readout: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRun {
+    max_attempts: i64,
+    pack_size: i64,
+    lease_seconds: i64,
+}
+
+/// How the sweep is run; not part of any trial's identity.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunPolicy {
+    pub max_attempts: u32,
+    pub pack_size: u32,
+    pub lease_seconds: u32,
+}
+
+/// A validated sweep: its name, its policy and the trials of its grid, in grid order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SweepSpec {
+    pub id: SweepId,
+    pub description: String,
+    pub run: RunPolicy,
+    pub trials: Vec<TrialSpec>,
+    /// The spec file's text as given (stored with the sweep, for `resume`).
+    pub source: String,
+}
+
+/// Loads and validates a sweep spec file. Nothing runs before this returns Ok.
+pub fn load_spec(path: &Path) -> Result<SweepSpec, SpecError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read { path: path.to_owned(), source })?;
+    parse_spec(&text, path)
+}
+
+/// Parses and validates spec text; `path` is only used in messages.
+pub fn parse_spec(text: &str, path: &Path) -> Result<SweepSpec, SpecError> {
+    let parse_err = |message: String| SpecError::Parse { path: path.to_owned(), message };
+    // config reports TOML syntax errors without the position; toml's own parser says where.
+    toml::from_str::<toml::Table>(text).map_err(|e| parse_err(format!("not valid TOML: {e}")))?;
+    let raw: RawSpec = config::Config::builder()
+        .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .add_source(config::Environment::with_prefix(ENV_PREFIX).prefix_separator("__").separator("__").try_parsing(true))
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .map_err(|e| parse_err(describe_config_error(&e.to_string())))?;
+    validate(raw, path, text)
+}
+
+/// config's messages put the key last ("missing field `name` for key `sweep`"); reword them so
+/// the full key comes first and the user sees what to change.
+fn describe_config_error(msg: &str) -> String {
+    if let Some(rest) = msg.strip_prefix("missing configuration field \"") {
+        return format!("missing required key `{}`", rest.trim_end_matches('"'));
+    }
+    if let Some(rest) = msg.strip_prefix("missing field `") {
+        if let Some((field, tail)) = rest.split_once('`') {
+            let section = tail.split('`').nth(1).unwrap_or("");
+            let key = if section.is_empty() { field.to_string() } else { format!("{section}.{field}") };
+            return format!("missing required key `{key}`");
+        }
+    }
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        if let Some((field, tail)) = rest.split_once('`') {
+            let section = tail.rsplit_once("for key `").map(|(_, s)| s.trim_end_matches('`')).unwrap_or("");
+            let expected = tail.split(" for key").next().unwrap_or("").trim_start_matches(", ");
+            let key = if section.is_empty() { field.to_string() } else { format!("{section}.{field}") };
+            return format!("unknown key `{key}` ({expected})");
+        }
+    }
+    msg.to_string()
+}
+
+struct Checker<'a> {
+    path: &'a Path,
+}
+
+impl Checker<'_> {
+    fn invalid(&self, field: &str, value: impl std::fmt::Display, reason: &str) -> SpecError {
+        SpecError::Invalid { path: self.path.to_owned(), field: field.into(), value: value.to_string(), reason: reason.into() }
+    }
+
+    fn positive(&self, field: &str, v: i64) -> Result<u32, SpecError> {
+        u32::try_from(v).ok().filter(|&x| x > 0).ok_or_else(|| self.invalid(field, v, "must be a positive integer"))
+    }
+
+    fn rate(&self, field: &str, v: f64) -> Result<f64, SpecError> {
+        if v.is_finite() && v >= 0.0 { Ok(v) } else { Err(self.invalid(field, v, "must be a finite number >= 0")) }
+    }
+
+    fn nonempty<T>(&self, field: &str, v: &[T]) -> Result<(), SpecError> {
+        if v.is_empty() { Err(self.invalid(field, "[]", "needs at least one value")) } else { Ok(()) }
+    }
+
+    fn parse_each<T: std::str::FromStr<Err = String>>(&self, field: &str, vs: &[String]) -> Result<Vec<T>, SpecError> {
+        self.nonempty(field, vs)?;
+        vs.iter().map(|v| v.parse::<T>().map_err(|why| self.invalid(field, format!("{v:?}"), &why))).collect()
+    }
+}
+
+fn validate(raw: RawSpec, path: &Path, text: &str) -> Result<SweepSpec, SpecError> {
+    let c = Checker { path };
+    let name = raw.sweep.name.trim();
+    if name.is_empty() || !name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
+        return Err(c.invalid("sweep.name", format!("{:?}", raw.sweep.name), "must be non-empty and use only letters, digits, '-' and '_' (it names the results folder)"));
+    }
+    let g = &raw.grid;
+    let tasks: Vec<Task> = c.parse_each("grid.task", &g.task)?;
+    let archs: Vec<Arch> = c.parse_each("grid.arch", &g.arch)?;
+    let freezes: Vec<FreezePoint> = c.parse_each("grid.freeze", &g.freeze)?;
+    c.nonempty("grid.seed", &g.seed)?;
+    let seeds = g.seed.iter().map(|&s| u64::try_from(s).map(Seed).map_err(|_| c.invalid("grid.seed", s, "seeds must be integers >= 0"))).collect::<Result<Vec<_>, _>>()?;
+    c.nonempty("grid.granule", &g.granule)?;
+    let granules = g.granule.iter().map(|&v| c.positive("grid.granule", v)).collect::<Result<Vec<_>, _>>()?;
+    c.nonempty("grid.refresh_every", &g.refresh_every)?;
+    let refreshes = g.refresh_every.iter().map(|&v| c.positive("grid.refresh_every", v)).collect::<Result<Vec<_>, _>>()?;
+    c.nonempty("grid.regime", &g.regime)?;
+    for r in &g.regime {
+        if !matches!(r.as_str(), "simult" | "reservoir" | "interleaved") {
+            return Err(c.invalid("grid.regime", format!("{r:?}"), "unknown regime (expected one of: simult, reservoir, interleaved)"));
+        }
+    }
+    let mut factors = Vec::new();
+    c.nonempty("grid.core_plasticity", &g.core_plasticity)?;
+    for &f in &g.core_plasticity {
+        if !(f.is_finite() && f > 0.0 && f <= 1.0) {
+            return Err(c.invalid("grid.core_plasticity", f, "must be in (0, 1]"));
+        }
+        factors.push(f);
+    }
+    c.nonempty("grid.lr_core", &g.lr_core)?;
+    c.nonempty("grid.lr_cb", &g.lr_cb)?;
+    let lr_cores = g.lr_core.iter().map(|&v| c.rate("grid.lr_core", v)).collect::<Result<Vec<_>, _>>()?;
+    let lr_cbs = g.lr_cb.iter().map(|&v| c.rate("grid.lr_cb", v)).collect::<Result<Vec<_>, _>>()?;
+
+    let hidden = c.positive("model.hidden", raw.model.hidden)?;
+    let purkinje = c.positive("model.purkinje", raw.model.purkinje)?;
+    let published = match raw.model.rnn_match.as_str() {
+        "published" => true,
+        "closest" => false,
+        other => return Err(c.invalid("model.rnn_match", format!("{other:?}"), "expected \"published\" or \"closest\"")),
+    };
+
+    let t = &raw.train;
+    let start_level = c.positive("train.start_level", t.start_level)?;
+    let max_level = c.positive("train.max_level", t.max_level)?;
+    if start_level < 2 {
+        return Err(c.invalid("train.start_level", start_level, "must be at least 2 (the oddball context needs two bits)"));
+    }
+    if max_level < start_level {
+        return Err(c.invalid("train.max_level", max_level, "must be at least train.start_level"));
+    }
+    if !(t.solve_threshold > 0.0 && t.solve_threshold <= 1.0) {
+        return Err(c.invalid("train.solve_threshold", t.solve_threshold, "must be in (0, 1]"));
+    }
+    if !(t.momentum.is_finite() && (0.0..1.0).contains(&t.momentum)) {
+        return Err(c.invalid("train.momentum", t.momentum, "must be in [0, 1)"));
+    }
+    if !(t.clip_norm.is_finite() && t.clip_norm > 0.0) {
+        return Err(c.invalid("train.clip_norm", t.clip_norm, "must be a positive number"));
+    }
+    let budget = TrainBudget {
+        epochs: c.positive("train.epochs", t.epochs)?,
+        steps_per_epoch: c.positive("train.steps_per_epoch", t.steps_per_epoch)?,
+        test_batches: c.positive("train.test_batches", t.test_batches)?,
+        batch_size: c.positive("train.batch_size", t.batch_size)?,
+        start_level,
+        max_level,
+        solve_threshold: t.solve_threshold,
+        momentum: t.momentum,
+        clip_norm: t.clip_norm,
+    };
+    let lr_readout = t.lr_readout.map(|v| c.rate("train.lr_readout", v)).transpose()?;
+    let run = RunPolicy {
+        max_attempts: c.positive("run.max_attempts", raw.run.max_attempts)?,
+        pack_size: c.positive("run.pack_size", raw.run.pack_size)?,
+        lease_seconds: c.positive("run.lease_seconds", raw.run.lease_seconds)?,
+    };
+
+    let id = SweepId(name.to_string());
+    let mut regimes = BTreeSet::new();
+    for r in &g.regime {
+        match r.as_str() {
+            "simult" => {
+                regimes.insert(Regime::Simult);
+            }
+            "reservoir" => regimes.extend(freezes.iter().map(|&freeze| Regime::Reservoir { freeze })),
+            _ => {
+                for &freeze in &freezes {
+                    regimes.extend(refreshes.iter().map(|&every| Regime::Interleaved { freeze, every }));
+                }
+            }
+        }
+    }
+
+    let mut trials = Vec::new();
+    let mut seen = BTreeSet::new();
+    for &task in &tasks {
+        for &arch in &archs {
+            for &granule in &granules {
+                let h = match arch {
+                    Arch::Cbrnn => hidden,
+                    Arch::Rnn if published => model_size::matched_rnn_hidden(hidden, granule, purkinje),
+                    Arch::Rnn => model_size::closest_rnn_hidden(model_size::cbrnn_params(hidden, granule, purkinje)),
+                };
+                for &regime in &regimes {
+                    for &core_plasticity in &factors {
+                        for &lr_core in &lr_cores {
+                            for &lr_cb in &lr_cbs {
+                                for &seed in &seeds {
+                                    let trial = TrialSpec {
+                                        sweep: id.clone(),
+                                        task,
+                                        arch,
+                                        hidden: h,
+                                        granule,
+                                        purkinje,
+                                        seed,
+                                        regime,
+                                        lr_core,
+                                        lr_cb,
+                                        lr_readout: lr_readout.unwrap_or(lr_core),
+                                        core_plasticity,
+                                        budget,
+                                    };
+                                    if seen.insert(trial.cell_key()) {
+                                        trials.push(trial);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(SweepSpec { id, description: raw.sweep.description, run, trials, source: text.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[sweep]
+name = "t"
+[grid]
+task = ["dms", "parity"]
+arch = ["cbrnn", "rnn"]
+seed = [0, 1]
+"#;
+
+    fn parse(text: &str) -> Result<SweepSpec, SpecError> {
+        parse_spec(text, Path::new("sweeps/test.toml"))
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_spec_expands_to_the_cross_product_with_study_defaults() {
+        let s = parse(MINIMAL).unwrap();
+        assert_eq!(s.trials.len(), 8);
+        let counts: BTreeSet<u64> = s.trials.iter().map(|t| t.param_count()).collect();
+        assert_eq!(counts, BTreeSet::from([41_816, 41_922]));
+        let t = &s.trials[0];
+        assert_eq!(t.budget.epochs, 1000);
+        assert_eq!(t.budget.steps_per_epoch, 100);
+        assert_eq!((t.lr_core, t.lr_cb, t.lr_readout), (0.01, 0.01, 0.01));
+        assert_eq!(t.regime, Regime::Simult);
+        let ids: BTreeSet<_> = s.trials.iter().map(|t| t.id()).collect();
+        assert_eq!(ids.len(), 8, "trial ids are unique");
+    }
+
+    #[test]
+    fn unknown_key_is_refused_naming_key_and_file() {
+        let e = err(&format!("{MINIMAL}[train]\nepocs = 3\n"));
+        assert!(e.contains("sweeps/test.toml"), "{e}");
+        assert!(e.contains("train.epocs"), "{e}");
+    }
+
+    #[test]
+    fn unknown_section_is_refused() {
+        let e = err(&format!("{MINIMAL}[trian]\nepochs = 3\n"));
+        assert!(e.contains("trian"), "{e}");
+    }
+
+    #[test]
+    fn missing_field_is_refused_naming_the_key() {
+        let e = err("[sweep]\nname = \"t\"\n[grid]\ntask = [\"dms\"]\nseed = [0]\n");
+        assert!(e.contains("grid.arch"), "{e}");
+        assert!(e.contains("sweeps/test.toml"), "{e}");
+    }
+
+    #[test]
+    fn negative_epochs_are_refused_naming_field_and_value() {
+        let e = err(&format!("{MINIMAL}[train]\nepochs = -3\n"));
+        assert!(e.contains("train.epochs = -3"), "{e}");
+        assert!(e.contains("positive"), "{e}");
+    }
+
+    #[test]
+    fn unknown_task_is_refused_naming_the_value() {
+        let e = err(&MINIMAL.replace("\"parity\"", "\"parrity\""));
+        assert!(e.contains("grid.task = \"parrity\""), "{e}");
+        assert!(e.contains("dms, parity, oddball"), "{e}");
+    }
+
+    #[test]
+    fn bad_freeze_point_and_regime_are_refused() {
+        let e = err(&format!("{MINIMAL}regime = [\"reservoir\"]\nfreeze = [\"level:x\"]\n").replace("[grid]\n", "[grid]\n"));
+        assert!(e.contains("grid.freeze"), "{e}");
+        let e = err(&format!("{MINIMAL}regime = [\"frozen\"]\n"));
+        assert!(e.contains("grid.regime = \"frozen\""), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_names_the_file() {
+        let e = err("[sweep\nname = 1");
+        assert!(e.starts_with("sweeps/test.toml: not valid TOML"), "{e}");
+    }
+
+    #[test]
+    fn regimes_cross_freeze_points_and_simult_is_not_duplicated() {
+        let text = format!("{MINIMAL}regime = [\"simult\", \"reservoir\", \"interleaved\"]\nfreeze = [\"level:2\", \"never\"]\nrefresh_every = [5, 10]\n");
+        let s = parse(&text).unwrap();
+        // per task x arch x seed: 1 simult + 2 reservoir + 2x2 interleaved = 7
+        assert_eq!(s.trials.len(), 8 * 7);
+    }
+
+    #[test]
+    fn trial_ids_are_stable_for_the_same_cell() {
+        let a = parse(MINIMAL).unwrap();
+        let b = parse(&MINIMAL.replace("seed = [0, 1]", "seed = [0, 1, 2]")).unwrap();
+        let ids_a: BTreeSet<_> = a.trials.iter().map(|t| t.id()).collect();
+        let ids_b: BTreeSet<_> = b.trials.iter().map(|t| t.id()).collect();
+        assert!(ids_a.is_subset(&ids_b));
+        assert_eq!(ids_b.len() - ids_a.len(), 4);
+    }
+}

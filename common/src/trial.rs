@@ -1,0 +1,277 @@
+//! One trial: a cell of the sweep grid with everything a worker needs to train it.
+
+use crate::ids::{Seed, SweepId, TrialId};
+use crate::model_size;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::str::FromStr;
+
+/// The memory task a trial learns (cb-rnn-spec.md, "Tasks").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    Dms,
+    Parity,
+    Oddball,
+}
+
+/// Plain Elman RNN, or the RNN with the cerebellar module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Rnn,
+    Cbrnn,
+}
+
+/// When the recurrent core stops learning in the reservoir and interleaved regimes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "at", content = "value", rename_all = "lowercase")]
+pub enum FreezePoint {
+    /// Once this curriculum level has been solved.
+    Level(u32),
+    /// After this many epochs.
+    Epoch(u32),
+    /// After this many SGD steps.
+    Step(u64),
+    Never,
+}
+
+/// Which modules learn when (cb-rnn-spec.md, "Regimes").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Regime {
+    /// Every parameter learns throughout.
+    Simult,
+    /// Core and readout learn (module frozen) until the freeze point; then module and readout.
+    Reservoir { freeze: FreezePoint },
+    /// Like reservoir, but during every `every`-th level after the first both modules learn.
+    Interleaved { freeze: FreezePoint, every: u32 },
+}
+
+/// The training budget and curriculum of a trial.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainBudget {
+    pub epochs: u32,
+    pub steps_per_epoch: u32,
+    pub test_batches: u32,
+    pub batch_size: u32,
+    pub start_level: u32,
+    pub max_level: u32,
+    pub solve_threshold: f64,
+    pub momentum: f64,
+    pub clip_norm: f64,
+}
+
+/// Everything that defines one trial. Its id is a hash of this and the code version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrialSpec {
+    pub sweep: SweepId,
+    pub task: Task,
+    pub arch: Arch,
+    /// Hidden units of the core (for the plain RNN: the matched size).
+    pub hidden: u32,
+    /// Granule units of the CB-RNN (for the plain RNN: the CB-RNN it is matched to).
+    pub granule: u32,
+    pub purkinje: u32,
+    pub seed: Seed,
+    pub regime: Regime,
+    pub lr_core: f64,
+    pub lr_cb: f64,
+    pub lr_readout: f64,
+    /// Factor on the core's learning rate (reduced recurrent plasticity); 1 = none.
+    pub core_plasticity: f64,
+    pub budget: TrainBudget,
+}
+
+/// Trials with equal pack keys have the same tensor shapes and budget and can train together as
+/// one batched computation on one worker.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PackKey(pub String);
+
+impl TrialSpec {
+    /// Content hash of this spec and the code version: the trial's identity.
+    pub fn id(&self) -> TrialId {
+        let json = serde_json::to_string(self).expect("trial spec serialises");
+        let mut h = Sha256::new();
+        h.update(crate::CODE_VERSION.as_bytes());
+        h.update([0]);
+        h.update(json.as_bytes());
+        TrialId(hex::encode(&h.finalize()[..10]))
+    }
+
+    /// Trainable parameters of this trial's model.
+    pub fn param_count(&self) -> u64 {
+        match self.arch {
+            Arch::Rnn => model_size::rnn_params(self.hidden),
+            Arch::Cbrnn => model_size::cbrnn_params(self.hidden, self.granule, self.purkinje),
+        }
+    }
+
+    /// Human-readable grid coordinates; unique within a sweep.
+    pub fn cell_key(&self) -> String {
+        format!(
+            "task={} arch={} granule={} seed={} regime={} freeze={} refresh={} core_plasticity={} lr_core={} lr_cb={}",
+            self.task,
+            self.arch,
+            self.granule,
+            self.seed,
+            self.regime.name(),
+            self.regime.freeze_label(),
+            self.regime.refresh_every().unwrap_or(0),
+            self.core_plasticity,
+            self.lr_core,
+            self.lr_cb
+        )
+    }
+
+    /// The condition a trial belongs to: its cell key without the seed.
+    pub fn condition(&self) -> String {
+        self.cell_key()
+            .split(' ')
+            .filter(|kv| !kv.starts_with("seed="))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    pub fn pack_key(&self) -> PackKey {
+        let b = &self.budget;
+        PackKey(format!(
+            "{}:h{}:g{}:p{}:b{}:e{}:s{}:t{}",
+            self.arch, self.hidden, self.granule, self.purkinje, b.batch_size, b.epochs, b.steps_per_epoch, b.test_batches
+        ))
+    }
+}
+
+/// Shortens cell keys and conditions for people: drops the `key=value` parts that every one of
+/// `labels` shares (in a sweep over tasks and architectures only, "task=dms arch=rnn").
+pub fn varying_parts<'a>(labels: impl IntoIterator<Item = &'a str>) -> impl Fn(&str) -> String + Send + 'static {
+    let mut common: Option<std::collections::BTreeSet<String>> = None;
+    for l in labels {
+        let parts: std::collections::BTreeSet<String> = l.split(' ').map(str::to_owned).collect();
+        common = Some(match common {
+            None => parts,
+            Some(c) => c.intersection(&parts).cloned().collect(),
+        });
+    }
+    let common = common.unwrap_or_default();
+    move |label: &str| {
+        let kept: Vec<&str> = label.split(' ').filter(|p| !common.contains(*p) || p.starts_with("seed=")).collect();
+        if kept.is_empty() { label.to_string() } else { kept.join(" ") }
+    }
+}
+
+impl Regime {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Regime::Simult => "simult",
+            Regime::Reservoir { .. } => "reservoir",
+            Regime::Interleaved { .. } => "interleaved",
+        }
+    }
+
+    pub fn freeze(&self) -> FreezePoint {
+        match self {
+            Regime::Simult => FreezePoint::Never,
+            Regime::Reservoir { freeze } | Regime::Interleaved { freeze, .. } => *freeze,
+        }
+    }
+
+    pub fn freeze_label(&self) -> String {
+        self.freeze().to_string()
+    }
+
+    pub fn refresh_every(&self) -> Option<u32> {
+        match self {
+            Regime::Interleaved { every, .. } => Some(*every),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Task::Dms => "dms",
+            Task::Parity => "parity",
+            Task::Oddball => "oddball",
+        })
+    }
+}
+
+impl FromStr for Task {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "dms" => Ok(Task::Dms),
+            "parity" => Ok(Task::Parity),
+            "oddball" => Ok(Task::Oddball),
+            _ => Err("unknown task (expected one of: dms, parity, oddball)".into()),
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Arch::Rnn => "rnn",
+            Arch::Cbrnn => "cbrnn",
+        })
+    }
+}
+
+impl FromStr for Arch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "rnn" => Ok(Arch::Rnn),
+            "cbrnn" => Ok(Arch::Cbrnn),
+            _ => Err("unknown architecture (expected one of: cbrnn, rnn)".into()),
+        }
+    }
+}
+
+impl fmt::Display for FreezePoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FreezePoint::Level(n) => write!(f, "level:{n}"),
+            FreezePoint::Epoch(n) => write!(f, "epoch:{n}"),
+            FreezePoint::Step(n) => write!(f, "step:{n}"),
+            FreezePoint::Never => f.write_str("never"),
+        }
+    }
+}
+
+impl FromStr for FreezePoint {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        const HINT: &str = "expected \"never\", \"level:N\", \"epoch:N\" or \"step:N\"";
+        if s == "never" {
+            return Ok(FreezePoint::Never);
+        }
+        let (kind, n) = s.split_once(':').ok_or_else(|| HINT.to_string())?;
+        let n: u64 = n.parse().map_err(|_| format!("not a non-negative integer after ':' ({HINT})"))?;
+        let small = || u32::try_from(n).map_err(|_| "too large".to_string());
+        match kind {
+            "level" => Ok(FreezePoint::Level(small()?)),
+            "epoch" => Ok(FreezePoint::Epoch(small()?)),
+            "step" => Ok(FreezePoint::Step(n)),
+            _ => Err(HINT.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freeze_points_round_trip_through_text() {
+        for s in ["never", "level:2", "epoch:10", "step:500"] {
+            assert_eq!(s.parse::<FreezePoint>().unwrap().to_string(), s);
+        }
+        assert!("level".parse::<FreezePoint>().is_err());
+        assert!("level:-1".parse::<FreezePoint>().is_err());
+        assert!("week:2".parse::<FreezePoint>().is_err());
+    }
+}

@@ -1,0 +1,226 @@
+//! The `cbsweep` commands. Argument parsing and exit codes live in main.rs; this module does
+//! the work of each command and prints for people.
+
+use crate::local::{self, LocalError, RunOptions, RunSummary};
+use crate::results;
+use crate::scheduler::{Event, SchedulerHandle, SchedulerOptions};
+use crate::server::{self, Token};
+use cbsweep_common::{SpecError, SweepId, load_spec};
+use cbsweep_proto::client::{self, ClientError};
+use cbsweep_proto::v1;
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Default coordinator address for client commands.
+pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:50051";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Local(#[from] LocalError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("coordinator refused: {}", .0.message())]
+    Rpc(#[from] tonic::Status),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error(transparent)]
+    Results(#[from] results::ResultsError),
+    #[error(transparent)]
+    Sched(#[from] crate::scheduler::SchedError),
+    #[error("no token: pass --token-file FILE or set CBSWEEP_TOKEN (the coordinator printed where it wrote its token)")]
+    NoToken,
+    #[error("sweep {sweep} is not in {}: run it first with `cbsweep run SPEC --out {}`", state.display(), out.display())]
+    UnknownSweep { sweep: SweepId, state: PathBuf, out: PathBuf },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CliError {
+    let what = what.into();
+    move |source| CliError::Io { what, source }
+}
+
+/// `cbsweep validate SPEC`: load, validate, describe.
+pub fn validate(spec_path: &Path) -> Result<(), CliError> {
+    let spec = load_spec(spec_path)?;
+    let mut conditions = std::collections::BTreeMap::<String, u32>::new();
+    for t in &spec.trials {
+        *conditions.entry(t.condition()).or_default() += 1;
+    }
+    println!("{}: sweep {} is valid: {} trials in {} conditions", spec_path.display(), spec.id, spec.trials.len(), conditions.len());
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_header(["condition", "seeds", "params"]);
+    for (c, n) in &conditions {
+        let params = spec.trials.iter().find(|t| &t.condition() == c).map(|t| t.param_count()).unwrap_or(0);
+        table.add_row([c.clone(), n.to_string(), params.to_string()]);
+    }
+    println!("{table}");
+    Ok(())
+}
+
+/// `cbsweep run SPEC`.
+pub async fn run(spec_path: &Path, opts: RunOptions) -> Result<RunSummary, CliError> {
+    let spec = load_spec(spec_path)?;
+    let summary = local::run(spec, spec_path, opts).await?;
+    print_summary(&summary);
+    Ok(summary)
+}
+
+/// `cbsweep resume SWEEP`: the stored spec, run again.
+pub async fn resume(sweep: &SweepId, opts: RunOptions) -> Result<RunSummary, CliError> {
+    let state = opts.out.join(local::STATE_DIR);
+    let row = crate::store::Store::open_read_only(&state)
+        .ok()
+        .and_then(|s| s.sweep(sweep).ok().flatten())
+        .ok_or_else(|| CliError::UnknownSweep { sweep: sweep.clone(), state: state.clone(), out: opts.out.clone() })?;
+    let path = PathBuf::from(&row.spec_path);
+    let spec = cbsweep_common::parse_spec(&row.spec_toml, &path)?;
+    let summary = local::run(spec, &path, opts).await?;
+    print_summary(&summary);
+    Ok(summary)
+}
+
+pub fn print_summary(s: &RunSummary) {
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_header(["condition", "n", "done", "failed", "max level (mean ± sd)", "wall s/trial"]);
+    for c in &s.conditions {
+        table.add_row([
+            c.condition.clone(),
+            c.n.to_string(),
+            c.done.to_string(),
+            c.failed.to_string(),
+            format!("{:.2} ± {:.2}", c.mean_max_level, c.sd_max_level),
+            format!("{:.1}", c.mean_wall_s),
+        ]);
+    }
+    println!("{table}");
+    println!("sweep {}: {} trials, {} done, {} failed", s.sweep, s.total, s.done, s.failed);
+    println!("results: {}/{{trials,curves}}.parquet", s.results_dir.display());
+    println!("query:   duckdb -c \"SELECT arch, task, avg(max_level) FROM '{}/trials.parquet' GROUP BY ALL\"", s.results_dir.display());
+}
+
+/// `cbsweep export SWEEP`: rewrite the Parquet tables from the stored state.
+pub fn export(state: &Path, sweep: &SweepId, out: &Path) -> Result<PathBuf, CliError> {
+    Ok(results::export(state, sweep, out)?)
+}
+
+/// The token a coordinator serves with: the file, the environment, or a new one written to
+/// STATE/token (mode 0600) for workers and clients to read.
+fn coordinator_token(token_file: Option<&Path>, state: &Path) -> Result<Token, CliError> {
+    if let Some(t) = client::read_token(token_file).map_err(io("token"))? {
+        return Ok(Token(t));
+    }
+    let path = state.join("token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        if !t.trim().is_empty() {
+            eprintln!("cbsweep coordinator: using the token in {}", path.display());
+            return Ok(Token(t.trim().to_string()));
+        }
+    }
+    std::fs::create_dir_all(state).map_err(io(format!("cannot create {}", state.display())))?;
+    let t = format!("{:032x}", rand::random::<u128>());
+    std::fs::write(&path, &t).map_err(io(format!("cannot write {}", path.display())))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io(format!("cannot restrict {}", path.display())))?;
+    eprintln!("cbsweep coordinator: wrote a new token to {} (give it to workers with --token-file)", path.display());
+    Ok(Token(t))
+}
+
+/// `cbsweep coordinator`: serve until Ctrl-C or SIGTERM; export each sweep when it finishes.
+pub async fn coordinator(listen: SocketAddr, state: &Path, out: &Path, token_file: Option<&Path>) -> Result<(), CliError> {
+    let token = coordinator_token(token_file, state)?;
+    let sched = SchedulerHandle::start(state, SchedulerOptions::default())?;
+    let mut events = sched.subscribe();
+    let running = server::serve(listen, sched.clone(), token).await.map_err(io(format!("cannot listen on {listen}")))?;
+    eprintln!("cbsweep coordinator: listening on {} (state {}, results {})", running.addr, state.display(), out.display());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(io("cannot install a SIGTERM handler"))?;
+    loop {
+        tokio::select! {
+            e = events.recv() => {
+                if let Ok(Event::SweepFinished { sweep }) = e {
+                    let (s, o) = (state.to_owned(), out.to_owned());
+                    tokio::task::spawn_blocking(move || match results::export(&s, &sweep, &o) {
+                        Ok(dir) => eprintln!("cbsweep coordinator: sweep {sweep} finished; results in {}", dir.display()),
+                        Err(e) => tracing::error!(sweep = %sweep, error = %e, "export failed"),
+                    });
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        }
+    }
+    eprintln!("cbsweep coordinator: shutting down; state is saved in {}", state.display());
+    let _ = running.shutdown.send(());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), running.task).await;
+    Ok(())
+}
+
+async fn sweep_client(url: &str, token_file: Option<&Path>) -> Result<client::SweepClient, CliError> {
+    let token = client::read_token(token_file).map_err(io("token"))?.ok_or(CliError::NoToken)?;
+    Ok(client::sweep_client(url, &token).await?)
+}
+
+/// `cbsweep submit SPEC`: validate here, then hand to a running coordinator.
+pub async fn submit(url: &str, token_file: Option<&Path>, spec_path: &Path) -> Result<(), CliError> {
+    let spec = load_spec(spec_path)?;
+    let mut c = sweep_client(url, token_file).await?;
+    let r = c
+        .submit_sweep(v1::SubmitSweepRequest { spec_toml: spec.source.clone(), spec_path: spec_path.display().to_string() })
+        .await?
+        .into_inner();
+    println!("sweep {}: {} trials ({} new)", r.sweep_id, r.total_trials, r.new_trials);
+    Ok(())
+}
+
+/// `cbsweep status`.
+pub async fn status(url: &str, token_file: Option<&Path>, sweep: Option<&str>) -> Result<v1::SweepStatusResponse, CliError> {
+    let mut c = sweep_client(url, token_file).await?;
+    let r = c.sweep_status(v1::SweepStatusRequest { sweep_id: sweep.unwrap_or("").to_string() }).await?.into_inner();
+    for s in &r.sweeps {
+        let counts = s.counts.iter().filter(|c| c.count > 0).map(|c| format!("{} {}", c.count, c.state)).collect::<Vec<_>>().join(", ");
+        let rate = if s.trials_per_minute.is_finite() { format!("{:.1} trials/min", s.trials_per_minute) } else { "rate n/a".into() };
+        let eta = if s.eta_seconds.is_finite() { format!("eta {}", human_secs(s.eta_seconds)) } else { String::new() };
+        println!("sweep {} [{}]: {} trials: {counts}  {rate} {eta}", s.sweep_id, s.state, s.total);
+        let mut table = Table::new();
+        table.load_preset(UTF8_BORDERS_ONLY).set_header(["condition", "done/total", "failed", "mean max level"]);
+        for c in &s.conditions {
+            let lvl = if c.mean_max_level.is_finite() { format!("{:.2}", c.mean_max_level) } else { "-".into() };
+            table.add_row([c.condition.clone(), format!("{}/{}", c.done, c.total), c.failed.to_string(), lvl]);
+        }
+        println!("{table}");
+    }
+    if r.workers.is_empty() {
+        println!("no live workers");
+    } else {
+        let mut table = Table::new();
+        table.load_preset(UTF8_BORDERS_ONLY).set_header(["worker", "device", "leased", "last seen"]);
+        for w in &r.workers {
+            table.add_row([w.worker_id.clone(), w.device.clone(), w.leased.to_string(), format!("{:.1}s ago", w.last_seen_ms_ago as f64 / 1000.0)]);
+        }
+        println!("{table}");
+    }
+    Ok(r)
+}
+
+/// `cbsweep cancel SWEEP`.
+pub async fn cancel(url: &str, token_file: Option<&Path>, sweep: &str) -> Result<(), CliError> {
+    let mut c = sweep_client(url, token_file).await?;
+    let r = c.cancel_sweep(v1::CancelSweepRequest { sweep_id: sweep.into() }).await?.into_inner();
+    println!("sweep {sweep}: cancelled {} unfinished trials", r.cancelled_trials);
+    Ok(())
+}
+
+/// `cbsweep retry-failed SWEEP`.
+pub async fn retry_failed(url: &str, token_file: Option<&Path>, sweep: &str) -> Result<(), CliError> {
+    let mut c = sweep_client(url, token_file).await?;
+    let r = c.retry_failed(v1::RetryFailedRequest { sweep_id: sweep.into() }).await?.into_inner();
+    println!("sweep {sweep}: {} trials back in the queue", r.requeued_trials);
+    Ok(())
+}
+
+fn human_secs(s: f64) -> String {
+    let s = s.max(0.0) as u64;
+    if s >= 3600 { format!("{}h{:02}m", s / 3600, s % 3600 / 60) } else if s >= 60 { format!("{}m{:02}s", s / 60, s % 60) } else { format!("{s}s") }
+}

@@ -1,0 +1,275 @@
+//! `cbsweep run`: an embedded coordinator on a loopback port, N local worker processes, progress
+//! until the sweep finishes, then the Parquet export and a summary. Re-running the same command
+//! (or `cbsweep resume`) continues an interrupted sweep from its state in OUT/.cbsweep.
+
+use crate::progress::Progress;
+use crate::results::{self, ResultsError};
+use crate::scheduler::{Event, SchedError, SchedulerHandle, SchedulerOptions};
+use crate::server::{self, Token};
+use crate::store::{Store, StoreError};
+use cbsweep_common::{SpecError, SweepId, SweepSpec, TrialState};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+/// Folder under OUT that holds the embedded coordinator's state.
+pub const STATE_DIR: &str = ".cbsweep";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Sched(#[from] SchedError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Results(#[from] ResultsError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("cannot find the worker binary {}: build it with `cargo build --release` (or `make build`)", path.display())]
+    NoWorkerBinary { path: PathBuf },
+    #[error("every worker process exited before sweep {sweep} finished; their logs are in {}", logs.display())]
+    WorkersExited { sweep: SweepId, logs: PathBuf },
+    #[error("interrupted; {finished} of {total} trials finished. Resume with: cbsweep resume {sweep} --out {}", out.display())]
+    Interrupted { sweep: SweepId, finished: u32, total: u32, out: PathBuf },
+}
+
+/// What `cbsweep run` was asked to do.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub out: PathBuf,
+    pub workers: u32,
+    pub device: String,
+    /// Threads per worker; 0 = the machine's cores divided among the workers.
+    pub threads: u32,
+    /// Extra arguments for every worker (e.g. `--trainer fake`).
+    pub worker_args: Vec<String>,
+    pub worker_binary: Option<PathBuf>,
+}
+
+/// One condition's line of the closing summary.
+#[derive(Clone, Debug)]
+pub struct ConditionSummary {
+    pub condition: String,
+    pub n: u32,
+    pub done: u32,
+    pub failed: u32,
+    pub mean_max_level: f64,
+    pub sd_max_level: f64,
+    pub mean_wall_s: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunSummary {
+    pub sweep: SweepId,
+    pub results_dir: PathBuf,
+    pub conditions: Vec<ConditionSummary>,
+    pub total: u32,
+    pub done: u32,
+    pub failed: u32,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalError {
+    let what = what.into();
+    move |source| LocalError::Io { what, source }
+}
+
+fn worker_binary(given: Option<&Path>) -> Result<PathBuf, LocalError> {
+    let path = match given {
+        Some(p) => p.to_owned(),
+        None => {
+            let exe = std::env::current_exe().map_err(io("cannot locate the cbsweep binary"))?;
+            exe.with_file_name("cbsweep-worker")
+        }
+    };
+    if path.is_file() { Ok(path) } else { Err(LocalError::NoWorkerBinary { path }) }
+}
+
+/// Runs (or resumes) `spec` to completion with local workers.
+pub async fn run(spec: SweepSpec, spec_path: &Path, opts: RunOptions) -> Result<RunSummary, LocalError> {
+    let state_dir = opts.out.join(STATE_DIR);
+    let sched = SchedulerHandle::start(&state_dir, SchedulerOptions { reclaim_leases_at_start: true, ..Default::default() })?;
+    let mut events = sched.subscribe();
+    let sweep = spec.id.clone();
+    let short = Box::new(cbsweep_common::varying_parts(spec.trials.iter().map(|t| t.cell_key()).collect::<Vec<_>>().iter().map(String::as_str)));
+    let submitted = sched.submit(spec, spec_path.display().to_string()).await?;
+    let status = sched.status(Some(sweep.clone())).await?;
+    let counts = &status.sweeps[0].counts;
+    let already = counts.iter().filter(|(s, _)| s.is_terminal()).map(|(_, n)| *n).sum::<u32>();
+    tracing::info!(sweep = %sweep, total = submitted.total, new = submitted.new, already, "sweep ready");
+
+    let logs = results::sweep_dir(&opts.out, &sweep).join("logs");
+    if already < submitted.total {
+        let token = Token(format!("{:032x}", rand::random::<u128>()));
+        let running = server::serve("127.0.0.1:0".parse().expect("loopback address"), sched.clone(), token.clone())
+            .await
+            .map_err(io("cannot listen on a loopback port"))?;
+        let url = format!("http://{}", running.addr);
+        let bin = worker_binary(opts.worker_binary.as_deref())?;
+        std::fs::create_dir_all(&logs).map_err(io(format!("cannot create {}", logs.display())))?;
+        let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        let threads = if opts.threads > 0 { opts.threads } else { (cores / opts.workers.max(1)).max(1) };
+        let mut children = Vec::new();
+        for i in 0..opts.workers {
+            let log_path = logs.join(format!("worker-{i}.log"));
+            let log = std::fs::File::create(&log_path).map_err(io(format!("cannot create {}", log_path.display())))?;
+            let err = log.try_clone().map_err(io("cannot duplicate a log handle"))?;
+            let child = Command::new(&bin)
+                .args(["--coordinator", &url, "--device", &opts.device, "--threads", &threads.to_string(), "--exit-when-drained"])
+                .args(&opts.worker_args)
+                .env("CBSWEEP_TOKEN", &token.0)
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(log))
+                .stderr(Stdio::from(err))
+                .process_group(0)
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(io(format!("cannot start {}", bin.display())))?;
+            children.push(child);
+        }
+        eprintln!("cbsweep: sweep {sweep}: {} trials ({} new), {} workers on {} with {threads} thread(s) each; coordinator {url}", submitted.total, submitted.new, opts.workers, opts.device);
+        let outcome = watch(Progress::new(sweep.clone(), u64::from(submitted.total), u64::from(already), short), &sweep, submitted.total, already, &mut events, &mut children, &logs).await;
+        stop_workers(&mut children).await;
+        let _ = running.shutdown.send(());
+        let _ = running.task.await;
+        if let Err(e) = outcome {
+            if let LocalError::Interrupted { .. } = e {
+                // Persisted state already holds every finished trial; export what there is.
+                let _ = results::export(&state_dir, &sweep, &opts.out);
+            }
+            return Err(e);
+        }
+    }
+    let dir = {
+        let (s, out, sw) = (state_dir.clone(), opts.out.clone(), sweep.clone());
+        tokio::task::spawn_blocking(move || results::export(&s, &sw, &out)).await.map_err(|e| LocalError::Io { what: "export task".into(), source: std::io::Error::other(e) })??
+    };
+    summarize(&state_dir, &sweep, dir)
+}
+
+async fn watch(
+    mut progress: Progress,
+    sweep: &SweepId,
+    total: u32,
+    already: u32,
+    events: &mut tokio::sync::broadcast::Receiver<Event>,
+    children: &mut [Child],
+    logs: &Path,
+) -> Result<(), LocalError> {
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    let mut interrupts = 0;
+    let mut finished = already;
+    loop {
+        tokio::select! {
+            e = events.recv() => match e {
+                Ok(e) => {
+                    progress.on_event(&e);
+                    match &e {
+                        Event::TrialFinished { sweep: s, .. } if s == sweep => finished += 1,
+                        Event::SweepFinished { sweep: s } if s == sweep => {
+                            progress.finish();
+                            return Ok(());
+                        }
+                        _ => {}
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return Err(SchedError::Stopped.into()),
+            },
+            _ = check.tick() => {
+                let alive = children.iter_mut().map(|c| matches!(c.try_wait(), Ok(None))).filter(|a| *a).count();
+                if alive == 0 {
+                    progress.finish();
+                    if interrupts > 0 {
+                        return Err(LocalError::Interrupted { sweep: sweep.clone(), finished, total, out: logs.parent().and_then(Path::parent).unwrap_or(Path::new(".")).to_owned() });
+                    }
+                    return Err(LocalError::WorkersExited { sweep: sweep.clone(), logs: logs.to_owned() });
+                }
+            }
+            _ = tokio::signal::ctrl_c() => {
+                interrupts += 1;
+                if interrupts == 1 {
+                    progress.line("interrupt: workers hand their trials back and stop (Ctrl-C again to kill them now)");
+                    signal_all(children, nix::sys::signal::Signal::SIGTERM);
+                } else {
+                    signal_all(children, nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+fn signal_all(children: &[Child], sig: nix::sys::signal::Signal) {
+    for c in children {
+        if let Some(pid) = c.id() {
+            // Each worker leads its own process group: signal the group.
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), sig);
+        }
+    }
+}
+
+/// SIGTERM, a grace period, then SIGKILL for any worker still running.
+async fn stop_workers(children: &mut [Child]) {
+    let grace = Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    // Workers exit on their own once the coordinator says the work is drained.
+    while tokio::time::Instant::now() < deadline && children.iter_mut().any(|c| matches!(c.try_wait(), Ok(None))) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    signal_all(children, nix::sys::signal::Signal::SIGTERM);
+    for c in children.iter_mut() {
+        if tokio::time::timeout(grace, c.wait()).await.is_err() {
+            let _ = c.start_kill();
+            let _ = c.wait().await;
+        }
+    }
+}
+
+/// Per-condition summary of a sweep, from the store.
+pub fn summarize(state_dir: &Path, sweep: &SweepId, results_dir: PathBuf) -> Result<RunSummary, LocalError> {
+    let store = Store::open_read_only(state_dir)?;
+    let rows = store.trials(sweep)?;
+    let mut by: std::collections::BTreeMap<String, Vec<&crate::store::TrialRow>> = Default::default();
+    for r in &rows {
+        by.entry(r.condition.clone()).or_default().push(r);
+    }
+    let short = cbsweep_common::varying_parts(by.keys().map(String::as_str));
+    let conditions = by
+        .into_iter()
+        .map(|(condition, rs)| {
+            let condition = short(&condition);
+            let done: Vec<f64> = rs.iter().filter(|r| r.state == TrialState::Done).map(|r| f64::from(r.max_level.unwrap_or(0))).collect();
+            let walls: Vec<f64> = rs.iter().filter_map(|r| r.wall_time_ms).map(|w| w as f64 / 1000.0).collect();
+            let (mean, sd) = mean_sd(&done);
+            ConditionSummary {
+                condition,
+                n: rs.len() as u32,
+                done: done.len() as u32,
+                failed: rs.iter().filter(|r| r.state == TrialState::Failed).count() as u32,
+                mean_max_level: mean,
+                sd_max_level: sd,
+                mean_wall_s: mean_sd(&walls).0,
+            }
+        })
+        .collect();
+    Ok(RunSummary {
+        sweep: sweep.clone(),
+        results_dir,
+        conditions,
+        total: rows.len() as u32,
+        done: rows.iter().filter(|r| r.state == TrialState::Done).count() as u32,
+        failed: rows.iter().filter(|r| r.state == TrialState::Failed).count() as u32,
+    })
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let sd = if v.len() > 1 { (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { f64::NAN };
+    (mean, sd)
+}

@@ -1,0 +1,217 @@
+use anyhow::Context;
+use cbsweep_common::SweepId;
+use cbsweep_coordinator::cli::{self, CliError, DEFAULT_COORDINATOR};
+use cbsweep_coordinator::local::{LocalError, RunOptions};
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Named exit codes.
+mod exit {
+    pub const FAILURE: u8 = 1;
+    /// Bad input: an invalid spec, a conflicting resubmission.
+    pub const BAD_INPUT: u8 = 2;
+    /// The coordinator could not be reached.
+    pub const UNAVAILABLE: u8 = 69;
+    /// Stopped by Ctrl-C; the state is saved and the sweep can be resumed.
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// cbsweep: hyperparameter sweeps of CB-RNN versus parameter-matched RNN experiments.
+#[derive(Parser)]
+#[command(name = "cbsweep", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    /// Results and state go under this folder: OUT/SWEEP/*.parquet, OUT/.cbsweep/ (state).
+    #[arg(long, default_value = "out")]
+    out: PathBuf,
+    /// Number of local worker processes.
+    #[arg(long, default_value_t = 2)]
+    workers: u32,
+    /// Device for the workers: cpu, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Threads per worker (0: the machine's cores divided among the workers).
+    #[arg(long, default_value_t = 0)]
+    threads: u32,
+    /// The trainer the workers use: torch (real libtorch training) or fake (scheduler tests).
+    #[arg(long, default_value = "torch")]
+    trainer: String,
+    /// Path of the worker binary (default: cbsweep-worker beside this binary).
+    #[arg(long)]
+    worker_binary: Option<PathBuf>,
+}
+
+impl RunArgs {
+    fn options(&self) -> RunOptions {
+        RunOptions {
+            out: self.out.clone(),
+            workers: self.workers.max(1),
+            device: self.device.clone(),
+            threads: self.threads,
+            worker_args: vec!["--trainer".into(), self.trainer.clone()],
+            worker_binary: self.worker_binary.clone(),
+        }
+    }
+}
+
+#[derive(clap::Args, Clone)]
+struct ClientArgs {
+    /// Coordinator address.
+    #[arg(long, env = "CBSWEEP_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
+    coordinator: String,
+    /// File holding the bearer token (default: the CBSWEEP_TOKEN environment variable).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a sweep here: an embedded coordinator and local worker processes, to completion.
+    /// Running it again resumes an interrupted sweep; finished trials never run again.
+    Run {
+        /// The sweep spec (TOML), for example sweeps/quickstart.toml.
+        spec: PathBuf,
+        #[command(flatten)]
+        args: RunArgs,
+    },
+    /// Resume an interrupted `run` by sweep name, from the spec stored in OUT/.cbsweep.
+    Resume {
+        sweep: String,
+        #[command(flatten)]
+        args: RunArgs,
+    },
+    /// Check a spec and list its conditions without running anything.
+    Validate { spec: PathBuf },
+    /// Serve a coordinator for remote workers.
+    Coordinator {
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:50051")]
+        listen: SocketAddr,
+        /// Folder for the durable state (SQLite database, token).
+        #[arg(long, default_value = "cbsweep-state")]
+        state: PathBuf,
+        /// Folder for results (default: STATE/results).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// File holding the bearer token (default: CBSWEEP_TOKEN, else STATE/token, created if absent).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+    /// Submit a spec to a running coordinator (adds only cells it does not have yet).
+    Submit {
+        spec: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Counts per state, per-condition progress, throughput, ETA and live workers.
+    Status {
+        /// Only this sweep.
+        sweep: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a sweep's unfinished trials.
+    Cancel {
+        sweep: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Put a sweep's failed trials back in the queue.
+    RetryFailed {
+        sweep: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Write a sweep's Parquet tables from a coordinator's state.
+    Export {
+        sweep: String,
+        /// The coordinator's state folder (for `run`: OUT/.cbsweep).
+        #[arg(long, default_value = "out/.cbsweep")]
+        state: PathBuf,
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+    },
+    /// Run a worker (the cbsweep-worker binary beside this one); arguments pass through.
+    #[command(disable_help_flag = true)]
+    Worker {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn exit_code(e: &CliError) -> u8 {
+    match e {
+        CliError::Spec(_) | CliError::Local(LocalError::Spec(_)) | CliError::UnknownSweep { .. } => exit::BAD_INPUT,
+        CliError::Local(LocalError::Sched(cbsweep_coordinator::scheduler::SchedError::Conflict { .. })) => exit::BAD_INPUT,
+        CliError::Rpc(s) if s.code() == tonic::Code::InvalidArgument || s.code() == tonic::Code::AlreadyExists => exit::BAD_INPUT,
+        CliError::Client(_) => exit::UNAVAILABLE,
+        CliError::Rpc(s) if s.code() == tonic::Code::Unavailable => exit::UNAVAILABLE,
+        CliError::Local(LocalError::Interrupted { .. }) => exit::INTERRUPTED,
+        _ => exit::FAILURE,
+    }
+}
+
+async fn dispatch(cmd: Command) -> Result<(), CliError> {
+    match cmd {
+        Command::Run { spec, args } => cli::run(&spec, args.options()).await.map(|_| ()),
+        Command::Resume { sweep, args } => cli::resume(&SweepId(sweep), args.options()).await.map(|_| ()),
+        Command::Validate { spec } => cli::validate(&spec),
+        Command::Coordinator { listen, state, out, token_file } => {
+            let out = out.unwrap_or_else(|| state.join("results"));
+            cli::coordinator(listen, &state, &out, token_file.as_deref()).await
+        }
+        Command::Submit { spec, client } => cli::submit(&client.coordinator, client.token_file.as_deref(), &spec).await,
+        Command::Status { sweep, client } => cli::status(&client.coordinator, client.token_file.as_deref(), sweep.as_deref()).await.map(|_| ()),
+        Command::Cancel { sweep, client } => cli::cancel(&client.coordinator, client.token_file.as_deref(), &sweep).await,
+        Command::RetryFailed { sweep, client } => cli::retry_failed(&client.coordinator, client.token_file.as_deref(), &sweep).await,
+        Command::Export { sweep, state, out } => {
+            let dir = cli::export(&state, &SweepId(sweep), &out)?;
+            println!("wrote {}/{{trials,curves}}.parquet", dir.display());
+            Ok(())
+        }
+        Command::Worker { .. } => unreachable!("handled before the runtime starts"),
+    }
+}
+
+fn exec_worker(args: Vec<String>) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("cannot locate the cbsweep binary")?;
+    let worker = exe.with_file_name("cbsweep-worker");
+    let status = std::process::Command::new(&worker).args(args).status().with_context(|| format!("cannot start {}", worker.display()))?;
+    Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CBSWEEP_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    if let Command::Worker { args } = cli.command {
+        return exec_worker(args).unwrap_or_else(|e| {
+            eprintln!("cbsweep: {e:#}");
+            ExitCode::from(exit::FAILURE)
+        });
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cbsweep: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cbsweep: {e}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}

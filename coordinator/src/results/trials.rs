@@ -1,0 +1,133 @@
+//! trials.parquet: one row per grid cell.
+
+use super::ResultsError;
+use crate::store::TrialRow;
+use arrow_array::{ArrayRef, BooleanArray, Float64Array, StringArray, UInt32Array, UInt64Array};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use std::path::Path;
+use std::sync::Arc;
+
+pub const FILE: &str = "trials.parquet";
+
+pub const SWEEP_ID: &str = "sweep_id";
+pub const TRIAL_ID: &str = "trial_id";
+pub const CELL_INDEX: &str = "cell_index";
+pub const TASK: &str = "task";
+pub const ARCH: &str = "arch";
+pub const HIDDEN: &str = "hidden";
+pub const GRANULE: &str = "granule";
+pub const PURKINJE: &str = "purkinje";
+pub const SEED: &str = "seed";
+pub const REGIME: &str = "regime";
+pub const FREEZE: &str = "freeze";
+pub const REFRESH_EVERY: &str = "refresh_every";
+pub const CORE_PLASTICITY: &str = "core_plasticity";
+pub const LR_CORE: &str = "lr_core";
+pub const LR_CB: &str = "lr_cb";
+pub const LR_READOUT: &str = "lr_readout";
+pub const PARAM_COUNT: &str = "param_count";
+pub const EPOCHS_BUDGET: &str = "epochs_budget";
+pub const STATUS: &str = "status";
+pub const OUTCOME: &str = "outcome";
+pub const ATTEMPTS: &str = "attempts";
+pub const ERROR: &str = "error";
+pub const MAX_LEVEL: &str = "max_level";
+pub const FINAL_LEVEL: &str = "final_level";
+pub const EPOCHS_RUN: &str = "epochs_run";
+pub const SOLVED_ANY: &str = "solved_any";
+pub const WALL_TIME_MS: &str = "wall_time_ms";
+pub const DEVICE: &str = "device";
+pub const WORKER_ID: &str = "worker_id";
+pub const PACK_SIZE: &str = "pack_size";
+pub const CODE_VERSION: &str = "code_version";
+
+/// The grid keys every table carries, in order (shared by trials and curves).
+pub fn key_fields() -> Vec<Field> {
+    vec![
+        Field::new(SWEEP_ID, DataType::Utf8, false),
+        Field::new(TRIAL_ID, DataType::Utf8, false),
+        Field::new(TASK, DataType::Utf8, false),
+        Field::new(ARCH, DataType::Utf8, false),
+        Field::new(HIDDEN, DataType::UInt32, false),
+        Field::new(GRANULE, DataType::UInt32, false),
+        Field::new(PURKINJE, DataType::UInt32, false),
+        Field::new(SEED, DataType::UInt64, false),
+        Field::new(REGIME, DataType::Utf8, false),
+        Field::new(FREEZE, DataType::Utf8, false),
+        Field::new(REFRESH_EVERY, DataType::UInt32, true),
+        Field::new(CORE_PLASTICITY, DataType::Float64, false),
+        Field::new(LR_CORE, DataType::Float64, false),
+        Field::new(LR_CB, DataType::Float64, false),
+    ]
+}
+
+/// Columns for `key_fields`, one value per entry of `rows` (repeated rows allowed).
+pub fn key_columns<'a>(rows: impl Iterator<Item = &'a TrialRow> + Clone) -> Vec<ArrayRef> {
+    let s = |f: fn(&TrialRow) -> String| -> ArrayRef { Arc::new(StringArray::from_iter_values(rows.clone().map(f))) };
+    let u = |f: fn(&TrialRow) -> u32| -> ArrayRef { Arc::new(UInt32Array::from_iter_values(rows.clone().map(f))) };
+    let x = |f: fn(&TrialRow) -> f64| -> ArrayRef { Arc::new(Float64Array::from_iter_values(rows.clone().map(f))) };
+    vec![
+        s(|r| r.sweep.0.clone()),
+        s(|r| r.id.0.clone()),
+        s(|r| r.spec.task.to_string()),
+        s(|r| r.spec.arch.to_string()),
+        u(|r| r.spec.hidden),
+        u(|r| r.spec.granule),
+        u(|r| r.spec.purkinje),
+        Arc::new(UInt64Array::from_iter_values(rows.clone().map(|r| r.spec.seed.0))),
+        s(|r| r.spec.regime.name().to_string()),
+        s(|r| r.spec.regime.freeze_label()),
+        Arc::new(UInt32Array::from_iter(rows.clone().map(|r| r.spec.regime.refresh_every()))),
+        x(|r| r.spec.core_plasticity),
+        x(|r| r.spec.lr_core),
+        x(|r| r.spec.lr_cb),
+    ]
+}
+
+pub fn schema() -> SchemaRef {
+    let mut fields = key_fields();
+    fields.extend([
+        Field::new(CELL_INDEX, DataType::UInt32, false),
+        Field::new(LR_READOUT, DataType::Float64, false),
+        Field::new(PARAM_COUNT, DataType::UInt64, false),
+        Field::new(EPOCHS_BUDGET, DataType::UInt32, false),
+        Field::new(STATUS, DataType::Utf8, false),
+        Field::new(OUTCOME, DataType::Utf8, true),
+        Field::new(ATTEMPTS, DataType::UInt32, false),
+        Field::new(ERROR, DataType::Utf8, true),
+        Field::new(MAX_LEVEL, DataType::UInt32, true),
+        Field::new(FINAL_LEVEL, DataType::UInt32, true),
+        Field::new(EPOCHS_RUN, DataType::UInt32, true),
+        Field::new(SOLVED_ANY, DataType::Boolean, true),
+        Field::new(WALL_TIME_MS, DataType::UInt64, true),
+        Field::new(DEVICE, DataType::Utf8, true),
+        Field::new(WORKER_ID, DataType::Utf8, true),
+        Field::new(PACK_SIZE, DataType::UInt32, true),
+        Field::new(CODE_VERSION, DataType::Utf8, false),
+    ]);
+    Arc::new(Schema::new(fields))
+}
+
+pub fn write(path: &Path, rows: &[TrialRow]) -> Result<(), ResultsError> {
+    let mut cols = key_columns(rows.iter());
+    cols.extend::<[ArrayRef; 17]>([
+        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.cell_index))),
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.spec.lr_readout))),
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.spec.param_count()))),
+        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.spec.budget.epochs))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.state.as_str()))),
+        Arc::new(StringArray::from_iter(rows.iter().map(|r| r.outcome.clone()))),
+        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.attempt))),
+        Arc::new(StringArray::from_iter(rows.iter().map(|r| r.last_error.clone()))),
+        Arc::new(UInt32Array::from_iter(rows.iter().map(|r| r.max_level))),
+        Arc::new(UInt32Array::from_iter(rows.iter().map(|r| r.final_level))),
+        Arc::new(UInt32Array::from_iter(rows.iter().map(|r| r.epochs_run))),
+        Arc::new(BooleanArray::from_iter(rows.iter().map(|r| r.max_level.map(|m| m > 0)))),
+        Arc::new(UInt64Array::from_iter(rows.iter().map(|r| r.wall_time_ms))),
+        Arc::new(StringArray::from_iter(rows.iter().map(|r| r.device.clone()))),
+        Arc::new(StringArray::from_iter(rows.iter().map(|r| r.worker.clone()))),
+        Arc::new(UInt32Array::from_iter(rows.iter().map(|r| r.pack_size))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|_| cbsweep_common::CODE_VERSION))),
+    ]);
+    super::write_table(path, schema(), cols, "trials")
+}

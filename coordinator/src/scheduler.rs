@@ -1,0 +1,532 @@
+//! The scheduler: the one owner of sweep state. It runs on its own thread (SQLite calls block),
+//! receives `Command`s over a channel and answers each on a oneshot; nothing else touches the
+//! store for writing. Handlers (gRPC, the local runner) hold a cheap `SchedulerHandle`.
+
+use crate::store::{self, Leased, Store, StoreError, SweepRow};
+use cbsweep_common::{Attempt, EpochRecord, SweepId, SweepSpec, TrialId, TrialOutcome, TrialResult, TrialState, WorkerId};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc;
+use std::time::Duration;
+use tokio::sync::{broadcast, oneshot};
+
+/// Why the scheduler refused a command. The gRPC layer maps these to statuses in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedError {
+    #[error("unknown sweep {0}")]
+    UnknownSweep(SweepId),
+    #[error("unknown trial {0}")]
+    UnknownTrial(TrialId),
+    #[error("unknown worker {0}: register first")]
+    UnknownWorker(WorkerId),
+    #[error("stale attempt {attempt} of trial {trial}: the current attempt is {current}")]
+    StaleAttempt { trial: TrialId, attempt: u32, current: u32 },
+    #[error("trial {0} belongs to a cancelled sweep")]
+    Cancelled(TrialId),
+    #[error("sweep {sweep} already has cells whose meaning this spec changes:\n{diff}")]
+    Conflict { sweep: SweepId, diff: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the scheduler has stopped")]
+    Stopped,
+}
+
+/// Something that happened, for progress displays and exporters.
+#[derive(Clone, Debug)]
+pub enum Event {
+    TrialLeased { sweep: SweepId, trial: TrialId, worker: WorkerId },
+    TrialFinished { sweep: SweepId, trial: TrialId, cell: String, state: TrialState, outcome: String, max_level: u32, error: Option<String> },
+    TrialRetry { sweep: SweepId, trial: TrialId, error: String },
+    Epoch { sweep: SweepId, trial: TrialId, record: EpochRecord },
+    SweepFinished { sweep: SweepId },
+}
+
+#[derive(Clone, Debug)]
+pub struct SubmitOutcome {
+    pub sweep: SweepId,
+    pub total: u32,
+    pub new: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct WorkerHello {
+    pub hostname: String,
+    pub device: String,
+    pub pid: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct LeaseGrant {
+    pub trials: Vec<Leased>,
+    /// No running sweep has work left, now or later.
+    pub drained: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ConditionStatus {
+    pub condition: String,
+    pub total: u32,
+    pub done: u32,
+    pub failed: u32,
+    pub mean_max_level: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct SweepStatus {
+    pub sweep: SweepId,
+    pub state: String,
+    pub total: u32,
+    pub counts: Vec<(TrialState, u32)>,
+    pub conditions: Vec<ConditionStatus>,
+    pub trials_per_minute: f64,
+    pub eta_seconds: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct WorkerStatus {
+    pub id: String,
+    pub hostname: String,
+    pub device: String,
+    pub leased: u32,
+    pub last_seen_ms_ago: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct StatusReport {
+    pub sweeps: Vec<SweepStatus>,
+    pub workers: Vec<WorkerStatus>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, SchedError>>;
+
+enum Command {
+    Submit { spec: SweepSpec, path: String, reply: Reply<SubmitOutcome> },
+    Register { hello: WorkerHello, reply: Reply<WorkerId> },
+    Lease { worker: WorkerId, max: u32, reply: Reply<LeaseGrant> },
+    Heartbeat { worker: WorkerId, held: Vec<(TrialId, Attempt)>, reply: Reply<Vec<TrialId>> },
+    Progress { worker: WorkerId, items: Vec<(TrialId, Attempt, EpochRecord)>, reply: Reply<Vec<TrialId>> },
+    Complete { worker: WorkerId, trial: TrialId, attempt: Attempt, result: TrialResult, reply: Reply<bool> },
+    Release { worker: WorkerId, trials: Vec<TrialId>, reply: Reply<u32> },
+    Status { sweep: Option<SweepId>, reply: Reply<StatusReport> },
+    Cancel { sweep: SweepId, reply: Reply<u32> },
+    RetryFailed { sweep: SweepId, reply: Reply<u32> },
+    Spec { sweep: SweepId, reply: Reply<SweepRow> },
+}
+
+/// A cheap, cloneable handle to the scheduler thread.
+#[derive(Clone)]
+pub struct SchedulerHandle {
+    tx: mpsc::Sender<Command>,
+    events: broadcast::Sender<Event>,
+}
+
+/// Options of a scheduler.
+#[derive(Clone, Debug)]
+pub struct SchedulerOptions {
+    /// How often leases are checked for expiry.
+    pub tick: Duration,
+    /// Interval workers are told to heartbeat at.
+    pub heartbeat: Duration,
+    /// Put every lease back into the queue at start (an embedded coordinator whose local workers
+    /// died with it).
+    pub reclaim_leases_at_start: bool,
+}
+
+impl Default for SchedulerOptions {
+    fn default() -> Self {
+        SchedulerOptions { tick: Duration::from_millis(500), heartbeat: Duration::from_secs(5), reclaim_leases_at_start: false }
+    }
+}
+
+impl SchedulerHandle {
+    /// Opens the store in `state_dir` and starts the scheduler thread.
+    pub fn start(state_dir: &std::path::Path, opts: SchedulerOptions) -> Result<SchedulerHandle, SchedError> {
+        let store = Store::open(state_dir)?;
+        if opts.reclaim_leases_at_start {
+            let n = store.reclaim_all_leases()?;
+            if n > 0 {
+                tracing::info!(trials = n, "reclaimed leases of a previous run");
+            }
+        }
+        let (tx, rx) = mpsc::channel();
+        let (events, _) = broadcast::channel(4096);
+        let mut sched = Scheduler { store, events: events.clone(), opts: opts.clone(), live: HashMap::new(), finished_at: BTreeMap::new() };
+        std::thread::Builder::new()
+            .name("cbsweep-scheduler".into())
+            .spawn(move || sched.run(rx))
+            .map_err(|e| SchedError::Store(StoreError::Corrupt { what: "scheduler thread", detail: e.to_string() }))?;
+        Ok(SchedulerHandle { tx, events })
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs(5)
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, SchedError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).map_err(|_| SchedError::Stopped)?;
+        rx.await.map_err(|_| SchedError::Stopped)?
+    }
+
+    pub async fn submit(&self, spec: SweepSpec, path: String) -> Result<SubmitOutcome, SchedError> {
+        self.call(|reply| Command::Submit { spec, path, reply }).await
+    }
+
+    pub async fn register(&self, hello: WorkerHello) -> Result<WorkerId, SchedError> {
+        self.call(|reply| Command::Register { hello, reply }).await
+    }
+
+    pub async fn lease(&self, worker: WorkerId, max: u32) -> Result<LeaseGrant, SchedError> {
+        self.call(|reply| Command::Lease { worker, max, reply }).await
+    }
+
+    pub async fn heartbeat(&self, worker: WorkerId, held: Vec<(TrialId, Attempt)>) -> Result<Vec<TrialId>, SchedError> {
+        self.call(|reply| Command::Heartbeat { worker, held, reply }).await
+    }
+
+    pub async fn progress(&self, worker: WorkerId, items: Vec<(TrialId, Attempt, EpochRecord)>) -> Result<Vec<TrialId>, SchedError> {
+        self.call(|reply| Command::Progress { worker, items, reply }).await
+    }
+
+    pub async fn complete(&self, worker: WorkerId, trial: TrialId, attempt: Attempt, result: TrialResult) -> Result<bool, SchedError> {
+        self.call(|reply| Command::Complete { worker, trial, attempt, result, reply }).await
+    }
+
+    pub async fn release(&self, worker: WorkerId, trials: Vec<TrialId>) -> Result<u32, SchedError> {
+        self.call(|reply| Command::Release { worker, trials, reply }).await
+    }
+
+    pub async fn status(&self, sweep: Option<SweepId>) -> Result<StatusReport, SchedError> {
+        self.call(|reply| Command::Status { sweep, reply }).await
+    }
+
+    pub async fn cancel(&self, sweep: SweepId) -> Result<u32, SchedError> {
+        self.call(|reply| Command::Cancel { sweep, reply }).await
+    }
+
+    pub async fn retry_failed(&self, sweep: SweepId) -> Result<u32, SchedError> {
+        self.call(|reply| Command::RetryFailed { sweep, reply }).await
+    }
+
+    /// The stored row of a sweep (its spec text, for resume).
+    pub async fn sweep_row(&self, sweep: SweepId) -> Result<SweepRow, SchedError> {
+        self.call(|reply| Command::Spec { sweep, reply }).await
+    }
+}
+
+struct Scheduler {
+    store: Store,
+    events: broadcast::Sender<Event>,
+    opts: SchedulerOptions,
+    /// In-memory view of live progress: (trial -> latest epoch), not durable.
+    live: HashMap<TrialId, EpochRecord>,
+    /// Completion times per sweep, for throughput (not durable: a restart restarts the clock).
+    finished_at: BTreeMap<SweepId, Vec<i64>>,
+}
+
+impl Scheduler {
+    fn run(&mut self, rx: mpsc::Receiver<Command>) {
+        loop {
+            match rx.recv_timeout(self.opts.tick) {
+                Ok(cmd) => self.handle(cmd),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            if let Err(e) = self.expire_leases() {
+                tracing::error!(error = %e, "lease expiry check failed");
+            }
+        }
+    }
+
+    fn emit(&self, e: Event) {
+        let _ = self.events.send(e);
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Submit { spec, path, reply } => {
+                let _ = reply.send(self.submit(spec, path));
+            }
+            Command::Register { hello, reply } => {
+                let _ = reply.send(self.register(hello));
+            }
+            Command::Lease { worker, max, reply } => {
+                let _ = reply.send(self.lease(&worker, max));
+            }
+            Command::Heartbeat { worker, held, reply } => {
+                let _ = reply.send(self.known(&worker).and_then(|()| Ok(self.store.renew(&worker, &held)?)));
+            }
+            Command::Progress { worker, items, reply } => {
+                let _ = reply.send(self.progress(&worker, items));
+            }
+            Command::Complete { worker, trial, attempt, result, reply } => {
+                let _ = reply.send(self.complete(&worker, &trial, attempt, result));
+            }
+            Command::Release { worker, trials, reply } => {
+                let _ = reply.send(self.known(&worker).and_then(|()| Ok(self.store.release(&worker, &trials)?)));
+            }
+            Command::Status { sweep, reply } => {
+                let _ = reply.send(self.status(sweep));
+            }
+            Command::Cancel { sweep, reply } => {
+                let _ = reply.send(self.cancel(&sweep));
+            }
+            Command::RetryFailed { sweep, reply } => {
+                let _ = reply.send(self.retry_failed(&sweep));
+            }
+            Command::Spec { sweep, reply } => {
+                let _ = reply.send(self.store.sweep(&sweep).map_err(SchedError::from).and_then(|s| s.ok_or(SchedError::UnknownSweep(sweep))));
+            }
+        }
+    }
+
+    fn known(&self, worker: &WorkerId) -> Result<(), SchedError> {
+        if self.store.worker_exists(worker)? { Ok(()) } else { Err(SchedError::UnknownWorker(worker.clone())) }
+    }
+
+    fn submit(&mut self, spec: SweepSpec, path: String) -> Result<SubmitOutcome, SchedError> {
+        let existing = self.store.cells(&spec.id)?;
+        let by_cell: HashMap<&str, (&TrialId, &cbsweep_common::TrialSpec)> =
+            existing.iter().map(|(k, id, s)| (k.as_str(), (id, s))).collect();
+        let mut diff = Vec::new();
+        let mut new = Vec::new();
+        let base = existing.len() as u32;
+        for t in &spec.trials {
+            match by_cell.get(t.cell_key().as_str()) {
+                Some((id, _)) if **id == t.id() => {}
+                Some((_, old)) => diff.push(describe_change(&t.cell_key(), old, t)),
+                None => new.push((base + new.len() as u32, t.clone())),
+            }
+        }
+        if !diff.is_empty() {
+            return Err(SchedError::Conflict { sweep: spec.id.clone(), diff: diff.join("\n") });
+        }
+        let created_ms = self.store.sweep(&spec.id)?.map(|s| s.created_ms).unwrap_or_else(store::now_ms);
+        let row = SweepRow {
+            id: spec.id.clone(),
+            description: spec.description.clone(),
+            spec_toml: spec.source.clone(),
+            spec_path: path,
+            max_attempts: spec.run.max_attempts,
+            pack_size: spec.run.pack_size,
+            lease_seconds: spec.run.lease_seconds,
+            state: "running".into(),
+            created_ms,
+            finished_ms: None,
+        };
+        self.store.upsert_sweep(&row, &new)?;
+        tracing::info!(sweep = %spec.id, total = existing.len() + new.len(), new = new.len(), "sweep submitted");
+        let out = SubmitOutcome { sweep: spec.id.clone(), total: (existing.len() + new.len()) as u32, new: new.len() as u32 };
+        self.check_finished(&spec.id)?;
+        Ok(out)
+    }
+
+    fn register(&mut self, hello: WorkerHello) -> Result<WorkerId, SchedError> {
+        let id = WorkerId(format!("{}-{}-{:04x}", hello.hostname, hello.pid, rand::random::<u16>()));
+        self.store.register_worker(&id, &hello.hostname, &hello.device, hello.pid)?;
+        tracing::info!(worker_id = %id, device = %hello.device, "worker registered");
+        Ok(id)
+    }
+
+    fn lease(&mut self, worker: &WorkerId, max: u32) -> Result<LeaseGrant, SchedError> {
+        self.known(worker)?;
+        let trials = self.store.lease(worker, max)?;
+        for t in &trials {
+            tracing::debug!(trial_id = %t.id, attempt = t.attempt.0, worker_id = %worker, "leased");
+            self.emit(Event::TrialLeased { sweep: t.spec.sweep.clone(), trial: t.id.clone(), worker: worker.clone() });
+        }
+        let drained = trials.is_empty() && self.store.sweeps()?.iter().all(|s| s.state != "running");
+        Ok(LeaseGrant { trials, drained })
+    }
+
+    fn progress(&mut self, worker: &WorkerId, items: Vec<(TrialId, Attempt, EpochRecord)>) -> Result<Vec<TrialId>, SchedError> {
+        self.known(worker)?;
+        let held: Vec<(TrialId, Attempt)> = items.iter().map(|(t, a, _)| (t.clone(), *a)).collect();
+        let revoked = self.store.renew(worker, &held)?;
+        for (trial, _, record) in items {
+            if revoked.contains(&trial) {
+                continue;
+            }
+            if let Some(lease) = self.store.trial_lease(&trial)? {
+                self.emit(Event::Epoch { sweep: lease.sweep, trial: trial.clone(), record });
+            }
+            self.live.insert(trial, record);
+        }
+        Ok(revoked)
+    }
+
+    fn complete(&mut self, worker: &WorkerId, trial: &TrialId, attempt: Attempt, result: TrialResult) -> Result<bool, SchedError> {
+        let lease = self.store.trial_lease(trial)?.ok_or_else(|| SchedError::UnknownTrial(trial.clone()))?;
+        if attempt.0 != lease.attempt {
+            return Err(SchedError::StaleAttempt { trial: trial.clone(), attempt: attempt.0, current: lease.attempt });
+        }
+        match lease.state {
+            TrialState::Done | TrialState::Failed => return Ok(false),
+            TrialState::Cancelled => return Err(SchedError::Cancelled(trial.clone())),
+            TrialState::Pending | TrialState::Leased => {}
+        }
+        self.live.remove(trial);
+        match &result.outcome {
+            TrialOutcome::Completed | TrialOutcome::Diverged => {
+                self.store.record_done(trial, &result)?;
+                tracing::info!(trial_id = %trial, worker_id = %worker, outcome = result.outcome.status(), max_level = result.max_level(), "trial done");
+                self.finished(&lease.sweep, trial, TrialState::Done, result.outcome.status(), result.max_level(), None)?;
+            }
+            TrialOutcome::Failed(error) => {
+                let terminal = lease.attempt >= lease.max_attempts;
+                self.store.record_failure(trial, error, terminal)?;
+                tracing::warn!(trial_id = %trial, worker_id = %worker, attempt = lease.attempt, terminal, error = %error, "trial attempt failed");
+                if terminal {
+                    self.finished(&lease.sweep, trial, TrialState::Failed, "failed", 0, Some(error.clone()))?;
+                } else {
+                    self.emit(Event::TrialRetry { sweep: lease.sweep.clone(), trial: trial.clone(), error: error.clone() });
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn finished(&mut self, sweep: &SweepId, trial: &TrialId, state: TrialState, outcome: &str, max_level: u32, error: Option<String>) -> Result<(), SchedError> {
+        self.finished_at.entry(sweep.clone()).or_default().push(store::now_ms());
+        let cell = self.store.trials_cell(trial)?;
+        self.emit(Event::TrialFinished { sweep: sweep.clone(), trial: trial.clone(), cell, state, outcome: outcome.into(), max_level, error });
+        self.check_finished(sweep)
+    }
+
+    /// Marks a running sweep done once none of its trials is pending or leased.
+    fn check_finished(&mut self, sweep: &SweepId) -> Result<(), SchedError> {
+        let Some(row) = self.store.sweep(sweep)? else { return Ok(()) };
+        if row.state != "running" {
+            return Ok(());
+        }
+        let open = self.store.counts(sweep)?.iter().filter(|(s, _)| !s.is_terminal()).map(|(_, n)| n).sum::<u32>();
+        if open == 0 {
+            self.store.set_sweep_state(sweep, "done", Some(store::now_ms()))?;
+            tracing::info!(sweep = %sweep, "sweep finished");
+            self.emit(Event::SweepFinished { sweep: sweep.clone() });
+        }
+        Ok(())
+    }
+
+    fn expire_leases(&mut self) -> Result<(), SchedError> {
+        let now = store::now_ms();
+        for (trial, attempt, max_attempts) in self.store.expired(now)? {
+            let terminal = attempt >= max_attempts;
+            let error = format!("lease of attempt {attempt} expired (worker lost or too slow to heartbeat)");
+            self.store.record_failure(&trial, &error, terminal)?;
+            self.live.remove(&trial);
+            tracing::warn!(trial_id = %trial, attempt, terminal, "lease expired");
+            let Some(lease) = self.store.trial_lease(&trial)? else { continue };
+            if terminal {
+                self.finished(&lease.sweep, &trial, TrialState::Failed, "failed", 0, Some(error))?;
+            } else {
+                self.emit(Event::TrialRetry { sweep: lease.sweep, trial, error });
+            }
+        }
+        Ok(())
+    }
+
+    fn status(&self, only: Option<SweepId>) -> Result<StatusReport, SchedError> {
+        let rows = match &only {
+            Some(id) => vec![self.store.sweep(id)?.ok_or_else(|| SchedError::UnknownSweep(id.clone()))?],
+            None => self.store.sweeps()?,
+        };
+        let mut sweeps = Vec::new();
+        for row in rows {
+            let trials = self.store.trials(&row.id)?;
+            let mut conditions: BTreeMap<String, (ConditionStatus, f64)> = BTreeMap::new();
+            let mut counts: BTreeMap<TrialState, u32> = BTreeMap::new();
+            for t in &trials {
+                *counts.entry(t.state).or_default() += 1;
+                let (c, sum) = conditions.entry(t.condition.clone()).or_insert_with(|| (ConditionStatus { condition: t.condition.clone(), ..Default::default() }, 0.0));
+                c.total += 1;
+                match t.state {
+                    TrialState::Done => {
+                        c.done += 1;
+                        *sum += f64::from(t.max_level.unwrap_or(0));
+                    }
+                    TrialState::Failed => c.failed += 1,
+                    _ => {}
+                }
+            }
+            let conditions = conditions
+                .into_values()
+                .map(|(mut c, sum)| {
+                    c.mean_max_level = if c.done > 0 { sum / f64::from(c.done) } else { f64::NAN };
+                    c
+                })
+                .collect();
+            let open = counts.iter().filter(|(s, _)| !s.is_terminal()).map(|(_, n)| *n).sum::<u32>();
+            let (per_min, eta) = match self.finished_at.get(&row.id) {
+                Some(times) if times.len() >= 2 && open > 0 => {
+                    let span = (times[times.len() - 1] - times[0]).max(1) as f64 / 60_000.0;
+                    let rate = (times.len() - 1) as f64 / span;
+                    (rate, f64::from(open) / rate * 60.0)
+                }
+                _ => (f64::NAN, f64::NAN),
+            };
+            sweeps.push(SweepStatus {
+                sweep: row.id.clone(),
+                state: row.state.clone(),
+                total: trials.len() as u32,
+                counts: TrialState::ALL.iter().map(|s| (*s, counts.get(s).copied().unwrap_or(0))).collect(),
+                conditions,
+                trials_per_minute: per_min,
+                eta_seconds: eta,
+            });
+        }
+        let workers = self
+            .store
+            .live_workers(60_000)?
+            .into_iter()
+            .map(|(id, hostname, device, leased, ago)| WorkerStatus { id, hostname, device, leased, last_seen_ms_ago: ago })
+            .collect();
+        Ok(StatusReport { sweeps, workers })
+    }
+
+    fn cancel(&mut self, sweep: &SweepId) -> Result<u32, SchedError> {
+        self.store.sweep(sweep)?.ok_or_else(|| SchedError::UnknownSweep(sweep.clone()))?;
+        let n = self.store.cancel(sweep)?;
+        self.store.set_sweep_state(sweep, "cancelled", Some(store::now_ms()))?;
+        tracing::info!(sweep = %sweep, trials = n, "sweep cancelled");
+        self.emit(Event::SweepFinished { sweep: sweep.clone() });
+        Ok(n)
+    }
+
+    fn retry_failed(&mut self, sweep: &SweepId) -> Result<u32, SchedError> {
+        self.store.sweep(sweep)?.ok_or_else(|| SchedError::UnknownSweep(sweep.clone()))?;
+        let n = self.store.requeue_failed(sweep)?;
+        if n > 0 {
+            self.store.set_sweep_state(sweep, "running", None)?;
+        }
+        Ok(n)
+    }
+}
+
+/// One line per changed field of a cell, for the refusal of a spec that changes a cell.
+fn describe_change(cell: &str, old: &cbsweep_common::TrialSpec, new: &cbsweep_common::TrialSpec) -> String {
+    let a = serde_json::to_value(old).unwrap_or_default();
+    let b = serde_json::to_value(new).unwrap_or_default();
+    let mut lines = Vec::new();
+    flatten_diff("", &a, &b, &mut lines);
+    if lines.is_empty() {
+        lines.push("  code version changed (cbsweep was upgraded): use a new sweep name".into());
+    }
+    format!("cell [{cell}]:\n{}", lines.join("\n"))
+}
+
+fn flatten_diff(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+            for (k, va) in x {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                flatten_diff(&key, va, y.get(k).unwrap_or(&serde_json::Value::Null), out);
+            }
+        }
+        _ if a != b => out.push(format!("  {prefix}: {a} -> {b}")),
+        _ => {}
+    }
+}

@@ -1,0 +1,66 @@
+//! Serving the gRPC API on a socket, behind a bearer-token check.
+
+use crate::scheduler::SchedulerHandle;
+use crate::service::{MAX_MESSAGE_BYTES, SweepApi, WorkerApi};
+use cbsweep_proto::v1::{sweep_service_server::SweepServiceServer, worker_service_server::WorkerServiceServer};
+use std::net::SocketAddr;
+use subtle::ConstantTimeEq;
+use tokio::sync::oneshot;
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Status};
+
+/// The shared secret every RPC must carry as `authorization: Bearer <token>`.
+#[derive(Clone)]
+pub struct Token(pub String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
+/// The interceptor that checks the bearer token on every call (constant-time comparison).
+#[derive(Clone, Debug)]
+pub struct Auth(pub Token);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        check_token(req, &self.0)
+    }
+}
+
+fn check_token(req: Request<()>, token: &Token) -> Result<Request<()>, Status> {
+    let Some(value) = req.metadata().get("authorization") else {
+        return Err(Status::unauthenticated("missing bearer token: pass --token-file or set CBSWEEP_TOKEN"));
+    };
+    let given = value.as_bytes().strip_prefix(b"Bearer ").unwrap_or(b"");
+    if given.ct_eq(token.0.as_bytes()).into() { Ok(req) } else { Err(Status::unauthenticated("wrong bearer token")) }
+}
+
+/// A running server; dropping `shutdown` (or sending on it) stops it gracefully.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub shutdown: oneshot::Sender<()>,
+    pub task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+/// Binds `listen` (port 0 picks a free one) and serves both services.
+pub async fn serve(listen: SocketAddr, sched: SchedulerHandle, token: Token) -> std::io::Result<Running> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let (shutdown, rx) = oneshot::channel::<()>();
+    let auth = Auth(token);
+    let workers = WorkerServiceServer::new(WorkerApi { sched: sched.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let sweeps = SweepServiceServer::new(SweepApi { sched }).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let router = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(256)
+        .timeout(std::time::Duration::from_secs(60))
+        .add_service(InterceptedService::new(workers, auth.clone()))
+        .add_service(InterceptedService::new(sweeps, auth));
+    let task = tokio::spawn(router.serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+        let _ = rx.await;
+    }));
+    tracing::info!(%addr, "coordinator listening");
+    Ok(Running { addr, shutdown, task })
+}
+

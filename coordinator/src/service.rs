@@ -1,0 +1,162 @@
+//! The gRPC services: thin adapters. Each handler unwraps the request, converts the generated
+//! types into domain types, calls the scheduler and maps the domain error to a status in one
+//! place (`status_of`).
+
+use crate::scheduler::{SchedError, SchedulerHandle, WorkerHello};
+use cbsweep_common::{Attempt, SweepId, TrialId, TrialResult, TrialState, WorkerId};
+use cbsweep_proto::{PROTOCOL_VERSION, v1};
+use std::path::Path;
+use tonic::{Request, Response, Status};
+
+/// Largest message the coordinator accepts (a full 1000-epoch curve is ~60 KB).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+fn status_of(e: SchedError) -> Status {
+    let msg = e.to_string();
+    match e {
+        SchedError::UnknownSweep(_) | SchedError::UnknownTrial(_) | SchedError::UnknownWorker(_) => Status::not_found(msg),
+        SchedError::StaleAttempt { .. } | SchedError::Cancelled(_) => Status::failed_precondition(msg),
+        SchedError::Conflict { .. } => Status::already_exists(msg),
+        SchedError::Store(_) => Status::internal(msg),
+        SchedError::Stopped => Status::unavailable(msg),
+    }
+}
+
+fn required<'a>(field: &'static str, v: &'a str) -> Result<&'a str, Status> {
+    if v.is_empty() { Err(Status::invalid_argument(format!("missing field `{field}`"))) } else { Ok(v) }
+}
+
+pub struct WorkerApi {
+    pub sched: SchedulerHandle,
+}
+
+pub struct SweepApi {
+    pub sched: SchedulerHandle,
+}
+
+#[tonic::async_trait]
+impl v1::worker_service_server::WorkerService for WorkerApi {
+    async fn register(&self, req: Request<v1::RegisterRequest>) -> Result<Response<v1::RegisterResponse>, Status> {
+        let r = req.into_inner();
+        if r.protocol_version != PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "worker speaks protocol v{}, this coordinator speaks v{PROTOCOL_VERSION}: run a cbsweep-worker of the coordinator's version",
+                r.protocol_version
+            )));
+        }
+        let hello = WorkerHello { hostname: required("hostname", &r.hostname)?.to_string(), device: r.device, pid: r.pid };
+        let id = self.sched.register(hello).await.map_err(status_of)?;
+        Ok(Response::new(v1::RegisterResponse { worker_id: id.0, heartbeat_interval_ms: self.sched.heartbeat_interval().as_millis() as u32 }))
+    }
+
+    async fn lease(&self, req: Request<v1::LeaseRequest>) -> Result<Response<v1::LeaseResponse>, Status> {
+        let r = req.into_inner();
+        let worker = WorkerId(required("worker_id", &r.worker_id)?.to_string());
+        let grant = self.sched.lease(worker, r.max_trials.max(1)).await.map_err(status_of)?;
+        let trials = grant
+            .trials
+            .iter()
+            .map(|t| v1::LeasedTrial {
+                trial_id: t.id.0.clone(),
+                attempt: t.attempt.0,
+                spec: Some((&t.spec).into()),
+                lease_expires_unix_ms: t.expires_ms as u64,
+            })
+            .collect();
+        Ok(Response::new(v1::LeaseResponse { trials, drained: grant.drained, retry_after_ms: 500 }))
+    }
+
+    async fn heartbeat(&self, req: Request<v1::HeartbeatRequest>) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let r = req.into_inner();
+        let worker = WorkerId(required("worker_id", &r.worker_id)?.to_string());
+        let held = r.held.into_iter().map(|h| (TrialId(h.trial_id), Attempt(h.attempt))).collect();
+        let revoked = self.sched.heartbeat(worker, held).await.map_err(status_of)?;
+        Ok(Response::new(v1::HeartbeatResponse { revoked_trial_ids: revoked.into_iter().map(|t| t.0).collect() }))
+    }
+
+    async fn report_progress(&self, req: Request<v1::ProgressRequest>) -> Result<Response<v1::ProgressResponse>, Status> {
+        let r = req.into_inner();
+        let worker = WorkerId(required("worker_id", &r.worker_id)?.to_string());
+        let mut items = Vec::with_capacity(r.progress.len());
+        for p in r.progress {
+            let epoch = p.epoch.ok_or_else(|| Status::invalid_argument("missing field `progress.epoch`"))?;
+            items.push((TrialId(required("progress.trial_id", &p.trial_id)?.to_string()), Attempt(p.attempt), epoch.into()));
+        }
+        let revoked = self.sched.progress(worker, items).await.map_err(status_of)?;
+        Ok(Response::new(v1::ProgressResponse { revoked_trial_ids: revoked.into_iter().map(|t| t.0).collect() }))
+    }
+
+    async fn complete(&self, req: Request<v1::CompleteRequest>) -> Result<Response<v1::CompleteResponse>, Status> {
+        let r = req.into_inner();
+        let worker = WorkerId(required("worker_id", &r.worker_id)?.to_string());
+        let trial = TrialId(required("trial_id", &r.trial_id)?.to_string());
+        let result: TrialResult = r
+            .result
+            .ok_or_else(|| Status::invalid_argument("missing field `result`"))?
+            .try_into()
+            .map_err(|e: cbsweep_proto::ConvertError| Status::invalid_argument(format!("result: {e}")))?;
+        let recorded = self.sched.complete(worker, trial, Attempt(r.attempt), result).await.map_err(status_of)?;
+        Ok(Response::new(v1::CompleteResponse { recorded }))
+    }
+
+    async fn release(&self, req: Request<v1::ReleaseRequest>) -> Result<Response<v1::ReleaseResponse>, Status> {
+        let r = req.into_inner();
+        let worker = WorkerId(required("worker_id", &r.worker_id)?.to_string());
+        self.sched.release(worker, r.trial_ids.into_iter().map(TrialId).collect()).await.map_err(status_of)?;
+        Ok(Response::new(v1::ReleaseResponse {}))
+    }
+}
+
+#[tonic::async_trait]
+impl v1::sweep_service_server::SweepService for SweepApi {
+    async fn submit_sweep(&self, req: Request<v1::SubmitSweepRequest>) -> Result<Response<v1::SubmitSweepResponse>, Status> {
+        let r = req.into_inner();
+        let path = if r.spec_path.is_empty() { "<submitted spec>".to_string() } else { r.spec_path };
+        let spec = cbsweep_common::parse_spec(&r.spec_toml, Path::new(&path)).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let out = self.sched.submit(spec, path).await.map_err(status_of)?;
+        Ok(Response::new(v1::SubmitSweepResponse { sweep_id: out.sweep.0, total_trials: out.total, new_trials: out.new }))
+    }
+
+    async fn sweep_status(&self, req: Request<v1::SweepStatusRequest>) -> Result<Response<v1::SweepStatusResponse>, Status> {
+        let r = req.into_inner();
+        let only = (!r.sweep_id.is_empty()).then(|| SweepId(r.sweep_id));
+        let report = self.sched.status(only).await.map_err(status_of)?;
+        Ok(Response::new(v1::SweepStatusResponse {
+            sweeps: report
+                .sweeps
+                .into_iter()
+                .map(|s| v1::SweepSummary {
+                    sweep_id: s.sweep.0,
+                    state: s.state,
+                    total: s.total,
+                    counts: s.counts.into_iter().map(|(st, n): (TrialState, u32)| v1::StateCount { state: st.to_string(), count: n }).collect(),
+                    conditions: s
+                        .conditions
+                        .into_iter()
+                        .map(|c| v1::ConditionProgress { condition: c.condition, total: c.total, done: c.done, failed: c.failed, mean_max_level: c.mean_max_level })
+                        .collect(),
+                    trials_per_minute: s.trials_per_minute,
+                    eta_seconds: s.eta_seconds,
+                    results_dir: String::new(),
+                })
+                .collect(),
+            workers: report
+                .workers
+                .into_iter()
+                .map(|w| v1::WorkerInfo { worker_id: w.id, hostname: w.hostname, device: w.device, leased: w.leased, last_seen_ms_ago: w.last_seen_ms_ago.max(0) as u64 })
+                .collect(),
+        }))
+    }
+
+    async fn cancel_sweep(&self, req: Request<v1::CancelSweepRequest>) -> Result<Response<v1::CancelSweepResponse>, Status> {
+        let r = req.into_inner();
+        let n = self.sched.cancel(SweepId(required("sweep_id", &r.sweep_id)?.to_string())).await.map_err(status_of)?;
+        Ok(Response::new(v1::CancelSweepResponse { cancelled_trials: n }))
+    }
+
+    async fn retry_failed(&self, req: Request<v1::RetryFailedRequest>) -> Result<Response<v1::RetryFailedResponse>, Status> {
+        let r = req.into_inner();
+        let n = self.sched.retry_failed(SweepId(required("sweep_id", &r.sweep_id)?.to_string())).await.map_err(status_of)?;
+        Ok(Response::new(v1::RetryFailedResponse { requeued_trials: n }))
+    }
+}

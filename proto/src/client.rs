@@ -1,0 +1,74 @@
+//! Connecting to a coordinator with the bearer token attached to every call.
+
+use crate::v1::{sweep_service_client::SweepServiceClient, worker_service_client::WorkerServiceClient};
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+/// Adds `authorization: Bearer <token>` to each request.
+#[derive(Clone)]
+pub struct BearerAuth {
+    header: MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl std::fmt::Debug for BearerAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerAuth(..)")
+    }
+}
+
+impl BearerAuth {
+    pub fn new(token: &str) -> Result<Self, ClientError> {
+        let header = format!("Bearer {}", token.trim()).parse().map_err(|_| ClientError::BadToken)?;
+        Ok(BearerAuth { header })
+    }
+}
+
+impl tonic::service::Interceptor for BearerAuth {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        req.metadata_mut().insert("authorization", self.header.clone());
+        Ok(req)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the token holds characters that cannot go in a header (use printable ASCII)")]
+    BadToken,
+    #[error("invalid coordinator address {url}: {source}")]
+    BadUrl { url: String, source: tonic::transport::Error },
+    #[error("cannot reach the coordinator at {url}: {source} (is `cbsweep coordinator` running there?)")]
+    Connect { url: String, source: tonic::transport::Error },
+}
+
+pub type WorkerClient = WorkerServiceClient<InterceptedService<Channel, BearerAuth>>;
+pub type SweepClient = SweepServiceClient<InterceptedService<Channel, BearerAuth>>;
+
+async fn channel(url: &str) -> Result<Channel, ClientError> {
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|source| ClientError::BadUrl { url: url.into(), source })?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(60))
+        .tcp_nodelay(true);
+    endpoint.connect().await.map_err(|source| ClientError::Connect { url: url.into(), source })
+}
+
+pub async fn worker_client(url: &str, token: &str) -> Result<WorkerClient, ClientError> {
+    let auth = BearerAuth::new(token)?;
+    Ok(WorkerServiceClient::with_interceptor(channel(url).await?, auth).max_decoding_message_size(16 * 1024 * 1024))
+}
+
+pub async fn sweep_client(url: &str, token: &str) -> Result<SweepClient, ClientError> {
+    let auth = BearerAuth::new(token)?;
+    Ok(SweepServiceClient::with_interceptor(channel(url).await?, auth).max_decoding_message_size(16 * 1024 * 1024))
+}
+
+/// Reads a token: the file if given, else the CBSWEEP_TOKEN environment variable.
+pub fn read_token(file: Option<&std::path::Path>) -> Result<Option<String>, std::io::Error> {
+    if let Some(f) = file {
+        let t = std::fs::read_to_string(f).map_err(|e| std::io::Error::new(e.kind(), format!("cannot read token file {}: {e}", f.display())))?;
+        return Ok(Some(t.trim().to_string()));
+    }
+    Ok(std::env::var("CBSWEEP_TOKEN").ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()))
+}

@@ -1,0 +1,252 @@
+//! proto <-> domain conversions.
+
+use crate::v1;
+use cbsweep_common as c;
+
+/// A message that cannot become a domain value; names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error("missing field `{0}`")]
+    Missing(&'static str),
+    #[error("field `{field}` has an invalid value {value}")]
+    Invalid { field: &'static str, value: String },
+}
+
+impl From<c::Task> for v1::Task {
+    fn from(t: c::Task) -> Self {
+        match t {
+            c::Task::Dms => v1::Task::Dms,
+            c::Task::Parity => v1::Task::Parity,
+            c::Task::Oddball => v1::Task::Oddball,
+        }
+    }
+}
+
+impl From<c::TrainBudget> for v1::TrainBudget {
+    fn from(b: c::TrainBudget) -> Self {
+        v1::TrainBudget {
+            epochs: b.epochs,
+            steps_per_epoch: b.steps_per_epoch,
+            test_batches: b.test_batches,
+            batch_size: b.batch_size,
+            start_level: b.start_level,
+            max_level: b.max_level,
+            solve_threshold: b.solve_threshold,
+            momentum: b.momentum,
+            clip_norm: b.clip_norm,
+        }
+    }
+}
+
+impl TryFrom<v1::TrainBudget> for c::TrainBudget {
+    type Error = ConvertError;
+    fn try_from(b: v1::TrainBudget) -> Result<Self, ConvertError> {
+        let positive = |field: &'static str, v: u32| {
+            if v == 0 { Err(ConvertError::Invalid { field, value: "0".into() }) } else { Ok(v) }
+        };
+        Ok(c::TrainBudget {
+            epochs: positive("budget.epochs", b.epochs)?,
+            steps_per_epoch: positive("budget.steps_per_epoch", b.steps_per_epoch)?,
+            test_batches: positive("budget.test_batches", b.test_batches)?,
+            batch_size: positive("budget.batch_size", b.batch_size)?,
+            start_level: positive("budget.start_level", b.start_level)?,
+            max_level: positive("budget.max_level", b.max_level)?,
+            solve_threshold: b.solve_threshold,
+            momentum: b.momentum,
+            clip_norm: b.clip_norm,
+        })
+    }
+}
+
+fn freeze_to_wire(f: c::FreezePoint) -> (v1::FreezeKind, u64) {
+    match f {
+        c::FreezePoint::Never => (v1::FreezeKind::Never, 0),
+        c::FreezePoint::Level(n) => (v1::FreezeKind::Level, n.into()),
+        c::FreezePoint::Epoch(n) => (v1::FreezeKind::Epoch, n.into()),
+        c::FreezePoint::Step(n) => (v1::FreezeKind::Step, n),
+    }
+}
+
+fn freeze_from_wire(kind: i32, value: u64) -> Result<c::FreezePoint, ConvertError> {
+    let small = || u32::try_from(value).map_err(|_| ConvertError::Invalid { field: "freeze_value", value: value.to_string() });
+    match v1::FreezeKind::try_from(kind) {
+        Ok(v1::FreezeKind::Never) => Ok(c::FreezePoint::Never),
+        Ok(v1::FreezeKind::Level) => Ok(c::FreezePoint::Level(small()?)),
+        Ok(v1::FreezeKind::Epoch) => Ok(c::FreezePoint::Epoch(small()?)),
+        Ok(v1::FreezeKind::Step) => Ok(c::FreezePoint::Step(value)),
+        _ => Err(ConvertError::Invalid { field: "freeze_kind", value: kind.to_string() }),
+    }
+}
+
+impl From<&c::TrialSpec> for v1::TrialSpec {
+    fn from(t: &c::TrialSpec) -> Self {
+        let (regime, freeze, refresh_every) = match t.regime {
+            c::Regime::Simult => (v1::RegimeKind::Simult, c::FreezePoint::Never, 0),
+            c::Regime::Reservoir { freeze } => (v1::RegimeKind::Reservoir, freeze, 0),
+            c::Regime::Interleaved { freeze, every } => (v1::RegimeKind::Interleaved, freeze, every),
+        };
+        let (freeze_kind, freeze_value) = freeze_to_wire(freeze);
+        v1::TrialSpec {
+            sweep_id: t.sweep.0.clone(),
+            task: v1::Task::from(t.task).into(),
+            arch: match t.arch {
+                c::Arch::Rnn => v1::Arch::Rnn,
+                c::Arch::Cbrnn => v1::Arch::Cbrnn,
+            }
+            .into(),
+            hidden: t.hidden,
+            granule: t.granule,
+            purkinje: t.purkinje,
+            seed: t.seed.0,
+            regime: regime.into(),
+            freeze_kind: freeze_kind.into(),
+            freeze_value,
+            refresh_every,
+            lr_core: t.lr_core,
+            lr_cb: t.lr_cb,
+            lr_readout: t.lr_readout,
+            core_plasticity: t.core_plasticity,
+            budget: Some(t.budget.into()),
+        }
+    }
+}
+
+impl TryFrom<v1::TrialSpec> for c::TrialSpec {
+    type Error = ConvertError;
+    fn try_from(t: v1::TrialSpec) -> Result<Self, ConvertError> {
+        if t.sweep_id.is_empty() {
+            return Err(ConvertError::Missing("sweep_id"));
+        }
+        let task = match v1::Task::try_from(t.task) {
+            Ok(v1::Task::Dms) => c::Task::Dms,
+            Ok(v1::Task::Parity) => c::Task::Parity,
+            Ok(v1::Task::Oddball) => c::Task::Oddball,
+            _ => return Err(ConvertError::Invalid { field: "task", value: t.task.to_string() }),
+        };
+        let arch = match v1::Arch::try_from(t.arch) {
+            Ok(v1::Arch::Rnn) => c::Arch::Rnn,
+            Ok(v1::Arch::Cbrnn) => c::Arch::Cbrnn,
+            _ => return Err(ConvertError::Invalid { field: "arch", value: t.arch.to_string() }),
+        };
+        let freeze = freeze_from_wire(t.freeze_kind, t.freeze_value)?;
+        let regime = match v1::RegimeKind::try_from(t.regime) {
+            Ok(v1::RegimeKind::Simult) => c::Regime::Simult,
+            Ok(v1::RegimeKind::Reservoir) => c::Regime::Reservoir { freeze },
+            Ok(v1::RegimeKind::Interleaved) if t.refresh_every > 0 => c::Regime::Interleaved { freeze, every: t.refresh_every },
+            Ok(v1::RegimeKind::Interleaved) => return Err(ConvertError::Invalid { field: "refresh_every", value: "0".into() }),
+            _ => return Err(ConvertError::Invalid { field: "regime", value: t.regime.to_string() }),
+        };
+        for (field, v) in [("hidden", t.hidden), ("granule", t.granule), ("purkinje", t.purkinje)] {
+            if v == 0 {
+                return Err(ConvertError::Invalid { field, value: "0".into() });
+            }
+        }
+        Ok(c::TrialSpec {
+            sweep: c::SweepId(t.sweep_id),
+            task,
+            arch,
+            hidden: t.hidden,
+            granule: t.granule,
+            purkinje: t.purkinje,
+            seed: c::Seed(t.seed),
+            regime,
+            lr_core: t.lr_core,
+            lr_cb: t.lr_cb,
+            lr_readout: t.lr_readout,
+            core_plasticity: t.core_plasticity,
+            budget: t.budget.ok_or(ConvertError::Missing("budget"))?.try_into()?,
+        })
+    }
+}
+
+impl From<&c::EpochRecord> for v1::EpochRecord {
+    fn from(e: &c::EpochRecord) -> Self {
+        v1::EpochRecord {
+            epoch: e.epoch,
+            level: e.level,
+            train_loss: e.train_loss,
+            test_accuracy: e.test_accuracy,
+            solved: e.solved,
+            grad_norm: e.grad_norm,
+            core_learning: e.core_learning,
+            cb_learning: e.cb_learning,
+        }
+    }
+}
+
+impl From<v1::EpochRecord> for c::EpochRecord {
+    fn from(e: v1::EpochRecord) -> Self {
+        c::EpochRecord {
+            epoch: e.epoch,
+            level: e.level,
+            train_loss: e.train_loss,
+            test_accuracy: e.test_accuracy,
+            solved: e.solved,
+            grad_norm: e.grad_norm,
+            core_learning: e.core_learning,
+            cb_learning: e.cb_learning,
+        }
+    }
+}
+
+impl From<&c::TrialResult> for v1::TrialResult {
+    fn from(r: &c::TrialResult) -> Self {
+        let (outcome, error) = match &r.outcome {
+            c::TrialOutcome::Completed => (v1::OutcomeKind::Completed, String::new()),
+            c::TrialOutcome::Diverged => (v1::OutcomeKind::Diverged, String::new()),
+            c::TrialOutcome::Failed(e) => (v1::OutcomeKind::Failed, e.clone()),
+        };
+        v1::TrialResult {
+            outcome: outcome.into(),
+            error,
+            curve: r.curve.iter().map(Into::into).collect(),
+            wall_time_ms: r.wall_time_ms,
+            device: r.device.clone(),
+            pack_size: r.pack_size,
+        }
+    }
+}
+
+impl TryFrom<v1::TrialResult> for c::TrialResult {
+    type Error = ConvertError;
+    fn try_from(r: v1::TrialResult) -> Result<Self, ConvertError> {
+        let outcome = match v1::OutcomeKind::try_from(r.outcome) {
+            Ok(v1::OutcomeKind::Completed) => c::TrialOutcome::Completed,
+            Ok(v1::OutcomeKind::Diverged) => c::TrialOutcome::Diverged,
+            Ok(v1::OutcomeKind::Failed) => c::TrialOutcome::Failed(r.error),
+            _ => return Err(ConvertError::Invalid { field: "outcome", value: r.outcome.to_string() }),
+        };
+        let curve: Vec<c::EpochRecord> = r.curve.into_iter().map(Into::into).collect();
+        if curve.windows(2).any(|w| w[1].epoch != w[0].epoch + 1) {
+            return Err(ConvertError::Invalid { field: "curve", value: "epochs not consecutive".into() });
+        }
+        Ok(c::TrialResult { outcome, curve, wall_time_ms: r.wall_time_ms, device: r.device, pack_size: r.pack_size })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn trial_specs_round_trip_through_the_wire() {
+        let text = "[sweep]\nname = \"w\"\n[grid]\ntask = [\"dms\", \"oddball\"]\narch = [\"cbrnn\", \"rnn\"]\nseed = [3]\nregime = [\"simult\", \"reservoir\", \"interleaved\"]\nfreeze = [\"level:2\", \"step:70\", \"never\"]\n";
+        let spec = c::parse_spec(text, Path::new("w.toml")).unwrap();
+        for t in &spec.trials {
+            let back = c::TrialSpec::try_from(v1::TrialSpec::from(t)).unwrap();
+            assert_eq!(&back, t);
+            assert_eq!(back.id(), t.id());
+        }
+    }
+
+    #[test]
+    fn a_spec_without_budget_names_the_missing_field() {
+        let text = "[sweep]\nname = \"w\"\n[grid]\ntask = [\"dms\"]\narch = [\"rnn\"]\nseed = [3]\n";
+        let spec = c::parse_spec(text, Path::new("w.toml")).unwrap();
+        let mut wire = v1::TrialSpec::from(&spec.trials[0]);
+        wire.budget = None;
+        let e = c::TrialSpec::try_from(wire).unwrap_err();
+        assert_eq!(e.to_string(), "missing field `budget`");
+    }
+}

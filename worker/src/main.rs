@@ -1,0 +1,150 @@
+use anyhow::Context;
+use cbsweep_worker::client::{self, WorkerConfig};
+use cbsweep_worker::fake::{FakeConfig, FakeTrainer};
+use cbsweep_worker::trainer::Trainer;
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Named exit codes.
+mod exit {
+    pub const FAILURE: u8 = 1;
+    pub const BAD_INPUT: u8 = 2;
+}
+
+/// cbsweep-worker: leases trials from a cbsweep coordinator and trains them.
+#[derive(Parser)]
+#[command(name = "cbsweep-worker", version, about)]
+struct Args {
+    /// Coordinator address.
+    #[arg(long, env = "CBSWEEP_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    coordinator: String,
+    /// File holding the bearer token (default: the CBSWEEP_TOKEN environment variable).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Device: cpu, cuda:N, or auto (the first GPU if there is one, else the CPU).
+    #[arg(long, env = "CBSWEEP_DEVICE", default_value = "auto")]
+    device: String,
+    /// Intra-op threads for libtorch (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: u32,
+    /// Most trials trained together as one pack (the sweep's run.pack_size also caps it).
+    #[arg(long, default_value_t = 64)]
+    max_pack: u32,
+    /// Exit when the coordinator has no running sweep left (default: wait for more work).
+    #[arg(long)]
+    exit_when_drained: bool,
+    /// Give up when the coordinator stays unreachable this many seconds.
+    #[arg(long, default_value_t = 600)]
+    give_up_after_s: u64,
+    /// Trainer: torch (libtorch) or fake (no training; for scheduler tests).
+    #[arg(long, default_value = "torch")]
+    trainer: String,
+    /// fake trainer: milliseconds per epoch.
+    #[arg(long, default_value_t = 10)]
+    fake_epoch_ms: u64,
+    /// fake trainer: seeds whose trials fail every attempt (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    fake_fail_seeds: Vec<u64>,
+    /// fake trainer: seeds whose trials diverge (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    fake_diverge_seeds: Vec<u64>,
+    /// fake trainer: append each execution to this file.
+    #[arg(long)]
+    fake_execution_log: Option<PathBuf>,
+}
+
+fn torch_device(name: &str) -> anyhow::Result<tch::Device> {
+    match name {
+        "cpu" => Ok(tch::Device::Cpu),
+        "auto" => Ok(tch::Device::cuda_if_available()),
+        other => {
+            let n = other.strip_prefix("cuda:").or((other == "cuda").then_some("0"));
+            let n: usize = n.and_then(|n| n.parse().ok()).with_context(|| format!("--device {other:?}: expected cpu, cuda:N or auto"))?;
+            anyhow::ensure!(tch::Cuda::is_available(), "--device {other}: no CUDA device is available to libtorch on this node");
+            anyhow::ensure!(n < tch::Cuda::device_count() as usize, "--device {other}: this node has {} CUDA device(s)", tch::Cuda::device_count());
+            Ok(tch::Device::Cuda(n))
+        }
+    }
+}
+
+fn trainer(args: &Args) -> anyhow::Result<Box<dyn Trainer>> {
+    match args.trainer.as_str() {
+        "torch" => {
+            let device = torch_device(&args.device)?;
+            if args.threads > 0 {
+                tch::set_num_threads(args.threads as i32);
+            }
+            tch::set_num_interop_threads(1);
+            Ok(Box::new(cbsweep_worker::torch::TorchTrainer::new(device)))
+        }
+        "fake" => Ok(Box::new(FakeTrainer::new(FakeConfig {
+            epoch_ms: args.fake_epoch_ms,
+            fail_seeds: args.fake_fail_seeds.clone(),
+            diverge_seeds: args.fake_diverge_seeds.clone(),
+            execution_log: args.fake_execution_log.clone(),
+        }))),
+        other => anyhow::bail!("--trainer {other:?}: expected torch or fake"),
+    }
+}
+
+async fn run(args: Args, trainer: Box<dyn Trainer>) -> anyhow::Result<()> {
+    let token = cbsweep_proto::client::read_token(args.token_file.as_deref())?
+        .context("no token: pass --token-file FILE or set CBSWEEP_TOKEN (a coordinator writes its token to STATE/token)")?;
+    let cfg = WorkerConfig {
+        coordinator: args.coordinator.clone(),
+        token,
+        max_pack: args.max_pack.max(1),
+        exit_when_drained: args.exit_when_drained,
+        give_up_after: Duration::from_secs(args.give_up_after_s),
+        hostname: hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "unknown".into()),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // SIGTERM, SIGINT and SIGUSR1 (Slurm's pre-emption warning) all mean: hand leases back, exit.
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int), Ok(mut usr1)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::user_defined1())) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = usr1.recv() => {}
+        }
+        tracing::info!("signal received; finishing up");
+        let _ = stop_tx.send(true);
+    });
+    client::run(cfg, trainer, stop_rx).await?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CBSWEEP_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let trainer = match trainer(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("cbsweep-worker: {e:#}");
+            return ExitCode::from(exit::BAD_INPUT);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cbsweep-worker: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(run(args, trainer)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cbsweep-worker: {e:#}");
+            ExitCode::from(exit::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! The libtorch trainer: the CB-RNN and its parameter-matched plain RNN (cb-rnn-spec.md), the
+//! three curriculum tasks, and the training of a pack of same-shape trials as one batched
+//! computation on one device.
+//!
+//! Owns: task data generation from each trial's own seed (`tasks`), the packed models
+//! (`model`), and the optimiser, regimes and curriculum (`train`). This is the only module of
+//! the worker that knows tch (the benches aside); everything else sees `crate::trainer::Trainer`.
+
+mod model;
+mod tasks;
+mod train;
+
+pub use train::TorchTrainer;
+
+#[cfg(test)]
+mod tests;
