@@ -188,8 +188,9 @@ fn cbrnn_epoch_timing() {
     (spec.hidden, spec.granule, spec.purkinje, spec.lr_core, spec.lr_cb, spec.lr_readout) = (64, 256, 64, 0.01, 0.01, 0.01);
     spec.budget = TrainBudget {
         epochs: 1,
-        steps_per_epoch: 100,
-        test_batches: 50,
+
+        test_batches: std::env::var("TB").map(|v| v.parse().unwrap()).unwrap_or(50),
+        steps_per_epoch: std::env::var("ST").map(|v| v.parse().unwrap()).unwrap_or(100),
         batch_size: 64,
         solve_threshold: 1.01,
         ..small_budget()

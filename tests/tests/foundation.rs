@@ -1,0 +1,110 @@
+//! The foundation's promises, end to end: real processes, real gRPC on loopback, real libtorch
+//! training, Parquet read back by DuckDB.
+
+use cbsweep_tests::{cbsweep, duckdb, text, write_spec};
+
+const TINY: &str = r#"
+[sweep]
+name = "tiny"
+[grid]
+task = ["dms", "parity"]
+arch = ["cbrnn", "rnn"]
+seed = [0, 1]
+[train]
+epochs = 3
+steps_per_epoch = 5
+test_batches = 2
+batch_size = 16
+[run]
+pack_size = 2
+"#;
+
+#[test]
+fn real_sweep_runs_through_grpc_and_duckdb_reads_one_row_per_cell() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), "tiny.toml", TINY);
+    let out = dir.path().join("out");
+    let o = cbsweep(&["run", spec.to_str().unwrap(), "--workers", "2", "--threads", "1", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let trials = out.join("tiny/trials.parquet");
+    let curves = out.join("tiny/curves.parquet");
+    let rows = duckdb(&format!(
+        "SELECT task, arch, seed, param_count, status, outcome, epochs_run, device, worker_id FROM '{}' ORDER BY task, arch, seed",
+        trials.display()
+    ));
+    assert_eq!(rows.len(), 8, "one trials row per cell: {rows:?}");
+    for r in &rows {
+        assert_eq!(r["status"], "done", "{r}");
+        assert_eq!(r["outcome"], "completed", "{r}");
+        assert_eq!(r["epochs_run"], 3, "{r}");
+        assert_eq!(r["device"], "cpu", "{r}");
+        let expected = if r["arch"] == "cbrnn" { 41_922 } else { 41_816 };
+        assert_eq!(r["param_count"], expected, "{r}");
+    }
+    let workers = duckdb(&format!("SELECT count(DISTINCT worker_id) AS n FROM '{}'", trials.display()));
+    assert_eq!(workers[0]["n"], 2, "both worker processes trained trials");
+    let per_trial = duckdb(&format!(
+        "SELECT trial_id, count(*) AS n, min(epoch) AS first, max(epoch) AS last FROM '{}' GROUP BY trial_id",
+        curves.display()
+    ));
+    assert_eq!(per_trial.len(), 8);
+    for r in &per_trial {
+        assert_eq!((r["n"].as_i64(), r["first"].as_i64(), r["last"].as_i64()), (Some(3), Some(1), Some(3)), "{r}");
+    }
+    let losses = duckdb(&format!("SELECT min(train_loss) AS lo, max(test_accuracy) AS hi FROM '{}'", curves.display()));
+    assert!(losses[0]["lo"].as_f64().unwrap() > 0.0, "real losses are positive: {losses:?}");
+    assert!(losses[0]["hi"].as_f64().unwrap() <= 1.0);
+}
+
+fn refused(name: &str, spec_text: &str, expect: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), name, spec_text);
+    let out = dir.path().join("out");
+    let o = cbsweep(&["run", spec.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let msg = text(&o);
+    assert_eq!(o.status.code(), Some(2), "bad input exits 2: {msg}");
+    assert!(msg.contains(name), "the message names the file: {msg}");
+    for e in expect {
+        assert!(msg.contains(e), "the message says {e:?}: {msg}");
+    }
+    assert!(!out.exists(), "nothing ran and nothing was written before the refusal");
+}
+
+#[test]
+fn spec_with_unknown_key_is_refused_before_anything_runs() {
+    refused("typo.toml", &TINY.replace("epochs = 3", "epocs = 3"), &["unknown key `train.epocs`"]);
+}
+
+#[test]
+fn spec_with_missing_field_is_refused_before_anything_runs() {
+    refused("nameless.toml", &TINY.replace("name = \"tiny\"", ""), &["missing required key `sweep.name`"]);
+}
+
+#[test]
+fn spec_with_negative_epochs_is_refused_before_anything_runs() {
+    refused("negative.toml", &TINY.replace("epochs = 3", "epochs = -3"), &["train.epochs = -3", "positive"]);
+}
+
+#[test]
+fn spec_with_unknown_task_is_refused_before_anything_runs() {
+    refused("task.toml", &TINY.replace("\"parity\"", "\"parody\""), &["grid.task = \"parody\"", "dms, parity, oddball"]);
+}
+
+#[test]
+fn same_trial_run_twice_gives_the_same_curve() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = TINY.replace("task = [\"dms\", \"parity\"]", "task = [\"dms\"]").replace("arch = [\"cbrnn\", \"rnn\"]", "arch = [\"cbrnn\"]").replace("seed = [0, 1]", "seed = [7]");
+    let spec = write_spec(dir.path(), "one.toml", &one);
+    let mut curves = Vec::new();
+    for run in ["a", "b"] {
+        let out = dir.path().join(run);
+        let o = cbsweep(&["run", spec.to_str().unwrap(), "--workers", "1", "--threads", "1", "--out", out.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", text(&o));
+        curves.push(duckdb(&format!(
+            "SELECT trial_id, epoch, level, train_loss, test_accuracy, solved, grad_norm FROM '{}' ORDER BY epoch",
+            out.join("tiny/curves.parquet").display()
+        )));
+    }
+    assert_eq!(curves[0].len(), 3);
+    assert_eq!(curves[0], curves[1], "same seed, same trial, same numbers");
+}
