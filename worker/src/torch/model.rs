@@ -97,6 +97,15 @@ pub(crate) struct PackedModel {
     params: Vec<Tensor>,
 }
 
+/// The cerebellar module's tensors laid out for the time loop.
+struct CbLayers {
+    granule_in: Tensor,
+    w_pc: Tensor,
+    b_pc: Tensor,
+    w_dcn: Tensor,
+    b_dcn: Tensor,
+}
+
 // Positions in `Dims::param_specs` (and `PackedModel::params`).
 const W_X: usize = 0;
 const B_X: usize = 1;
@@ -274,21 +283,13 @@ impl PackedModel {
                 let b_cb = cb.b_dcn.f_baddbmm(&purkinje, &cb.w_dcn, 1.0, 1.0)?; // [M, B, H]
                 pre = pre.f_add(&b_cb)?;
             }
+            // (1 - a) h + a LeakyReLU(pre), negative slope 0.01 (libtorch's default)
             let next = state.f_lerp(&pre.f_leaky_relu()?, ALPHA)?; // [M, B, H]
             state = if t >= input.min_len { next.f_where_self(&active.f_get(t)?, &state)? } else { next };
         }
         let w_o = p[W_O].f_transpose(1, 2)?; // [M, H, 2]
         p[B_O].f_unsqueeze(1)?.f_baddbmm(&state, &w_o, 1.0, 1.0) // [M, B, 2]
     }
-}
-
-/// The cerebellar module's tensors laid out for the time loop.
-struct CbLayers {
-    granule_in: Tensor,
-    w_pc: Tensor,
-    b_pc: Tensor,
-    w_dcn: Tensor,
-    b_dcn: Tensor,
 }
 
 /// Per-trial mean cross-entropy of final-step logits [M, B, 2] against labels [M, B], [M].

@@ -185,12 +185,12 @@ fn a_pack_of_mixed_shapes_fails_as_data() {
 fn cbrnn_epoch_timing() {
     one_thread();
     let mut spec = small_spec(1, Task::Dms, Arch::Cbrnn, Regime::Simult);
-    (spec.hidden, spec.granule, spec.purkinje, spec.lr_core, spec.lr_cb, spec.lr_readout) = (64, 256, 64, 0.01, 0.01, 0.01);
+    (spec.hidden, spec.granule, spec.purkinje) = (64, 256, 64);
+    (spec.lr_core, spec.lr_cb, spec.lr_readout) = (0.01, 0.01, 0.01);
     spec.budget = TrainBudget {
         epochs: 1,
-
-        test_batches: std::env::var("TB").map(|v| v.parse().unwrap()).unwrap_or(50),
-        steps_per_epoch: std::env::var("ST").map(|v| v.parse().unwrap()).unwrap_or(100),
+        steps_per_epoch: 100,
+        test_batches: 50,
         batch_size: 64,
         solve_threshold: 1.01,
         ..small_budget()

@@ -26,6 +26,8 @@ pub(crate) enum TrainError {
     Torch(#[from] TchError),
     #[error("trial {index} of the pack has pack key {found}, the first has {expected}")]
     MixedPack { index: usize, found: String, expected: String },
+    #[error("an empty pack")]
+    EmptyPack,
     #[error("training panicked: {0}")]
     Panicked(String),
 }
@@ -59,6 +61,7 @@ impl Trainer for TorchTrainer {
         if pack.is_empty() {
             return Vec::new();
         }
+        let _span = tracing::info_span!("pack", size = pack.len(), key = %pack[0].pack_key().0).entered();
         let started = Instant::now();
         let mut trials: Vec<TrialRun> = pack.iter().map(|spec| TrialRun::new(spec, started)).collect();
         let run = catch_unwind(AssertUnwindSafe(|| {
@@ -112,7 +115,7 @@ pub(crate) fn learning(regime: Regime, start_level: u32, level: u32, epochs_done
         Regime::Simult => Learning { core: true, cb: true },
         Regime::Reservoir { .. } | Regime::Interleaved { .. } if !frozen => Learning { core: true, cb: false },
         Regime::Interleaved { every, .. }
-            if every > 0 && level > start_level && (level - start_level) % every == 0 =>
+            if every > 0 && level > start_level && (level - start_level).is_multiple_of(every) =>
         {
             Learning { core: true, cb: true }
         }
@@ -235,7 +238,7 @@ pub(crate) struct EpochSums {
 impl PackRun {
     pub(crate) fn new(pack: &[TrialSpec], kind: Kind, device: Device) -> Result<Self, TrainError> {
         let Some(first) = pack.first() else {
-            return Err(TrainError::Torch(TchError::Shape("an empty pack".into())));
+            return Err(TrainError::EmptyPack);
         };
         let expected = first.pack_key();
         if let Some((index, t)) = pack.iter().enumerate().find(|(_, t)| t.pack_key() != expected) {
@@ -272,7 +275,11 @@ impl PackRun {
         })
     }
 
-    fn run(mut self, trials: &mut [TrialRun], on_epoch: &mut dyn FnMut(usize, &EpochRecord) -> Control) -> Result<(), TrainError> {
+    fn run(
+        mut self,
+        trials: &mut [TrialRun],
+        on_epoch: &mut dyn FnMut(usize, &EpochRecord) -> Control,
+    ) -> Result<(), TrainError> {
         let budget = self.budget;
         let steps = budget.steps_per_epoch.max(1);
         let tested = f64::from(budget.test_batches.max(1)) * f64::from(budget.batch_size.max(1));
@@ -286,12 +293,9 @@ impl PackRun {
             }
             let correct = self.test(trials, CbOutput::On)?;
             // one transfer per epoch: [3, M] -> host
-            let stats = Tensor::f_stack(
-                &[sums.loss.f_to_kind(Kind::Double)?, sums.grad_norm.f_to_kind(Kind::Double)?, correct.f_to_kind(Kind::Double)?],
-                0,
-            )?
-            .f_to_device(Device::Cpu)?
-            .f_flatten(0, -1)?;
+            let per_trial = [&sums.loss, &sums.grad_norm, &correct].map(|t| t.f_to_kind(Kind::Double));
+            let per_trial = per_trial.into_iter().collect::<Result<Vec<_>, _>>()?;
+            let stats = Tensor::f_stack(&per_trial, 0)?.f_to_device(Device::Cpu)?.f_flatten(0, -1)?; // [3 * M]
             let stats = Vec::<f64>::try_from(&stats)?;
             let m = self.rows.len();
 
@@ -465,7 +469,8 @@ impl PackRun {
 
     /// Drops the rows of trials that have ended from every packed tensor.
     fn drop_ended(&mut self, trials: &[TrialRun]) -> Result<(), TchError> {
-        let keep: Vec<i64> = (0..self.rows.len()).filter(|&r| trials[self.rows[r]].running()).map(|r| r as i64).collect();
+        let keep: Vec<i64> =
+            (0..self.rows.len()).filter(|&r| trials[self.rows[r]].running()).map(|r| r as i64).collect();
         if keep.len() == self.rows.len() {
             return Ok(());
         }
@@ -501,7 +506,11 @@ pub(crate) fn pack_batches(
 ) -> Result<(PackedInput, Tensor), TchError> {
     let m = per_row.len();
     let h = hidden as usize;
-    let width: usize = per_row.first().map(|r| r.iter().map(|(b, _)| b.labels.len()).sum()).unwrap_or(0);
+    let row_width = |r: &Vec<(TaskBatch, Vec<f64>)>| r.iter().map(|(b, _)| b.labels.len()).sum::<usize>();
+    let width = per_row.first().map(row_width).unwrap_or(0);
+    if per_row.iter().any(|r| row_width(r) != width) {
+        return Err(TchError::Shape("every trial of a pack needs the same number of sequences".into()));
+    }
     let t_max = per_row.iter().flatten().map(|(b, _)| b.len).max().unwrap_or(0);
     let min_len = per_row.iter().flatten().map(|(b, _)| b.len).min().unwrap_or(0);
     let mut x = vec![0u8; t_max * m * width]; // [T, M, B']

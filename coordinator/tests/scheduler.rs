@@ -1,0 +1,174 @@
+//! The scheduler's promises at the domain level (no gRPC, no processes): leases, fencing,
+//! idempotent completion, retries, growth of a sweep, restart on the same state.
+
+use cbsweep_common::{Attempt, EpochRecord, TrialOutcome, TrialResult, TrialState, parse_spec};
+use cbsweep_coordinator::scheduler::{SchedError, SchedulerHandle, SchedulerOptions, WorkerHello};
+use std::path::Path;
+use std::time::Duration;
+
+fn spec(seeds: &str, extra: &str) -> cbsweep_common::SweepSpec {
+    let text = format!(
+        "[sweep]\nname = \"s\"\n[grid]\ntask = [\"dms\"]\narch = [\"cbrnn\", \"rnn\"]\nseed = {seeds}\n[train]\nepochs = 2\n{extra}"
+    );
+    parse_spec(&text, Path::new("s.toml")).unwrap()
+}
+
+fn result(outcome: TrialOutcome) -> TrialResult {
+    let e = |epoch| EpochRecord { epoch, level: 2, train_loss: 0.5, test_accuracy: 0.7, solved: false, grad_norm: 1.0, core_learning: true, cb_learning: true };
+    TrialResult { outcome, curve: vec![e(1), e(2)], wall_time_ms: 5, device: "test".into(), pack_size: 1 }
+}
+
+fn opts() -> SchedulerOptions {
+    SchedulerOptions { tick: Duration::from_millis(50), ..Default::default() }
+}
+
+async fn worker(s: &SchedulerHandle, name: &str) -> cbsweep_common::WorkerId {
+    s.register(WorkerHello { hostname: name.into(), device: "test".into(), pid: 1 }).await.unwrap()
+}
+
+#[tokio::test]
+async fn late_completion_from_an_expired_lease_is_rejected_and_keeps_the_newer_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SchedulerHandle::start(dir.path(), opts()).unwrap();
+    s.submit(spec("[0]", "[run]\nlease_seconds = 1\npack_size = 1\n"), "s.toml".into()).await.unwrap();
+    let (a, b) = (worker(&s, "a").await, worker(&s, "b").await);
+    let first = s.lease(a.clone(), 1).await.unwrap().trials.remove(0);
+    assert_eq!(first.attempt, Attempt(1));
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // The lease expired: the trial goes back to the queue, and b gets it under attempt 2.
+    let mut second = None;
+    for _ in 0..20 {
+        let g = s.lease(b.clone(), 4).await.unwrap();
+        if let Some(t) = g.trials.into_iter().find(|t| t.id == first.id) {
+            second = Some(t);
+            break;
+        }
+    }
+    let second = second.expect("the expired trial is leased again");
+    assert_eq!(second.attempt, Attempt(2));
+    let mut good = result(TrialOutcome::Completed);
+    good.device = "b".into();
+    assert!(s.complete(b.clone(), second.id.clone(), second.attempt, good.clone()).await.unwrap());
+    let late = s.complete(a.clone(), first.id.clone(), first.attempt, result(TrialOutcome::Completed)).await;
+    assert!(matches!(late, Err(SchedError::StaleAttempt { attempt: 1, current: 2, .. })), "{late:?}");
+    // Completion is idempotent for the current attempt.
+    assert!(!s.complete(b.clone(), second.id.clone(), second.attempt, good).await.unwrap());
+    drop(s);
+    let store = cbsweep_coordinator::store::Store::open_read_only(dir.path()).unwrap();
+    let row = store.trials(&"s".into()).unwrap().into_iter().find(|t| t.id == first.id).unwrap();
+    assert_eq!(row.device.as_deref(), Some("b"), "the newer result stands");
+}
+
+#[tokio::test]
+async fn failing_trial_is_retried_then_recorded_as_failed_and_the_sweep_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SchedulerHandle::start(dir.path(), opts()).unwrap();
+    s.submit(spec("[0]", "[run]\nmax_attempts = 2\npack_size = 1\n"), "s.toml".into()).await.unwrap();
+    let w = worker(&s, "w").await;
+    let mut failures = 0;
+    let mut done = 0;
+    for _ in 0..10 {
+        let g = s.lease(w.clone(), 1).await.unwrap();
+        let Some(t) = g.trials.into_iter().next() else { break };
+        if t.spec.arch == cbsweep_common::Arch::Rnn {
+            failures += 1;
+            s.complete(w.clone(), t.id, t.attempt, result(TrialOutcome::Failed("boom".into()))).await.unwrap();
+        } else {
+            done += 1;
+            s.complete(w.clone(), t.id, t.attempt, result(TrialOutcome::Diverged)).await.unwrap();
+        }
+    }
+    assert_eq!((failures, done), (2, 1), "two attempts at the failing trial, one at the other");
+    let status = s.status(None).await.unwrap();
+    let sweep = &status.sweeps[0];
+    assert_eq!(sweep.state, "done");
+    let count = |st| sweep.counts.iter().find(|(s, _)| *s == st).map(|(_, n)| *n).unwrap();
+    assert_eq!((count(TrialState::Done), count(TrialState::Failed)), (1, 1));
+    let store = cbsweep_coordinator::store::Store::open_read_only(dir.path()).unwrap();
+    let rows = store.trials(&"s".into()).unwrap();
+    let failed = rows.iter().find(|r| r.state == TrialState::Failed).unwrap();
+    assert_eq!(failed.last_error.as_deref(), Some("boom"));
+    assert_eq!(failed.attempt, 2);
+    let diverged = rows.iter().find(|r| r.state == TrialState::Done).unwrap();
+    assert_eq!(diverged.outcome.as_deref(), Some("diverged"));
+}
+
+#[tokio::test]
+async fn growing_a_finished_sweep_by_two_seeds_adds_only_the_new_cells() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SchedulerHandle::start(dir.path(), opts()).unwrap();
+    let first = s.submit(spec("[0, 1]", ""), "s.toml".into()).await.unwrap();
+    assert_eq!((first.total, first.new), (4, 4));
+    let w = worker(&s, "w").await;
+    let mut ran = Vec::new();
+    loop {
+        let g = s.lease(w.clone(), 8).await.unwrap();
+        if g.trials.is_empty() {
+            break;
+        }
+        for t in g.trials {
+            ran.push(t.id.clone());
+            s.complete(w.clone(), t.id, t.attempt, result(TrialOutcome::Completed)).await.unwrap();
+        }
+    }
+    assert_eq!(ran.len(), 4);
+    let grown = s.submit(spec("[0, 1, 2, 3]", ""), "s.toml".into()).await.unwrap();
+    assert_eq!((grown.total, grown.new), (8, 4));
+    let mut leased = Vec::new();
+    loop {
+        let g = s.lease(w.clone(), 8).await.unwrap();
+        if g.trials.is_empty() {
+            break;
+        }
+        leased.extend(g.trials);
+    }
+    assert_eq!(leased.len(), 4);
+    assert!(leased.iter().all(|t| !ran.contains(&t.id) && t.spec.seed.0 >= 2), "only the new seeds run");
+    // Resubmitting the same spec adds nothing.
+    assert_eq!(s.submit(spec("[0, 1, 2, 3]", ""), "s.toml".into()).await.unwrap().new, 0);
+}
+
+#[tokio::test]
+async fn spec_that_changes_an_existing_cell_is_refused_with_a_diff() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SchedulerHandle::start(dir.path(), opts()).unwrap();
+    s.submit(spec("[0]", ""), "s.toml".into()).await.unwrap();
+    let changed = spec("[0]", "steps_per_epoch = 7\n");
+    let e = s.submit(changed, "s.toml".into()).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, SchedError::Conflict { .. }), "{msg}");
+    assert!(msg.contains("budget.steps_per_epoch: 100 -> 7"), "{msg}");
+}
+
+#[tokio::test]
+async fn restart_on_the_same_state_keeps_finished_trials_and_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let (done_id, held) = {
+        let s = SchedulerHandle::start(dir.path(), opts()).unwrap();
+        s.submit(spec("[0, 1]", "[run]\npack_size = 1\n"), "s.toml".into()).await.unwrap();
+        let w = worker(&s, "w").await;
+        let t = s.lease(w.clone(), 1).await.unwrap().trials.remove(0);
+        s.complete(w.clone(), t.id.clone(), t.attempt, result(TrialOutcome::Completed)).await.unwrap();
+        let h = s.lease(w.clone(), 1).await.unwrap().trials.remove(0);
+        (t.id, (w, h))
+    };
+    let s = SchedulerHandle::start(dir.path(), opts()).unwrap();
+    // The worker that held a lease before the restart finishes under it.
+    let (w, h) = held;
+    assert!(s.heartbeat(w.clone(), vec![(h.id.clone(), h.attempt)]).await.unwrap().is_empty(), "lease survives the restart");
+    assert!(s.complete(w.clone(), h.id.clone(), h.attempt, result(TrialOutcome::Completed)).await.unwrap());
+    let mut rest = Vec::new();
+    loop {
+        let g = s.lease(w.clone(), 8).await.unwrap();
+        if g.trials.is_empty() {
+            break;
+        }
+        for t in g.trials {
+            assert_ne!(t.id, done_id, "a finished trial never runs again");
+            rest.push(t.id.clone());
+            s.complete(w.clone(), t.id, t.attempt, result(TrialOutcome::Completed)).await.unwrap();
+        }
+    }
+    assert_eq!(rest.len(), 2);
+    assert_eq!(s.status(None).await.unwrap().sweeps[0].state, "done");
+}
