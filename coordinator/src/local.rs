@@ -117,7 +117,8 @@ pub async fn run(spec: SweepSpec, spec_path: &Path, opts: RunOptions) -> Result<
             let log = std::fs::File::create(&log_path).map_err(io(format!("cannot create {}", log_path.display())))?;
             let err = log.try_clone().map_err(io("cannot duplicate a log handle"))?;
             let child = Command::new(&bin)
-                .args(["--coordinator", &url, "--device", &opts.device, "--threads", &threads.to_string(), "--exit-when-drained"])
+                .args(["--coordinator", &url, "--device", &opts.device, "--threads", &threads.to_string()])
+                .args(["--exit-when-drained", "--exit-with-parent", "--give-up-after-s", "20"])
                 .args(&opts.worker_args)
                 .env("CBSWEEP_TOKEN", &token.0)
                 .stdin(Stdio::null())

@@ -43,6 +43,9 @@ struct RunArgs {
     /// The trainer the workers use: torch (real libtorch training) or fake (scheduler tests).
     #[arg(long, default_value = "torch")]
     trainer: String,
+    /// An extra argument for every worker, e.g. --worker-arg=--max-pack=16 (repeatable).
+    #[arg(long = "worker-arg", allow_hyphen_values = true)]
+    worker_arg: Vec<String>,
     /// Path of the worker binary (default: cbsweep-worker beside this binary).
     #[arg(long)]
     worker_binary: Option<PathBuf>,
@@ -55,7 +58,7 @@ impl RunArgs {
             workers: self.workers.max(1),
             device: self.device.clone(),
             threads: self.threads,
-            worker_args: vec!["--trainer".into(), self.trainer.clone()],
+            worker_args: ["--trainer".to_string(), self.trainer.clone()].into_iter().chain(self.worker_arg.iter().cloned()).collect(),
             worker_binary: self.worker_binary.clone(),
         }
     }

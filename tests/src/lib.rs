@@ -53,3 +53,108 @@ pub fn cbsweep(args: &[&str]) -> Output {
 pub fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
+
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A child process killed (SIGKILL) when dropped, so a failing test leaves nothing behind.
+pub struct Proc(pub std::process::Child);
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command) -> Proc {
+        Proc(cmd.spawn().expect("spawn"))
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// Waits up to `secs` for the process to exit; returns its exit code.
+    pub fn wait_for(&mut self, secs: u64) -> Option<i32> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(st)) = self.0.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Lines of a fake trainer's execution log: (trial id, finished?).
+pub fn executions(log: &Path) -> Vec<(String, bool)> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| match l.strip_suffix(" done") {
+            Some(id) => (id.to_string(), true),
+            None => (l.to_string(), false),
+        })
+        .collect()
+}
+
+/// Polls `cond` every 50 ms for up to `secs`.
+pub fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("timed out after {secs} s waiting for {what}");
+}
+
+/// A coordinator process on a fixed loopback port with a known token.
+pub fn coordinator(state: &Path, port: u16, token: &str) -> Proc {
+    Proc::spawn(
+        Command::new(bin("cbsweep"))
+            .args(["coordinator", "--listen", &format!("127.0.0.1:{port}"), "--state", state.to_str().expect("utf-8 path")])
+            .env("CBSWEEP_TOKEN", token)
+            .env("CBSWEEP_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    )
+}
+
+/// A fake-trainer worker process.
+pub fn fake_worker(port: u16, token: &str, exec_log: &Path, epoch_ms: u64, extra: &[&str]) -> Proc {
+    Proc::spawn(
+        Command::new(bin("cbsweep-worker"))
+            .args(["--coordinator", &format!("http://127.0.0.1:{port}"), "--trainer", "fake", "--exit-when-drained"])
+            .args(["--fake-epoch-ms", &epoch_ms.to_string(), "--fake-execution-log", exec_log.to_str().expect("utf-8 path")])
+            .args(["--give-up-after-s", "60"])
+            .args(extra)
+            .env("CBSWEEP_TOKEN", token)
+            .env("CBSWEEP_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    )
+}
+
+/// `cbsweep submit` to a local coordinator, retried while it starts.
+pub fn submit(port: u16, token: &str, spec: &Path) {
+    wait_until(20, "the coordinator to accept the sweep", || {
+        Command::new(bin("cbsweep"))
+            .args(["submit", spec.to_str().expect("utf-8 path"), "--coordinator", &format!("http://127.0.0.1:{port}")])
+            .env("CBSWEEP_TOKEN", token)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    });
+}

@@ -35,6 +35,10 @@ struct Args {
     /// Exit when the coordinator has no running sweep left (default: wait for more work).
     #[arg(long)]
     exit_when_drained: bool,
+    /// Stop (handing leases back) when the process that started this worker goes away; used by
+    /// `cbsweep run` so that killing it never leaves orphan workers training.
+    #[arg(long)]
+    exit_with_parent: bool,
     /// Give up when the coordinator stays unreachable this many seconds.
     #[arg(long, default_value_t = 600)]
     give_up_after_s: u64,
@@ -101,6 +105,20 @@ async fn run(args: Args, trainer: Box<dyn Trainer>) -> anyhow::Result<()> {
         hostname: hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "unknown".into()),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if args.exit_with_parent {
+        let parent = nix::unistd::getppid();
+        let stop = stop_tx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if nix::unistd::getppid() != parent {
+                    tracing::warn!("the parent process is gone; stopping");
+                    let _ = stop.send(true);
+                    return;
+                }
+            }
+        });
+    }
     // SIGTERM, SIGINT and SIGUSR1 (Slurm's pre-emption warning) all mean: hand leases back, exit.
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};

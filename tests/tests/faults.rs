@@ -1,0 +1,115 @@
+//! Whatever dies, every cell of the grid reaches a recorded outcome exactly once: real
+//! coordinator and worker processes on loopback, killed with SIGKILL, with the fake trainer
+//! (controllable duration, an execution log to count runs).
+
+use cbsweep_tests::{Proc, coordinator, duckdb, executions, fake_worker, free_port, submit, text, wait_until, write_spec};
+use std::collections::HashMap;
+use std::path::Path;
+
+fn spec_text(name: &str, seeds: usize, epochs: u32, pack: u32, lease_s: u32) -> String {
+    let seeds: Vec<String> = (0..seeds).map(|s| s.to_string()).collect();
+    format!(
+        "[sweep]\nname = \"{name}\"\n[grid]\ntask = [\"dms\", \"parity\"]\narch = [\"cbrnn\", \"rnn\"]\nseed = [{}]\n[train]\nepochs = {epochs}\n[run]\npack_size = {pack}\nlease_seconds = {lease_s}\nmax_attempts = 5\n",
+        seeds.join(", ")
+    )
+}
+
+fn results_once(results: &Path, cells: usize, epochs: u32) {
+    let trials = results.join("trials.parquet");
+    wait_until(60, "the results to be exported", || trials.exists());
+    let rows = duckdb(&format!(
+        "SELECT count(*) AS n, count(DISTINCT trial_id) AS ids, count(*) FILTER (WHERE status = 'done') AS done FROM '{}'",
+        trials.display()
+    ));
+    assert_eq!((rows[0]["n"].as_u64(), rows[0]["ids"].as_u64(), rows[0]["done"].as_u64()), (Some(cells as u64), Some(cells as u64), Some(cells as u64)), "{rows:?}");
+    let curves = duckdb(&format!(
+        "SELECT count(*) AS n, count(DISTINCT (trial_id, epoch)) AS keys FROM '{}'",
+        results.join("curves.parquet").display()
+    ));
+    let expect = (cells as u64) * u64::from(epochs);
+    assert_eq!((curves[0]["n"].as_u64(), curves[0]["keys"].as_u64()), (Some(expect), Some(expect)), "every epoch once: {curves:?}");
+}
+
+fn counts(log: &Path) -> (HashMap<String, usize>, HashMap<String, usize>) {
+    let (mut starts, mut dones) = (HashMap::new(), HashMap::new());
+    for (id, done) in executions(log) {
+        *if done { &mut dones } else { &mut starts }.entry(id).or_default() += 1;
+    }
+    (starts, dones)
+}
+
+#[test]
+fn killed_worker_trial_runs_again_elsewhere_and_appears_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, token) = (free_port(), "t0ken-kill-worker");
+    let state = dir.path().join("state");
+    let log = dir.path().join("exec.log");
+    let _coord = coordinator(&state, port, token);
+    let spec = write_spec(dir.path(), "kw.toml", &spec_text("kw", 2, 10, 1, 2));
+    submit(port, token, &spec);
+    let mut victim = fake_worker(port, token, &log, 100, &[]);
+    wait_until(30, "the victim to start a trial", || !executions(&log).is_empty());
+    victim.kill9();
+    let started_by_victim: Vec<String> = executions(&log).into_iter().filter(|(_, d)| !d).map(|(id, _)| id).collect();
+    let mut survivor = fake_worker(port, token, &log, 100, &[]);
+    assert_eq!(survivor.wait_for(120), Some(0), "the survivor drains the sweep and exits");
+    results_once(&state.join("results/kw"), 8, 10);
+    let (starts, dones) = counts(&log);
+    assert!(dones.values().all(|&n| n == 1) && dones.len() == 8, "each trial finished once: {dones:?}");
+    assert!(started_by_victim.iter().all(|id| starts[id] == 2), "the killed trial ran again: {starts:?}");
+}
+
+#[test]
+fn killed_coordinator_restarts_and_the_sweep_completes_without_rerunning_finished_trials() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, token) = (free_port(), "t0ken-kill-coordinator");
+    let state = dir.path().join("state");
+    let log = dir.path().join("exec.log");
+    let mut coord = coordinator(&state, port, token);
+    let spec = write_spec(dir.path(), "kc.toml", &spec_text("kc", 4, 6, 2, 30));
+    submit(port, token, &spec);
+    let mut workers: Vec<Proc> = (0..2).map(|_| fake_worker(port, token, &log, 60, &[])).collect();
+    wait_until(60, "some trials to finish", || counts(&log).1.len() >= 3);
+    coord.kill9();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let _coord = coordinator(&state, port, token);
+    for w in &mut workers {
+        assert_eq!(w.wait_for(120), Some(0), "workers reconnect, finish and exit");
+    }
+    results_once(&state.join("results/kc"), 16, 6);
+    let (starts, dones) = counts(&log);
+    assert_eq!(dones.len(), 16);
+    assert!(starts.values().all(|&n| n == 1), "no trial ran twice: {starts:?}");
+    assert!(dones.values().all(|&n| n == 1), "{dones:?}");
+}
+
+#[test]
+fn killed_run_resumes_without_rerunning_finished_trials() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), "kr.toml", &spec_text("kr", 3, 8, 1, 5));
+    let out = dir.path().join("out");
+    let log = dir.path().join("exec.log");
+    let args = |extra: &[&str]| {
+        let mut c = std::process::Command::new(cbsweep_tests::bin("cbsweep"));
+        c.args(["run", spec.to_str().unwrap(), "--workers", "2", "--trainer", "fake", "--out", out.to_str().unwrap()])
+            .args(["--worker-arg=--fake-epoch-ms=80", &format!("--worker-arg=--fake-execution-log={}", log.display())])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c
+    };
+    let mut first = Proc::spawn(&mut args(&[]));
+    wait_until(60, "some trials to finish", || counts(&log).1.len() >= 4);
+    first.kill9();
+    let finished_before: Vec<String> = counts(&log).1.into_keys().collect();
+    // The orphaned workers notice their parent is gone and stop.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let o = args(&[]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    results_once(&out.join("kr"), 12, 8);
+    let (_, dones) = counts(&log);
+    for id in &finished_before {
+        assert_eq!(dones[id], 1, "trial {id} finished before the kill and never ran again");
+    }
+    assert_eq!(dones.len(), 12);
+}
