@@ -12,9 +12,9 @@ pub mod spec;
 pub mod trial;
 
 pub use ids::{Attempt, Seed, SweepId, TrialId, WorkerId};
-pub use outcome::{EpochRecord, TrialOutcome, TrialResult, TrialState};
+pub use outcome::{AnalysisRecord, EpochRecord, TrialOutcome, TrialResult, TrialState};
 pub use spec::{SpecError, SweepSpec, load_spec, parse_spec};
-pub use trial::{Arch, FreezePoint, PackKey, Regime, Task, TrainBudget, TrialSpec, varying_parts};
+pub use trial::{AnalysisPlan, Arch, FreezePoint, PackKey, Regime, Task, TrainBudget, TrialSpec, varying_parts};
 
 /// Version of the trial semantics. It is part of every trial's identity: a change to what a
 /// trial computes must bump it, so old results are never mistaken for new ones.

@@ -96,6 +96,21 @@ pub struct EpochRecord {
     pub cb_learning: bool,
 }
 
+/// One measurement taken at a checkpoint (a solved level), in long format: the population it
+/// describes and the metric's name. See docs/results.md for the metrics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisRecord {
+    /// The level just solved.
+    pub level: u32,
+    /// The epoch in which it was solved.
+    pub epoch: u32,
+    /// "network", "hidden", "granule", "purkinje" or "cb_output".
+    pub population: String,
+    /// For example "accuracy_cb_on", "d95", "participation_ratio", "timescale_median_steps".
+    pub metric: String,
+    pub value: f64,
+}
+
 /// What a worker reports when an attempt ends.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrialResult {
@@ -107,6 +122,9 @@ pub struct TrialResult {
     pub device: String,
     /// How many trials trained together in the pack this one was part of.
     pub pack_size: u32,
+    /// Checkpoint analyses, in the order taken.
+    #[serde(default)]
+    pub analyses: Vec<AnalysisRecord>,
 }
 
 impl TrialResult {

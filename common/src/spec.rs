@@ -5,7 +5,7 @@
 
 use crate::ids::{Seed, SweepId};
 use crate::model_size;
-use crate::trial::{Arch, FreezePoint, Regime, Task, TrainBudget, TrialSpec};
+use crate::trial::{AnalysisPlan, Arch, FreezePoint, Regime, Task, TrainBudget, TrialSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -31,7 +31,22 @@ struct RawSpec {
     grid: RawGrid,
     model: RawModel,
     train: RawTrain,
+    analysis: RawAnalysis,
     run: RawRun,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnalysis {
+    every_levels: i64,
+    ablation_batches: i64,
+    dimensionality_batches: i64,
+    timescale_steps: i64,
+    timescale_trials: i64,
+    timescale_burn_in: i64,
+    timescale_max_lag: i64,
+    timescale_fit_lags: i64,
+    save_checkpoints: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -250,6 +265,25 @@ fn validate(raw: RawSpec, path: &Path, text: &str) -> Result<SweepSpec, SpecErro
         momentum: t.momentum,
         clip_norm: t.clip_norm,
     };
+    let a = &raw.analysis;
+    let nonneg = |field: &str, v: i64| u32::try_from(v).map_err(|_| c.invalid(field, v, "must be an integer >= 0"));
+    let analysis = AnalysisPlan {
+        every_levels: nonneg("analysis.every_levels", a.every_levels)?,
+        ablation_batches: c.positive("analysis.ablation_batches", a.ablation_batches)?,
+        dimensionality_batches: c.positive("analysis.dimensionality_batches", a.dimensionality_batches)?,
+        timescale_steps: nonneg("analysis.timescale_steps", a.timescale_steps)?,
+        timescale_trials: c.positive("analysis.timescale_trials", a.timescale_trials)?,
+        timescale_burn_in: nonneg("analysis.timescale_burn_in", a.timescale_burn_in)?,
+        timescale_max_lag: c.positive("analysis.timescale_max_lag", a.timescale_max_lag)?,
+        timescale_fit_lags: c.positive("analysis.timescale_fit_lags", a.timescale_fit_lags)?,
+        save_checkpoints: a.save_checkpoints,
+    };
+    if analysis.timescale_steps > 0 && analysis.timescale_steps <= analysis.timescale_burn_in + analysis.timescale_max_lag {
+        return Err(c.invalid("analysis.timescale_steps", analysis.timescale_steps, "must exceed timescale_burn_in + timescale_max_lag (or be 0 to skip timescales)"));
+    }
+    if analysis.timescale_fit_lags > analysis.timescale_max_lag {
+        return Err(c.invalid("analysis.timescale_fit_lags", analysis.timescale_fit_lags, "must be at most timescale_max_lag"));
+    }
     let lr_readout = t.lr_readout.map(|v| c.rate("train.lr_readout", v)).transpose()?;
     let run = RunPolicy {
         max_attempts: c.positive("run.max_attempts", raw.run.max_attempts)?,
@@ -302,6 +336,7 @@ fn validate(raw: RawSpec, path: &Path, text: &str) -> Result<SweepSpec, SpecErro
                                         lr_readout: lr_readout.unwrap_or(lr_core),
                                         core_plasticity,
                                         budget,
+                                        analysis,
                                     };
                                     if seen.insert(trial.cell_key()) {
                                         trials.push(trial);

@@ -63,6 +63,43 @@ pub struct TrainBudget {
     pub clip_norm: f64,
 }
 
+/// Which analyses a trial runs at its checkpoints (cb-rnn-spec.md, "Analyses"), and their sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisPlan {
+    /// Analyse at every k-th solved level (0: never).
+    pub every_levels: u32,
+    /// Fixed batches for the ablation (module on / off accuracy).
+    pub ablation_batches: u32,
+    /// Batches of activity for the PCA dimensionality.
+    pub dimensionality_batches: u32,
+    /// Steps of Bernoulli input for the timescales (0: skip timescales).
+    pub timescale_steps: u32,
+    pub timescale_trials: u32,
+    pub timescale_burn_in: u32,
+    pub timescale_max_lag: u32,
+    /// Lags 0..=fit_lags are fitted with one and two exponentials.
+    pub timescale_fit_lags: u32,
+    /// Save each checkpoint's weights (safetensors) beside the results.
+    pub save_checkpoints: bool,
+}
+
+impl AnalysisPlan {
+    /// The study's sizes (cb-rnn-spec.md), analysing every solved level.
+    pub fn study() -> AnalysisPlan {
+        AnalysisPlan {
+            every_levels: 1,
+            ablation_batches: 20,
+            dimensionality_batches: 10,
+            timescale_steps: 20_000,
+            timescale_trials: 8,
+            timescale_burn_in: 500,
+            timescale_max_lag: 200,
+            timescale_fit_lags: 30,
+            save_checkpoints: true,
+        }
+    }
+}
+
 /// Everything that defines one trial. Its id is a hash of this and the code version.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrialSpec {
@@ -82,6 +119,7 @@ pub struct TrialSpec {
     /// Factor on the core's learning rate (reduced recurrent plasticity); 1 = none.
     pub core_plasticity: f64,
     pub budget: TrainBudget,
+    pub analysis: AnalysisPlan,
 }
 
 /// Trials with equal pack keys have the same tensor shapes and budget and can train together as

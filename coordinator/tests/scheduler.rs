@@ -15,7 +15,7 @@ fn spec(seeds: &str, extra: &str) -> cbsweep_common::SweepSpec {
 
 fn result(outcome: TrialOutcome) -> TrialResult {
     let e = |epoch| EpochRecord { epoch, level: 2, train_loss: 0.5, test_accuracy: 0.7, solved: false, grad_norm: 1.0, core_learning: true, cb_learning: true };
-    TrialResult { outcome, curve: vec![e(1), e(2)], wall_time_ms: 5, device: "test".into(), pack_size: 1 }
+    TrialResult { outcome, curve: vec![e(1), e(2)], wall_time_ms: 5, device: "test".into(), pack_size: 1, analyses: Vec::new() }
 }
 
 fn opts() -> SchedulerOptions {

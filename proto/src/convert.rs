@@ -58,6 +58,50 @@ impl TryFrom<v1::TrainBudget> for c::TrainBudget {
     }
 }
 
+impl From<c::AnalysisPlan> for v1::AnalysisPlan {
+    fn from(a: c::AnalysisPlan) -> Self {
+        v1::AnalysisPlan {
+            every_levels: a.every_levels,
+            ablation_batches: a.ablation_batches,
+            dimensionality_batches: a.dimensionality_batches,
+            timescale_steps: a.timescale_steps,
+            timescale_trials: a.timescale_trials,
+            timescale_burn_in: a.timescale_burn_in,
+            timescale_max_lag: a.timescale_max_lag,
+            timescale_fit_lags: a.timescale_fit_lags,
+            save_checkpoints: a.save_checkpoints,
+        }
+    }
+}
+
+impl From<v1::AnalysisPlan> for c::AnalysisPlan {
+    fn from(a: v1::AnalysisPlan) -> Self {
+        c::AnalysisPlan {
+            every_levels: a.every_levels,
+            ablation_batches: a.ablation_batches.max(1),
+            dimensionality_batches: a.dimensionality_batches.max(1),
+            timescale_steps: a.timescale_steps,
+            timescale_trials: a.timescale_trials.max(1),
+            timescale_burn_in: a.timescale_burn_in,
+            timescale_max_lag: a.timescale_max_lag.max(1),
+            timescale_fit_lags: a.timescale_fit_lags.max(1),
+            save_checkpoints: a.save_checkpoints,
+        }
+    }
+}
+
+impl From<&c::AnalysisRecord> for v1::AnalysisRecord {
+    fn from(a: &c::AnalysisRecord) -> Self {
+        v1::AnalysisRecord { level: a.level, epoch: a.epoch, population: a.population.clone(), metric: a.metric.clone(), value: a.value }
+    }
+}
+
+impl From<v1::AnalysisRecord> for c::AnalysisRecord {
+    fn from(a: v1::AnalysisRecord) -> Self {
+        c::AnalysisRecord { level: a.level, epoch: a.epoch, population: a.population, metric: a.metric, value: a.value }
+    }
+}
+
 fn freeze_to_wire(f: c::FreezePoint) -> (v1::FreezeKind, u64) {
     match f {
         c::FreezePoint::Never => (v1::FreezeKind::Never, 0),
@@ -107,6 +151,7 @@ impl From<&c::TrialSpec> for v1::TrialSpec {
             lr_readout: t.lr_readout,
             core_plasticity: t.core_plasticity,
             budget: Some(t.budget.into()),
+            analysis: Some(t.analysis.into()),
         }
     }
 }
@@ -155,6 +200,7 @@ impl TryFrom<v1::TrialSpec> for c::TrialSpec {
             lr_readout: t.lr_readout,
             core_plasticity: t.core_plasticity,
             budget: t.budget.ok_or(ConvertError::Missing("budget"))?.try_into()?,
+            analysis: t.analysis.ok_or(ConvertError::Missing("analysis"))?.into(),
         })
     }
 }
@@ -203,6 +249,7 @@ impl From<&c::TrialResult> for v1::TrialResult {
             wall_time_ms: r.wall_time_ms,
             device: r.device.clone(),
             pack_size: r.pack_size,
+            analyses: r.analyses.iter().map(Into::into).collect(),
         }
     }
 }
@@ -220,7 +267,8 @@ impl TryFrom<v1::TrialResult> for c::TrialResult {
         if curve.windows(2).any(|w| w[1].epoch != w[0].epoch + 1) {
             return Err(ConvertError::Invalid { field: "curve", value: "epochs not consecutive".into() });
         }
-        Ok(c::TrialResult { outcome, curve, wall_time_ms: r.wall_time_ms, device: r.device, pack_size: r.pack_size })
+        let analyses = r.analyses.into_iter().map(Into::into).collect();
+        Ok(c::TrialResult { outcome, curve, wall_time_ms: r.wall_time_ms, device: r.device, pack_size: r.pack_size, analyses })
     }
 }
 

@@ -169,7 +169,7 @@ pub async fn run(cfg: WorkerConfig, mut trainer: Box<dyn Trainer>, shutdown: wat
 }
 
 fn failed(reason: String, device: &str, pack_size: u32) -> TrialResult {
-    TrialResult { outcome: TrialOutcome::Failed(reason), curve: Vec::new(), wall_time_ms: 0, device: device.into(), pack_size }
+    TrialResult { outcome: TrialOutcome::Failed(reason), curve: Vec::new(), wall_time_ms: 0, device: device.into(), pack_size, analyses: Vec::new() }
 }
 
 async fn complete(s: &mut Session, id: &TrialId, attempt: Attempt, result: &TrialResult) -> Result<(), WorkerError> {

@@ -39,6 +39,7 @@ pub(crate) fn small_spec(seed: u64, task: Task, arch: Arch, regime: Regime) -> T
         lr_readout: 0.05,
         core_plasticity: 1.0,
         budget: small_budget(),
+        analysis: cbsweep_common::AnalysisPlan { every_levels: 0, ..cbsweep_common::AnalysisPlan::study() },
     }
 }
 

@@ -201,6 +201,7 @@ impl<'a> TrialRun<'a> {
             wall_time_ms,
             device: device.to_string(),
             pack_size: u32::try_from(pack_size).unwrap_or(u32::MAX),
+            analyses: Vec::new(),
         }
     }
 }
