@@ -5,7 +5,7 @@
 //! Only the scheduler thread writes through a `Store`; result exports open their own read-only
 //! connection (WAL lets them read while the scheduler writes).
 
-use cbsweep_common::{Attempt, EpochRecord, SweepId, TrialId, TrialResult, TrialSpec, TrialState, WorkerId};
+use cbsweep_common::{AnalysisRecord, Attempt, EpochRecord, SweepId, TrialId, TrialResult, TrialSpec, TrialState, WorkerId};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
 
@@ -69,6 +69,14 @@ CREATE TABLE IF NOT EXISTS curves(
   core_learning INTEGER NOT NULL,
   cb_learning INTEGER NOT NULL,
   PRIMARY KEY(trial_id, epoch));
+CREATE TABLE IF NOT EXISTS analyses(
+  trial_id TEXT NOT NULL REFERENCES trials(trial_id),
+  level INTEGER NOT NULL,
+  epoch INTEGER NOT NULL,
+  population TEXT NOT NULL,
+  metric TEXT NOT NULL,
+  value REAL NOT NULL,
+  PRIMARY KEY(trial_id, level, population, metric));
 CREATE TABLE IF NOT EXISTS workers(
   worker_id TEXT PRIMARY KEY,
   hostname TEXT NOT NULL,
@@ -359,6 +367,15 @@ impl Store {
                 ins.execute(params![id.as_str(), e.epoch, e.level, e.train_loss, e.test_accuracy, e.solved, e.grad_norm, e.core_learning, e.cb_learning])?;
             }
         }
+        tx.execute("DELETE FROM analyses WHERE trial_id = ?1", params![id.as_str()])?;
+        {
+            let mut ins = tx.prepare(
+                "INSERT OR REPLACE INTO analyses(trial_id, level, epoch, population, metric, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for a in &result.analyses {
+                ins.execute(params![id.as_str(), a.level, a.epoch, a.population, a.metric, a.value])?;
+            }
+        }
         tx.execute(
             "UPDATE trials SET state = 'done', outcome = ?2, max_level = ?3, final_level = ?4, epochs_run = ?5, wall_time_ms = ?6,
                device = ?7, pack_size = ?8, completed_ms = ?9, lease_expires_ms = NULL, last_error = NULL WHERE trial_id = ?1",
@@ -512,6 +529,23 @@ impl Store {
                         cb_learning: r.get(8)?,
                     },
                 ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+}
+
+impl Store {
+    /// Checkpoint analyses of a sweep's finished trials.
+    pub fn analyses(&self, sweep: &SweepId) -> Result<Vec<(TrialId, AnalysisRecord)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT a.trial_id, a.level, a.epoch, a.population, a.metric, a.value
+             FROM analyses a JOIN trials t ON t.trial_id = a.trial_id WHERE t.sweep_id = ?1 AND t.state = 'done'
+             ORDER BY t.cell_index, a.level, a.population, a.metric",
+        )?;
+        let rows = stmt
+            .query_map(params![sweep.as_str()], |r| {
+                Ok((TrialId(r.get(0)?), AnalysisRecord { level: r.get(1)?, epoch: r.get(2)?, population: r.get(3)?, metric: r.get(4)?, value: r.get(5)? }))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)

@@ -3,7 +3,10 @@
 //! half-written table. The tables are derived from the coordinator's store, which stays the
 //! source of truth: exporting again after a crash rewrites them whole.
 
+pub mod analyses;
 pub mod curves;
+pub mod stats;
+pub mod levels;
 pub mod trials;
 
 use crate::store::{Store, StoreError};
@@ -64,9 +67,12 @@ pub fn export(state_dir: &Path, sweep: &SweepId, out: &Path) -> Result<PathBuf, 
     let store = Store::open_read_only(state_dir)?;
     let rows = store.trials(sweep)?;
     let curves = store.curves(sweep)?;
+    let analyses = store.analyses(sweep)?;
     let dir = sweep_dir(out, sweep);
     trials::write(&dir.join(trials::FILE), &rows)?;
     curves::write(&dir.join(curves::FILE), &rows, &curves)?;
+    levels::write(&dir.join(levels::FILE), &rows, &curves)?;
+    analyses::write(&dir.join(analyses::FILE), &rows, &analyses)?;
     tracing::info!(sweep = %sweep, trials = rows.len(), curve_rows = curves.len(), dir = %dir.display(), "results exported");
     Ok(dir)
 }

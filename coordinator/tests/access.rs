@@ -1,0 +1,139 @@
+//! Access to the coordinator over real gRPC on loopback: tokens, protocol versions, oversized
+//! and malformed messages are refused with a clear status, and the coordinator keeps serving.
+
+use bytes::{Buf, BufMut};
+use cbsweep_coordinator::scheduler::{SchedulerHandle, SchedulerOptions};
+use cbsweep_coordinator::server::{self, Token};
+use cbsweep_proto::client::{sweep_client, worker_client};
+use cbsweep_proto::{PROTOCOL_VERSION, v1};
+use tonic::Code;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+const TOKEN: &str = "s3cret-token";
+
+async fn start() -> (tempfile::TempDir, String, server::Running) {
+    let dir = tempfile::tempdir().unwrap();
+    let sched = SchedulerHandle::start(dir.path(), SchedulerOptions::default()).unwrap();
+    let running = server::serve("127.0.0.1:0".parse().unwrap(), sched, Token(TOKEN.into())).await.unwrap();
+    let url = format!("http://{}", running.addr);
+    (dir, url, running)
+}
+
+fn hello(version: u32) -> v1::RegisterRequest {
+    v1::RegisterRequest { protocol_version: version, hostname: "h".into(), device: "cpu".into(), max_pack: 1, pid: 1 }
+}
+
+async fn still_serving(url: &str) {
+    let mut c = worker_client(url, TOKEN).await.unwrap();
+    let r = c.register(hello(PROTOCOL_VERSION)).await.expect("a good client is still served");
+    assert!(!r.into_inner().worker_id.is_empty());
+}
+
+#[tokio::test]
+async fn calls_without_a_token_or_with_a_wrong_one_are_refused() {
+    let (_dir, url, _srv) = start().await;
+    let mut anon = v1::worker_service_client::WorkerServiceClient::connect(url.clone()).await.unwrap();
+    let e = anon.register(hello(PROTOCOL_VERSION)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(e.message().contains("missing bearer token"), "{}", e.message());
+    let mut wrong = sweep_client(&url, "not-the-token").await.unwrap();
+    let e = wrong.sweep_status(v1::SweepStatusRequest::default()).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert_eq!(e.message(), "wrong bearer token");
+    still_serving(&url).await;
+}
+
+#[tokio::test]
+async fn a_worker_of_another_protocol_version_is_refused_naming_both_versions() {
+    let (_dir, url, _srv) = start().await;
+    let mut c = worker_client(&url, TOKEN).await.unwrap();
+    let e = c.register(hello(PROTOCOL_VERSION + 1)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains(&format!("v{}", PROTOCOL_VERSION + 1)) && e.message().contains(&format!("v{PROTOCOL_VERSION}")), "{}", e.message());
+    still_serving(&url).await;
+}
+
+#[tokio::test]
+async fn invalid_fields_are_refused_with_the_field_named() {
+    let (_dir, url, _srv) = start().await;
+    let mut c = worker_client(&url, TOKEN).await.unwrap();
+    let e = c.lease(v1::LeaseRequest { worker_id: String::new(), max_trials: 1 }).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (Code::InvalidArgument, "missing field `worker_id`"));
+    let bad = v1::CompleteRequest {
+        worker_id: "w".into(),
+        trial_id: "t".into(),
+        attempt: 1,
+        result: Some(v1::TrialResult { outcome: 99, ..Default::default() }),
+    };
+    let e = c.complete(bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("outcome"), "{}", e.message());
+    let mut s = sweep_client(&url, TOKEN).await.unwrap();
+    let e = s.submit_sweep(v1::SubmitSweepRequest { spec_toml: "[sweep]\nname = 3".into(), spec_path: "remote.toml".into() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("remote.toml:"), "{}", e.message());
+    still_serving(&url).await;
+}
+
+#[tokio::test]
+async fn an_oversized_message_is_refused() {
+    let (_dir, url, _srv) = start().await;
+    let mut c = worker_client(&url, TOKEN).await.unwrap();
+    let huge = v1::CompleteRequest { worker_id: "w".into(), trial_id: "x".repeat(5 * 1024 * 1024), attempt: 1, result: None };
+    let e = c.complete(huge).await.unwrap_err();
+    assert!(matches!(e.code(), Code::OutOfRange | Code::ResourceExhausted), "{e:?}");
+    still_serving(&url).await;
+}
+
+/// Sends raw bytes as a gRPC message, to deliver something that is not valid protobuf.
+#[derive(Clone, Default)]
+struct RawCodec;
+struct RawEncoder;
+struct RawDecoder;
+
+impl Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawDecoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let mut v = vec![0; src.remaining()];
+        src.copy_to_slice(&mut v);
+        Ok(Some(v))
+    }
+}
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_message_is_refused_and_nothing_panics() {
+    let (_dir, url, _srv) = start().await;
+    let channel = tonic::transport::Endpoint::from_shared(url.clone()).unwrap().connect().await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let mut req = tonic::Request::new(vec![0xff, 0xff, 0xff, 0xff, 0x0f, 0x01, 0x02]);
+    req.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let path = http::uri::PathAndQuery::from_static("/cbsweep.v1.WorkerService/Register");
+    let e = grpc.unary::<Vec<u8>, Vec<u8>, RawCodec>(req, path, RawCodec).await.unwrap_err();
+    assert_eq!(e.code(), Code::Internal, "{e:?}");
+    assert!(e.message().contains("decode"), "{}", e.message());
+    still_serving(&url).await;
+}
