@@ -402,8 +402,7 @@ impl Scheduler {
         if row.state != "running" {
             return Ok(());
         }
-        let open = self.store.counts(sweep)?.iter().filter(|(s, _)| !s.is_terminal()).map(|(_, n)| n).sum::<u32>();
-        if open == 0 {
+        if !self.store.has_open_trials(sweep)? {
             self.store.set_sweep_state(sweep, "done", Some(store::now_ms()))?;
             tracing::info!(sweep = %sweep, "sweep finished");
             self.emit(Event::SweepFinished { sweep: sweep.clone() });

@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS trials(
   UNIQUE(sweep_id, cell_key));
 CREATE INDEX IF NOT EXISTS trials_queue ON trials(state, sweep_id, cell_index);
 CREATE INDEX IF NOT EXISTS trials_worker ON trials(worker_id, state);
+CREATE INDEX IF NOT EXISTS trials_pack ON trials(state, sweep_id, pack_key, cell_index);
 CREATE TABLE IF NOT EXISTS curves(
   trial_id TEXT NOT NULL REFERENCES trials(trial_id),
   epoch INTEGER NOT NULL,
@@ -281,14 +282,25 @@ impl Store {
         let now = now_ms();
         let tx = self.conn.transaction()?;
         tx.execute("UPDATE workers SET last_seen_ms = ?2 WHERE worker_id = ?1", params![worker.as_str(), now])?;
-        let head: Option<(String, String, u32, u32)> = tx
-            .query_row(
-                "SELECT t.sweep_id, t.pack_key, s.pack_size, s.lease_seconds FROM trials t JOIN sweeps s ON s.sweep_id = t.sweep_id
-                 WHERE t.state = 'pending' AND s.state = 'running' ORDER BY s.created_ms, t.cell_index LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .optional()?;
+        // Oldest running sweep first, then its oldest pending cell: each step an index lookup.
+        let running: Vec<(String, u32, u32)> = {
+            let mut stmt = tx.prepare("SELECT sweep_id, pack_size, lease_seconds FROM sweeps WHERE state = 'running' ORDER BY created_ms")?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<Vec<_>, _>>()?
+        };
+        let mut head = None;
+        for (sweep, pack_size, lease_seconds) in running {
+            let key: Option<String> = tx
+                .query_row(
+                    "SELECT pack_key FROM trials WHERE state = 'pending' AND sweep_id = ?1 ORDER BY cell_index LIMIT 1",
+                    params![sweep],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(key) = key {
+                head = Some((sweep, key, pack_size, lease_seconds));
+                break;
+            }
+        }
         let Some((sweep, pack_key, pack_size, lease_seconds)) = head else {
             tx.commit()?;
             return Ok(Vec::new());
@@ -449,6 +461,18 @@ impl Store {
         let mut stmt = self.conn.prepare("SELECT state, COUNT(*) FROM trials WHERE sweep_id = ?1 GROUP BY state")?;
         let rows = stmt.query_map(params![sweep.as_str()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))?.collect::<Result<Vec<_>, _>>()?;
         rows.into_iter().map(|(s, n)| Ok((parse_state(&s)?, n))).collect()
+    }
+
+    /// Whether any trial of the sweep is still pending or leased (an index lookup).
+    pub fn has_open_trials(&self, sweep: &SweepId) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM trials WHERE state = 'pending' AND sweep_id = ?1)
+                     OR EXISTS(SELECT 1 FROM trials WHERE state = 'leased' AND sweep_id = ?1)",
+                params![sweep.as_str()],
+                |r| r.get(0),
+            )?)
     }
 
     /// Sets every non-terminal trial of a sweep to cancelled.
