@@ -129,11 +129,17 @@ fn coordinator_token(token_file: Option<&Path>, state: &Path) -> Result<Token, C
 }
 
 /// `cbsweep coordinator`: serve until Ctrl-C or SIGTERM; export each sweep when it finishes.
-pub async fn coordinator(listen: SocketAddr, state: &Path, out: &Path, token_file: Option<&Path>) -> Result<(), CliError> {
+pub async fn coordinator(listen: SocketAddr, http_listen: Option<SocketAddr>, state: &Path, out: &Path, token_file: Option<&Path>) -> Result<(), CliError> {
     let token = coordinator_token(token_file, state)?;
     let sched = SchedulerHandle::start(state, SchedulerOptions::default())?;
     let mut events = sched.subscribe();
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(addr) = http_listen {
+        let (local, _) = crate::http::serve(addr, sched.clone(), ready.clone()).await.map_err(io(format!("cannot listen on {addr}")))?;
+        eprintln!("cbsweep coordinator: health and metrics on http://{local}/metrics");
+    }
     let running = server::serve(listen, sched.clone(), token).await.map_err(io(format!("cannot listen on {listen}")))?;
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
     eprintln!("cbsweep coordinator: listening on {} (state {}, results {})", running.addr, state.display(), out.display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(io("cannot install a SIGTERM handler"))?;
     loop {

@@ -97,6 +97,9 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "0.0.0.0:50051")]
         listen: SocketAddr,
+        /// Also serve /healthz, /readyz and /metrics (Prometheus) over HTTP on this address.
+        #[arg(long)]
+        http_listen: Option<SocketAddr>,
         /// Folder for the durable state (SQLite database, token).
         #[arg(long, default_value = "cbsweep-state")]
         state: PathBuf,
@@ -166,9 +169,9 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
         Command::Run { spec, args } => cli::run(&spec, args.options()).await.map(|_| ()),
         Command::Resume { sweep, args } => cli::resume(&SweepId(sweep), args.options()).await.map(|_| ()),
         Command::Validate { spec } => cli::validate(&spec),
-        Command::Coordinator { listen, state, out, token_file } => {
+        Command::Coordinator { listen, http_listen, state, out, token_file } => {
             let out = out.unwrap_or_else(|| state.join("results"));
-            cli::coordinator(listen, &state, &out, token_file.as_deref()).await
+            cli::coordinator(listen, http_listen, &state, &out, token_file.as_deref()).await
         }
         Command::Submit { spec, client } => cli::submit(&client.coordinator, client.token_file.as_deref(), &spec).await,
         Command::Status { sweep, client } => cli::status(&client.coordinator, client.token_file.as_deref(), sweep.as_deref()).await.map(|_| ()),

@@ -110,6 +110,16 @@ enum Command {
     Cancel { sweep: SweepId, reply: Reply<u32> },
     RetryFailed { sweep: SweepId, reply: Reply<u32> },
     Spec { sweep: SweepId, reply: Reply<SweepRow> },
+    Counters { reply: Reply<Counters> },
+}
+
+/// Monotonic counters since the scheduler started, for /metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counters {
+    pub lease_requests: u64,
+    pub trials_leased: u64,
+    pub trials_finished: u64,
+    pub attempts_failed: u64,
 }
 
 /// A cheap, cloneable handle to the scheduler thread.
@@ -149,7 +159,7 @@ impl SchedulerHandle {
         }
         let (tx, rx) = mpsc::channel();
         let (events, _) = broadcast::channel(4096);
-        let mut sched = Scheduler { store, events: events.clone(), opts: opts.clone(), live: HashMap::new(), finished_at: BTreeMap::new() };
+        let mut sched = Scheduler { store, events: events.clone(), opts: opts.clone(), live: HashMap::new(), finished_at: BTreeMap::new(), counters: Counters::default() };
         std::thread::Builder::new()
             .name("cbsweep-scheduler".into())
             .spawn(move || sched.run(rx))
@@ -211,6 +221,10 @@ impl SchedulerHandle {
         self.call(|reply| Command::RetryFailed { sweep, reply }).await
     }
 
+    pub async fn counters(&self) -> Result<Counters, SchedError> {
+        self.call(|reply| Command::Counters { reply }).await
+    }
+
     /// The stored row of a sweep (its spec text, for resume).
     pub async fn sweep_row(&self, sweep: SweepId) -> Result<SweepRow, SchedError> {
         self.call(|reply| Command::Spec { sweep, reply }).await
@@ -225,6 +239,7 @@ struct Scheduler {
     live: HashMap<TrialId, EpochRecord>,
     /// Completion times per sweep, for throughput (not durable: a restart restarts the clock).
     finished_at: BTreeMap<SweepId, Vec<i64>>,
+    counters: Counters,
 }
 
 impl Scheduler {
@@ -276,6 +291,9 @@ impl Scheduler {
             }
             Command::RetryFailed { sweep, reply } => {
                 let _ = reply.send(self.retry_failed(&sweep));
+            }
+            Command::Counters { reply } => {
+                let _ = reply.send(Ok(self.counters));
             }
             Command::Spec { sweep, reply } => {
                 let _ = reply.send(self.store.sweep(&sweep).map_err(SchedError::from).and_then(|s| s.ok_or(SchedError::UnknownSweep(sweep))));
@@ -333,7 +351,9 @@ impl Scheduler {
 
     fn lease(&mut self, worker: &WorkerId, max: u32) -> Result<LeaseGrant, SchedError> {
         self.known(worker)?;
+        self.counters.lease_requests += 1;
         let trials = self.store.lease(worker, max)?;
+        self.counters.trials_leased += trials.len() as u64;
         for t in &trials {
             tracing::debug!(trial_id = %t.id, attempt = t.attempt.0, worker_id = %worker, "leased");
             self.emit(Event::TrialLeased { sweep: t.spec.sweep.clone(), trial: t.id.clone(), worker: worker.clone() });
@@ -377,6 +397,7 @@ impl Scheduler {
             }
             TrialOutcome::Failed(error) => {
                 let terminal = lease.attempt >= lease.max_attempts;
+                self.counters.attempts_failed += 1;
                 self.store.record_failure(trial, error, terminal)?;
                 tracing::warn!(trial_id = %trial, worker_id = %worker, attempt = lease.attempt, terminal, error = %error, "trial attempt failed");
                 if terminal {
@@ -391,6 +412,7 @@ impl Scheduler {
 
     fn finished(&mut self, sweep: &SweepId, trial: &TrialId, state: TrialState, outcome: &str, max_level: u32, error: Option<String>) -> Result<(), SchedError> {
         self.finished_at.entry(sweep.clone()).or_default().push(store::now_ms());
+        self.counters.trials_finished += 1;
         let cell = self.store.trials_cell(trial)?;
         self.emit(Event::TrialFinished { sweep: sweep.clone(), trial: trial.clone(), cell, state, outcome: outcome.into(), max_level, error });
         self.check_finished(sweep)
