@@ -8,7 +8,9 @@
 //! `service` (server side) and `cli` (client side).
 
 pub mod cli;
+pub mod http;
 pub mod local;
+pub mod plot;
 pub mod progress;
 pub mod results;
 pub mod scheduler;

@@ -432,9 +432,10 @@ pub fn write(path: &Path, rows: &[StatRow]) -> Result<(), ResultsError> {
 }
 
 /// The comparisons as text tables for people: per condition the mean ± sem of each measure, then
-/// one line per comparison and measure with effect sizes and Holm-adjusted p-values.
+/// one line per comparison and measure with effect sizes and Holm-adjusted p-values. A comparison
+/// is named by the grid values its groups share ("within") and those that differ ("a vs b").
 pub fn print(rows: &[StatRow]) -> String {
-    let short = varying_parts(rows.iter().map(|r| r.condition.as_str()));
+    let name = namer(rows.iter().map(|r| r.condition.as_str()), &[]);
     let mut conditions = Table::new();
     let mut header = vec!["condition".to_string(), "n".to_string()];
     header.extend(Measure::ALL.iter().map(|m| format!("{} (mean ± sem)", m.name())));
@@ -446,12 +447,13 @@ pub fn print(rows: &[StatRow]) -> String {
         }
         seen.push(&r.condition);
         let of = |m: Measure| rows.iter().find(|x| x.condition == r.condition && x.measure == m).and_then(StatRow::summary);
-        let mut line = vec![short(&r.condition), of(Measure::MaxLevel).map(|s| s.n.to_string()).unwrap_or_default()];
+        let mut line = vec![name(&r.condition).join(" "), of(Measure::MaxLevel).map(|s| s.n.to_string()).unwrap_or_default()];
         line.extend(Measure::ALL.map(|m| of(m).map(|s| format!("{} ± {}", num(s.mean), num(s.sem))).unwrap_or_default()));
         conditions.add_row(line);
     }
     let mut comparisons = Table::new();
     comparisons.load_preset(UTF8_BORDERS_ONLY).set_header([
+        "within",
         "a vs b",
         "measure",
         "mean a",
@@ -465,8 +467,12 @@ pub fn print(rows: &[StatRow]) -> String {
     for r in rows {
         if let StatValues::Comparison { reference, tests: t, .. } = &r.values {
             any = true;
+            let (a, b) = (name(&r.condition), name(reference));
+            let only = |x: &[String], y: &[String]| x.iter().filter(|p| !y.contains(p)).cloned().collect::<Vec<_>>().join(" ");
+            let within: Vec<String> = a.iter().filter(|p| b.contains(p)).cloned().collect();
             comparisons.add_row([
-                format!("{} vs {}", short(&r.condition), short(reference)),
+                within.join(" "),
+                format!("{} vs {}", only(&a, &b), only(&b, &a)),
                 r.measure.name().to_string(),
                 num(t.a.mean),
                 num(t.b.mean),
@@ -484,6 +490,31 @@ pub fn print(rows: &[StatRow]) -> String {
         );
     }
     out
+}
+
+/// Short names of conditions for people: the grid values that differ between `conditions` once
+/// the `drop` keys are removed; task, arch, regime and freeze values without their key, numeric
+/// ones as key=value, and no "freeze=never" or "refresh=0" (they say nothing).
+pub(crate) fn namer<'a>(conditions: impl Iterator<Item = &'a str>, drop: &[&str]) -> impl Fn(&str) -> Vec<String> + 'static {
+    let conditions: Vec<&str> = conditions.collect();
+    let stripped: Vec<String> = conditions.iter().map(|c| without(c, drop)).collect();
+    let varying = varying_parts(stripped.iter().map(String::as_str));
+    let names: HashMap<String, Vec<String>> = conditions
+        .iter()
+        .zip(&stripped)
+        .map(|(c, s)| {
+            let parts = varying(s)
+                .split(' ')
+                .filter(|p| !matches!(*p, "freeze=never" | "refresh=0"))
+                .map(|p| match p.split_once('=') {
+                    Some((k, v)) if matches!(k, "task" | "arch" | "regime" | "freeze") => v.to_string(),
+                    _ => p.to_string(),
+                })
+                .collect();
+            (c.to_string(), parts)
+        })
+        .collect();
+    move |c: &str| names.get(c).cloned().unwrap_or_else(|| vec![c.to_string()])
 }
 
 impl StatRow {
@@ -529,7 +560,7 @@ pub(crate) fn conditions<'a, 'b>(tc: &'b [TrialCurve<'a>]) -> Vec<(&'a str, Vec<
 }
 
 /// The condition without the `key=value` parts named in `keys`: what must match for a pair.
-fn without(condition: &str, keys: &[&str]) -> String {
+pub(crate) fn without(condition: &str, keys: &[&str]) -> String {
     condition.split(' ').filter(|kv| !keys.iter().any(|k| kv.split_once('=').is_some_and(|(key, _)| key == *k))).collect::<Vec<_>>().join(" ")
 }
 

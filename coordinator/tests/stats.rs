@@ -1,0 +1,191 @@
+//! Statistics across seeds and figures, on a synthetic sweep: stats.parquet is recomputed from
+//! trials.parquet and curves.parquet by scipy in the project's Python and must agree within 1e-9
+//! relative; every figure kind with data is written as a non-empty PNG and SVG.
+
+use cbsweep_common::{AnalysisRecord, Arch, EpochRecord, Regime, TrialId, TrialState, parse_spec};
+use cbsweep_coordinator::plot;
+use cbsweep_coordinator::results::{curves, stats, trials};
+use cbsweep_coordinator::store::TrialRow;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SPEC: &str = r#"
+[sweep]
+name = "stats-test"
+[grid]
+task = ["dms", "parity"]
+arch = ["cbrnn", "rnn"]
+seed = [0, 1, 2, 3, 4]
+regime = ["simult", "reservoir"]
+freeze = ["level:2"]
+[train]
+epochs = 40
+"#;
+
+/// The synthetic sweep: 2 tasks x 2 architectures x (simult, reservoir at level 2) x 5 seeds.
+/// The CB-RNN solves levels more often than the RNN; parity is harder. One trial diverges
+/// (a short curve) and four of the parity RNN reservoir trials failed (no curve), leaving that
+/// condition a single trial, so its comparisons are degenerate.
+fn sweep() -> (Vec<TrialRow>, Vec<(TrialId, EpochRecord)>, Vec<(TrialId, AnalysisRecord)>) {
+    let spec = parse_spec(SPEC, Path::new("stats-test.toml")).unwrap();
+    let mut rows = Vec::new();
+    let mut curve = Vec::new();
+    let mut analyses = Vec::new();
+    for (i, s) in spec.trials.into_iter().enumerate() {
+        let failed = s.task.to_string() == "parity" && s.arch == Arch::Rnn && s.regime != Regime::Simult && s.seed.0 > 0;
+        let diverged = s.task.to_string() == "dms" && s.arch == Arch::Rnn && s.regime == Regime::Simult && s.seed.0 == 3;
+        let id = s.id();
+        let mut rng = StdRng::seed_from_u64(1000 + i as u64);
+        let mut p = match s.arch {
+            Arch::Cbrnn => 0.55,
+            Arch::Rnn => 0.35,
+        };
+        if s.task.to_string() == "parity" {
+            p -= 0.15;
+        }
+        if s.regime != Regime::Simult {
+            p -= 0.05;
+        }
+        let epochs = if diverged { 15 } else { s.budget.epochs };
+        let mut level = s.budget.start_level;
+        let mut max_level = 0;
+        for epoch in 1..=epochs {
+            if failed {
+                break;
+            }
+            let solved = rng.random::<f64>() < p * 6.0 / (level as f64 + 4.0);
+            let (acc, loss) = if solved { (0.985, 0.05) } else { (0.6 + 0.3 * rng.random::<f64>(), 0.6) };
+            curve.push((id.clone(), EpochRecord {
+                epoch,
+                level,
+                train_loss: loss,
+                test_accuracy: acc,
+                solved,
+                grad_norm: 1.0,
+                core_learning: true,
+                cb_learning: s.arch == Arch::Cbrnn,
+            }));
+            if solved {
+                max_level = level;
+                for (population, metric, value) in synthetic_analysis(s.arch, level, &mut rng) {
+                    analyses.push((id.clone(), AnalysisRecord { level, epoch, population: population.into(), metric: metric.into(), value }));
+                }
+                level += 1;
+            }
+        }
+        let state = if failed { TrialState::Failed } else { TrialState::Done };
+        rows.push(TrialRow {
+            id,
+            sweep: s.sweep.clone(),
+            cell_index: i as u32,
+            condition: s.condition(),
+            state,
+            attempt: 1,
+            worker: None,
+            last_error: failed.then(|| "synthetic failure".to_string()),
+            outcome: (!failed).then(|| if diverged { "diverged" } else { "completed" }.to_string()),
+            max_level: (!failed).then_some(max_level),
+            final_level: (!failed).then_some(level),
+            epochs_run: (!failed).then_some(epochs),
+            wall_time_ms: Some(10),
+            device: Some("synthetic".into()),
+            pack_size: Some(1),
+            completed_ms: None,
+            spec: s,
+        });
+    }
+    (rows, curve, analyses)
+}
+
+fn synthetic_analysis(arch: Arch, level: u32, rng: &mut StdRng) -> Vec<(&'static str, &'static str, f64)> {
+    let mut out = Vec::new();
+    let populations: &[&str] = match arch {
+        Arch::Cbrnn => &["hidden", "granule", "purkinje", "cb_output"],
+        Arch::Rnn => &["hidden"],
+    };
+    if arch == Arch::Cbrnn {
+        out.push(("network", "ablation_drop", 0.1 + 0.02 * level as f64 + 0.05 * rng.random::<f64>()));
+    }
+    for (k, p) in populations.iter().enumerate() {
+        out.push((*p, "participation_ratio", 2.0 + k as f64 + 0.1 * level as f64 + rng.random::<f64>()));
+        out.push((*p, "d95_fraction", 0.1 + 0.05 * k as f64 + 0.1 * rng.random::<f64>()));
+        out.push((*p, "timescale_median_steps", 1.5 + 0.3 * level as f64 + k as f64 + rng.random::<f64>()));
+    }
+    out
+}
+
+fn python() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(p.is_file(), "{} is missing: run `bash scripts/setup.sh` (make test does)", p.display());
+    p
+}
+
+#[test]
+fn stats_parquet_matches_scipy_recomputed_from_the_curves() {
+    let (rows, curve, _) = sweep();
+    let dir = tempfile::tempdir().unwrap();
+    let stat_rows = stats::compute(&rows, &curve);
+    trials::write(&dir.path().join(trials::FILE), &rows).unwrap();
+    curves::write(&dir.path().join(curves::FILE), &rows, &curve).unwrap();
+    stats::write(&dir.path().join(stats::FILE), &stat_rows).unwrap();
+
+    let conditions = stat_rows.iter().filter(|r| r.summary().is_some()).count();
+    let comparisons = stat_rows.iter().filter(|r| r.tests().is_some()).count();
+    // 8 conditions; 4 CB-RNN vs RNN and 4 freeze vs simult pairs; 4 measures each.
+    assert_eq!((conditions, comparisons), (8 * 4, 8 * 4));
+    let degenerate = stat_rows.iter().filter_map(|r| r.tests()).filter(|t| t.a.n < 2 || t.b.n < 2).count();
+    assert_eq!(degenerate, 2 * 4, "the single-trial condition is in two comparisons");
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stats_check.py");
+    let out = Command::new(python()).arg(&script).arg(dir.path()).output().expect("python runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "scipy disagrees:\n{text}");
+    assert!(text.contains(&format!("checked {} rows", stat_rows.len())), "{text}");
+}
+
+#[test]
+fn printed_stats_show_each_comparison_and_measure() {
+    let (rows, curve, _) = sweep();
+    let text = stats::print(&stats::compute(&rows, &curve));
+    let (conditions, comparisons) = text.split_once("comparisons (").expect("a comparisons table");
+    assert_eq!(conditions.lines().filter(|l| l.contains(" dms ") || l.contains(" parity ")).count(), 8, "{text}");
+    for m in stats::Measure::ALL {
+        assert_eq!(comparisons.matches(&format!(" {} ", m.name())).count(), 8, "one line per comparison for {}:\n{text}", m.name());
+    }
+    let line = |within: &str, pair: &str| comparisons.lines().any(|l| l.contains(&format!("│ {within} ")) && l.contains(&format!(" {pair} ")));
+    assert!(line("dms simult", "cbrnn vs rnn"), "{text}");
+    assert!(line("parity cbrnn", "reservoir level:2 vs simult"), "{text}");
+}
+
+#[test]
+fn plot_writes_a_png_and_an_svg_for_every_figure_with_data() {
+    let (rows, curve, analyses) = sweep();
+    let dir = tempfile::tempdir().unwrap();
+    let written = plot::plot(&rows, &curve, &analyses, dir.path()).unwrap();
+    plot::plot(&rows, &curve, &analyses, Path::new("/tmp/plots")).unwrap();
+    let names = [plot::LEARNING_CURVES, plot::LEARNING_MEASURES, plot::FREEZE_POINTS, plot::ABLATION, plot::DIMENSIONALITY, plot::TIMESCALES];
+    assert_eq!(written.len(), 2 * names.len(), "{written:?}");
+    for name in names {
+        let png = std::fs::read(dir.path().join(format!("{name}.png"))).unwrap();
+        assert!(png.len() > 1000 && png.starts_with(b"\x89PNG\r\n\x1a\n"), "{name}.png is not a PNG");
+        let svg = std::fs::read_to_string(dir.path().join(format!("{name}.svg"))).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("</svg>") && svg.contains("<text"), "{name}.svg has no drawing");
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().starts_with('.')).collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}
+
+#[test]
+fn figures_without_data_are_skipped() {
+    let (rows, curve, _) = sweep();
+    let dir = tempfile::tempdir().unwrap();
+    assert!(plot::plot(&rows, &[], &[], dir.path()).unwrap().is_empty());
+    assert!(stats::compute(&rows, &[]).is_empty());
+    // One regime only: no freeze-point figure; no analyses: no analysis figures.
+    let simult: Vec<TrialRow> = rows.into_iter().filter(|r| r.spec.regime == Regime::Simult).collect();
+    let written = plot::plot(&simult, &curve, &[], dir.path()).unwrap();
+    let names: Vec<String> = written.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, ["learning_curves.png", "learning_curves.svg", "learning_measures.png", "learning_measures.svg"]);
+}

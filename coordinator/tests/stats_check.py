@@ -1,0 +1,175 @@
+"""Recomputes stats.parquet from trials.parquet and curves.parquet with numpy and scipy, and
+compares every value within 1e-9 relative. Usage: stats_check.py DIR. Exits 1 on a mismatch.
+
+Independent of the Rust code: the per-trial measures, the grouping into conditions, the pairing
+of comparisons, the tests and the Holm correction are all redone here from the documented
+definitions (coordinator/src/results/stats.rs)."""
+
+import math
+import sys
+from collections import defaultdict
+
+import numpy as np
+import pyarrow.parquet as pq
+from scipy import stats as st
+
+KEYS = ["task", "arch", "hidden", "granule", "purkinje", "regime", "freeze", "refresh_every",
+        "core_plasticity", "lr_core", "lr_cb"]
+MEASURES = ["max_level", "final_level", "auc_level_epochs", "epochs_to_half_max"]
+
+d = sys.argv[1]
+trials = pq.read_table(f"{d}/trials.parquet").to_pylist()
+curves = pq.read_table(f"{d}/curves.parquet").to_pylist()
+got = pq.read_table(f"{d}/stats.parquet").to_pylist()
+
+by_trial = defaultdict(list)
+for c in curves:
+    by_trial[c["trial_id"]].append(c)
+
+
+class Trial:
+    def __init__(self, row, epochs):
+        epochs = sorted(epochs, key=lambda c: c["epoch"])
+        budget = max(row["epochs_budget"], epochs[-1]["epoch"])
+        solved = np.zeros(budget)
+        for c in epochs:
+            if c["solved"]:
+                solved[c["epoch"] - 1] = c["level"]
+        self.reached = np.maximum.accumulate(solved)
+        self.max_level = float(self.reached[-1])
+        last = epochs[-1]
+        self.final_level = float(last["level"] + (1 if last["solved"] else 0))
+        self.auc = float(np.trapezoid(self.reached))
+
+    def value(self, measure, half):
+        if measure == "max_level":
+            return self.max_level
+        if measure == "final_level":
+            return self.final_level
+        if measure == "auc_level_epochs":
+            return self.auc
+        if half <= 0:
+            return math.nan
+        hit = np.nonzero(self.reached >= half)[0]
+        return float(hit[0] + 1) if len(hit) else float(len(self.reached) + 1)
+
+
+groups = {}
+for row in trials:
+    if by_trial.get(row["trial_id"]):
+        groups.setdefault(tuple(row[k] for k in KEYS), []).append(Trial(row, by_trial[row["trial_id"]]))
+
+
+def key_dict(key):
+    return dict(zip(KEYS, key))
+
+
+def half_max(measure, members):
+    return max(t.max_level for t in members) / 2 if measure == "epochs_to_half_max" else None
+
+
+def values(members, measure, half):
+    v = [t.value(measure, half or 0.0) for t in members]
+    return np.array([x for x in v if math.isfinite(x)])
+
+
+def summary(v):
+    n = len(v)
+    mean = float(np.mean(v)) if n else math.nan
+    sd = float(np.std(v, ddof=1)) if n >= 2 else math.nan
+    sem = sd / math.sqrt(n) if n else math.nan
+    hw = st.t.ppf(0.975, n - 1) * sem if n >= 2 else math.nan
+    return dict(n=n, mean=mean, sd=sd, sem=sem, ci95_low=mean - hw, ci95_high=mean + hw)
+
+
+def tests(a, b):
+    sa, sb = summary(a), summary(b)
+    out = dict(n_a=sa["n"], n_b=sb["n"], mean_a=sa["mean"], mean_b=sb["mean"], sd_a=sa["sd"], sd_b=sb["sd"])
+    nan = math.nan
+    out.update(welch_t=nan, welch_df=nan, welch_p=nan, mwu_u=nan, mwu_p=nan, cohens_d=nan, rank_biserial=nan)
+    if len(a) < 2 or len(b) < 2:
+        return out
+    if np.var(a) + np.var(b) > 0:
+        w = st.ttest_ind(a, b, equal_var=False)
+        pooled = ((len(a) - 1) * np.var(a, ddof=1) + (len(b) - 1) * np.var(b, ddof=1)) / (len(a) + len(b) - 2)
+        out.update(welch_t=w.statistic, welch_df=w.df, welch_p=w.pvalue,
+                   cohens_d=(np.mean(a) - np.mean(b)) / math.sqrt(pooled))
+    m = st.mannwhitneyu(a, b, alternative="two-sided", method="asymptotic", use_continuity=True)
+    out.update(mwu_u=m.statistic, rank_biserial=2 * m.statistic / (len(a) * len(b)) - 1)
+    out["mwu_p"] = nan if len(set(np.concatenate([a, b]))) == 1 else m.pvalue
+    return out
+
+
+def holm(ps):
+    idx = [i for i, p in enumerate(ps) if not math.isnan(p)]
+    idx.sort(key=lambda i: ps[i])
+    out, running = [math.nan] * len(ps), 0.0
+    for rank, i in enumerate(idx):
+        running = max(running, min(1.0, (len(idx) - rank) * ps[i]))
+        out[i] = running
+    return out
+
+
+expected = {}
+for key, members in groups.items():
+    for m in MEASURES:
+        half = half_max(m, members)
+        row = dict(kind="condition", comparison=None, half_max_level=half, **summary(values(members, m, half)))
+        expected[("condition", None, key, m)] = row
+
+pairs = []
+for a in groups:
+    ka = key_dict(a)
+    for b in groups:
+        kb = key_dict(b)
+        same = lambda skip: all(ka[k] == kb[k] for k in KEYS if k not in skip)
+        if ka["arch"] == "cbrnn" and kb["arch"] == "rnn" and same({"arch", "hidden"}):
+            pairs.append(("cbrnn_vs_rnn", a, b))
+        if ka["regime"] != "simult" and kb["regime"] == "simult" and same({"regime", "freeze", "refresh_every"}):
+            pairs.append(("freeze_vs_simult", a, b))
+for comparison, a, b in pairs:
+    for m in MEASURES:
+        half = half_max(m, groups[a] + groups[b])
+        row = dict(kind="comparison", comparison=comparison, half_max_level=half,
+                   **tests(values(groups[a], m, half), values(groups[b], m, half)))
+        expected[("comparison", comparison, a, m)] = row
+for m in MEASURES:
+    fam = [r for k, r in expected.items() if k[0] == "comparison" and k[3] == m]
+    for test in ["welch", "mwu"]:
+        for r, h in zip(fam, holm([r[f"{test}_p"] for r in fam])):
+            r[f"{test}_p_holm"] = h
+
+
+def same(x, y):
+    if x is None or y is None:
+        return x is None and y is None
+    if isinstance(x, float) or isinstance(y, float):
+        if math.isnan(x) or math.isnan(y):
+            return math.isnan(x) and math.isnan(y)
+        return math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
+    return x == y
+
+
+errors = []
+sweeps = {t["sweep_id"] for t in trials}
+errors += [f"row with sweep_id {g['sweep_id']!r}" for g in got if g["sweep_id"] not in sweeps]
+seen = set()
+for g in got:
+    k = (g["kind"], g["comparison"], tuple(g[k] for k in KEYS), g["measure"])
+    if k in seen:
+        errors.append(f"duplicate row {k}")
+    seen.add(k)
+    e = expected.get(k)
+    if e is None:
+        errors.append(f"unexpected row {k}")
+        continue
+    for col, want in e.items():
+        if not same(g[col], want):
+            errors.append(f"{k}: {col} = {g[col]!r}, scipy/numpy say {want!r}")
+missing = set(expected) - seen
+errors += [f"missing row {k}" for k in sorted(missing, key=str)]
+print("\n".join(errors[:40]))
+if errors:
+    print(f"{len(errors)} mismatches")
+    sys.exit(1)
+print(f"checked {len(got)} rows")
