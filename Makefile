@@ -25,7 +25,7 @@ test: build
 	fi
 
 bench: build
-	./target/release/cbsweep-bench
+	./target/release/cbsweep-bench all
 
 clean:
 	$(CARGO) clean

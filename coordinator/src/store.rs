@@ -203,7 +203,7 @@ impl Store {
     }
 
     pub fn sweeps(&self) -> Result<Vec<SweepRow>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT sweep_id, description, spec_toml, spec_path, max_attempts, pack_size, lease_seconds, state, created_ms, finished_ms FROM sweeps ORDER BY created_ms",
         )?;
         let rows = stmt.query_map([], sweep_row)?.collect::<Result<Vec<_>, _>>()?;
@@ -212,7 +212,7 @@ impl Store {
 
     /// Cell keys and trial ids of a sweep's existing trials.
     pub fn cells(&self, sweep: &SweepId) -> Result<Vec<(String, TrialId, TrialSpec)>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT cell_key, trial_id, spec_json FROM trials WHERE sweep_id = ?1")?;
+        let mut stmt = self.conn.prepare_cached("SELECT cell_key, trial_id, spec_json FROM trials WHERE sweep_id = ?1")?;
         let rows = stmt
             .query_map(params![sweep.as_str()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?
             .collect::<Result<Vec<_>, _>>()?;
@@ -230,7 +230,7 @@ impl Store {
             params![row.id.as_str(), row.description, row.spec_toml, row.spec_path, row.max_attempts, row.pack_size, row.lease_seconds, row.state, row.created_ms],
         )?;
         {
-            let mut ins = tx.prepare(
+            let mut ins = tx.prepare_cached(
                 "INSERT INTO trials(trial_id, sweep_id, cell_index, cell_key, condition, pack_key, spec_json, state)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending')",
             )?;
@@ -265,7 +265,7 @@ impl Store {
     /// Workers seen in the last `within_ms`, with the number of trials each holds.
     pub fn live_workers(&self, within_ms: i64) -> Result<Vec<(String, String, String, u32, i64)>, StoreError> {
         let now = now_ms();
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT w.worker_id, w.hostname, w.device, w.last_seen_ms,
                     (SELECT COUNT(*) FROM trials t WHERE t.worker_id = w.worker_id AND t.state = 'leased')
              FROM workers w WHERE w.last_seen_ms >= ?1 ORDER BY w.registered_ms",
@@ -281,20 +281,17 @@ impl Store {
     pub fn lease(&mut self, worker: &WorkerId, max: u32) -> Result<Vec<Leased>, StoreError> {
         let now = now_ms();
         let tx = self.conn.transaction()?;
-        tx.execute("UPDATE workers SET last_seen_ms = ?2 WHERE worker_id = ?1", params![worker.as_str(), now])?;
+        tx.prepare_cached("UPDATE workers SET last_seen_ms = ?2 WHERE worker_id = ?1")?.execute(params![worker.as_str(), now])?;
         // Oldest running sweep first, then its oldest pending cell: each step an index lookup.
         let running: Vec<(String, u32, u32)> = {
-            let mut stmt = tx.prepare("SELECT sweep_id, pack_size, lease_seconds FROM sweeps WHERE state = 'running' ORDER BY created_ms")?;
+            let mut stmt = tx.prepare_cached("SELECT sweep_id, pack_size, lease_seconds FROM sweeps WHERE state = 'running' ORDER BY created_ms")?;
             stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<Vec<_>, _>>()?
         };
         let mut head = None;
         for (sweep, pack_size, lease_seconds) in running {
             let key: Option<String> = tx
-                .query_row(
-                    "SELECT pack_key FROM trials WHERE state = 'pending' AND sweep_id = ?1 ORDER BY cell_index LIMIT 1",
-                    params![sweep],
-                    |r| r.get(0),
-                )
+                .prepare_cached("SELECT pack_key FROM trials WHERE state = 'pending' AND sweep_id = ?1 ORDER BY cell_index LIMIT 1")?
+                .query_row(params![sweep], |r| r.get(0))
                 .optional()?;
             if let Some(key) = key {
                 head = Some((sweep, key, pack_size, lease_seconds));
@@ -309,14 +306,14 @@ impl Store {
         let expires = now + i64::from(lease_seconds) * 1000;
         let mut out = Vec::new();
         {
-            let mut pick = tx.prepare(
+            let mut pick = tx.prepare_cached(
                 "SELECT trial_id, attempt, spec_json FROM trials WHERE state = 'pending' AND sweep_id = ?1 AND pack_key = ?2
                  ORDER BY cell_index LIMIT ?3",
             )?;
             let picked = pick
                 .query_map(params![sweep, pack_key, limit], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?, r.get::<_, String>(2)?)))?
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut upd = tx.prepare(
+            let mut upd = tx.prepare_cached(
                 "UPDATE trials SET state = 'leased', attempt = ?2, worker_id = ?3, lease_expires_ms = ?4 WHERE trial_id = ?1",
             )?;
             for (id, attempt, json) in picked {
@@ -335,7 +332,7 @@ impl Store {
         tx.execute("UPDATE workers SET last_seen_ms = ?2 WHERE worker_id = ?1", params![worker.as_str(), now])?;
         let mut revoked = Vec::new();
         {
-            let mut upd = tx.prepare(
+            let mut upd = tx.prepare_cached(
                 "UPDATE trials SET lease_expires_ms = ?4 + 1000 * (SELECT lease_seconds FROM sweeps s WHERE s.sweep_id = trials.sweep_id)
                  WHERE trial_id = ?1 AND worker_id = ?2 AND attempt = ?3 AND state = 'leased'",
             )?;
@@ -371,7 +368,7 @@ impl Store {
         let tx = self.conn.transaction()?;
         tx.execute("DELETE FROM curves WHERE trial_id = ?1", params![id.as_str()])?;
         {
-            let mut ins = tx.prepare(
+            let mut ins = tx.prepare_cached(
                 "INSERT INTO curves(trial_id, epoch, level, train_loss, test_accuracy, solved, grad_norm, core_learning, cb_learning)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
@@ -381,7 +378,7 @@ impl Store {
         }
         tx.execute("DELETE FROM analyses WHERE trial_id = ?1", params![id.as_str()])?;
         {
-            let mut ins = tx.prepare(
+            let mut ins = tx.prepare_cached(
                 "INSERT OR REPLACE INTO analyses(trial_id, level, epoch, population, metric, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             for a in &result.analyses {
@@ -426,7 +423,7 @@ impl Store {
         let tx = self.conn.transaction()?;
         let mut n = 0;
         {
-            let mut upd = tx.prepare(
+            let mut upd = tx.prepare_cached(
                 "UPDATE trials SET state = 'pending', attempt = attempt - 1, lease_expires_ms = NULL
                  WHERE trial_id = ?1 AND worker_id = ?2 AND state = 'leased'",
             )?;
@@ -440,7 +437,7 @@ impl Store {
 
     /// Leases past their expiry: (trial, attempt, max_attempts).
     pub fn expired(&self, now: i64) -> Result<Vec<(TrialId, u32, u32)>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT t.trial_id, t.attempt, s.max_attempts FROM trials t JOIN sweeps s ON s.sweep_id = t.sweep_id
              WHERE t.state = 'leased' AND t.lease_expires_ms < ?1",
         )?;
@@ -458,7 +455,7 @@ impl Store {
 
     /// Trial counts per state for a sweep.
     pub fn counts(&self, sweep: &SweepId) -> Result<Vec<(TrialState, u32)>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT state, COUNT(*) FROM trials WHERE sweep_id = ?1 GROUP BY state")?;
+        let mut stmt = self.conn.prepare_cached("SELECT state, COUNT(*) FROM trials WHERE sweep_id = ?1 GROUP BY state")?;
         let rows = stmt.query_map(params![sweep.as_str()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))?.collect::<Result<Vec<_>, _>>()?;
         rows.into_iter().map(|(s, n)| Ok((parse_state(&s)?, n))).collect()
     }
@@ -493,7 +490,7 @@ impl Store {
 
     /// All trials of a sweep in grid order.
     pub fn trials(&self, sweep: &SweepId) -> Result<Vec<TrialRow>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT trial_id, sweep_id, cell_index, condition, spec_json, state, attempt, worker_id, last_error, outcome, max_level,
                     final_level, epochs_run, wall_time_ms, device, pack_size, completed_ms
              FROM trials WHERE sweep_id = ?1 ORDER BY cell_index",
@@ -534,7 +531,7 @@ impl Store {
 
     /// Curve rows of a sweep's finished trials, ordered by trial and epoch.
     pub fn curves(&self, sweep: &SweepId) -> Result<Vec<(TrialId, EpochRecord)>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT c.trial_id, c.epoch, c.level, c.train_loss, c.test_accuracy, c.solved, c.grad_norm, c.core_learning, c.cb_learning
              FROM curves c JOIN trials t ON t.trial_id = c.trial_id WHERE t.sweep_id = ?1 AND t.state = 'done' ORDER BY t.cell_index, c.epoch",
         )?;
@@ -562,7 +559,7 @@ impl Store {
 impl Store {
     /// Checkpoint analyses of a sweep's finished trials.
     pub fn analyses(&self, sweep: &SweepId) -> Result<Vec<(TrialId, AnalysisRecord)>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT a.trial_id, a.level, a.epoch, a.population, a.metric, a.value
              FROM analyses a JOIN trials t ON t.trial_id = a.trial_id WHERE t.sweep_id = ?1 AND t.state = 'done'
              ORDER BY t.cell_index, a.level, a.population, a.metric",
