@@ -33,6 +33,9 @@ enum What {
         /// Device: cpu or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// libtorch threads in the cbsweep process (0: the machine's cores).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
         /// Trial-steps to time per measurement (at least 2 steps each).
         #[arg(long, default_value_t = 256)]
         trial_steps: usize,
@@ -114,14 +117,15 @@ fn baseline(arch: Arch, level: u32, procs: usize) -> anyhow::Result<f64> {
     Ok(total)
 }
 
-fn bench_train(packs: &[usize], level: u32, device: &str, trial_steps: usize) -> anyhow::Result<()> {
+fn bench_train(packs: &[usize], level: u32, device: &str, trial_steps: usize, threads: usize) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let dev = match device {
         "cpu" => tch::Device::Cpu,
         d => tch::Device::Cuda(d.strip_prefix("cuda:").and_then(|n| n.parse().ok()).context("--device: cpu or cuda:N")?),
     };
-    tch::set_num_threads(cores as i32);
-    println!("train: level N = {level}, batch 64, {cores} cores, device {device}; baseline = benches/baseline.py, {cores} processes x 1 thread");
+    let threads = if threads == 0 { cores } else { threads };
+    tch::set_num_threads(threads as i32);
+    println!("train: level N = {level}, batch 64, {cores} cores, {threads} libtorch thread(s), device {device}; baseline = benches/baseline.py, {cores} processes x 1 thread");
     println!("{:<6} {:>5} {:>16} {:>16} {:>8}", "arch", "M", "trial-steps/s", "baseline", "ratio");
     for arch in [Arch::Cbrnn, Arch::Rnn] {
         let base = baseline(arch, level, cores)?;
@@ -275,13 +279,13 @@ fn main() -> anyhow::Result<()> {
     if let What::Results { rows } = what {
         return bench_results(rows);
     }
-    if let What::Train { packs, level, device, trial_steps } = &what {
-        return bench_train(packs, *level, device, *trial_steps);
+    if let What::Train { packs, level, device, trial_steps, threads } = &what {
+        return bench_train(packs, *level, device, *trial_steps, *threads);
     }
     if all {
         rt.block_on(bench_lease(64, 20_000))?;
         bench_results(1_000_000)?;
-        bench_train(&[1, 8, 32, 128], 10, "cpu", 256)?;
+        bench_train(&[1, 8, 32, 128], 10, "cpu", 256, 0)?;
     }
     Ok(())
 }

@@ -30,8 +30,9 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     threads: u32,
     /// Most trials trained together as one pack (the sweep's run.pack_size also caps it).
-    #[arg(long, default_value_t = 64)]
-    max_pack: u32,
+    /// Default: 64 on a GPU; 1 on the CPU, where packing does not pay yet (see `make bench`).
+    #[arg(long)]
+    max_pack: Option<u32>,
     /// Exit when the coordinator has no running sweep left (default: wait for more work).
     #[arg(long)]
     exit_when_drained: bool,
@@ -94,12 +95,13 @@ fn trainer(args: &Args) -> anyhow::Result<Box<dyn Trainer>> {
 }
 
 async fn run(args: Args, trainer: Box<dyn Trainer>) -> anyhow::Result<()> {
+    let on_cpu = trainer.device() == "cpu";
     let token = cbsweep_proto::client::read_token(args.token_file.as_deref())?
         .context("no token: pass --token-file FILE or set CBSWEEP_TOKEN (a coordinator writes its token to STATE/token)")?;
     let cfg = WorkerConfig {
         coordinator: args.coordinator.clone(),
         token,
-        max_pack: args.max_pack.max(1),
+        max_pack: args.max_pack.unwrap_or(if on_cpu { 1 } else { 64 }).max(1),
         exit_when_drained: args.exit_when_drained,
         give_up_after: Duration::from_secs(args.give_up_after_s),
         hostname: hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "unknown".into()),
