@@ -31,6 +31,10 @@ pub enum CliError {
     Results(#[from] results::ResultsError),
     #[error(transparent)]
     Sched(#[from] crate::scheduler::SchedError),
+    #[error(transparent)]
+    Plot(#[from] crate::plot::PlotError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("no token: pass --token-file FILE or set CBSWEEP_TOKEN (the coordinator printed where it wrote its token)")]
     NoToken,
     #[error("sweep {sweep} is not in {}: run it first with `cbsweep run SPEC --out {}`", state.display(), out.display())]
@@ -104,6 +108,36 @@ pub fn print_summary(s: &RunSummary) {
 /// `cbsweep export SWEEP`: rewrite the Parquet tables from the stored state.
 pub fn export(state: &Path, sweep: &SweepId, out: &Path) -> Result<PathBuf, CliError> {
     Ok(results::export(state, sweep, out)?)
+}
+
+/// `cbsweep stats SWEEP`: the statistics table, printed and written as stats.parquet.
+pub fn stats(state: &Path, sweep: &SweepId, out: &Path) -> Result<PathBuf, CliError> {
+    let store = crate::store::Store::open_read_only(state)?;
+    let rows = store.trials(sweep)?;
+    if rows.is_empty() {
+        return Err(CliError::UnknownSweep { sweep: sweep.clone(), state: state.to_owned(), out: out.to_owned() });
+    }
+    let stats = results::stats::compute(&rows, &store.curves(sweep)?);
+    print!("{}", results::stats::print(&stats));
+    let path = results::sweep_dir(out, sweep).join(results::stats::FILE);
+    results::stats::write(&path, &stats)?;
+    println!("wrote {}", path.display());
+    Ok(path)
+}
+
+/// `cbsweep plot SWEEP`: the study's figures as PNG and SVG in OUT/SWEEP/figures/.
+pub fn plot(state: &Path, sweep: &SweepId, out: &Path) -> Result<Vec<PathBuf>, CliError> {
+    let store = crate::store::Store::open_read_only(state)?;
+    let rows = store.trials(sweep)?;
+    if rows.is_empty() {
+        return Err(CliError::UnknownSweep { sweep: sweep.clone(), state: state.to_owned(), out: out.to_owned() });
+    }
+    let dir = results::sweep_dir(out, sweep).join("figures");
+    let files = crate::plot::plot(&rows, &store.curves(sweep)?, &store.analyses(sweep)?, &dir)?;
+    for f in &files {
+        println!("wrote {}", f.display());
+    }
+    Ok(files)
 }
 
 /// The token a coordinator serves with: the file, the environment, or a new one written to

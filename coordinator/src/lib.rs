@@ -16,4 +16,5 @@ pub mod results;
 pub mod scheduler;
 pub mod server;
 pub mod service;
+pub mod slurm;
 pub mod store;

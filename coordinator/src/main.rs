@@ -139,8 +139,27 @@ enum Command {
     Export {
         sweep: String,
         /// The coordinator's state folder (for `run`: OUT/.cbsweep).
-        #[arg(long, default_value = "out/.cbsweep")]
-        state: PathBuf,
+        #[arg(long)]
+        state: Option<PathBuf>,
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+    },
+    /// Cross-condition statistics (Welch's t, Mann-Whitney U, Holm, effect sizes): printed and
+    /// written to OUT/SWEEP/stats.parquet.
+    Stats {
+        sweep: String,
+        /// The coordinator's state folder (for `run`: OUT/.cbsweep).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+    },
+    /// The study's figures (PNG and SVG) in OUT/SWEEP/figures/.
+    Plot {
+        sweep: String,
+        /// The coordinator's state folder (for `run`: OUT/.cbsweep).
+        #[arg(long)]
+        state: Option<PathBuf>,
         #[arg(long, default_value = "out")]
         out: PathBuf,
     },
@@ -178,9 +197,18 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
         Command::Cancel { sweep, client } => cli::cancel(&client.coordinator, client.token_file.as_deref(), &sweep).await,
         Command::RetryFailed { sweep, client } => cli::retry_failed(&client.coordinator, client.token_file.as_deref(), &sweep).await,
         Command::Export { sweep, state, out } => {
+            let state = state.unwrap_or_else(|| out.join(cbsweep_coordinator::local::STATE_DIR));
             let dir = cli::export(&state, &SweepId(sweep), &out)?;
             println!("wrote {}/{{trials,curves}}.parquet", dir.display());
             Ok(())
+        }
+        Command::Stats { sweep, state, out } => {
+            let state = state.unwrap_or_else(|| out.join(cbsweep_coordinator::local::STATE_DIR));
+            cli::stats(&state, &SweepId(sweep), &out).map(|_| ())
+        }
+        Command::Plot { sweep, state, out } => {
+            let state = state.unwrap_or_else(|| out.join(cbsweep_coordinator::local::STATE_DIR));
+            cli::plot(&state, &SweepId(sweep), &out).map(|_| ())
         }
         Command::Worker { .. } => unreachable!("handled before the runtime starts"),
     }

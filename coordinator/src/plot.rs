@@ -10,14 +10,14 @@
 //!   and architecture; only when the sweep has more than one regime or freeze point.
 //! - ablation: the ablation drop (metric `ablation_drop`) per checkpoint level, mean ± sem.
 //! - dimensionality: `DIMENSIONALITY_METRICS` per level, one line per condition and population.
-//! - timescales: every metric named `timescale_*` per level, one line per condition and population.
+//! - timescales: `TIMESCALE_METRICS` per level, one line per condition and population.
 //!
 //! Curves and measures use the definitions of `results::stats` (levels reached, carried forward
 //! to the epoch budget). Every file is drawn under a temporary name and then renamed.
 
 use crate::results::stats::{self, Measure, Summary, TrialCurve};
 use crate::store::TrialRow;
-use cbsweep_common::{AnalysisRecord, EpochRecord, TrialId};
+use cbsweep_common::{AnalysisRecord, EpochRecord, Task, TrialId};
 use plotters::coord::Shift;
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
@@ -33,10 +33,11 @@ pub const TIMESCALES: &str = "timescales";
 
 /// The analysis metric of the ablation figure.
 pub const ABLATION_METRIC: &str = "ablation_drop";
-/// The analysis metrics of the dimensionality figure, one row each when present.
-pub const DIMENSIONALITY_METRICS: [&str; 5] = ["participation_ratio", "d95_fraction", "d90_fraction", "d95", "d90"];
-/// Analysis metrics whose name starts with this go to the timescales figure.
-pub const TIMESCALE_PREFIX: &str = "timescale_";
+/// The analysis metrics of the dimensionality figure, one row of panels each when present (the
+/// component counts d90 and d95 stay in analyses.parquet: the fractions compare populations).
+pub const DIMENSIONALITY_METRICS: [&str; 3] = ["participation_ratio", "d95_fraction", "d90_fraction"];
+/// The analysis metrics of the timescales figure, one row of panels each when present.
+pub const TIMESCALE_METRICS: [&str; 3] = ["timescale_median_steps", "population_lag_1e_steps", "timescale_mean_steps"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlotError {
@@ -182,11 +183,10 @@ impl Legend {
 fn figures(trials: &[TrialRow], curves: &[(TrialId, EpochRecord)], analyses: &[(TrialId, AnalysisRecord)]) -> Vec<Figure> {
     let tc = stats::trial_curves(trials, curves);
     let groups = stats::conditions(&tc);
-    let mut tasks: Vec<String> = Vec::new();
+    let mut tasks: Vec<Task> = Vec::new();
     for t in trials {
-        let task = t.spec.task.to_string();
-        if !tasks.contains(&task) {
-            tasks.push(task);
+        if !tasks.contains(&t.spec.task) {
+            tasks.push(t.spec.task);
         }
     }
     let mut figs = Vec::new();
@@ -202,18 +202,13 @@ fn figures(trials: &[TrialRow], curves: &[(TrialId, EpochRecord)], analyses: &[(
     }
     let by_id: HashMap<&TrialId, &TrialRow> = trials.iter().map(|t| (&t.id, t)).collect();
     let records: Vec<(&TrialRow, &AnalysisRecord)> = analyses.iter().filter_map(|(id, a)| by_id.get(id).map(|t| (*t, a))).collect();
-    let present = |keep: &dyn Fn(&str) -> bool| -> Vec<String> {
-        let mut names: Vec<String> = records.iter().map(|(_, a)| a.metric.clone()).filter(|m| keep(m)).collect();
-        names.sort();
-        names.dedup();
-        names
+    let present = |metrics: &[&str]| -> Vec<String> {
+        metrics.iter().map(|m| m.to_string()).filter(|m| records.iter().any(|(_, a)| &a.metric == m)).collect()
     };
-    let dims: Vec<String> =
-        DIMENSIONALITY_METRICS.iter().map(|m| m.to_string()).filter(|m| records.iter().any(|(_, a)| &a.metric == m)).collect();
     let analysis_figures: [(&'static str, &str, Vec<String>); 3] = [
-        (ABLATION, "Ablation: accuracy lost with the cerebellar output off, per level", present(&|m| m == ABLATION_METRIC)),
-        (DIMENSIONALITY, "Dimensionality per level and population", dims),
-        (TIMESCALES, "Timescales per level and population", present(&|m| m.starts_with(TIMESCALE_PREFIX))),
+        (ABLATION, "Ablation: accuracy lost with the cerebellar output off, per level", present(&[ABLATION_METRIC])),
+        (DIMENSIONALITY, "Dimensionality per level and population", present(&DIMENSIONALITY_METRICS)),
+        (TIMESCALES, "Timescales per level and population", present(&TIMESCALE_METRICS)),
     ];
     for (name, title, metrics) in analysis_figures {
         if !metrics.is_empty() {
@@ -238,19 +233,19 @@ fn level_line(group: &[&TrialCurve], style: Style) -> Line {
     Line { style, points }
 }
 
-fn learning_curves(groups: &Groups, tasks: &[String]) -> Figure {
+fn learning_curves(groups: &Groups, tasks: &[Task]) -> Figure {
     let mut legend = Legend::new(groups.iter().map(|(c, _)| *c));
     let panels = tasks
         .iter()
         .map(|task| {
             let lines = in_task(groups, task).map(|(c, g)| legend.condition_line(c, g)).collect();
-            Panel { title: task.clone(), x_desc: "epoch".into(), y_desc: "level reached N".into(), content: Content::Lines(lines) }
+            Panel { title: task.to_string(), x_desc: "epoch".into(), y_desc: "level reached N".into(), content: Content::Lines(lines) }
         })
         .collect();
     Figure { name: LEARNING_CURVES, title: "Level reached (mean ± sem across seeds)".into(), cols: tasks.len().min(3), panels, legend: legend.entries }
 }
 
-fn learning_measures(groups: &Groups, tasks: &[String]) -> Figure {
+fn learning_measures(groups: &Groups, tasks: &[Task]) -> Figure {
     let mut legend = Legend::new(groups.iter().map(|(c, _)| *c));
     let mut panels = Vec::new();
     for task in tasks {
@@ -278,7 +273,7 @@ fn learning_measures(groups: &Groups, tasks: &[String]) -> Figure {
     }
 }
 
-fn freeze_points(groups: &Groups, tasks: &[String]) -> Figure {
+fn freeze_points(groups: &Groups, tasks: &[Task]) -> Figure {
     let mut legend = Legend::new(groups.iter().map(|(c, _)| *c));
     let mut archs: Vec<_> = groups.iter().map(|(_, g)| g[0].trial.spec.arch).collect();
     archs.sort();
@@ -310,34 +305,51 @@ fn freeze_points(groups: &Groups, tasks: &[String]) -> Figure {
 }
 
 /// One row of panels per metric, one column per task; a line per condition and population,
-/// coloured by population and dashed by condition.
-fn analysis_figure(name: &'static str, title: &str, metrics: &[String], records: &[(&TrialRow, &AnalysisRecord)], tasks: &[String]) -> Figure {
+/// coloured by population and dashed by condition (coloured by condition when there is only
+/// one population).
+fn analysis_figure(name: &'static str, title: &str, metrics: &[String], records: &[(&TrialRow, &AnalysisRecord)], tasks: &[Task]) -> Figure {
+    let population_rank = |p: &str| POPULATIONS.iter().position(|x| *x == p).unwrap_or(POPULATIONS.len());
     let mut conditions: Vec<&str> = Vec::new();
-    for (t, _) in records {
-        if !conditions.contains(&t.condition.as_str()) {
-            conditions.push(&t.condition);
+    let mut condition_index: HashMap<&str, usize> = HashMap::new();
+    // Indices of (metric, task, condition), population rank, population.
+    type Series<'r> = (usize, usize, usize, usize, &'r str);
+    // Series -> level -> values, in one pass.
+    let mut series: BTreeMap<Series, BTreeMap<u32, Vec<f64>>> = BTreeMap::new();
+    for (t, a) in records {
+        let (Some(mi), Some(ti)) = (metrics.iter().position(|m| *m == a.metric), tasks.iter().position(|x| *x == t.spec.task)) else {
+            continue;
+        };
+        if !a.value.is_finite() {
+            continue;
         }
+        let ci = *condition_index.entry(&t.condition).or_insert_with(|| {
+            conditions.push(&t.condition);
+            conditions.len() - 1
+        });
+        series.entry((mi, ti, ci, population_rank(&a.population), &a.population)).or_default().entry(a.level).or_default().push(a.value);
     }
     let mut legend = Legend::new(conditions.iter().copied());
-    let population_rank = |p: &str| POPULATIONS.iter().position(|x| *x == p).unwrap_or(POPULATIONS.len());
+    let mut populations: Vec<&str> = series.keys().map(|k| k.4).collect();
+    populations.sort();
+    populations.dedup();
+    // With one population (the ablation's "network") lines are coloured by condition instead.
+    let one_population = populations.len() == 1;
     let mut panels = Vec::new();
-    for metric in metrics {
-        for task in tasks {
-            // (condition index, population rank, population) -> level -> values
-            let mut series: BTreeMap<(usize, usize, &str), BTreeMap<u32, Vec<f64>>> = BTreeMap::new();
-            for (t, a) in records.iter().filter(|(t, a)| &a.metric == metric && t.spec.task.to_string() == *task && a.value.is_finite()) {
-                let ci = conditions.iter().position(|c| *c == t.condition).unwrap_or(0);
-                series.entry((ci, population_rank(&a.population), &a.population)).or_default().entry(a.level).or_default().push(a.value);
-            }
+    for (mi, metric) in metrics.iter().enumerate() {
+        for (ti, task) in tasks.iter().enumerate() {
             let lines = series
-                .into_iter()
-                .map(|((ci, _, population), levels)| {
+                .range((mi, ti, 0, 0, "")..(mi, ti + 1, 0, 0, ""))
+                .map(|(&(_, _, ci, _, population), levels)| {
                     let condition = (legend.name)(conditions[ci]);
-                    let style = legend.style(&format!("{condition} {population}"), population, &condition);
+                    let style = if one_population {
+                        legend.style(&condition, &condition, "")
+                    } else {
+                        legend.style(&format!("{condition} {population}"), population, &condition)
+                    };
                     let points = levels
-                        .into_iter()
-                        .map(|(level, v)| {
-                            let s = Summary::of(&v);
+                        .iter()
+                        .map(|(&level, v)| {
+                            let s = Summary::of(v);
                             (level as f64, s.mean, s.sem)
                         })
                         .collect();
@@ -350,8 +362,9 @@ fn analysis_figure(name: &'static str, title: &str, metrics: &[String], records:
     Figure { name, title: format!("{title} (mean ± sem across seeds)"), cols: tasks.len(), panels, legend: legend.entries }
 }
 
-fn in_task<'s, 'g, 'a>(groups: &'s Groups<'g, 'a>, task: &'s str) -> impl Iterator<Item = (&'a str, &'s [&'g TrialCurve<'a>])> + 's {
-    groups.iter().filter(move |(_, g)| g[0].trial.spec.task.to_string() == task).map(|(c, g)| (*c, g.as_slice()))
+fn in_task<'s, 'g, 'a>(groups: &'s Groups<'g, 'a>, task: &Task) -> impl Iterator<Item = (&'a str, &'s [&'g TrialCurve<'a>])> + 's {
+    let task = *task;
+    groups.iter().filter(move |(_, g)| g[0].trial.spec.task == task).map(|(c, g)| (*c, g.as_slice()))
 }
 
 /// Draws `fig` as NAME.png and NAME.svg in `dir`.
@@ -397,7 +410,7 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &Figure, grid: (
         let stroke = style.color.stroke_width(2);
         match DASHES[style.dash] {
             None => legend.draw(&PathElement::new(sample, stroke))?,
-            Some((dash, gap)) => legend.draw(&DashedPathElement::new(sample.into_iter(), dash, gap, stroke))?,
+            Some((dash, gap)) => legend.draw(&DashedPathElement::new(sample, dash, gap, stroke))?,
         }
         legend.draw(&Text::new(label.as_str(), (46, y - 7), (FONT, 13)))?;
     }

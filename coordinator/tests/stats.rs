@@ -24,11 +24,13 @@ freeze = ["level:2"]
 epochs = 40
 "#;
 
+type Sweep = (Vec<TrialRow>, Vec<(TrialId, EpochRecord)>, Vec<(TrialId, AnalysisRecord)>);
+
 /// The synthetic sweep: 2 tasks x 2 architectures x (simult, reservoir at level 2) x 5 seeds.
 /// The CB-RNN solves levels more often than the RNN; parity is harder. One trial diverges
 /// (a short curve) and four of the parity RNN reservoir trials failed (no curve), leaving that
 /// condition a single trial, so its comparisons are degenerate.
-fn sweep() -> (Vec<TrialRow>, Vec<(TrialId, EpochRecord)>, Vec<(TrialId, AnalysisRecord)>) {
+fn sweep() -> Sweep {
     let spec = parse_spec(SPEC, Path::new("stats-test.toml")).unwrap();
     let mut rows = Vec::new();
     let mut curve = Vec::new();
@@ -112,6 +114,7 @@ fn synthetic_analysis(arch: Arch, level: u32, rng: &mut StdRng) -> Vec<(&'static
         out.push((*p, "participation_ratio", 2.0 + k as f64 + 0.1 * level as f64 + rng.random::<f64>()));
         out.push((*p, "d95_fraction", 0.1 + 0.05 * k as f64 + 0.1 * rng.random::<f64>()));
         out.push((*p, "timescale_median_steps", 1.5 + 0.3 * level as f64 + k as f64 + rng.random::<f64>()));
+        out.push((*p, "population_lag_1e_steps", (2 + level / 2 + k as u32) as f64));
     }
     out
 }
@@ -143,16 +146,19 @@ fn stats_parquet_matches_scipy_recomputed_from_the_curves() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "scipy disagrees:\n{text}");
     assert!(text.contains(&format!("checked {} rows", stat_rows.len())), "{text}");
+    println!("{text}");
 }
 
 #[test]
 fn printed_stats_show_each_comparison_and_measure() {
     let (rows, curve, _) = sweep();
     let text = stats::print(&stats::compute(&rows, &curve));
+    println!("{text}");
     let (conditions, comparisons) = text.split_once("comparisons (").expect("a comparisons table");
     assert_eq!(conditions.lines().filter(|l| l.contains(" dms ") || l.contains(" parity ")).count(), 8, "{text}");
     for m in stats::Measure::ALL {
-        assert_eq!(comparisons.matches(&format!(" {} ", m.name())).count(), 8, "one line per comparison for {}:\n{text}", m.name());
+        let lines = comparisons.lines().filter(|l| l.starts_with('│') && l.contains(&format!(" {} ", m.name()))).count();
+        assert_eq!(lines, 8, "one line per comparison for {}:\n{text}", m.name());
     }
     let line = |within: &str, pair: &str| comparisons.lines().any(|l| l.contains(&format!("│ {within} ")) && l.contains(&format!(" {pair} ")));
     assert!(line("dms simult", "cbrnn vs rnn"), "{text}");
@@ -164,7 +170,10 @@ fn plot_writes_a_png_and_an_svg_for_every_figure_with_data() {
     let (rows, curve, analyses) = sweep();
     let dir = tempfile::tempdir().unwrap();
     let written = plot::plot(&rows, &curve, &analyses, dir.path()).unwrap();
-    plot::plot(&rows, &curve, &analyses, Path::new("/tmp/plots")).unwrap();
+    if let Some(keep) = std::env::var_os("CBSWEEP_FIGURES_DIR") {
+        // To look at the figures: CBSWEEP_FIGURES_DIR=/tmp/figures cargo nextest run -E 'binary(stats)'
+        plot::plot(&rows, &curve, &analyses, Path::new(&keep)).unwrap();
+    }
     let names = [plot::LEARNING_CURVES, plot::LEARNING_MEASURES, plot::FREEZE_POINTS, plot::ABLATION, plot::DIMENSIONALITY, plot::TIMESCALES];
     assert_eq!(written.len(), 2 * names.len(), "{written:?}");
     for name in names {

@@ -140,12 +140,18 @@ for m in MEASURES:
             r[f"{test}_p_holm"] = h
 
 
-def same(x, y):
+worst, worst_at = 0.0, ""
+
+
+def same(x, y, col=""):
+    global worst, worst_at
     if x is None or y is None:
         return x is None and y is None
     if isinstance(x, float) or isinstance(y, float):
         if math.isnan(x) or math.isnan(y):
             return math.isnan(x) and math.isnan(y)
+        if x != y and abs(x - y) / max(abs(x), abs(y)) > worst:
+            worst, worst_at = abs(x - y) / max(abs(x), abs(y)), col
         return math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
     return x == y
 
@@ -164,7 +170,7 @@ for g in got:
         errors.append(f"unexpected row {k}")
         continue
     for col, want in e.items():
-        if not same(g[col], want):
+        if not same(g[col], want, col):
             errors.append(f"{k}: {col} = {g[col]!r}, scipy/numpy say {want!r}")
 missing = set(expected) - seen
 errors += [f"missing row {k}" for k in sorted(missing, key=str)]
@@ -172,4 +178,4 @@ print("\n".join(errors[:40]))
 if errors:
     print(f"{len(errors)} mismatches")
     sys.exit(1)
-print(f"checked {len(got)} rows")
+print(f"checked {len(got)} rows (largest relative difference {worst:.1e}, in {worst_at})")

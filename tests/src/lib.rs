@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests: the built binaries, the project's Python (with DuckDB and
 //! pyarrow) and small spec files. The tests themselves are in tests/tests/.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -108,6 +109,33 @@ pub fn executions(log: &Path) -> Vec<(String, bool)> {
         .collect()
 }
 
+/// Every cell of a finished sweep exactly once, read back by DuckDB: `cells` rows in
+/// RESULTS/trials.parquet, all done, distinct trial ids, and `epochs` curve rows per trial.
+pub fn results_once(results: &Path, cells: usize, epochs: u32) {
+    let trials = results.join("trials.parquet");
+    wait_until(60, "the results to be exported", || trials.exists());
+    let rows = duckdb(&format!(
+        "SELECT count(*) AS n, count(DISTINCT trial_id) AS ids, count(*) FILTER (WHERE status = 'done') AS done FROM '{}'",
+        trials.display()
+    ));
+    assert_eq!((rows[0]["n"].as_u64(), rows[0]["ids"].as_u64(), rows[0]["done"].as_u64()), (Some(cells as u64), Some(cells as u64), Some(cells as u64)), "{rows:?}");
+    let curves = duckdb(&format!(
+        "SELECT count(*) AS n, count(DISTINCT (trial_id, epoch)) AS keys FROM '{}'",
+        results.join("curves.parquet").display()
+    ));
+    let expect = (cells as u64) * u64::from(epochs);
+    assert_eq!((curves[0]["n"].as_u64(), curves[0]["keys"].as_u64()), (Some(expect), Some(expect)), "every epoch once: {curves:?}");
+}
+
+/// A fake trainer's execution log counted: (starts per trial id, finishes per trial id).
+pub fn counts(log: &Path) -> (HashMap<String, usize>, HashMap<String, usize>) {
+    let (mut starts, mut dones) = (HashMap::new(), HashMap::new());
+    for (id, done) in executions(log) {
+        *if done { &mut dones } else { &mut starts }.entry(id).or_default() += 1;
+    }
+    (starts, dones)
+}
+
 /// Polls `cond` every 50 ms for up to `secs`.
 pub fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
@@ -157,4 +185,40 @@ pub fn submit(port: u16, token: &str, spec: &Path) {
             .map(|o| o.status.success())
             .unwrap_or(false)
     });
+}
+
+/// Whether this process runs as root (the cluster tests need to start daemons and namespaces).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:").map(|u| u.split_whitespace().nth(1) == Some("0"))))
+        .unwrap_or(false)
+}
+
+/// A program on PATH, or in the sbin folders a non-root PATH leaves out.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Prints why a test does not run here, in one line the test output keeps.
+pub fn skipped(test: &str, why: &str) {
+    eprintln!("skipped: {test}: {why}");
+    println!("skipped: {test}: {why}");
+}
+
+/// `GET path` over plain HTTP/1.1; the status code and body, or None if nothing answers.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
 }

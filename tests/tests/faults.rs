@@ -2,9 +2,7 @@
 //! coordinator and worker processes on loopback, killed with SIGKILL, with the fake trainer
 //! (controllable duration, an execution log to count runs).
 
-use cbsweep_tests::{Proc, coordinator, duckdb, executions, fake_worker, free_port, submit, text, wait_until, write_spec};
-use std::collections::HashMap;
-use std::path::Path;
+use cbsweep_tests::{Proc, coordinator, counts, executions, fake_worker, free_port, results_once, submit, text, wait_until, write_spec};
 
 fn spec_text(name: &str, seeds: usize, epochs: u32, pack: u32, lease_s: u32) -> String {
     let seeds: Vec<String> = (0..seeds).map(|s| s.to_string()).collect();
@@ -12,30 +10,6 @@ fn spec_text(name: &str, seeds: usize, epochs: u32, pack: u32, lease_s: u32) -> 
         "[sweep]\nname = \"{name}\"\n[grid]\ntask = [\"dms\", \"parity\"]\narch = [\"cbrnn\", \"rnn\"]\nseed = [{}]\n[train]\nepochs = {epochs}\n[run]\npack_size = {pack}\nlease_seconds = {lease_s}\nmax_attempts = 5\n",
         seeds.join(", ")
     )
-}
-
-fn results_once(results: &Path, cells: usize, epochs: u32) {
-    let trials = results.join("trials.parquet");
-    wait_until(60, "the results to be exported", || trials.exists());
-    let rows = duckdb(&format!(
-        "SELECT count(*) AS n, count(DISTINCT trial_id) AS ids, count(*) FILTER (WHERE status = 'done') AS done FROM '{}'",
-        trials.display()
-    ));
-    assert_eq!((rows[0]["n"].as_u64(), rows[0]["ids"].as_u64(), rows[0]["done"].as_u64()), (Some(cells as u64), Some(cells as u64), Some(cells as u64)), "{rows:?}");
-    let curves = duckdb(&format!(
-        "SELECT count(*) AS n, count(DISTINCT (trial_id, epoch)) AS keys FROM '{}'",
-        results.join("curves.parquet").display()
-    ));
-    let expect = (cells as u64) * u64::from(epochs);
-    assert_eq!((curves[0]["n"].as_u64(), curves[0]["keys"].as_u64()), (Some(expect), Some(expect)), "every epoch once: {curves:?}");
-}
-
-fn counts(log: &Path) -> (HashMap<String, usize>, HashMap<String, usize>) {
-    let (mut starts, mut dones) = (HashMap::new(), HashMap::new());
-    for (id, done) in executions(log) {
-        *if done { &mut dones } else { &mut starts }.entry(id).or_default() += 1;
-    }
-    (starts, dones)
 }
 
 #[test]

@@ -54,6 +54,35 @@ fn real_sweep_runs_through_grpc_and_duckdb_reads_one_row_per_cell() {
     let losses = duckdb(&format!("SELECT min(train_loss) AS lo, max(test_accuracy) AS hi FROM '{}'", curves.display()));
     assert!(losses[0]["lo"].as_f64().unwrap() > 0.0, "real losses are positive: {losses:?}");
     assert!(losses[0]["hi"].as_f64().unwrap() <= 1.0);
+
+    // Every table is readable by pyarrow too, with the sweep id and grid keys on every row.
+    let dir_s = out.join("tiny");
+    let script = r#"
+import pyarrow.parquet as pq, sys, json
+d = sys.argv[1]
+res = {}
+for t in ["trials", "curves", "levels", "analyses", "stats"]:
+    tab = pq.read_table(f"{d}/{t}.parquet")
+    res[t] = {"rows": tab.num_rows, "cols": tab.column_names}
+print(json.dumps(res))
+"#;
+    let o = std::process::Command::new(cbsweep_tests::python()).args(["-c", script, dir_s.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let tables: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(tables["trials"]["rows"], 8);
+    assert_eq!(tables["curves"]["rows"], 24);
+    for t in ["trials", "curves", "levels", "analyses"] {
+        let cols = tables[t]["cols"].as_array().unwrap();
+        for key in ["sweep_id", "trial_id", "task", "arch", "seed", "regime", "freeze"] {
+            assert!(cols.iter().any(|c| c == key), "{t} has {key}: {cols:?}");
+        }
+    }
+    let stats = duckdb(&format!("SELECT DISTINCT kind, measure FROM '{}' ORDER BY ALL", dir_s.join("stats.parquet").display()));
+    assert!(stats.iter().any(|r| r["kind"] == "comparison" && r["measure"] == "max_level"), "{stats:?}");
+    let o = cbsweep(&["plot", "tiny", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(dir_s.join("figures/learning_curves.png").is_file());
+    assert!(dir_s.join("figures/learning_curves.svg").is_file());
 }
 
 fn refused(name: &str, spec_text: &str, expect: &[&str]) {

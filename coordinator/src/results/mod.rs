@@ -73,6 +73,7 @@ pub fn export(state_dir: &Path, sweep: &SweepId, out: &Path) -> Result<PathBuf, 
     curves::write(&dir.join(curves::FILE), &rows, &curves)?;
     levels::write(&dir.join(levels::FILE), &rows, &curves)?;
     analyses::write(&dir.join(analyses::FILE), &rows, &analyses)?;
+    stats::write(&dir.join(stats::FILE), &stats::compute(&rows, &curves))?;
     tracing::info!(sweep = %sweep, trials = rows.len(), curve_rows = curves.len(), dir = %dir.display(), "results exported");
     Ok(dir)
 }

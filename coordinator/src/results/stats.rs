@@ -36,7 +36,7 @@
 //!   Mann-Whitney p.
 
 use super::ResultsError;
-use super::trials::{ARCH, CORE_PLASTICITY, FREEZE, GRANULE, HIDDEN, LR_CB, LR_CORE, PURKINJE, REFRESH_EVERY, REGIME, SWEEP_ID, TASK};
+use super::trials::{SEED, TRIAL_ID, key_fields};
 use crate::store::TrialRow;
 use arrow_array::{ArrayRef, Float64Array, StringArray, UInt32Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
@@ -170,10 +170,34 @@ impl Measure {
 }
 
 impl Comparison {
+    pub const ALL: [Comparison; 2] = [Comparison::CbrnnVsRnn, Comparison::FreezeVsSimult];
+
     pub fn name(&self) -> &'static str {
         match self {
             Comparison::CbrnnVsRnn => "cbrnn_vs_rnn",
             Comparison::FreezeVsSimult => "freeze_vs_simult",
+        }
+    }
+
+    /// The condition keys (as in `TrialSpec::condition`) on which a and b may differ.
+    fn differing_keys(&self) -> &'static [&'static str] {
+        match self {
+            Comparison::CbrnnVsRnn => &["arch"],
+            Comparison::FreezeVsSimult => &["regime", "freeze", "refresh"],
+        }
+    }
+
+    fn is_a(&self, s: &TrialSpec) -> bool {
+        match self {
+            Comparison::CbrnnVsRnn => s.arch == Arch::Cbrnn,
+            Comparison::FreezeVsSimult => s.regime != Regime::Simult,
+        }
+    }
+
+    fn is_b(&self, s: &TrialSpec) -> bool {
+        match self {
+            Comparison::CbrnnVsRnn => s.arch == Arch::Rnn,
+            Comparison::FreezeVsSimult => s.regime == Regime::Simult,
         }
     }
 }
@@ -191,7 +215,7 @@ impl TrialCurve<'_> {
     /// First epoch whose reached level is at least `level`; budget + 1 when none is; NaN when
     /// `level` is not positive (nothing was solved in the comparison).
     pub fn epochs_to(&self, level: f64) -> f64 {
-        if !(level > 0.0) {
+        if level.is_nan() || level <= 0.0 {
             return f64::NAN;
         }
         let first = self.reached.iter().position(|&r| r as f64 >= level).unwrap_or(self.reached.len());
@@ -225,12 +249,15 @@ pub fn trial_curves<'a>(trials: &'a [TrialRow], curves: &[(TrialId, EpochRecord)
             let mut reached = Vec::with_capacity(budget);
             let mut best = 0;
             for e in &epochs {
+                // Epoch numbers are 1-based and consecutive; a gap would hold the level reached.
+                let i = (e.epoch as usize).saturating_sub(1);
+                if reached.len() <= i {
+                    reached.resize(i + 1, best);
+                }
                 if e.solved {
                     best = best.max(e.level);
                 }
-                // Epoch numbers are 1-based and consecutive; a gap is filled with the level held.
-                reached.resize((e.epoch as usize).saturating_sub(1), best);
-                reached.push(best);
+                reached[i] = best;
             }
             reached.resize(budget, best);
             let final_level = if last.solved { last.level + 1 } else { last.level };
@@ -346,21 +373,12 @@ impl Tests {
     }
 }
 
+/// The grid keys of trials.parquet less trial_id and seed (a condition's keys), then the
+/// statistics; the columns of the other kind of row are null.
 pub fn schema() -> SchemaRef {
     let f64_col = |name: &str| Field::new(name, DataType::Float64, true);
-    let mut fields = vec![
-        Field::new(SWEEP_ID, DataType::Utf8, false),
-        Field::new(TASK, DataType::Utf8, false),
-        Field::new(ARCH, DataType::Utf8, false),
-        Field::new(HIDDEN, DataType::UInt32, false),
-        Field::new(GRANULE, DataType::UInt32, false),
-        Field::new(PURKINJE, DataType::UInt32, false),
-        Field::new(REGIME, DataType::Utf8, false),
-        Field::new(FREEZE, DataType::Utf8, false),
-        Field::new(REFRESH_EVERY, DataType::UInt32, true),
-        Field::new(CORE_PLASTICITY, DataType::Float64, false),
-        Field::new(LR_CORE, DataType::Float64, false),
-        Field::new(LR_CB, DataType::Float64, false),
+    let mut fields: Vec<Field> = key_fields().into_iter().filter(|f| f.name() != TRIAL_ID && f.name() != SEED).collect();
+    fields.extend([
         Field::new(KIND, DataType::Utf8, false),
         Field::new(COMPARISON, DataType::Utf8, true),
         Field::new(MEASURE, DataType::Utf8, false),
@@ -368,7 +386,7 @@ pub fn schema() -> SchemaRef {
         Field::new(REFERENCE, DataType::Utf8, true),
         f64_col(HALF_MAX_LEVEL),
         Field::new(N, DataType::UInt32, true),
-    ];
+    ]);
     fields.extend([MEAN, SD, SEM, CI95_LOW, CI95_HIGH].map(f64_col));
     fields.extend([Field::new(N_A, DataType::UInt32, true), Field::new(N_B, DataType::UInt32, true)]);
     fields.extend(
@@ -384,6 +402,7 @@ pub fn write(path: &Path, rows: &[StatRow]) -> Result<(), ResultsError> {
     let x = |f: &dyn Fn(&StatRow) -> Option<f64>| -> ArrayRef { Arc::new(Float64Array::from_iter(rows.iter().map(f))) };
     let cond = |f: fn(&Summary) -> f64| x(&move |r| r.summary().map(f));
     let test = |f: fn(&Tests) -> f64| x(&move |r| r.tests().map(f));
+    // In the order of key_fields() less trial_id and seed.
     let cols = vec![
         s(&|r| r.sweep.0.clone()),
         s(&|r| r.spec.task.to_string()),
@@ -440,13 +459,13 @@ pub fn print(rows: &[StatRow]) -> String {
     let mut header = vec!["condition".to_string(), "n".to_string()];
     header.extend(Measure::ALL.iter().map(|m| format!("{} (mean ± sem)", m.name())));
     conditions.load_preset(UTF8_BORDERS_ONLY).set_header(header);
-    let mut seen: Vec<&str> = Vec::new();
+    let summaries: HashMap<(&str, Measure), &Summary> = rows.iter().filter_map(|r| Some(((r.condition.as_str(), r.measure), r.summary()?))).collect();
+    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for r in rows.iter().filter(|r| r.summary().is_some()) {
-        if seen.contains(&r.condition.as_str()) {
+        if !seen.insert(&r.condition) {
             continue;
         }
-        seen.push(&r.condition);
-        let of = |m: Measure| rows.iter().find(|x| x.condition == r.condition && x.measure == m).and_then(StatRow::summary);
+        let of = |m: Measure| summaries.get(&(r.condition.as_str(), m)).copied();
         let mut line = vec![name(&r.condition).join(" "), of(Measure::MaxLevel).map(|s| s.n.to_string()).unwrap_or_default()];
         line.extend(Measure::ALL.map(|m| of(m).map(|s| format!("{} ± {}", num(s.mean), num(s.sem))).unwrap_or_default()));
         conditions.add_row(line);
@@ -483,10 +502,13 @@ pub fn print(rows: &[StatRow]) -> String {
             ]);
         }
     }
-    let mut out = format!("conditions (across seeds)\n{conditions}\n");
+    let mut out = format!(
+        "conditions (across seeds; epochs_to_half_max here counts to half the condition's own highest level)\n{conditions}\n"
+    );
     if any {
         out += &format!(
-            "\ncomparisons (two-sided; Holm across all comparisons of a measure, per test; d and rank-biserial > 0: a larger)\n{comparisons}\n"
+            "\ncomparisons (two-sided; Holm across all comparisons of a measure, per test; d and rank-biserial > 0: a larger; \
+             epochs_to_half_max counts to half the pair's highest level)\n{comparisons}\n"
         );
     }
     out
@@ -507,7 +529,7 @@ pub(crate) fn namer<'a>(conditions: impl Iterator<Item = &'a str>, drop: &[&str]
                 .split(' ')
                 .filter(|p| !matches!(*p, "freeze=never" | "refresh=0"))
                 .map(|p| match p.split_once('=') {
-                    Some((k, v)) if matches!(k, "task" | "arch" | "regime" | "freeze") => v.to_string(),
+                    Some(("task" | "arch" | "regime" | "freeze", v)) => v.to_string(),
                     _ => p.to_string(),
                 })
                 .collect();
@@ -550,11 +572,13 @@ impl StatRow {
 /// Trials grouped by condition, in the order of their first trial.
 pub(crate) fn conditions<'a, 'b>(tc: &'b [TrialCurve<'a>]) -> Vec<(&'a str, Vec<&'b TrialCurve<'a>>)> {
     let mut groups: Vec<(&str, Vec<&TrialCurve>)> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
     for t in tc {
-        match groups.iter_mut().find(|(c, _)| *c == t.trial.condition) {
-            Some((_, g)) => g.push(t),
-            None => groups.push((&t.trial.condition, vec![t])),
-        }
+        let i = *index.entry(&t.trial.condition).or_insert_with(|| {
+            groups.push((&t.trial.condition, Vec::new()));
+            groups.len() - 1
+        });
+        groups[i].1.push(t);
     }
     groups
 }
@@ -567,19 +591,15 @@ pub(crate) fn without(condition: &str, keys: &[&str]) -> String {
 /// (comparison, index of group a, index of group b) for every matched pair of conditions.
 fn pairs(groups: &[(&str, Vec<&TrialCurve>)]) -> Vec<(Comparison, usize, usize)> {
     let spec = |i: usize| &groups[i].1[0].trial.spec;
-    let find = |a: usize, keys: &[&str], is_b: &dyn Fn(&TrialSpec) -> bool| {
-        let key = without(groups[a].0, keys);
-        (0..groups.len()).find(|&b| b != a && is_b(spec(b)) && without(groups[b].0, keys) == key)
-    };
     let mut out = Vec::new();
-    for a in (0..groups.len()).filter(|&a| spec(a).arch == Arch::Cbrnn) {
-        if let Some(b) = find(a, &["arch"], &|s| s.arch == Arch::Rnn) {
-            out.push((Comparison::CbrnnVsRnn, a, b));
-        }
-    }
-    for a in (0..groups.len()).filter(|&a| spec(a).regime != Regime::Simult) {
-        if let Some(b) = find(a, &["regime", "freeze", "refresh"], &|s| s.regime == Regime::Simult) {
-            out.push((Comparison::FreezeVsSimult, a, b));
+    for comparison in Comparison::ALL {
+        let keys = comparison.differing_keys();
+        let references: HashMap<String, usize> =
+            (0..groups.len()).filter(|&b| comparison.is_b(spec(b))).map(|b| (without(groups[b].0, keys), b)).collect();
+        for a in (0..groups.len()).filter(|&a| comparison.is_a(spec(a))) {
+            if let Some(&b) = references.get(&without(groups[a].0, keys)) {
+                out.push((comparison, a, b));
+            }
         }
     }
     out

@@ -3,9 +3,11 @@
 //! computation on one device.
 //!
 //! Owns: task data generation from each trial's own seed (`tasks`), the packed models
-//! (`model`), and the optimiser, regimes and curriculum (`train`). This is the only module of
-//! the worker that knows tch (the benches aside); everything else sees `crate::trainer::Trainer`.
+//! (`model`), the optimiser, regimes and curriculum (`train`), and the analyses and saved
+//! weights at each checkpoint (`analysis`). This is the only module of the worker that knows tch
+//! (the benches aside); everything else sees `crate::trainer::Trainer`.
 
+mod analysis;
 mod model;
 mod tasks;
 mod train;

@@ -43,8 +43,29 @@ impl Module {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum CbOutput {
     On,
-    #[cfg_attr(not(test), expect(dead_code, reason = "the ablation analysis will evaluate with it"))]
     Off,
+}
+
+/// The populations of units whose activity the analyses read (cb-rnn-spec.md, "Analyses").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Population {
+    /// The core's state h_t.
+    Hidden,
+    /// The granule layer g_t.
+    Granule,
+    /// The Purkinje layer p_t.
+    Purkinje,
+    /// The module's output b_cb_t.
+    CbOutput,
+}
+
+/// What one step of the time loop computed, for an observer of `PackedModel::unroll`.
+pub(crate) struct Step<'a> {
+    /// The step's index, 0-based.
+    pub(crate) t: i64,
+    /// Activity in `Population::ALL` order, [M, B, units] each; the module's populations are
+    /// None for the plain RNN and with the module switched off.
+    pub(crate) activity: [Option<&'a Tensor>; 4],
 }
 
 /// The tensor shapes shared by every trial of a pack.
@@ -119,6 +140,43 @@ const W_PC: usize = 8;
 const B_PC: usize = 9;
 const W_DCN: usize = 10;
 const B_DCN: usize = 11;
+
+impl Population {
+    pub(crate) const ALL: [Population; 4] =
+        [Population::Hidden, Population::Granule, Population::Purkinje, Population::CbOutput];
+
+    /// The name analyses report it under.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Population::Hidden => "hidden",
+            Population::Granule => "granule",
+            Population::Purkinje => "purkinje",
+            Population::CbOutput => "cb_output",
+        }
+    }
+
+    /// Position in `Population::ALL` (and in `Step::activity`).
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The populations a model of `arch` has.
+    pub(crate) fn of(arch: Arch) -> &'static [Population] {
+        match arch {
+            Arch::Rnn => &Population::ALL[..1],
+            Arch::Cbrnn => &Population::ALL,
+        }
+    }
+
+    /// Units in this population of a model of shape `dims`.
+    pub(crate) fn size(self, dims: &Dims) -> i64 {
+        match self {
+            Population::Hidden | Population::CbOutput => dims.hidden,
+            Population::Granule => dims.granule,
+            Population::Purkinje => dims.purkinje,
+        }
+    }
+}
 
 impl Dims {
     pub(crate) fn of(spec: &TrialSpec) -> Dims {
@@ -223,6 +281,11 @@ impl PackedModel {
         &self.params
     }
 
+    /// The shapes of the pack's trials.
+    pub(crate) fn dims(&self) -> &Dims {
+        &self.dims
+    }
+
     /// Keeps only the trials at `rows` (int64 indices into the pack axis), as new leaf tensors.
     pub(crate) fn select(&self, rows: &Tensor) -> Result<Self, TchError> {
         let params = self
@@ -236,6 +299,20 @@ impl PackedModel {
     /// Logits of every trial's final states, [M, B, 2]. Each sequence runs for its own length;
     /// past it the state stays frozen, so padding changes nothing.
     pub(crate) fn forward(&self, input: &PackedInput, cb: CbOutput) -> Result<Tensor, TchError> {
+        let state = self.unroll(input, cb, &mut |_| Ok(()))?; // [M, B, H]
+        let w_o = self.params[W_O].f_transpose(1, 2)?; // [M, H, 2]
+        self.params[B_O].f_unsqueeze(1)?.f_baddbmm(&state, &w_o, 1.0, 1.0) // [M, B, 2]
+    }
+
+    /// Runs the time loop from `input.h0` and returns the final states, [M, B, H]; `observe`
+    /// sees every step's activity (the state recorded past a sequence's own length is its
+    /// frozen final state).
+    pub(crate) fn unroll(
+        &self,
+        input: &PackedInput,
+        cb: CbOutput,
+        observe: &mut dyn FnMut(Step<'_>) -> Result<(), TchError>,
+    ) -> Result<Tensor, TchError> {
         let (t_max, _m, _b) = input.x.size3()?;
         let h = self.dims.hidden;
         let g = self.dims.granule;
@@ -277,18 +354,24 @@ impl PackedModel {
         for t in 0..t_max {
             let rec = state.f_bmm(&w_rec)?; // [M, B, H] or [M, B, H+G]
             let mut pre = rec.f_narrow(2, 0, h)?.f_add(&core_in.f_get(t)?)?; // [M, B, H]
+            let mut module = None;
             if let Some(cb) = &cb_layers {
                 let granule = rec.f_narrow(2, h, g)?.f_add(&cb.granule_in.f_get(t)?)?.f_relu()?; // [M, B, G]
                 let purkinje = cb.b_pc.f_baddbmm(&granule, &cb.w_pc, 1.0, 1.0)?.f_relu()?; // [M, B, P]
                 let b_cb = cb.b_dcn.f_baddbmm(&purkinje, &cb.w_dcn, 1.0, 1.0)?; // [M, B, H]
                 pre = pre.f_add(&b_cb)?;
+                module = Some([granule, purkinje, b_cb]);
             }
             // (1 - a) h + a LeakyReLU(pre), negative slope 0.01 (libtorch's default)
             let next = state.f_lerp(&pre.f_leaky_relu()?, ALPHA)?; // [M, B, H]
             state = if t >= input.min_len { next.f_where_self(&active.f_get(t)?, &state)? } else { next };
+            let [granule, purkinje, b_cb] = match &module {
+                Some([g, p, b]) => [Some(g), Some(p), Some(b)],
+                None => [None; 3],
+            };
+            observe(Step { t, activity: [Some(&state), granule, purkinje, b_cb] })?;
         }
-        let w_o = p[W_O].f_transpose(1, 2)?; // [M, H, 2]
-        p[B_O].f_unsqueeze(1)?.f_baddbmm(&state, &w_o, 1.0, 1.0) // [M, B, 2]
+        Ok(state)
     }
 }
 

@@ -21,6 +21,15 @@ pub(crate) enum Stream {
     TestData = 3,
     /// h_0 of the test batches.
     TestH0 = 4,
+    /// Lengths and bits of the checkpoint analyses' fixed batches; re-seeded at every
+    /// checkpoint, so each one sees the same batches at a given level.
+    AnalysisData = 5,
+    /// h_0 of the analyses' fixed batches.
+    AnalysisH0 = 6,
+    /// Bits of the timescale analysis' long drive (re-seeded at every checkpoint).
+    TimescaleInput = 7,
+    /// h_0 of the timescale analysis' drive.
+    TimescaleH0 = 8,
 }
 
 /// One batch of one trial: B sequences of the same length T.

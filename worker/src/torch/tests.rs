@@ -4,8 +4,10 @@
 use super::TorchTrainer;
 use crate::trainer::{Control, Trainer};
 use cbsweep_common::{
-    Arch, EpochRecord, FreezePoint, Regime, Seed, SweepId, Task, TrainBudget, TrialOutcome, TrialResult, TrialSpec,
+    AnalysisPlan, Arch, EpochRecord, FreezePoint, Regime, Seed, SweepId, Task, TrainBudget, TrialOutcome, TrialResult,
+    TrialSpec,
 };
+use std::path::Path;
 use tch::Device;
 
 /// A budget that runs in well under a second per trial on one CPU core.
@@ -39,7 +41,23 @@ pub(crate) fn small_spec(seed: u64, task: Task, arch: Arch, regime: Regime) -> T
         lr_readout: 0.05,
         core_plasticity: 1.0,
         budget: small_budget(),
-        analysis: cbsweep_common::AnalysisPlan { every_levels: 0, ..cbsweep_common::AnalysisPlan::study() },
+        analysis: AnalysisPlan { every_levels: 0, ..AnalysisPlan::study() },
+    }
+}
+
+/// Every analysis at every solved level, at sizes that take a fraction of a second for the
+/// small models; no saved weights.
+pub(crate) fn analysis_plan() -> AnalysisPlan {
+    AnalysisPlan {
+        every_levels: 1,
+        ablation_batches: 2,
+        dimensionality_batches: 2,
+        timescale_steps: 700,
+        timescale_trials: 2,
+        timescale_burn_in: 100,
+        timescale_max_lag: 40,
+        timescale_fit_lags: 10,
+        save_checkpoints: false,
     }
 }
 
@@ -52,9 +70,15 @@ pub(crate) fn one_thread() {
 
 /// Trains `pack` on the CPU, collecting the records reported through `on_epoch` per trial.
 fn train(pack: &[TrialSpec]) -> (Vec<TrialResult>, Vec<Vec<EpochRecord>>) {
+    train_saving(pack, None)
+}
+
+/// `train`, saving checkpoint weights under `dir`.
+fn train_saving(pack: &[TrialSpec], dir: Option<&Path>) -> (Vec<TrialResult>, Vec<Vec<EpochRecord>>) {
     one_thread();
     let mut reported = vec![Vec::new(); pack.len()];
-    let results = TorchTrainer::new(Device::Cpu).train_pack(pack, &mut |i, r| {
+    let mut trainer = TorchTrainer::new(Device::Cpu).with_checkpoint_dir(dir.map(Path::to_path_buf));
+    let results = trainer.train_pack(pack, &mut |i, r| {
         reported[i].push(*r);
         Control::Continue
     });
@@ -72,6 +96,14 @@ fn assert_same_curve(packed: &TrialResult, alone: &TrialResult, what: &str) {
         }
         assert!((p.test_accuracy - a.test_accuracy).abs() <= 0.01, "{what}: epoch {} accuracy", a.epoch);
     }
+    assert_eq!(packed.analyses.len(), alone.analyses.len(), "{what}: analyses");
+    for (p, a) in packed.analyses.iter().zip(&alone.analyses) {
+        let at = format!("{what}: level {} {} {}", a.level, a.population, a.metric);
+        assert_eq!((p.level, p.epoch, &p.population, &p.metric), (a.level, a.epoch, &a.population, &a.metric), "{at}");
+        // an accuracy may flip one sequence of the fixed batches between float32 reduction orders
+        let tolerance = if a.population == "network" { 0.01 } else { 1e-4 * a.value.abs().max(1e-2) };
+        assert!((p.value - a.value).abs() <= tolerance, "{at}: {} packed, {} alone", p.value, a.value);
+    }
 }
 
 #[test]
@@ -83,7 +115,7 @@ fn packed_equals_one_by_one() {
     slow_core.core_plasticity = 0.1;
     let mut exploding = small_spec(7, Task::Dms, cb, Regime::Simult);
     (exploding.lr_core, exploding.lr_cb, exploding.lr_readout) = (1e9, 1e9, 1e9);
-    let pack = vec![
+    let mut pack = vec![
         small_spec(1, Task::Dms, cb, Regime::Reservoir { freeze: FreezePoint::Level(2) }),
         small_spec(2, Task::Parity, cb, Regime::Interleaved { freeze: FreezePoint::Step(15), every: 1 }),
         fast,
@@ -91,6 +123,11 @@ fn packed_equals_one_by_one() {
         exploding,
         small_spec(8, Task::Oddball, cb, Regime::Reservoir { freeze: FreezePoint::Never }),
     ];
+    for spec in &mut pack {
+        spec.analysis = analysis_plan();
+    }
+    // a plan of other sizes is analysed apart from the rest
+    pack[5].analysis.timescale_trials = 3;
     let (packed, reported) = train(&pack);
     for (i, spec) in pack.iter().enumerate() {
         let (alone, _) = train(std::slice::from_ref(spec));
@@ -99,6 +136,7 @@ fn packed_equals_one_by_one() {
         assert_eq!(packed[i].pack_size, 6);
     }
     assert_eq!(packed[4].outcome, TrialOutcome::Diverged, "a huge learning rate diverges");
+    assert!(packed.iter().filter(|r| !r.analyses.is_empty()).count() >= 2, "trials that solve a level are analysed");
     let levels: Vec<u32> = packed.iter().map(TrialResult::final_level).collect();
     assert!(levels.iter().any(|&l| l != levels[0]), "the pack's trials reach different levels: {levels:?}");
 }
@@ -137,6 +175,82 @@ fn a_trial_that_solves_the_top_level_stops_early_and_completes() {
         assert_eq!(levels, [2, 3]);
         assert_eq!(r.max_level(), 3);
     }
+}
+
+/// Every (population, metric) a CB-RNN checkpoint reports.
+fn cbrnn_metrics() -> Vec<(&'static str, &'static str)> {
+    let mut expected: Vec<(&str, &str)> =
+        ["accuracy_cb_on", "accuracy_cb_off", "ablation_drop"].iter().map(|&m| ("network", m)).collect();
+    let populations = ["hidden", "granule", "purkinje", "cb_output"];
+    let dimensionality = ["d90", "d95", "d90_fraction", "d95_fraction", "participation_ratio"];
+    let timescales = ["units_fitted", "timescale_median_steps", "timescale_mean_steps", "population_lag_1e_steps"];
+    for metrics in [dimensionality.as_slice(), timescales.as_slice()] {
+        for population in populations {
+            expected.extend(metrics.iter().map(|&m| (population, m)));
+        }
+    }
+    expected
+}
+
+#[test]
+fn solved_levels_are_analysed_and_their_weights_saved() {
+    let mut every = small_spec(4, Task::Dms, Arch::Cbrnn, Regime::Simult);
+    every.budget.solve_threshold = 0.0; // every epoch solves its level
+    every.budget.max_level = 4; // a pack shares its budget: levels 2, 3 and 4 in three epochs
+    every.analysis = AnalysisPlan { save_checkpoints: true, ..analysis_plan() };
+    let mut every_other = TrialSpec { seed: Seed(41), ..every.clone() };
+    every_other.analysis.every_levels = 2;
+    let mut unsaved = TrialSpec { seed: Seed(42), ..every.clone() };
+    unsaved.analysis.save_checkpoints = false;
+    // every checkpoint comes in the same epoch: three plans, the first analysed for two trials
+    // at once
+    let pack = [every.clone(), every_other.clone(), unsaved.clone(), TrialSpec { seed: Seed(43), ..every.clone() }];
+    let dir = tempfile::tempdir().unwrap();
+    let (results, _) = train_saving(&pack, Some(dir.path()));
+    let (alone, _) = train(std::slice::from_ref(&every));
+    assert_same_curve(&results[0], &alone[0], "analysed with another trial");
+
+    let levels = |r: &TrialResult| {
+        let mut l: Vec<u32> = r.analyses.iter().map(|a| a.level).collect();
+        l.dedup();
+        l
+    };
+    assert_eq!(levels(&results[0]), [2, 3, 4]);
+    assert_eq!(levels(&results[1]), [2, 4], "the 1st and 3rd solved level");
+    for r in &results {
+        assert_eq!(r.outcome, TrialOutcome::Completed);
+        for level in levels(r) {
+            let taken: Vec<_> = r.analyses.iter().filter(|a| a.level == level).collect();
+            let epoch = r.curve.iter().find(|e| e.level == level && e.solved).unwrap().epoch;
+            assert!(taken.iter().all(|a| a.epoch == epoch && a.value.is_finite()), "level {level}: {taken:?}");
+            let metrics: Vec<(&str, &str)> = taken.iter().map(|a| (a.population.as_str(), a.metric.as_str())).collect();
+            assert_eq!(metrics, cbrnn_metrics(), "level {level}");
+        }
+    }
+    let saved =
+        |spec: &TrialSpec, level| dir.path().join(spec.id().as_str()).join(format!("level-{level}.safetensors"));
+    for (spec, result) in [(&every, &results[0]), (&every_other, &results[1])] {
+        for level in levels(result) {
+            let read = tch::Tensor::read_safetensors(saved(spec, level)).unwrap();
+            assert!(read.iter().any(|(name, t)| name == "core.w_h" && t.size() == [16, 16]), "level {level}");
+        }
+    }
+    assert!(!saved(&every_other, 3).exists(), "level 3 was not a checkpoint");
+    assert!(!dir.path().join(unsaved.id().as_str()).exists(), "its plan saves nothing");
+}
+
+#[test]
+fn a_plain_rnn_checkpoint_reports_the_hidden_population_only() {
+    let mut spec = small_spec(4, Task::Parity, Arch::Rnn, Regime::Simult);
+    spec.budget.solve_threshold = 0.0;
+    spec.budget.max_level = 2;
+    spec.analysis = analysis_plan();
+    let (results, _) = train(&[spec]);
+    let metrics: Vec<(&str, &str)> =
+        results[0].analyses.iter().map(|a| (a.population.as_str(), a.metric.as_str())).collect();
+    let expected: Vec<(&str, &str)> =
+        cbrnn_metrics().into_iter().filter(|&(p, m)| p == "hidden" || m == "accuracy_cb_on").collect();
+    assert_eq!(metrics, expected);
 }
 
 #[test]

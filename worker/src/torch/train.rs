@@ -3,12 +3,17 @@
 //! and a curriculum per trial. Every per-trial quantity lives on its own row of the pack axis,
 //! so a trial's numbers do not depend on the others it trains with.
 
+use super::analysis::{self, Checkpoint};
 use super::model::{self, CbOutput, Dims, Module, PackedInput, PackedModel};
 use super::tasks::{self, Stream, TaskBatch};
 use crate::trainer::{Control, Trainer};
-use cbsweep_common::{Arch, EpochRecord, FreezePoint, Regime, TrainBudget, TrialOutcome, TrialResult, TrialSpec};
+use cbsweep_common::{
+    AnalysisPlan, AnalysisRecord, Arch, EpochRecord, FreezePoint, Regime, TrainBudget, TrialOutcome, TrialResult,
+    TrialSpec,
+};
 use rand_chacha::ChaCha8Rng;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind, TchError, Tensor};
 
@@ -17,6 +22,8 @@ use tch::{Device, Kind, TchError, Tensor};
 pub struct TorchTrainer {
     device: Device,
     kind: Kind,
+    /// Where checkpoint weights go (DIR/<trial id>/level-<L>.safetensors); None: nowhere.
+    checkpoint_dir: Option<PathBuf>,
 }
 
 /// Why a pack could not train.
@@ -48,7 +55,13 @@ const STOPPED: &str = "stopped";
 impl TorchTrainer {
     /// A trainer computing in float32 on `device`.
     pub fn new(device: Device) -> Self {
-        TorchTrainer { device, kind: Kind::Float }
+        TorchTrainer { device, kind: Kind::Float, checkpoint_dir: None }
+    }
+
+    /// Saves the weights at each checkpoint of trials whose plan asks for it under `dir`, as
+    /// DIR/<trial id>/level-<L>.safetensors; None saves nothing.
+    pub fn with_checkpoint_dir(self, dir: Option<PathBuf>) -> Self {
+        TorchTrainer { checkpoint_dir: dir, ..self }
     }
 }
 
@@ -65,7 +78,7 @@ impl Trainer for TorchTrainer {
         let started = Instant::now();
         let mut trials: Vec<TrialRun> = pack.iter().map(|spec| TrialRun::new(spec, started)).collect();
         let run = catch_unwind(AssertUnwindSafe(|| {
-            PackRun::new(pack, self.kind, self.device)?.run(&mut trials, on_epoch)
+            PackRun::new(pack, self.kind, self.device)?.run(&mut trials, on_epoch, self.checkpoint_dir.as_deref())
         }));
         let failure = match run {
             Ok(Ok(())) => None,
@@ -135,8 +148,21 @@ pub(crate) struct TrialRun<'a> {
     test_h0: ChaCha8Rng,
     /// The modules that learned in the latest step.
     learning: Learning,
+    /// Levels solved so far.
+    levels_solved: u32,
     curve: Vec<EpochRecord>,
+    /// Checkpoint analyses, in the order taken.
+    analyses: Vec<AnalysisRecord>,
     end: Option<(TrialOutcome, u64)>,
+}
+
+/// A trial's checkpoint found in an epoch: its pack row, index in the pack, level and epoch.
+#[derive(Clone, Copy, Debug)]
+struct Due {
+    row: usize,
+    trial: usize,
+    level: u32,
+    epoch: u32,
 }
 
 impl<'a> TrialRun<'a> {
@@ -151,7 +177,9 @@ impl<'a> TrialRun<'a> {
             test_data: tasks::stream(spec.seed, Stream::TestData),
             test_h0: tasks::stream(spec.seed, Stream::TestH0),
             learning: Learning { core: false, cb: false },
+            levels_solved: 0,
             curve: Vec::new(),
+            analyses: Vec::new(),
             end: None,
         }
     }
@@ -166,6 +194,15 @@ impl<'a> TrialRun<'a> {
             tracing::debug!(seed = self.spec.seed.0, outcome = outcome.status(), level = self.level, "trial ended");
             self.end = Some((outcome, ms));
         }
+    }
+
+    /// Counts a solved level; true when it is one to analyse: the 1st, (1 + k)th, (1 + 2k)th
+    /// ... solved level for `every_levels` = k > 0.
+    fn solve_level(&mut self) -> bool {
+        let every = self.spec.analysis.every_levels;
+        let due = every > 0 && self.levels_solved.is_multiple_of(every);
+        self.levels_solved += 1;
+        due
     }
 
     fn learning_at(&self, steps_done: u64) -> Learning {
@@ -201,7 +238,7 @@ impl<'a> TrialRun<'a> {
             wall_time_ms,
             device: device.to_string(),
             pack_size: u32::try_from(pack_size).unwrap_or(u32::MAX),
-            analyses: Vec::new(),
+            analyses: self.analyses,
         }
     }
 }
@@ -280,6 +317,7 @@ impl PackRun {
         mut self,
         trials: &mut [TrialRun],
         on_epoch: &mut dyn FnMut(usize, &EpochRecord) -> Control,
+        checkpoint_dir: Option<&Path>,
     ) -> Result<(), TrainError> {
         let budget = self.budget;
         let steps = budget.steps_per_epoch.max(1);
@@ -301,6 +339,7 @@ impl PackRun {
             let m = self.rows.len();
 
             let mut stop_all = false;
+            let mut due = Vec::new();
             for (row, &i) in self.rows.iter().enumerate() {
                 let t = &mut trials[i];
                 let train_loss = stats[row] / f64::from(steps);
@@ -339,6 +378,9 @@ impl PackRun {
                     }
                 }
                 if solved {
+                    if t.solve_level() {
+                        due.push(Due { row, trial: i, level: t.level, epoch });
+                    }
                     if t.level >= budget.max_level {
                         t.finish(TrialOutcome::Completed);
                         continue;
@@ -353,6 +395,8 @@ impl PackRun {
                 for &i in &self.rows {
                     trials[i].finish(TrialOutcome::Failed(STOPPED.into()));
                 }
+            } else if !due.is_empty() {
+                self.checkpoints(trials, &due, checkpoint_dir)?;
             }
             self.drop_ended(trials)?;
         }
@@ -445,27 +489,55 @@ impl PackRun {
     /// Correct test answers per trial, [M] (int64): `test_batches` fresh batches at each trial's
     /// current level, under no_grad.
     fn test(&mut self, trials: &mut [TrialRun], cb: CbOutput) -> Result<Tensor, TchError> {
-        let _no_grad = tch::no_grad_guard();
         let hidden = self.dims.hidden as usize;
         let n = self.budget.test_batches as usize;
-        // every trial draws its batches in order, then sorts them by length for packing
-        let mut drawn: Vec<Vec<(TaskBatch, Vec<f64>)>> = self
+        // every trial draws its batches in order
+        let drawn: Vec<Vec<(TaskBatch, Vec<f64>)>> = self
             .rows
             .iter()
             .map(|&i| (0..n).map(|_| trials[i].draw(DataSplit::Test, hidden)).collect())
             .collect();
-        for batches in &mut drawn {
-            batches.sort_by_key(|(b, _)| b.len);
+        count_correct(&self.model, drawn, cb, self.kind, self.device)
+    }
+
+    /// Runs the analyses of the checkpoints `due` on the current weights, batched over the
+    /// trials that share an analysis plan, and saves their weights where asked. A save that
+    /// fails is a warning.
+    fn checkpoints(&self, trials: &mut [TrialRun], due: &[Due], dir: Option<&Path>) -> Result<(), TchError> {
+        let _no_grad = tch::no_grad_guard();
+        let mut groups: Vec<(AnalysisPlan, Vec<Due>)> = Vec::new();
+        for d in due {
+            let plan = trials[d.trial].spec.analysis;
+            match groups.iter_mut().find(|(p, _)| *p == plan) {
+                Some((_, group)) => group.push(*d),
+                None => groups.push((plan, vec![*d])),
+            }
         }
-        let mut correct = Tensor::f_zeros([self.rows.len() as i64], (Kind::Int64, self.device))?;
-        while let Some(left) = drawn.first().map(Vec::len).filter(|&left| left > 0) {
-            let take = left.min(TEST_BATCHES_PER_PASS);
-            let part: Vec<Vec<_>> = drawn.iter_mut().map(|b| b.drain(..take).collect()).collect();
-            let (input, labels) = pack_batches(&part, self.dims.hidden, self.kind, self.device)?;
-            let logits = self.model.forward(&input, cb)?; // [M, B', 2]
-            correct = correct.f_add(&model::correct_counts(&logits, &labels)?)?;
+        for (plan, group) in groups {
+            let started = Instant::now();
+            let rows: Vec<i64> = group.iter().map(|d| d.row as i64).collect();
+            let model = self.model.select(&Tensor::f_from_slice(&rows)?.f_to_device(self.device)?)?;
+            let points: Vec<Checkpoint> = group
+                .iter()
+                .map(|d| Checkpoint { spec: trials[d.trial].spec, level: d.level, epoch: d.epoch })
+                .collect();
+            let records = analysis::analyse(&model, &points, self.kind, self.device)?;
+            let wall_time_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            for (r, (point, records)) in points.iter().zip(records).enumerate() {
+                let trial_id = point.spec.id();
+                let (level, epoch) = (point.level, point.epoch);
+                tracing::debug!(%trial_id, level, epoch, wall_time_ms, "checkpoint analysed");
+                if let (true, Some(dir)) = (plan.save_checkpoints, dir) {
+                    let path = analysis::checkpoint_path(dir, point.spec, point.level);
+                    if let Err(e) = analysis::save_checkpoint(&model, r as i64, &path) {
+                        let reason = error_chain(&e);
+                        tracing::warn!(%trial_id, level, reason = %reason, "checkpoint not saved");
+                    }
+                }
+                trials[group[r].trial].analyses.extend(records);
+            }
         }
-        Ok(correct)
+        Ok(())
     }
 
     /// Drops the rows of trials that have ended from every packed tensor.
@@ -495,6 +567,47 @@ impl EpochSums {
             grad_norm: Tensor::f_zeros([m as i64], (kind, device))?,
         })
     }
+}
+
+/// Correct answers per row, [M] (int64), of `model` on each row's batches (every row the same
+/// number), under no_grad.
+pub(crate) fn count_correct(
+    model: &PackedModel,
+    drawn: Vec<Vec<(TaskBatch, Vec<f64>)>>,
+    cb: CbOutput,
+    kind: Kind,
+    device: Device,
+) -> Result<Tensor, TchError> {
+    let _no_grad = tch::no_grad_guard();
+    let mut correct = Tensor::f_zeros([drawn.len() as i64], (Kind::Int64, device))?;
+    in_passes(drawn, TEST_BATCHES_PER_PASS, model.dims().hidden, kind, device, &mut |input, labels| {
+        let logits = model.forward(input, cb)?; // [M, B', 2]
+        correct = correct.f_add(&model::correct_counts(&logits, labels)?)?;
+        Ok(())
+    })?;
+    Ok(correct)
+}
+
+/// Calls `f` on each row's batches packed in passes of at most `per_pass` batches; each row's
+/// batches are sorted by length first, so passes carry little padding.
+pub(crate) fn in_passes(
+    mut drawn: Vec<Vec<(TaskBatch, Vec<f64>)>>,
+    per_pass: usize,
+    hidden: i64,
+    kind: Kind,
+    device: Device,
+    f: &mut dyn FnMut(&PackedInput, &Tensor) -> Result<(), TchError>,
+) -> Result<(), TchError> {
+    for batches in &mut drawn {
+        batches.sort_by_key(|(b, _)| b.len);
+    }
+    while let Some(left) = drawn.first().map(Vec::len).filter(|&left| left > 0) {
+        let take = left.min(per_pass.max(1));
+        let part: Vec<Vec<_>> = drawn.iter_mut().map(|b| b.drain(..take).collect()).collect();
+        let (input, labels) = pack_batches(&part, hidden, kind, device)?;
+        f(&input, &labels)?;
+    }
+    Ok(())
 }
 
 /// Packs per-trial batches (`per_row[m]`: trial m's batches, concatenated along B) into one

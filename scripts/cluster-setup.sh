@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Idempotent: installs what the Slurm end-to-end tests (tests/tests/slurm.rs) need, Debian's
+# slurm-wlm (slurmctld, slurmd, sbatch, ...) and munge, when this machine lacks them and we may
+# install them (root, apt-get present). Otherwise it says why it does nothing and exits 0: the
+# tests then skip with a message of their own. It starts no daemon; the tests start their own
+# one-node cluster from a fresh temporary folder and stop it by pid.
+# Network namespaces (tests/tests/netns.rs) need only iproute2's `ip`, installed the same way.
+set -euo pipefail
+
+need=()
+for c in slurmctld:slurmctld slurmd:slurmd sbatch:slurm-client munged:munge; do
+  cmd=${c%%:*} pkg=${c#*:}
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
+done
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
+if [ ${#need[@]} -eq 0 ]; then
+  echo "cluster-setup: slurm, munge and iproute2 already installed"
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "cluster-setup: not root; not installing ${need[*]} (the Slurm tests will skip)"
+  exit 0
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "cluster-setup: no apt-get here; not installing ${need[*]} (the Slurm tests will skip)"
+  exit 0
+fi
+# slurm-wlm pulls slurmctld, slurmd and slurm-client; munge is its authentication daemon.
+pkgs=(slurm-wlm munge)
+case " ${need[*]} " in *" iproute2 "*) pkgs+=(iproute2) ;; esac
+echo "cluster-setup: installing ${pkgs[*]} (missing: ${need[*]})"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+# Debian's packages start their services where systemd runs; the tests want none running.
+for svc in slurmctld slurmd munge; do
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl disable --now "$svc" >/dev/null 2>&1 || true
+  fi
+done
+echo "cluster-setup: installed $(sinfo --version 2>/dev/null || echo slurm), munge $(munged --version 2>&1 | head -1)"

@@ -1,0 +1,441 @@
+//! cbsweep on a real Slurm cluster: a one-node cluster (munged, slurmctld, slurmd from Debian's
+//! slurm-wlm and munge) started from a fresh temporary folder for each test, the worker job array
+//! rendered from deploy/slurm/ and submitted by the coordinator's `slurm` module, workers with
+//! the fake trainer, results read back by DuckDB. Needs root and the packages
+//! (`bash scripts/cluster-setup.sh` installs them); otherwise each test says why it skips.
+//!
+//! One cluster at a time on a machine: each test holds an exclusive lock on
+//! /tmp/cbsweep-slurm-tests.lock while its cluster lives, so parallel test processes queue.
+//! The cluster's daemons and jobs are stopped by pid when the test ends, failed or not.
+
+use cbsweep_common::SweepId;
+use cbsweep_coordinator::slurm::{self, Coordinator, CoordinatorAddr, CoordinatorJob, JobId, Plan, Resources, Sbatch, Submitted, Workers};
+use cbsweep_tests::{Proc, bin, coordinator, counts, find_program, free_port, http_get, is_root, results_once, skipped, submit, wait_until, write_spec};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const PROGRAMS: [&str; 7] = ["munged", "slurmctld", "slurmd", "sbatch", "scontrol", "scancel", "squeue"];
+/// Fake GPUs on the node, so the worker script's `--gres=gpu:1` is scheduled as on a GPU cluster.
+const GPUS: u32 = 4;
+
+/// A one-node Slurm cluster of this test's own; stopped (jobs cancelled, daemons terminated by
+/// pid) when dropped.
+struct Cluster {
+    dir: tempfile::TempDir,
+    conf: PathBuf,
+    munged: Proc,
+    slurmctld: Proc,
+    slurmd: Proc,
+    _lock: std::fs::File,
+}
+
+impl Cluster {
+    /// The cluster, or None (after saying why) where this machine cannot run one.
+    fn start(test: &str) -> Option<Cluster> {
+        if !is_root() {
+            skipped(test, "not root (a Slurm cluster needs root to start munged, slurmctld and slurmd)");
+            return None;
+        }
+        let missing: Vec<&str> = PROGRAMS.into_iter().filter(|p| find_program(p).is_none()).collect();
+        if !missing.is_empty() {
+            skipped(test, &format!("{} not installed (`bash scripts/cluster-setup.sh` installs slurm-wlm and munge)", missing.join(", ")));
+            return None;
+        }
+        let Some((munge_uid, munge_gid)) = passwd_ids("munge") else {
+            skipped(test, "no munge user (reinstall the munge package)");
+            return None;
+        };
+        let lock = std::fs::File::create("/tmp/cbsweep-slurm-tests.lock").expect("lock file");
+        lock.lock().expect("lock");
+        let dir = tempfile::Builder::new().prefix("cbsweep-slurm-").tempdir().expect("temp dir");
+        let d = dir.path();
+        // munged refuses a socket or key in a folder its user cannot reach, or others can write.
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (keys, run) = (d.join("munge-key"), d.join("munge-run"));
+        for (folder, mode) in [(&keys, 0o700), (&run, 0o755)] {
+            std::fs::create_dir(folder).unwrap();
+            std::os::unix::fs::chown(folder, Some(munge_uid), Some(munge_gid)).unwrap();
+            std::fs::set_permissions(folder, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let key = keys.join("munge.key");
+        let mut bytes = vec![0u8; 1024];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut bytes).unwrap();
+        std::fs::write(&key, &bytes).unwrap();
+        std::os::unix::fs::chown(&key, Some(munge_uid), Some(munge_gid)).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
+        let socket = run.join("munge.socket");
+        let munged = Proc::spawn(
+            Command::new(find_program("munged").unwrap())
+                .uid(munge_uid)
+                .gid(munge_gid)
+                .arg("--foreground")
+                .arg(format!("--key-file={}", key.display()))
+                .arg(format!("--socket={}", socket.display()))
+                .arg(format!("--pid-file={}", run.join("munged.pid").display()))
+                .arg(format!("--log-file={}", keys.join("munged.log").display()))
+                .arg(format!("--seed-file={}", keys.join("munged.seed").display()))
+                .stdout(log_file(d, "munged.out"))
+                .stderr(log_file(d, "munged.out")),
+        );
+        wait_until(10, "munged's socket", || socket.exists());
+
+        let host = short_hostname();
+        let mut gres = String::new();
+        for i in 0..GPUS {
+            let dev = d.join(format!("gpu{i}"));
+            // a character device, as slurmd wants for a GPU; a plain file works too (with a warning)
+            let made = Command::new("mknod").arg(&dev).args(["c", "1", "3"]).status().map(|s| s.success()).unwrap_or(false);
+            if !made {
+                std::fs::write(&dev, b"").unwrap();
+            }
+        }
+        gres.push_str(&format!("NodeName={host} Name=gpu File={}/gpu[0-{}]\n", d.display(), GPUS - 1));
+        std::fs::write(d.join("gres.conf"), gres).unwrap();
+        for sub in ["state", "spool", "log"] {
+            std::fs::create_dir(d.join(sub)).unwrap();
+        }
+        let conf = d.join("slurm.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "ClusterName=cbsweeptest
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket={socket}
+StateSaveLocation={d}/state
+SlurmdSpoolDir={d}/spool
+SlurmctldPidFile={d}/slurmctld.pid
+SlurmdPidFile={d}/slurmd.pid
+SlurmctldLogFile={d}/log/slurmctld.log
+SlurmdLogFile={d}/log/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SlurmdParameters=config_overrides
+MpiDefault=none
+ReturnToService=2
+KillWait=5
+MinJobAge=600
+SchedulerParameters=sched_min_interval=100000
+GresTypes=gpu
+NodeName={host} NodeAddr=127.0.0.1 CPUs=8 RealMemory=2000 Gres=gpu:{GPUS} State=UNKNOWN
+PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
+",
+                ctld_port = free_port(),
+                slurmd_port = free_port(),
+                socket = socket.display(),
+                d = d.display(),
+            ),
+        )
+        .unwrap();
+        let slurmctld = Proc::spawn(
+            Command::new(find_program("slurmctld").unwrap()).args(["-D", "-i", "-f"]).arg(&conf).stdout(log_file(d, "slurmctld.out")).stderr(log_file(d, "slurmctld.out")),
+        );
+        let slurmd = Proc::spawn(
+            Command::new(find_program("slurmd").unwrap()).args(["-D", "-f"]).arg(&conf).stdout(log_file(d, "slurmd.out")).stderr(log_file(d, "slurmd.out")),
+        );
+        let cluster = Cluster { dir, conf, munged, slurmctld, slurmd, _lock: lock };
+        let mut last = String::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(40);
+        while last != "idle" {
+            assert!(std::time::Instant::now() < deadline, "the node is not idle after 40 s: {last:?}\n{}", cluster.logs());
+            std::thread::sleep(Duration::from_millis(250));
+            last = cluster.output("sinfo", &["-h", "-N", "-o", "%t"]).trim().to_string();
+        }
+        Some(cluster)
+    }
+
+    /// A Slurm client command that talks to this cluster.
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(find_program(program).unwrap_or_else(|| program.into()));
+        c.env("SLURM_CONF", &self.conf);
+        c
+    }
+
+    fn output(&self, program: &str, args: &[&str]) -> String {
+        let o = self.command(program).args(args).output().expect("slurm command runs");
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    }
+
+    fn sbatch(&self) -> Sbatch {
+        Sbatch { slurm_conf: Some(self.conf.clone()), ..Sbatch::default() }
+    }
+
+    /// A field of `scontrol show job` (for an array task: `ID_N`), e.g. JobState.
+    fn job(&self, job: &str, field: &str) -> String {
+        let text = self.output("scontrol", &["-o", "show", "job", job]);
+        text.split_whitespace().find_map(|kv| kv.strip_prefix(field).and_then(|v| v.strip_prefix('='))).unwrap_or("").to_string()
+    }
+
+    fn wait_for_state(&self, job: &str, state: &str, secs: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let now = self.job(job, "JobState");
+            if now == state {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "job {job} is {now:?}, not {state} after {secs} s\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The daemons' logs, for a failure message.
+    fn logs(&self) -> String {
+        ["slurmctld.out", "slurmd.out", "log/slurmctld.log", "log/slurmd.log"]
+            .iter()
+            .map(|f| {
+                let t = std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
+                let tail: Vec<&str> = t.lines().rev().take(15).collect();
+                format!("--- {f}\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Jobs first (their workers and slurmstepd end with them), then the daemons, by pid.
+        let _ = self.command("scancel").args(["--user", "root"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            let o = self.command("squeue").args(["-h", "-o", "%i"]).output();
+            if o.map(|o| !o.status.success() || o.stdout.iter().all(u8::is_ascii_whitespace)).unwrap_or(true) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for p in [&mut self.slurmd, &mut self.slurmctld, &mut self.munged] {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid()), nix::sys::signal::Signal::SIGTERM);
+            if p.wait_for(10).is_none() {
+                p.kill9();
+            }
+        }
+    }
+}
+
+fn log_file(dir: &Path, name: &str) -> std::fs::File {
+    std::fs::OpenOptions::new().create(true).append(true).open(dir.join(name)).expect("log file")
+}
+
+/// (uid, gid) of a user in /etc/passwd.
+fn passwd_ids(user: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.first() == Some(&user) && f.len() > 3).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+    })
+}
+
+fn short_hostname() -> String {
+    let o = Command::new("hostname").arg("-s").output().expect("hostname runs");
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// A quickstart-like grid: 2 tasks x 2 architectures x `seeds` seeds.
+fn spec_text(name: &str, seeds: usize, epochs: u32) -> String {
+    let seeds: Vec<String> = (0..seeds).map(|s| s.to_string()).collect();
+    format!(
+        "[sweep]\nname = \"{name}\"\n[grid]\ntask = [\"dms\", \"parity\"]\narch = [\"cbrnn\", \"rnn\"]\nseed = [{}]\n[train]\nepochs = {epochs}\n[run]\npack_size = 1\nlease_seconds = 10\nmax_attempts = 5\n",
+        seeds.join(", ")
+    )
+}
+
+/// Workers that train with the fake trainer and log each execution to `exec_log`.
+fn fake_workers(count: u32, epoch_ms: u64, exec_log: &Path) -> Workers {
+    Workers {
+        count,
+        resources: Resources { partition: Some("debug".into()), cpus_per_task: 1, mem: "100M".into(), time: "00:10:00".into(), ..Resources::gpu_worker() },
+        device: "cpu".into(),
+        worker_binary: bin("cbsweep-worker"),
+        worker_args: ["--trainer", "fake", "--fake-epoch-ms", &epoch_ms.to_string(), "--fake-execution-log", exec_log.to_str().unwrap()]
+            .map(String::from)
+            .to_vec(),
+        warning_s: 120,
+    }
+}
+
+/// A coordinator on loopback (outside Slurm, as on a login node) with its URL and token in files
+/// on the "shared filesystem", the way worker.sbatch finds it.
+struct Served {
+    _coordinator: Proc,
+    state: PathBuf,
+    coordinator: Coordinator,
+}
+
+fn serve(dir: &Path, name: &str, seeds: usize, epochs: u32) -> Served {
+    let (port, token) = (free_port(), format!("t0ken-{name}"));
+    let state = dir.join("state");
+    let proc = coordinator(&state, port, &token);
+    submit(port, &token, &write_spec(dir, &format!("{name}.toml"), &spec_text(name, seeds, epochs)));
+    let url_file = dir.join("coordinator.url");
+    std::fs::write(&url_file, format!("http://127.0.0.1:{port}\n")).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, &token).unwrap();
+    Served { _coordinator: proc, state, coordinator: Coordinator::Running { addr: CoordinatorAddr::File(url_file), token_file } }
+}
+
+fn task_output(log_dir: &Path, sweep: &str, array: JobId, task: u32) -> String {
+    std::fs::read_to_string(log_dir.join(format!("cbsweep-{sweep}-worker-{array}_{task}.out"))).unwrap_or_default()
+}
+
+/// Waits for the sweep's export; on a time-out, fails with what the jobs and daemons said.
+fn wait_for_results(cluster: &Cluster, plan: &Plan, submitted: &Submitted, results: &Path) {
+    let trials = results.join("trials.parquet");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !trials.exists() {
+        let workers_gone = || cluster.output("squeue", &["-h", "-o", "%i", "-j", &submitted.workers.to_string()]).trim().is_empty();
+        if std::time::Instant::now() > deadline || workers_gone() && !trials.exists() {
+            let outputs: Vec<String> = std::fs::read_dir(&plan.log_dir)
+                .map(|d| d.flatten().map(|e| format!("--- {}\n{}", e.path().display(), std::fs::read_to_string(e.path()).unwrap_or_default())).collect())
+                .unwrap_or_default();
+            panic!("no results in {} (time out, or every worker task ended)\n{}\n{}\n{}", results.display(), cluster.output("squeue", &["-a"]), outputs.join("\n"), cluster.logs());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn worker_array_from_deploy_slurm_drains_a_sweep_with_every_cell_once() {
+    let Some(cluster) = Cluster::start("worker_array_from_deploy_slurm_drains_a_sweep_with_every_cell_once") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let exec_log = dir.path().join("exec.log");
+    let served = serve(dir.path(), "slurmqs", 3, 10);
+    let plan = Plan {
+        sweep: SweepId("slurmqs".into()),
+        spec: dir.path().join("slurmqs.toml"),
+        coordinator: served.coordinator.clone(),
+        workers: fake_workers(2, 40, &exec_log),
+        log_dir: dir.path().join("logs"),
+    };
+    let submitted = slurm::submit(&plan, &cluster.sbatch()).expect("sbatch accepts the rendered array");
+    assert_eq!(submitted.coordinator, None);
+    wait_for_results(&cluster, &plan, &submitted, &served.state.join("results/slurmqs"));
+    results_once(&served.state.join("results/slurmqs"), 12, 10);
+    let (starts, dones) = counts(&exec_log);
+    assert!(dones.len() == 12 && dones.values().all(|&n| n == 1), "each trial trained once: {dones:?}");
+    assert!(starts.values().all(|&n| n == 1), "no trial started twice: {starts:?}");
+    for task in 0..2 {
+        let id = format!("{}_{task}", submitted.workers);
+        cluster.wait_for_state(&id, "COMPLETED", 30);
+        assert_eq!(cluster.job(&id, "ExitCode"), "0:0", "{}", task_output(&plan.log_dir, "slurmqs", submitted.workers, task));
+        assert!(cluster.job(&id, "TRES").contains("gres/gpu=1"), "each task got one GPU: {}", cluster.output("scontrol", &["show", "job", &id]));
+    }
+}
+
+#[test]
+fn scancelled_worker_hands_its_lease_back_and_the_sweep_still_completes_once() {
+    let Some(cluster) = Cluster::start("scancelled_worker_hands_its_lease_back_and_the_sweep_still_completes_once") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let exec_log = dir.path().join("exec.log");
+    let served = serve(dir.path(), "slurmcancel", 2, 20);
+    let plan = Plan {
+        sweep: SweepId("slurmcancel".into()),
+        spec: dir.path().join("slurmcancel.toml"),
+        coordinator: served.coordinator.clone(),
+        workers: fake_workers(2, 100, &exec_log),
+        log_dir: dir.path().join("logs"),
+    };
+    let submitted = slurm::submit(&plan, &cluster.sbatch()).expect("sbatch accepts the rendered array");
+    let victim = format!("{}_0", submitted.workers);
+    // Each trial takes 2 s: once the task says it is training, it holds a lease.
+    wait_until(60, "array task 0 to start training", || task_output(&plan.log_dir, "slurmcancel", submitted.workers, 0).contains("training"));
+    let o = cluster.command("scancel").arg(&victim).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    cluster.wait_for_state(&victim, "CANCELLED", 30);
+    wait_for_results(&cluster, &plan, &submitted, &served.state.join("results/slurmcancel"));
+    results_once(&served.state.join("results/slurmcancel"), 8, 20);
+    let out = task_output(&plan.log_dir, "slurmcancel", submitted.workers, 0);
+    assert!(out.contains("handed leases back"), "the cancelled worker handed its lease back on SIGTERM:\n{out}");
+    let (starts, dones) = counts(&exec_log);
+    assert_eq!(dones.values().sum::<usize>(), 8, "no stopped trial reported as finished: {dones:?}");
+    assert!(starts.values().any(|&n| n == 2), "the handed-back trial ran again on the other task: {starts:?}");
+    cluster.wait_for_state(&format!("{}_1", submitted.workers), "COMPLETED", 30);
+}
+
+#[test]
+fn preemption_warning_hands_the_lease_back_and_requeues_the_task() {
+    let Some(cluster) = Cluster::start("preemption_warning_hands_the_lease_back_and_requeues_the_task") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let exec_log = dir.path().join("exec.log");
+    let served = serve(dir.path(), "slurmwarn", 2, 20);
+    let plan = Plan {
+        sweep: SweepId("slurmwarn".into()),
+        spec: dir.path().join("slurmwarn.toml"),
+        coordinator: served.coordinator.clone(),
+        workers: fake_workers(2, 100, &exec_log),
+        log_dir: dir.path().join("logs"),
+    };
+    let submitted = slurm::submit(&plan, &cluster.sbatch()).expect("sbatch accepts the rendered array");
+    let warned = format!("{}_0", submitted.workers);
+    wait_until(60, "array task 0 to start training", || task_output(&plan.log_dir, "slurmwarn", submitted.workers, 0).contains("training"));
+    // What --signal=B:USR1@120 sends before the time limit: USR1 to the batch shell only.
+    let o = cluster.command("scancel").args(["--signal=USR1", "--batch"]).arg(&warned).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    wait_until(30, "the warned task to be requeued", || cluster.job(&warned, "Restarts") == "1");
+    let out = task_output(&plan.log_dir, "slurmwarn", submitted.workers, 0);
+    assert!(out.contains("handed leases back") && out.contains("requeueing"), "USR1: leases handed back, task requeued:\n{out}");
+    wait_for_results(&cluster, &plan, &submitted, &served.state.join("results/slurmwarn"));
+    results_once(&served.state.join("results/slurmwarn"), 8, 20);
+    let (starts, _) = counts(&exec_log);
+    assert!(starts.values().any(|&n| n == 2), "the handed-back trial ran again: {starts:?}");
+    // Slurm holds a requeued job back for a while; let it start now: it finds the sweep drained.
+    let o = cluster.command("scontrol").args(["update", &format!("JobId={warned}"), "BeginTime=now"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    cluster.wait_for_state(&warned, "COMPLETED", 60);
+    assert_eq!(cluster.job(&warned, "ExitCode"), "0:0");
+}
+
+#[test]
+fn coordinator_job_submits_the_spec_and_its_workers_follow_it() {
+    let Some(cluster) = Cluster::start("coordinator_job_submits_the_spec_and_its_workers_follow_it") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let exec_log = dir.path().join("exec.log");
+    let state = dir.path().join("state");
+    let http = format!("127.0.0.1:{}", free_port());
+    let plan = Plan {
+        sweep: SweepId("slurmjob".into()),
+        spec: write_spec(dir.path(), "slurmjob.toml", &spec_text("slurmjob", 2, 8)),
+        coordinator: Coordinator::Job(CoordinatorJob {
+            state: state.clone(),
+            cbsweep_binary: bin("cbsweep"),
+            listen: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            http_listen: Some(http.parse().unwrap()),
+            advertise_host: Some("127.0.0.1".into()),
+            resources: Resources { partition: Some("debug".into()), cpus_per_task: 1, mem: "100M".into(), time: "00:10:00".into(), ..Resources::coordinator() },
+        }),
+        workers: fake_workers(2, 40, &exec_log),
+        log_dir: dir.path().join("logs"),
+    };
+    let submitted = slurm::submit(&plan, &cluster.sbatch()).expect("sbatch accepts both scripts");
+    let coord = submitted.coordinator.expect("a coordinator job").to_string();
+    let workers_script = std::fs::read_to_string(&submitted.scripts[1]).unwrap();
+    assert!(workers_script.contains(&format!("#SBATCH --dependency=after:{coord}\n")), "{workers_script}");
+    wait_for_results(&cluster, &plan, &submitted, &state.join("results/slurmjob"));
+    results_once(&state.join("results/slurmjob"), 8, 8);
+    let (_, dones) = counts(&exec_log);
+    assert!(dones.len() == 8 && dones.values().all(|&n| n == 1), "{dones:?}");
+    for task in 0..2 {
+        cluster.wait_for_state(&format!("{}_{task}", submitted.workers), "COMPLETED", 30);
+    }
+    let (code, metrics) = http_get(&http, "/metrics").expect("the coordinator job serves /metrics");
+    assert_eq!(code, 200);
+    assert!(metrics.lines().any(|l| l.starts_with("cbsweep_trials_finished_total") && l.ends_with(" 8")), "{metrics}");
+    assert_eq!(http_get(&http, "/readyz").map(|(c, _)| c), Some(200));
+    assert!(std::fs::read_to_string(state.join(format!("coordinator-{coord}.url"))).unwrap().starts_with("http://127.0.0.1:"));
+    // The coordinator runs until cancelled; SIGTERM stops it with its state saved.
+    let o = cluster.command("scancel").arg(&coord).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    cluster.wait_for_state(&coord, "CANCELLED", 30);
+    let log = std::fs::read_to_string(plan.log_dir.join(format!("cbsweep-slurmjob-coordinator-{coord}.out"))).unwrap_or_default();
+    assert!(log.contains("ready: workers read") && log.contains("state is saved"), "{log}");
+}
