@@ -172,12 +172,10 @@ impl TrialSpec {
             .join(" ")
     }
 
+    /// Trials with equal pack keys share shapes and the whole budget (analysis plans may differ).
     pub fn pack_key(&self) -> PackKey {
-        let b = &self.budget;
-        PackKey(format!(
-            "{}:h{}:g{}:p{}:b{}:e{}:s{}:t{}",
-            self.arch, self.hidden, self.granule, self.purkinje, b.batch_size, b.epochs, b.steps_per_epoch, b.test_batches
-        ))
+        let budget = serde_json::to_string(&self.budget).expect("budget serialises");
+        PackKey(format!("{}:h{}:g{}:p{}:{budget}", self.arch, self.hidden, self.granule, self.purkinje))
     }
 }
 

@@ -176,16 +176,29 @@ pub async fn coordinator(listen: SocketAddr, http_listen: Option<SocketAddr>, st
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     eprintln!("cbsweep coordinator: listening on {} (state {}, results {})", running.addr, state.display(), out.display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(io("cannot install a SIGTERM handler"))?;
+    // Tables are rewritten whole (and atomically) when a sweep finishes, and at most every
+    // EXPORT_EVERY while it runs, so users can look at partial results.
+    const EXPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+    let mut last_export: std::collections::HashMap<SweepId, std::time::Instant> = Default::default();
     loop {
         tokio::select! {
             e = events.recv() => {
-                if let Ok(Event::SweepFinished { sweep }) = e {
-                    let (s, o) = (state.to_owned(), out.to_owned());
-                    tokio::task::spawn_blocking(move || match results::export(&s, &sweep, &o) {
-                        Ok(dir) => eprintln!("cbsweep coordinator: sweep {sweep} finished; results in {}", dir.display()),
-                        Err(e) => tracing::error!(sweep = %sweep, error = %e, "export failed"),
-                    });
+                let (sweep, finished) = match e {
+                    Ok(Event::SweepFinished { sweep }) => (sweep, true),
+                    Ok(Event::TrialFinished { sweep, .. }) => (sweep, false),
+                    _ => continue,
+                };
+                let due = last_export.get(&sweep).is_none_or(|t| t.elapsed() >= EXPORT_EVERY);
+                if !(finished || due) {
+                    continue;
                 }
+                last_export.insert(sweep.clone(), std::time::Instant::now());
+                let (s, o) = (state.to_owned(), out.to_owned());
+                tokio::task::spawn_blocking(move || match results::export(&s, &sweep, &o) {
+                    Ok(dir) if finished => eprintln!("cbsweep coordinator: sweep {sweep} finished; results in {}", dir.display()),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(sweep = %sweep, error = %e, "export failed"),
+                });
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,

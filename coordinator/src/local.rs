@@ -119,6 +119,8 @@ pub async fn run(spec: SweepSpec, spec_path: &Path, opts: RunOptions) -> Result<
             let child = Command::new(&bin)
                 .args(["--coordinator", &url, "--device", &opts.device, "--threads", &threads.to_string()])
                 .args(["--exit-when-drained", "--exit-with-parent", "--give-up-after-s", "20"])
+                .arg("--checkpoint-dir")
+                .arg(results::sweep_dir(&opts.out, &sweep).join("checkpoints"))
                 .args(&opts.worker_args)
                 .env("CBSWEEP_TOKEN", &token.0)
                 .stdin(Stdio::null())

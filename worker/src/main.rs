@@ -43,6 +43,10 @@ struct Args {
     /// Give up when the coordinator stays unreachable this many seconds.
     #[arg(long, default_value_t = 600)]
     give_up_after_s: u64,
+    /// Save checkpoint weights (safetensors) under DIR/TRIAL_ID/level-N.safetensors, for
+    /// trials whose spec asks for them (analysis.save_checkpoints).
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
     /// Trainer: torch (libtorch) or fake (no training; for scheduler tests).
     #[arg(long, default_value = "torch")]
     trainer: String,
@@ -82,7 +86,7 @@ fn trainer(args: &Args) -> anyhow::Result<Box<dyn Trainer>> {
                 tch::set_num_threads(args.threads as i32);
             }
             tch::set_num_interop_threads(1);
-            Ok(Box::new(cbsweep_worker::torch::TorchTrainer::new(device)))
+            Ok(Box::new(cbsweep_worker::torch::TorchTrainer::new(device).with_checkpoint_dir(args.checkpoint_dir.clone())))
         }
         "fake" => Ok(Box::new(FakeTrainer::new(FakeConfig {
             epoch_ms: args.fake_epoch_ms,
