@@ -2,7 +2,7 @@
 // - an rpath to the libtorch they were built against (the torch wheel in the project's virtual
 //   environment), so they run without LD_LIBRARY_PATH;
 // - libtorch_cuda kept as a dependency even though no symbol of it is referenced directly (the
-//!   linker's --as-needed would drop it, and then libtorch sees no GPU on a CUDA node).
+//   linker's --as-needed would drop it, and then libtorch sees no GPU on a CUDA node).
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else { return };
