@@ -163,8 +163,15 @@ fn coordinator_token(token_file: Option<&Path>, state: &Path) -> Result<Token, C
 }
 
 /// `cbsweep coordinator`: serve until Ctrl-C or SIGTERM; export each sweep when it finishes.
-pub async fn coordinator(listen: SocketAddr, http_listen: Option<SocketAddr>, state: &Path, out: &Path, token_file: Option<&Path>) -> Result<(), CliError> {
+pub async fn coordinator(listen: SocketAddr, http_listen: Option<SocketAddr>, state: &Path, out: &Path, token_file: Option<&Path>, tls: Option<(&Path, &Path)>) -> Result<(), CliError> {
     let token = coordinator_token(token_file, state)?;
+    let tls = match tls {
+        Some((cert, key)) => Some(server::TlsFiles {
+            cert: std::fs::read(cert).map_err(io(format!("cannot read --tls-cert {}", cert.display())))?,
+            key: std::fs::read(key).map_err(io(format!("cannot read --tls-key {}", key.display())))?,
+        }),
+        None => None,
+    };
     let sched = SchedulerHandle::start(state, SchedulerOptions::default())?;
     let mut events = sched.subscribe();
     let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -172,7 +179,7 @@ pub async fn coordinator(listen: SocketAddr, http_listen: Option<SocketAddr>, st
         let (local, _) = crate::http::serve(addr, sched.clone(), ready.clone()).await.map_err(io(format!("cannot listen on {addr}")))?;
         eprintln!("cbsweep coordinator: health and metrics on http://{local}/metrics");
     }
-    let running = server::serve(listen, sched.clone(), token).await.map_err(io(format!("cannot listen on {listen}")))?;
+    let running = server::serve_with(listen, sched.clone(), token, tls).await.map_err(io(format!("cannot serve on {listen}")))?;
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     eprintln!("cbsweep coordinator: listening on {} (state {}, results {})", running.addr, state.display(), out.display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(io("cannot install a SIGTERM handler"))?;

@@ -109,6 +109,13 @@ enum Command {
         /// File holding the bearer token (default: CBSWEEP_TOKEN, else STATE/token, created if absent).
         #[arg(long)]
         token_file: Option<PathBuf>,
+        /// Serve gRPC over TLS with this PEM certificate chain (with --tls-key). Clients then use
+        /// an https:// URL and CBSWEEP_TLS_CA.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Submit a spec to a running coordinator (adds only cells it does not have yet).
     Submit {
@@ -188,9 +195,10 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
         Command::Run { spec, args } => cli::run(&spec, args.options()).await.map(|_| ()),
         Command::Resume { sweep, args } => cli::resume(&SweepId(sweep), args.options()).await.map(|_| ()),
         Command::Validate { spec } => cli::validate(&spec),
-        Command::Coordinator { listen, http_listen, state, out, token_file } => {
+        Command::Coordinator { listen, http_listen, state, out, token_file, tls_cert, tls_key } => {
             let out = out.unwrap_or_else(|| state.join("results"));
-            cli::coordinator(listen, http_listen, &state, &out, token_file.as_deref()).await
+            let tls = tls_cert.as_deref().zip(tls_key.as_deref());
+            cli::coordinator(listen, http_listen, &state, &out, token_file.as_deref(), tls).await
         }
         Command::Submit { spec, client } => cli::submit(&client.coordinator, client.token_file.as_deref(), &spec).await,
         Command::Status { sweep, client } => cli::status(&client.coordinator, client.token_file.as_deref(), sweep.as_deref()).await.map(|_| ()),

@@ -44,15 +44,34 @@ pub struct Running {
     pub task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
-/// Binds `listen` (port 0 picks a free one) and serves both services.
+/// A PEM certificate chain and private key for serving gRPC over TLS (rustls).
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+/// Binds `listen` (port 0 picks a free one) and serves both services in plain text.
 pub async fn serve(listen: SocketAddr, sched: SchedulerHandle, token: Token) -> std::io::Result<Running> {
+    serve_with(listen, sched, token, None).await
+}
+
+/// Like `serve`, over TLS when `tls` is given.
+pub async fn serve_with(listen: SocketAddr, sched: SchedulerHandle, token: Token, tls: Option<TlsFiles>) -> std::io::Result<Running> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let (shutdown, rx) = oneshot::channel::<()>();
     let auth = Auth(token);
     let workers = WorkerServiceServer::new(WorkerApi { sched: sched.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let sweeps = SweepServiceServer::new(SweepApi { sched }).max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let router = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(t) = tls {
+        let identity = tonic::transport::Identity::from_pem(t.cert, t.key);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("TLS certificate or key: {e}")))?;
+    }
+    let router = builder
         .concurrency_limit_per_connection(256)
         .timeout(std::time::Duration::from_secs(60))
         .add_service(InterceptedService::new(workers, auth.clone()))

@@ -38,6 +38,10 @@ pub enum ClientError {
     BadToken,
     #[error("invalid coordinator address {url}: {source}")]
     BadUrl { url: String, source: tonic::transport::Error },
+    #[error("an https:// coordinator needs {TLS_CA_ENV} set to the CA certificate (PEM) that signed its certificate")]
+    NoCa,
+    #[error("cannot read the CA certificate {path}: {reason}")]
+    Ca { path: String, reason: String },
     #[error("cannot reach the coordinator at {url}: {source} (is `cbsweep coordinator` running there?)")]
     Connect { url: String, source: tonic::transport::Error },
 }
@@ -45,12 +49,22 @@ pub enum ClientError {
 pub type WorkerClient = WorkerServiceClient<InterceptedService<Channel, BearerAuth>>;
 pub type SweepClient = SweepServiceClient<InterceptedService<Channel, BearerAuth>>;
 
+/// Environment variable naming the CA certificate (PEM) that signed an https:// coordinator's
+/// certificate; without it the system's roots are not consulted and TLS needs it.
+pub const TLS_CA_ENV: &str = "CBSWEEP_TLS_CA";
+
 async fn channel(url: &str) -> Result<Channel, ClientError> {
-    let endpoint = Endpoint::from_shared(url.to_string())
+    let mut endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|source| ClientError::BadUrl { url: url.into(), source })?
         .connect_timeout(std::time::Duration::from_secs(5))
         .timeout(std::time::Duration::from_secs(60))
         .tcp_nodelay(true);
+    if url.starts_with("https://") {
+        let ca_path = std::env::var_os(TLS_CA_ENV).ok_or(ClientError::NoCa)?;
+        let pem = std::fs::read(&ca_path).map_err(|e| ClientError::Ca { path: ca_path.to_string_lossy().into_owned(), reason: e.to_string() })?;
+        let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        endpoint = endpoint.tls_config(tls).map_err(|source| ClientError::BadUrl { url: url.into(), source })?;
+    }
     endpoint.connect().await.map_err(|source| ClientError::Connect { url: url.into(), source })
 }
 

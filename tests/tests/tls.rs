@@ -1,0 +1,83 @@
+//! gRPC over TLS (rustls): a coordinator serving a certificate signed by a test CA, a worker and
+//! the CLI connecting over https:// with that CA; a client without it is refused.
+
+use cbsweep_tests::{Proc, bin, duckdb, free_port, text, wait_until, write_spec};
+use std::path::Path;
+use std::process::Command;
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let o = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
+    assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it.
+fn certificates(dir: &Path) {
+    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=cbsweep test CA"]);
+    openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n").unwrap();
+    openssl(dir, &["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf"]);
+}
+
+#[test]
+fn a_sweep_runs_over_tls_and_a_client_without_the_ca_is_refused() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        println!("skipped: no openssl binary to make test certificates");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let (port, token) = (free_port(), "tls-token");
+    let state = dir.path().join("state");
+    let _coord = Proc::spawn(
+        Command::new(bin("cbsweep"))
+            .args(["coordinator", "--listen", &format!("127.0.0.1:{port}"), "--state", state.to_str().unwrap()])
+            .arg("--tls-cert")
+            .arg(dir.path().join("server.pem"))
+            .arg("--tls-key")
+            .arg(dir.path().join("server.key"))
+            .env("CBSWEEP_TOKEN", token)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    let url = format!("https://127.0.0.1:{port}");
+    let ca = dir.path().join("ca.pem");
+    let spec = write_spec(
+        dir.path(),
+        "tls.toml",
+        "[sweep]\nname = \"tls\"\n[grid]\ntask = [\"dms\"]\narch = [\"cbrnn\", \"rnn\"]\nseed = [0, 1]\n[train]\nepochs = 3\n",
+    );
+    let cli = |args: &[&str], with_ca: bool| {
+        let mut c = Command::new(bin("cbsweep"));
+        c.args(args).args(["--coordinator", &url]).env("CBSWEEP_TOKEN", token);
+        if with_ca {
+            c.env("CBSWEEP_TLS_CA", &ca);
+        } else {
+            c.env_remove("CBSWEEP_TLS_CA");
+        }
+        c.output().unwrap()
+    };
+    wait_until(20, "the TLS coordinator to accept the sweep", || cli(&["submit", spec.to_str().unwrap()], true).status.success());
+    let no_ca = cli(&["status"], false);
+    assert_eq!(no_ca.status.code(), Some(69), "{}", text(&no_ca));
+    assert!(text(&no_ca).contains("CBSWEEP_TLS_CA"), "{}", text(&no_ca));
+    let plain = Command::new(bin("cbsweep")).args(["status", "--coordinator", &format!("http://127.0.0.1:{port}")]).env("CBSWEEP_TOKEN", token).output().unwrap();
+    assert!(!plain.status.success(), "plain text to a TLS port is refused: {}", text(&plain));
+
+    let mut worker = {
+        Proc::spawn(
+            Command::new(bin("cbsweep-worker"))
+                .args(["--coordinator", &url, "--trainer", "fake", "--exit-when-drained", "--fake-epoch-ms", "20"])
+                .env("CBSWEEP_TOKEN", token)
+                .env("CBSWEEP_TLS_CA", &ca)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null()),
+        )
+    };
+    assert_eq!(worker.wait_for(60), Some(0), "the worker drains the sweep over TLS");
+    let trials = state.join("results/tls/trials.parquet");
+    wait_until(30, "the results", || trials.exists());
+    let rows = duckdb(&format!("SELECT count(*) AS n FROM '{}' WHERE status = 'done'", trials.display()));
+    assert_eq!(rows[0]["n"], 4);
+    let ok = cli(&["status", "tls"], true);
+    assert!(ok.status.success() && text(&ok).contains("4 done"), "{}", text(&ok));
+}
