@@ -6,10 +6,15 @@ SPEC ?= sweeps/quickstart.toml
 OUT ?= out
 WORKERS ?= 2
 
-.PHONY: setup build run test bench clean
+.PHONY: setup cluster-setup build run test bench clean
 
 setup:
 	@bash scripts/setup.sh
+
+# As root with apt-get (CI): Debian's Slurm and munge for tests/tests/slurm.rs; elsewhere it
+# says why it does nothing and those tests skip themselves.
+cluster-setup:
+	@bash scripts/cluster-setup.sh
 
 build: setup
 	$(CARGO) build --release --workspace --bins
@@ -17,7 +22,7 @@ build: setup
 run: build
 	./target/release/cbsweep run $(SPEC) --workers $(WORKERS) --out $(OUT)
 
-test: build
+test: build cluster-setup
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --release --workspace --no-fail-fast; \
 	else \

@@ -38,4 +38,4 @@ for svc in slurmctld slurmd munge; do
     systemctl disable --now "$svc" >/dev/null 2>&1 || true
   fi
 done
-echo "cluster-setup: installed $(sinfo --version 2>/dev/null || echo slurm), munge $(munged --version 2>&1 | head -1)"
+echo "cluster-setup: installed $(dpkg-query -W -f='slurm-wlm ${Version}, munge ' slurm-wlm 2>/dev/null)$(dpkg-query -W -f='${Version}' munge 2>/dev/null)"

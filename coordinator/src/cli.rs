@@ -34,6 +34,8 @@ pub enum CliError {
     #[error(transparent)]
     Plot(#[from] crate::plot::PlotError),
     #[error(transparent)]
+    Slurm(#[from] crate::slurm::SlurmError),
+    #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error("no token: pass --token-file FILE or set CBSWEEP_TOKEN (the coordinator printed where it wrote its token)")]
     NoToken,

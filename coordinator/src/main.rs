@@ -170,6 +170,9 @@ enum Command {
         #[arg(long, default_value = "out")]
         out: PathBuf,
     },
+    /// Slurm: render and submit the coordinator job and the worker job array (deploy/slurm).
+    #[command(subcommand)]
+    Slurm(SlurmCommand),
     /// Run a worker (the cbsweep-worker binary beside this one); arguments pass through.
     #[command(disable_help_flag = true)]
     Worker {
@@ -178,9 +181,117 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum SlurmCommand {
+    /// Submit a sweep's workers as a job array, and the coordinator as a job unless
+    /// --coordinator names one that is already serving.
+    Submit {
+        spec: PathBuf,
+        /// State folder on the shared filesystem (coordinator state, token, URL files).
+        #[arg(long)]
+        state: PathBuf,
+        /// A coordinator already serving (URL); the spec is submitted to it first.
+        #[arg(long)]
+        coordinator: Option<String>,
+        /// Its token file (default: STATE/token).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Array tasks, one worker each.
+        #[arg(long, default_value_t = 4)]
+        workers: u32,
+        #[arg(long)]
+        partition: Option<String>,
+        /// Generic resources per worker ("none" on CPU-only nodes).
+        #[arg(long, default_value = "gpu:1")]
+        gres: String,
+        #[arg(long, default_value_t = 8)]
+        cpus_per_task: u32,
+        #[arg(long, default_value = "32G")]
+        mem: String,
+        #[arg(long, default_value = "24:00:00")]
+        time: String,
+        /// An extra sbatch option for every job, e.g. --sbatch-arg=--account=lab (repeatable).
+        #[arg(long = "sbatch-arg", allow_hyphen_values = true)]
+        sbatch_arg: Vec<String>,
+        /// Worker device: auto, cpu or cuda:N.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// An extra worker argument (repeatable).
+        #[arg(long = "worker-arg", allow_hyphen_values = true)]
+        worker_arg: Vec<String>,
+        /// The coordinator job's gRPC address.
+        #[arg(long, default_value = "0.0.0.0:50051")]
+        listen: SocketAddr,
+        /// The coordinator job's health and metrics address.
+        #[arg(long)]
+        http_listen: Option<SocketAddr>,
+        /// Where the scripts and job logs go (default: STATE/slurm).
+        #[arg(long)]
+        log_dir: Option<PathBuf>,
+        /// Print the scripts instead of submitting them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+async fn slurm(cmd: SlurmCommand) -> Result<(), CliError> {
+    use cbsweep_coordinator::slurm::{self, Coordinator, CoordinatorAddr, CoordinatorJob, Plan, Resources, Sbatch, Workers};
+    let SlurmCommand::Submit {
+        spec, state, coordinator, token_file, workers, partition, gres, cpus_per_task, mem, time, sbatch_arg, device, worker_arg, listen, http_listen, log_dir, dry_run,
+    } = cmd;
+    let sweep = cbsweep_common::load_spec(&spec)?.id;
+    let exe = std::env::current_exe().map_err(|source| CliError::Io { what: "cannot locate the cbsweep binary".into(), source })?;
+    let spec = std::path::absolute(&spec).unwrap_or(spec);
+    let state = std::path::absolute(&state).unwrap_or(state);
+    let resources = Resources {
+        partition: partition.clone(),
+        gres: (gres != "none").then_some(gres),
+        cpus_per_task,
+        mem,
+        time,
+        extra: sbatch_arg.clone(),
+    };
+    let token = token_file.unwrap_or_else(|| state.join("token"));
+    let coord = match &coordinator {
+        Some(url) => Coordinator::Running { addr: CoordinatorAddr::Url(url.clone()), token_file: token.clone() },
+        None => Coordinator::Job(Box::new(CoordinatorJob {
+            state: state.clone(),
+            cbsweep_binary: exe.clone(),
+            listen,
+            http_listen,
+            advertise_host: None,
+            resources: Resources { partition, extra: sbatch_arg, ..Resources::coordinator() },
+        })),
+    };
+    let plan = Plan {
+        sweep,
+        spec: spec.clone(),
+        coordinator: coord,
+        workers: Workers { count: workers.max(1), resources, device, worker_binary: exe.with_file_name("cbsweep-worker"), worker_args: worker_arg, warning_s: 120 },
+        log_dir: log_dir.unwrap_or_else(|| state.join("slurm")),
+    };
+    if dry_run {
+        let r = slurm::render(&plan)?;
+        if let Some(c) = r.coordinator {
+            println!("# coordinator job\n{c}");
+        }
+        println!("# worker array\n{}", r.workers);
+        return Ok(());
+    }
+    if let Some(url) = &coordinator {
+        cli::submit(url, Some(&token), &spec).await?;
+    }
+    let s = slurm::submit(&plan, &Sbatch::default())?;
+    if let Some(c) = s.coordinator {
+        println!("coordinator job {}", c.0);
+    }
+    println!("worker array {} ({} tasks); scripts in {}", s.workers.0, plan.workers.count, plan.log_dir.display());
+    Ok(())
+}
+
 fn exit_code(e: &CliError) -> u8 {
     match e {
-        CliError::Spec(_) | CliError::Local(LocalError::Spec(_)) | CliError::UnknownSweep { .. } => exit::BAD_INPUT,
+        CliError::Spec(_) | CliError::Local(LocalError::Spec(_)) | CliError::UnknownSweep { .. } | CliError::Slurm(_) => exit::BAD_INPUT,
         CliError::Local(LocalError::Sched(cbsweep_coordinator::scheduler::SchedError::Conflict { .. })) => exit::BAD_INPUT,
         CliError::Rpc(s) if s.code() == tonic::Code::InvalidArgument || s.code() == tonic::Code::AlreadyExists => exit::BAD_INPUT,
         CliError::Client(_) => exit::UNAVAILABLE,
@@ -218,6 +329,7 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
             let state = state.unwrap_or_else(|| out.join(cbsweep_coordinator::local::STATE_DIR));
             cli::plot(&state, &SweepId(sweep), &out).map(|_| ())
         }
+        Command::Slurm(cmd) => slurm(cmd).await,
         Command::Worker { .. } => unreachable!("handled before the runtime starts"),
     }
 }

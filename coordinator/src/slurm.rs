@@ -24,6 +24,8 @@ pub enum SlurmError {
     NoWorkers,
     #[error("{what} {value:?} cannot go on an #SBATCH line: no spaces, quotes, backslashes or line breaks")]
     BadValue { what: &'static str, value: String },
+    #[error("sbatch option {0:?} must be one option starting with --, e.g. --account=lab")]
+    BadOption(String),
     #[error("{what} {} is not valid UTF-8", path.display())]
     NotUtf8 { what: &'static str, path: PathBuf },
     #[error("cannot write {}: {source}", path.display())]
@@ -95,7 +97,7 @@ pub enum Coordinator {
     /// spec to it before the workers start: a worker finding no sweep exits at once.
     Running { addr: CoordinatorAddr, token_file: PathBuf },
     /// Submit the coordinator as a job too; the token is STATE/token.
-    Job(CoordinatorJob),
+    Job(Box<CoordinatorJob>),
 }
 
 /// The worker job array.
@@ -272,12 +274,11 @@ pub fn submit(plan: &Plan, sbatch: &Sbatch) -> Result<Submitted, SlurmError> {
 struct Header {
     sbatch: Vec<String>,
     settings: Vec<String>,
-    error: Option<SlurmError>,
 }
 
 impl Header {
     fn new(job_name: &str, template: &str) -> Header {
-        let mut h = Header { sbatch: Vec::new(), settings: Vec::new(), error: None };
+        let mut h = Header { sbatch: Vec::new(), settings: Vec::new() };
         h.sbatch.push("#!/usr/bin/env bash".into());
         h.sbatch.push(format!("# Rendered by cbsweep from deploy/slurm/{template}; its settings are described there."));
         h.sbatch(&format!("--job-name={job_name}"));
@@ -288,41 +289,23 @@ impl Header {
         self.sbatch.push(format!("#SBATCH {option}"));
     }
 
-    fn checked(&mut self, what: &'static str, value: &str) -> bool {
-        let bad = value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '\\'));
-        if bad && self.error.is_none() {
-            self.error = Some(SlurmError::BadValue { what, value: value.into() });
-        }
-        !bad
-    }
-
     fn resources(&mut self, r: &Resources) -> Result<(), SlurmError> {
         if let Some(p) = &r.partition {
-            if self.checked("partition", p) {
-                self.sbatch(&format!("--partition={p}"));
-            }
+            self.sbatch(&format!("--partition={}", sbatch_value("partition", p)?));
         }
         if let Some(g) = &r.gres {
-            if self.checked("gres", g) {
-                self.sbatch(&format!("--gres={g}"));
-            }
+            self.sbatch(&format!("--gres={}", sbatch_value("gres", g)?));
         }
         self.sbatch(&format!("--cpus-per-task={}", r.cpus_per_task.max(1)));
-        if self.checked("mem", &r.mem) {
-            self.sbatch(&format!("--mem={}", r.mem));
-        }
-        if self.checked("time", &r.time) {
-            self.sbatch(&format!("--time={}", r.time));
-        }
+        self.sbatch(&format!("--mem={}", sbatch_value("mem", &r.mem)?));
+        self.sbatch(&format!("--time={}", sbatch_value("time", &r.time)?));
         for e in &r.extra {
-            if self.checked("sbatch option", e) {
-                self.sbatch(e);
+            if !e.starts_with("--") {
+                return Err(SlurmError::BadOption(e.clone()));
             }
+            self.sbatch(sbatch_value("sbatch option", e)?);
         }
-        match self.error.take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        Ok(())
     }
 
     fn set(&mut self, name: &str, value: &str) {
@@ -356,13 +339,17 @@ fn path_str<'a>(what: &'static str, p: &'a Path) -> Result<&'a str, SlurmError> 
     p.to_str().ok_or_else(|| SlurmError::NotUtf8 { what, path: p.to_owned() })
 }
 
-/// A path that goes on an #SBATCH line, where it cannot be quoted.
-fn sbatch_path<'a>(what: &'static str, p: &'a Path) -> Result<&'a str, SlurmError> {
-    let s = path_str(what, p)?;
-    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '\\')) {
-        return Err(SlurmError::BadValue { what, value: s.into() });
+/// A value that goes on an #SBATCH line, where it cannot be quoted.
+fn sbatch_value<'a>(what: &'static str, value: &'a str) -> Result<&'a str, SlurmError> {
+    if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '\\')) {
+        return Err(SlurmError::BadValue { what, value: value.into() });
     }
-    Ok(s)
+    Ok(value)
+}
+
+/// A path that goes on an #SBATCH line.
+fn sbatch_path<'a>(what: &'static str, p: &'a Path) -> Result<&'a str, SlurmError> {
+    sbatch_value(what, path_str(what, p)?)
 }
 
 fn write_script(dir: &Path, name: &str, text: &str) -> Result<PathBuf, SlurmError> {
@@ -415,14 +402,14 @@ mod tests {
     }
 
     fn job() -> Coordinator {
-        Coordinator::Job(CoordinatorJob {
+        Coordinator::Job(Box::new(CoordinatorJob {
             state: "/shared/state".into(),
             cbsweep_binary: "/shared/bin/cbsweep".into(),
             listen: "0.0.0.0:50051".parse().unwrap(),
             http_listen: Some("0.0.0.0:9090".parse().unwrap()),
             advertise_host: None,
             resources: Resources::coordinator(),
-        })
+        }))
     }
 
     fn sbatch_lines(script: &str) -> Vec<&str> {
@@ -487,6 +474,9 @@ mod tests {
         let mut p = plan(running());
         p.workers.count = 0;
         assert!(matches!(render_workers(&p, None), Err(SlurmError::NoWorkers)));
+        let mut p = plan(running());
+        p.workers.resources.extra = vec!["account=lab".into()];
+        assert!(matches!(render_workers(&p, None), Err(SlurmError::BadOption(_))));
         let mut p = plan(running());
         p.log_dir = "/shared/my logs".into();
         assert!(matches!(render_workers(&p, None), Err(SlurmError::BadValue { what: "log folder", .. })));

@@ -109,11 +109,22 @@ pub fn executions(log: &Path) -> Vec<(String, bool)> {
         .collect()
 }
 
+/// Whether RESULTS/trials.parquet holds `cells` rows, all done. The coordinator also exports
+/// partial tables while a sweep runs, so the file existing says nothing yet.
+pub fn sweep_done(results: &Path, cells: usize) -> bool {
+    let trials = results.join("trials.parquet");
+    trials.exists()
+        && duckdb(&format!("SELECT count(*) FILTER (WHERE status = 'done') AS done FROM '{}'", trials.display()))[0]["done"].as_u64() == Some(cells as u64)
+}
+
 /// Every cell of a finished sweep exactly once, read back by DuckDB: `cells` rows in
 /// RESULTS/trials.parquet, all done, distinct trial ids, and `epochs` curve rows per trial.
 pub fn results_once(results: &Path, cells: usize, epochs: u32) {
     let trials = results.join("trials.parquet");
-    wait_until(60, "the results to be exported", || trials.exists());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while !sweep_done(results, cells) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
     let rows = duckdb(&format!(
         "SELECT count(*) AS n, count(DISTINCT trial_id) AS ids, count(*) FILTER (WHERE status = 'done') AS done FROM '{}'",
         trials.display()
@@ -204,9 +215,9 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Prints why a test does not run here, in one line the test output keeps.
+/// Says why a test does not run here, on one line (shown with `--nocapture`, or nextest's
+/// `--success-output immediate`); the test then returns and passes.
 pub fn skipped(test: &str, why: &str) {
-    eprintln!("skipped: {test}: {why}");
     println!("skipped: {test}: {why}");
 }
 

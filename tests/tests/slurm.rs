@@ -9,8 +9,8 @@
 //! The cluster's daemons and jobs are stopped by pid when the test ends, failed or not.
 
 use cbsweep_common::SweepId;
-use cbsweep_coordinator::slurm::{self, Coordinator, CoordinatorAddr, CoordinatorJob, JobId, Plan, Resources, Sbatch, Submitted, Workers};
-use cbsweep_tests::{Proc, bin, coordinator, counts, find_program, free_port, http_get, is_root, results_once, skipped, submit, wait_until, write_spec};
+use cbsweep_coordinator::slurm::{self, Coordinator, CoordinatorAddr, CoordinatorJob, Plan, Resources, Sbatch, Submitted, Workers};
+use cbsweep_tests::{Proc, bin, coordinator, counts, find_program, free_port, http_get, is_root, results_once, skipped, submit, sweep_done, wait_until, write_spec};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -125,7 +125,7 @@ MpiDefault=none
 ReturnToService=2
 KillWait=5
 MinJobAge=600
-SchedulerParameters=sched_min_interval=100000
+SchedulerParameters=sched_interval=2,sched_min_interval=100000
 GresTypes=gpu
 NodeName={host} NodeAddr=127.0.0.1 CPUs=8 RealMemory=2000 Gres=gpu:{GPUS} State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
@@ -264,168 +264,166 @@ fn fake_workers(count: u32, epoch_ms: u64, exec_log: &Path) -> Workers {
     }
 }
 
-/// A coordinator on loopback (outside Slurm, as on a login node) with its URL and token in files
-/// on the "shared filesystem", the way worker.sbatch finds it.
-struct Served {
-    _coordinator: Proc,
-    state: PathBuf,
-    coordinator: Coordinator,
+/// A sweep whose workers run as a Slurm job array, and where to look at it.
+struct Run {
+    _dir: tempfile::TempDir,
+    exec_log: PathBuf,
+    results: PathBuf,
+    plan: Plan,
+    submitted: Submitted,
+    /// A coordinator this test runs itself, outside Slurm.
+    _coordinator: Option<Proc>,
 }
 
-fn serve(dir: &Path, name: &str, seeds: usize, epochs: u32) -> Served {
-    let (port, token) = (free_port(), format!("t0ken-{name}"));
-    let state = dir.join("state");
-    let proc = coordinator(&state, port, &token);
-    submit(port, &token, &write_spec(dir, &format!("{name}.toml"), &spec_text(name, seeds, epochs)));
-    let url_file = dir.join("coordinator.url");
-    std::fs::write(&url_file, format!("http://127.0.0.1:{port}\n")).unwrap();
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, &token).unwrap();
-    Served { _coordinator: proc, state, coordinator: Coordinator::Running { addr: CoordinatorAddr::File(url_file), token_file } }
-}
+impl Run {
+    /// A coordinator on loopback (outside Slurm, as on a login node) with `name`'s sweep
+    /// submitted, its URL and token in files on the "shared filesystem" the way worker.sbatch
+    /// finds them, and `workers` fake-trainer workers submitted as an array.
+    fn with_running_coordinator(cluster: &Cluster, name: &str, seeds: usize, epochs: u32, epoch_ms: u64) -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (port, token) = (free_port(), format!("t0ken-{name}"));
+        let state = d.join("state");
+        let proc = coordinator(&state, port, &token);
+        let spec = write_spec(d, &format!("{name}.toml"), &spec_text(name, seeds, epochs));
+        submit(port, &token, &spec);
+        let url_file = d.join("coordinator.url");
+        std::fs::write(&url_file, format!("http://127.0.0.1:{port}\n")).unwrap();
+        let token_file = d.join("token");
+        std::fs::write(&token_file, &token).unwrap();
+        let coordinator = Coordinator::Running { addr: CoordinatorAddr::File(url_file), token_file };
+        Run::submit(cluster, dir, spec, coordinator, &state, epoch_ms, Some(proc))
+    }
 
-fn task_output(log_dir: &Path, sweep: &str, array: JobId, task: u32) -> String {
-    std::fs::read_to_string(log_dir.join(format!("cbsweep-{sweep}-worker-{array}_{task}.out"))).unwrap_or_default()
-}
+    /// Two fake-trainer workers for the sweep in `spec` (named as its file), submitted as an
+    /// array through `slurm::submit`, with a coordinator job first if `coordinator` is one.
+    fn submit(cluster: &Cluster, dir: tempfile::TempDir, spec: PathBuf, coordinator: Coordinator, state: &Path, epoch_ms: u64, proc: Option<Proc>) -> Run {
+        let name = spec.file_stem().unwrap().to_str().unwrap().to_string();
+        let exec_log = dir.path().join("exec.log");
+        let plan = Plan { sweep: SweepId(name.clone()), spec, coordinator, workers: fake_workers(2, epoch_ms, &exec_log), log_dir: dir.path().join("logs") };
+        let submitted = slurm::submit(&plan, &cluster.sbatch()).expect("sbatch accepts the rendered scripts");
+        Run { results: state.join("results").join(name), _dir: dir, exec_log, plan, submitted, _coordinator: proc }
+    }
 
-/// Waits for the sweep's export; on a time-out, fails with what the jobs and daemons said.
-fn wait_for_results(cluster: &Cluster, plan: &Plan, submitted: &Submitted, results: &Path) {
-    let trials = results.join("trials.parquet");
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while !trials.exists() {
-        let workers_gone = || cluster.output("squeue", &["-h", "-o", "%i", "-j", &submitted.workers.to_string()]).trim().is_empty();
-        if std::time::Instant::now() > deadline || workers_gone() && !trials.exists() {
-            let outputs: Vec<String> = std::fs::read_dir(&plan.log_dir)
-                .map(|d| d.flatten().map(|e| format!("--- {}\n{}", e.path().display(), std::fs::read_to_string(e.path()).unwrap_or_default())).collect())
-                .unwrap_or_default();
-            panic!("no results in {} (time out, or every worker task ended)\n{}\n{}\n{}", results.display(), cluster.output("squeue", &["-a"]), outputs.join("\n"), cluster.logs());
+    /// An array task's id, `ARRAY_TASK`.
+    fn task(&self, task: u32) -> String {
+        format!("{}_{task}", self.submitted.workers)
+    }
+
+    /// What an array task printed (the script's and the worker's log lines).
+    fn task_output(&self, task: u32) -> String {
+        std::fs::read_to_string(self.plan.log_dir.join(format!("cbsweep-{}-worker-{}_{task}.out", self.plan.sweep, self.submitted.workers))).unwrap_or_default()
+    }
+
+    /// Waits until task 0 trains a trial, so it holds a lease (a trial lasts ~1 s and the next
+    /// one starts at once; the output is polled every 50 ms).
+    fn wait_until_task_0_trains(&self) {
+        wait_until(60, "array task 0 to start training", || self.task_output(0).contains("training"));
+    }
+
+    /// Every cell done exactly once in the export (DuckDB). Fails early, with what the jobs and
+    /// daemons said, when the worker tasks are all gone without that.
+    fn results_once(&self, cluster: &Cluster, cells: usize, epochs: u32) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        let mut gone_at: Option<std::time::Instant> = None;
+        while !sweep_done(&self.results, cells) {
+            let gone = cluster.output("squeue", &["-h", "-o", "%i", "-j", &self.submitted.workers.to_string()]).trim().is_empty();
+            gone_at = if gone { gone_at.or_else(|| Some(std::time::Instant::now())) } else { None };
+            let export_late = gone_at.is_some_and(|t| t.elapsed() > Duration::from_secs(10));
+            if std::time::Instant::now() > deadline || export_late {
+                let outputs: Vec<String> = std::fs::read_dir(&self.plan.log_dir)
+                    .map(|d| d.flatten().map(|e| format!("--- {}\n{}", e.path().display(), std::fs::read_to_string(e.path()).unwrap_or_default())).collect())
+                    .unwrap_or_default();
+                panic!("sweep not done in {} (time out, or every worker task ended)\n{}\n{}\n{}", self.results.display(), cluster.output("squeue", &["-a"]), outputs.join("\n"), cluster.logs());
+            }
+            std::thread::sleep(Duration::from_millis(500));
         }
-        std::thread::sleep(Duration::from_millis(200));
+        results_once(&self.results, cells, epochs);
     }
 }
 
 #[test]
 fn worker_array_from_deploy_slurm_drains_a_sweep_with_every_cell_once() {
     let Some(cluster) = Cluster::start("worker_array_from_deploy_slurm_drains_a_sweep_with_every_cell_once") else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let exec_log = dir.path().join("exec.log");
-    let served = serve(dir.path(), "slurmqs", 3, 10);
-    let plan = Plan {
-        sweep: SweepId("slurmqs".into()),
-        spec: dir.path().join("slurmqs.toml"),
-        coordinator: served.coordinator.clone(),
-        workers: fake_workers(2, 40, &exec_log),
-        log_dir: dir.path().join("logs"),
-    };
-    let submitted = slurm::submit(&plan, &cluster.sbatch()).expect("sbatch accepts the rendered array");
-    assert_eq!(submitted.coordinator, None);
-    wait_for_results(&cluster, &plan, &submitted, &served.state.join("results/slurmqs"));
-    results_once(&served.state.join("results/slurmqs"), 12, 10);
-    let (starts, dones) = counts(&exec_log);
+    let run = Run::with_running_coordinator(&cluster, "slurmqs", 3, 10, 40);
+    assert_eq!(run.submitted.coordinator, None);
+    run.results_once(&cluster, 12, 10);
+    let (starts, dones) = counts(&run.exec_log);
     assert!(dones.len() == 12 && dones.values().all(|&n| n == 1), "each trial trained once: {dones:?}");
     assert!(starts.values().all(|&n| n == 1), "no trial started twice: {starts:?}");
+    let mut gpus = Vec::new();
     for task in 0..2 {
-        let id = format!("{}_{task}", submitted.workers);
-        cluster.wait_for_state(&id, "COMPLETED", 30);
-        assert_eq!(cluster.job(&id, "ExitCode"), "0:0", "{}", task_output(&plan.log_dir, "slurmqs", submitted.workers, task));
-        assert!(cluster.job(&id, "TRES").contains("gres/gpu=1"), "each task got one GPU: {}", cluster.output("scontrol", &["show", "job", &id]));
+        cluster.wait_for_state(&run.task(task), "COMPLETED", 30);
+        let out = run.task_output(task);
+        assert_eq!(cluster.job(&run.task(task), "ExitCode"), "0:0", "{out}");
+        assert!(out.contains("no work left; exiting"), "the worker exited because the sweep was drained:\n{out}");
+        gpus.push(out.split("GPU ").nth(1).and_then(|r| r.split(':').next()).map(str::to_string));
     }
+    assert!(gpus.iter().all(|g| g.as_deref().is_some_and(|g| g != "none")) && gpus[0] != gpus[1], "each task got a GPU of its own (--gres=gpu:1): {gpus:?}");
 }
 
 #[test]
 fn scancelled_worker_hands_its_lease_back_and_the_sweep_still_completes_once() {
     let Some(cluster) = Cluster::start("scancelled_worker_hands_its_lease_back_and_the_sweep_still_completes_once") else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let exec_log = dir.path().join("exec.log");
-    let served = serve(dir.path(), "slurmcancel", 2, 20);
-    let plan = Plan {
-        sweep: SweepId("slurmcancel".into()),
-        spec: dir.path().join("slurmcancel.toml"),
-        coordinator: served.coordinator.clone(),
-        workers: fake_workers(2, 100, &exec_log),
-        log_dir: dir.path().join("logs"),
-    };
-    let submitted = slurm::submit(&plan, &cluster.sbatch()).expect("sbatch accepts the rendered array");
-    let victim = format!("{}_0", submitted.workers);
-    // Each trial takes 2 s: once the task says it is training, it holds a lease.
-    wait_until(60, "array task 0 to start training", || task_output(&plan.log_dir, "slurmcancel", submitted.workers, 0).contains("training"));
-    let o = cluster.command("scancel").arg(&victim).output().unwrap();
+    let run = Run::with_running_coordinator(&cluster, "slurmcancel", 2, 10, 100);
+    run.wait_until_task_0_trains();
+    let o = cluster.command("scancel").arg(run.task(0)).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    cluster.wait_for_state(&victim, "CANCELLED", 30);
-    wait_for_results(&cluster, &plan, &submitted, &served.state.join("results/slurmcancel"));
-    results_once(&served.state.join("results/slurmcancel"), 8, 20);
-    let out = task_output(&plan.log_dir, "slurmcancel", submitted.workers, 0);
+    cluster.wait_for_state(&run.task(0), "CANCELLED", 30);
+    run.results_once(&cluster, 8, 10);
+    let out = run.task_output(0);
     assert!(out.contains("handed leases back"), "the cancelled worker handed its lease back on SIGTERM:\n{out}");
-    let (starts, dones) = counts(&exec_log);
+    let (starts, dones) = counts(&run.exec_log);
     assert_eq!(dones.values().sum::<usize>(), 8, "no stopped trial reported as finished: {dones:?}");
     assert!(starts.values().any(|&n| n == 2), "the handed-back trial ran again on the other task: {starts:?}");
-    cluster.wait_for_state(&format!("{}_1", submitted.workers), "COMPLETED", 30);
+    cluster.wait_for_state(&run.task(1), "COMPLETED", 30);
 }
 
 #[test]
 fn preemption_warning_hands_the_lease_back_and_requeues_the_task() {
     let Some(cluster) = Cluster::start("preemption_warning_hands_the_lease_back_and_requeues_the_task") else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let exec_log = dir.path().join("exec.log");
-    let served = serve(dir.path(), "slurmwarn", 2, 20);
-    let plan = Plan {
-        sweep: SweepId("slurmwarn".into()),
-        spec: dir.path().join("slurmwarn.toml"),
-        coordinator: served.coordinator.clone(),
-        workers: fake_workers(2, 100, &exec_log),
-        log_dir: dir.path().join("logs"),
-    };
-    let submitted = slurm::submit(&plan, &cluster.sbatch()).expect("sbatch accepts the rendered array");
-    let warned = format!("{}_0", submitted.workers);
-    wait_until(60, "array task 0 to start training", || task_output(&plan.log_dir, "slurmwarn", submitted.workers, 0).contains("training"));
+    let run = Run::with_running_coordinator(&cluster, "slurmwarn", 2, 10, 100);
+    run.wait_until_task_0_trains();
     // What --signal=B:USR1@120 sends before the time limit: USR1 to the batch shell only.
-    let o = cluster.command("scancel").args(["--signal=USR1", "--batch"]).arg(&warned).output().unwrap();
+    let o = cluster.command("scancel").args(["--signal=USR1", "--batch"]).arg(run.task(0)).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    wait_until(30, "the warned task to be requeued", || cluster.job(&warned, "Restarts") == "1");
-    let out = task_output(&plan.log_dir, "slurmwarn", submitted.workers, 0);
+    wait_until(30, "the warned task to be requeued", || cluster.job(&run.task(0), "Restarts") == "1");
+    let out = run.task_output(0);
     assert!(out.contains("handed leases back") && out.contains("requeueing"), "USR1: leases handed back, task requeued:\n{out}");
-    wait_for_results(&cluster, &plan, &submitted, &served.state.join("results/slurmwarn"));
-    results_once(&served.state.join("results/slurmwarn"), 8, 20);
-    let (starts, _) = counts(&exec_log);
+    run.results_once(&cluster, 8, 10);
+    let (starts, _) = counts(&run.exec_log);
     assert!(starts.values().any(|&n| n == 2), "the handed-back trial ran again: {starts:?}");
     // Slurm holds a requeued job back for a while; let it start now: it finds the sweep drained.
-    let o = cluster.command("scontrol").args(["update", &format!("JobId={warned}"), "BeginTime=now"]).output().unwrap();
+    let o = cluster.command("scontrol").args(["update", &format!("JobId={}", run.task(0)), "StartTime=now"]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    cluster.wait_for_state(&warned, "COMPLETED", 60);
-    assert_eq!(cluster.job(&warned, "ExitCode"), "0:0");
+    cluster.wait_for_state(&run.task(0), "COMPLETED", 60);
+    assert_eq!(cluster.job(&run.task(0), "ExitCode"), "0:0");
 }
 
 #[test]
 fn coordinator_job_submits_the_spec_and_its_workers_follow_it() {
     let Some(cluster) = Cluster::start("coordinator_job_submits_the_spec_and_its_workers_follow_it") else { return };
     let dir = tempfile::tempdir().unwrap();
-    let exec_log = dir.path().join("exec.log");
     let state = dir.path().join("state");
     let http = format!("127.0.0.1:{}", free_port());
-    let plan = Plan {
-        sweep: SweepId("slurmjob".into()),
-        spec: write_spec(dir.path(), "slurmjob.toml", &spec_text("slurmjob", 2, 8)),
-        coordinator: Coordinator::Job(CoordinatorJob {
-            state: state.clone(),
-            cbsweep_binary: bin("cbsweep"),
-            listen: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-            http_listen: Some(http.parse().unwrap()),
-            advertise_host: Some("127.0.0.1".into()),
-            resources: Resources { partition: Some("debug".into()), cpus_per_task: 1, mem: "100M".into(), time: "00:10:00".into(), ..Resources::coordinator() },
-        }),
-        workers: fake_workers(2, 40, &exec_log),
-        log_dir: dir.path().join("logs"),
-    };
-    let submitted = slurm::submit(&plan, &cluster.sbatch()).expect("sbatch accepts both scripts");
-    let coord = submitted.coordinator.expect("a coordinator job").to_string();
-    let workers_script = std::fs::read_to_string(&submitted.scripts[1]).unwrap();
+    let coordinator = Coordinator::Job(Box::new(CoordinatorJob {
+        state: state.clone(),
+        cbsweep_binary: bin("cbsweep"),
+        listen: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        http_listen: Some(http.parse().unwrap()),
+        advertise_host: Some("127.0.0.1".into()),
+        resources: Resources { partition: Some("debug".into()), cpus_per_task: 1, mem: "100M".into(), time: "00:10:00".into(), ..Resources::coordinator() },
+    }));
+    let spec = write_spec(dir.path(), "slurmjob.toml", &spec_text("slurmjob", 2, 8));
+    let run = Run::submit(&cluster, dir, spec, coordinator, &state, 40, None);
+    let coord = run.submitted.coordinator.expect("a coordinator job").to_string();
+    let workers_script = std::fs::read_to_string(&run.submitted.scripts[1]).unwrap();
     assert!(workers_script.contains(&format!("#SBATCH --dependency=after:{coord}\n")), "{workers_script}");
-    wait_for_results(&cluster, &plan, &submitted, &state.join("results/slurmjob"));
-    results_once(&state.join("results/slurmjob"), 8, 8);
-    let (_, dones) = counts(&exec_log);
+    run.results_once(&cluster, 8, 8);
+    let (_, dones) = counts(&run.exec_log);
     assert!(dones.len() == 8 && dones.values().all(|&n| n == 1), "{dones:?}");
     for task in 0..2 {
-        cluster.wait_for_state(&format!("{}_{task}", submitted.workers), "COMPLETED", 30);
+        cluster.wait_for_state(&run.task(task), "COMPLETED", 30);
     }
     let (code, metrics) = http_get(&http, "/metrics").expect("the coordinator job serves /metrics");
     assert_eq!(code, 200);
@@ -436,6 +434,6 @@ fn coordinator_job_submits_the_spec_and_its_workers_follow_it() {
     let o = cluster.command("scancel").arg(&coord).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     cluster.wait_for_state(&coord, "CANCELLED", 30);
-    let log = std::fs::read_to_string(plan.log_dir.join(format!("cbsweep-slurmjob-coordinator-{coord}.out"))).unwrap_or_default();
+    let log = std::fs::read_to_string(run.plan.log_dir.join(format!("cbsweep-slurmjob-coordinator-{coord}.out"))).unwrap_or_default();
     assert!(log.contains("ready: workers read") && log.contains("state is saved"), "{log}");
 }

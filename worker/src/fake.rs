@@ -32,7 +32,9 @@ impl FakeTrainer {
     fn log(&self, line: &str) {
         if let Some(path) = &self.cfg.execution_log {
             if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-                let _ = writeln!(f, "{line}");
+                // One write per line: O_APPEND keeps a single write whole when several workers
+                // share the log; `writeln!` may split the line into several writes.
+                let _ = f.write_all(format!("{line}\n").as_bytes());
             }
         }
     }
