@@ -13,7 +13,7 @@ pub mod trial;
 
 pub use ids::{Attempt, Seed, SweepId, TrialId, WorkerId};
 pub use outcome::{AnalysisRecord, EpochRecord, TrialOutcome, TrialResult, TrialState};
-pub use spec::{SpecError, SweepSpec, load_spec, parse_spec};
+pub use spec::{SpecError, SweepSpec, load_spec, parse_spec, spec_hash};
 pub use trial::{AnalysisPlan, Arch, FreezePoint, PackKey, Regime, Task, TrainBudget, TrialSpec, varying_parts};
 
 /// Version of the trial semantics. It is part of every trial's identity: a change to what a

@@ -121,6 +121,12 @@ pub struct SweepSpec {
     pub source: String,
 }
 
+/// Short content hash of a spec file's text, recorded with results (which spec made them).
+pub fn spec_hash(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(text.as_bytes())[..8])
+}
+
 /// Loads and validates a sweep spec file. Nothing runs before this returns Ok.
 pub fn load_spec(path: &Path) -> Result<SweepSpec, SpecError> {
     let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read { path: path.to_owned(), source })?;

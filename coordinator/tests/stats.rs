@@ -130,7 +130,7 @@ fn stats_parquet_matches_scipy_recomputed_from_the_curves() {
     let (rows, curve, _) = sweep();
     let dir = tempfile::tempdir().unwrap();
     let stat_rows = stats::compute(&rows, &curve);
-    trials::write(&dir.path().join(trials::FILE), &rows).unwrap();
+    trials::write(&dir.path().join(trials::FILE), &rows, &curve, "test").unwrap();
     curves::write(&dir.path().join(curves::FILE), &rows, &curve).unwrap();
     stats::write(&dir.path().join(stats::FILE), &stat_rows).unwrap();
 

@@ -172,6 +172,18 @@ for g in got:
     for col, want in e.items():
         if not same(g[col], want, col):
             errors.append(f"{k}: {col} = {g[col]!r}, scipy/numpy say {want!r}")
+# trials.parquet carries each trial's own AUC and epochs to half its own highest level.
+for row in trials:
+    eps = by_trial.get(row["trial_id"])
+    if not eps:
+        if row["auc_level_epochs"] is not None:
+            errors.append(f"trial {row['trial_id']} without a curve has an AUC")
+        continue
+    t = Trial(row, eps)
+    if not same(row["auc_level_epochs"], t.auc, "auc_level_epochs"):
+        errors.append(f"trial {row['trial_id']}: auc_level_epochs {row['auc_level_epochs']} != {t.auc}")
+    if not same(row["epochs_to_half_max"], t.value("epochs_to_half_max", t.max_level / 2), "epochs_to_half_max"):
+        errors.append(f"trial {row['trial_id']}: epochs_to_half_max {row['epochs_to_half_max']}")
 missing = set(expected) - seen
 errors += [f"missing row {k}" for k in sorted(missing, key=str)]
 print("\n".join(errors[:40]))

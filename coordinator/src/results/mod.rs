@@ -69,7 +69,8 @@ pub fn export(state_dir: &Path, sweep: &SweepId, out: &Path) -> Result<PathBuf, 
     let curves = store.curves(sweep)?;
     let analyses = store.analyses(sweep)?;
     let dir = sweep_dir(out, sweep);
-    trials::write(&dir.join(trials::FILE), &rows)?;
+    let spec_hash = store.sweep(sweep)?.map(|s| cbsweep_common::spec_hash(&s.spec_toml)).unwrap_or_default();
+    trials::write(&dir.join(trials::FILE), &rows, &curves, &spec_hash)?;
     curves::write(&dir.join(curves::FILE), &rows, &curves)?;
     levels::write(&dir.join(levels::FILE), &rows, &curves)?;
     analyses::write(&dir.join(analyses::FILE), &rows, &analyses)?;

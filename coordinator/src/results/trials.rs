@@ -40,6 +40,9 @@ pub const DEVICE: &str = "device";
 pub const WORKER_ID: &str = "worker_id";
 pub const PACK_SIZE: &str = "pack_size";
 pub const CODE_VERSION: &str = "code_version";
+pub const SPEC_HASH: &str = "spec_hash";
+pub const AUC_LEVEL_EPOCHS: &str = "auc_level_epochs";
+pub const EPOCHS_TO_HALF_MAX: &str = "epochs_to_half_max";
 
 /// The grid keys every table carries, in order (shared by trials and curves).
 pub fn key_fields() -> Vec<Field> {
@@ -104,11 +107,20 @@ pub fn schema() -> SchemaRef {
         Field::new(WORKER_ID, DataType::Utf8, true),
         Field::new(PACK_SIZE, DataType::UInt32, true),
         Field::new(CODE_VERSION, DataType::Utf8, false),
+        Field::new(SPEC_HASH, DataType::Utf8, false),
+        Field::new(AUC_LEVEL_EPOCHS, DataType::Float64, true),
+        Field::new(EPOCHS_TO_HALF_MAX, DataType::Float64, true),
     ]);
     Arc::new(Schema::new(fields))
 }
 
-pub fn write(path: &Path, rows: &[TrialRow]) -> Result<(), ResultsError> {
+/// `curves` gives the per-trial learning measures (AUC of the level reached over epochs, in
+/// level x epochs; epochs to half the trial's own highest level); `spec_hash` names the spec.
+pub fn write(path: &Path, rows: &[TrialRow], curves: &[(cbsweep_common::TrialId, cbsweep_common::EpochRecord)], spec_hash: &str) -> Result<(), ResultsError> {
+    let measures: std::collections::HashMap<&cbsweep_common::TrialId, (f64, f64)> = super::stats::trial_curves(rows, curves)
+        .iter()
+        .map(|c| (&c.trial.id, (c.auc_level_epochs(), c.epochs_to(f64::from(c.max_level()) / 2.0))))
+        .collect();
     let mut cols = key_columns(rows.iter());
     cols.extend::<[ArrayRef; 17]>([
         Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.cell_index))),
@@ -128,6 +140,11 @@ pub fn write(path: &Path, rows: &[TrialRow]) -> Result<(), ResultsError> {
         Arc::new(StringArray::from_iter(rows.iter().map(|r| r.worker.clone()))),
         Arc::new(UInt32Array::from_iter(rows.iter().map(|r| r.pack_size))),
         Arc::new(StringArray::from_iter_values(rows.iter().map(|_| cbsweep_common::CODE_VERSION))),
+    ]);
+    cols.extend::<[ArrayRef; 3]>([
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|_| spec_hash))),
+        Arc::new(Float64Array::from_iter(rows.iter().map(|r| measures.get(&r.id).map(|m| m.0)))),
+        Arc::new(Float64Array::from_iter(rows.iter().map(|r| measures.get(&r.id).map(|m| m.1)))),
     ]);
     super::write_table(path, schema(), cols, "trials")
 }
