@@ -52,6 +52,15 @@ enum What {
         #[arg(long, default_value_t = 1_000_000)]
         rows: usize,
     },
+    /// Orchestration overhead of `cbsweep run`: wall time against the trainers' own time.
+    E2e {
+        /// A spec to run with the real trainer (e.g. sweeps/quickstart.toml); without it, a
+        /// 48-trial sweep with the fake trainer (50 ms epochs) isolates the orchestration.
+        #[arg(long)]
+        spec: Option<PathBuf>,
+        #[arg(long, default_value_t = 2)]
+        workers: u32,
+    },
     /// Everything, with defaults.
     All,
 }
@@ -268,6 +277,54 @@ fn bench_results(rows: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs a sweep through `cbsweep run` (coordinator, gRPC, worker processes, SQLite, Parquet)
+/// and compares its wall time with the ideal: the trainers' own wall time spread over the
+/// workers (each pack's time counted once).
+fn bench_e2e(spec: Option<&std::path::Path>, workers: u32) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (spec_path, fake) = match spec {
+        Some(p) => (p.to_owned(), false),
+        None => {
+            let seeds: Vec<String> = (0..12).map(|s| s.to_string()).collect();
+            let text = format!(
+                "[sweep]\nname = \"e2e\"\n[grid]\ntask = [\"dms\", \"parity\"]\narch = [\"cbrnn\", \"rnn\"]\nseed = [{}]\n[train]\nepochs = 10\n[run]\npack_size = 1\n",
+                seeds.join(",")
+            );
+            let p = dir.path().join("e2e.toml");
+            std::fs::write(&p, text)?;
+            (p, true)
+        }
+    };
+    let sweep = cbsweep_common::load_spec(&spec_path)?.id;
+    let bin = std::env::current_exe()?.with_file_name("cbsweep");
+    let out = dir.path().join("out");
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.arg("run").arg(&spec_path).args(["--workers", &workers.to_string(), "--out"]).arg(&out);
+    if fake {
+        cmd.args(["--trainer", "fake", "--worker-arg=--fake-epoch-ms=50"]);
+    }
+    let t0 = Instant::now();
+    let o = cmd.output()?;
+    let wall = t0.elapsed().as_secs_f64();
+    anyhow::ensure!(o.status.success(), "cbsweep run failed: {}", String::from_utf8_lossy(&o.stderr));
+    let state = out.join(cbsweep_coordinator::local::STATE_DIR);
+    let rows = cbsweep_coordinator::store::Store::open_read_only(&state)?.trials(&sweep)?;
+    // A pack reports its own wall time on each of its trials: count each pack once.
+    let mut packs = std::collections::BTreeSet::new();
+    let mut busy_ms = 0u64;
+    for r in &rows {
+        let key = (r.worker.clone(), r.completed_ms, r.wall_time_ms);
+        if packs.insert(key) {
+            busy_ms += r.wall_time_ms.unwrap_or(0);
+        }
+    }
+    let ideal = busy_ms as f64 / 1000.0 / f64::from(workers);
+    println!("e2e: {} trials of sweep {sweep} ({} trainer), {workers} workers", rows.len(), if fake { "fake, 50 ms epochs" } else { "torch" });
+    println!("  wall {wall:.2} s   trainers' own time / workers (the baseline) {ideal:.2} s   ratio {:.3}x", wall / ideal);
+    println!("  orchestration overhead {:.1}% of the wall time", 100.0 * (wall - ideal) / wall);
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -275,6 +332,9 @@ fn main() -> anyhow::Result<()> {
     let all = matches!(what, What::All);
     if let What::Lease { workers, trials } = what {
         return rt.block_on(bench_lease(workers, trials));
+    }
+    if let What::E2e { spec, workers } = &what {
+        return bench_e2e(spec.as_deref(), *workers);
     }
     if let What::Results { rows } = what {
         return bench_results(rows);
@@ -285,6 +345,7 @@ fn main() -> anyhow::Result<()> {
     if all {
         rt.block_on(bench_lease(64, 20_000))?;
         bench_results(1_000_000)?;
+        bench_e2e(None, 2)?;
         bench_train(&[1, 8, 32, 128], 10, "cpu", 256, 0)?;
     }
     Ok(())
