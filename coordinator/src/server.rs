@@ -76,7 +76,15 @@ pub async fn serve_with(listen: SocketAddr, sched: SchedulerHandle, token: Token
         .timeout(std::time::Duration::from_secs(60))
         .add_service(InterceptedService::new(workers, auth.clone()))
         .add_service(InterceptedService::new(sweeps, auth));
-    let task = tokio::spawn(router.serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+    // Small request/response pairs: without TCP_NODELAY, Nagle's algorithm and delayed ACKs
+    // add tens of milliseconds to a round trip.
+    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
+        if let Ok(stream) = &s {
+            let _ = stream.set_nodelay(true);
+        }
+        s
+    });
+    let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = rx.await;
     }));
     tracing::info!(%addr, "coordinator listening");
