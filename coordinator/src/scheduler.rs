@@ -127,6 +127,7 @@ pub struct Counters {
 pub struct SchedulerHandle {
     tx: mpsc::Sender<Command>,
     events: broadcast::Sender<Event>,
+    heartbeat: Duration,
 }
 
 /// Options of a scheduler.
@@ -164,15 +165,16 @@ impl SchedulerHandle {
             .name("cbsweep-scheduler".into())
             .spawn(move || sched.run(rx))
             .map_err(|e| SchedError::Store(StoreError::Corrupt { what: "scheduler thread", detail: e.to_string() }))?;
-        Ok(SchedulerHandle { tx, events })
+        Ok(SchedulerHandle { tx, events, heartbeat: opts.heartbeat })
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }
 
+    /// The interval workers are told to heartbeat at (`SchedulerOptions::heartbeat`).
     pub fn heartbeat_interval(&self) -> Duration {
-        Duration::from_secs(5)
+        self.heartbeat
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, SchedError> {

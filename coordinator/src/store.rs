@@ -453,13 +453,6 @@ impl Store {
         Ok(self.conn.execute("UPDATE trials SET state = 'pending', lease_expires_ms = NULL WHERE state = 'leased'", [])? as u32)
     }
 
-    /// Trial counts per state for a sweep.
-    pub fn counts(&self, sweep: &SweepId) -> Result<Vec<(TrialState, u32)>, StoreError> {
-        let mut stmt = self.conn.prepare_cached("SELECT state, COUNT(*) FROM trials WHERE sweep_id = ?1 GROUP BY state")?;
-        let rows = stmt.query_map(params![sweep.as_str()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))?.collect::<Result<Vec<_>, _>>()?;
-        rows.into_iter().map(|(s, n)| Ok((parse_state(&s)?, n))).collect()
-    }
-
     /// Whether any trial of the sweep is still pending or leased (an index lookup).
     pub fn has_open_trials(&self, sweep: &SweepId) -> Result<bool, StoreError> {
         Ok(self
