@@ -2,7 +2,7 @@
 //! coordinator and worker processes on loopback, killed with SIGKILL, with the fake trainer
 //! (controllable duration, an execution log to count runs).
 
-use cbsweep_tests::{Proc, coordinator, counts, executions, fake_worker, free_port, results_once, submit, text, wait_until, write_spec};
+use cbsweep_tests::{Proc, coordinator, counts, duckdb, executions, fake_worker, free_port, results_once, submit, text, wait_until, write_spec};
 
 fn spec_text(name: &str, seeds: usize, epochs: u32, pack: u32, lease_s: u32) -> String {
     let seeds: Vec<String> = (0..seeds).map(|s| s.to_string()).collect();
@@ -75,9 +75,15 @@ fn killed_run_resumes_without_rerunning_finished_trials() {
     let mut first = Proc::spawn(&mut args(&[]));
     wait_until(60, "some trials to finish", || counts(&log).1.len() >= 4);
     first.kill9();
-    let finished_before: Vec<String> = counts(&log).1.into_keys().collect();
     // The orphaned workers notice their parent is gone and stop.
     std::thread::sleep(std::time::Duration::from_millis(1500));
+    // "Finished" means recorded by the coordinator: a trial whose training ended in the worker
+    // while its completion was still in flight when the run was killed rightly runs again.
+    let o = cbsweep_tests::cbsweep(&["export", "kr", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let recorded = duckdb(&format!("SELECT trial_id FROM '{}' WHERE status = 'done'", out.join("kr/trials.parquet").display()));
+    let finished_before: Vec<String> = recorded.iter().map(|r| r["trial_id"].as_str().unwrap().to_string()).collect();
+    assert!(!finished_before.is_empty(), "some trials were recorded before the kill");
     let o = args(&[]).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
     results_once(&out.join("kr"), 12, 8);
