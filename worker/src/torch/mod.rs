@@ -8,11 +8,12 @@
 //! (the benches aside); everything else sees `crate::trainer::Trainer`.
 
 mod analysis;
+mod fused;
 mod model;
 mod tasks;
 mod train;
 
-pub use train::TorchTrainer;
+pub use train::{Engine, TorchTrainer};
 
 #[cfg(test)]
 mod tests;

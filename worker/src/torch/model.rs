@@ -128,18 +128,18 @@ struct CbLayers {
 }
 
 // Positions in `Dims::param_specs` (and `PackedModel::params`).
-const W_X: usize = 0;
-const B_X: usize = 1;
-const W_H: usize = 2;
-const B_H: usize = 3;
-const W_O: usize = 4;
-const B_O: usize = 5;
-const W_GC: usize = 6;
-const B_GC: usize = 7;
-const W_PC: usize = 8;
-const B_PC: usize = 9;
-const W_DCN: usize = 10;
-const B_DCN: usize = 11;
+pub(crate) const W_X: usize = 0;
+pub(crate) const B_X: usize = 1;
+pub(crate) const W_H: usize = 2;
+pub(crate) const B_H: usize = 3;
+pub(crate) const W_O: usize = 4;
+pub(crate) const B_O: usize = 5;
+pub(crate) const W_GC: usize = 6;
+pub(crate) const B_GC: usize = 7;
+pub(crate) const W_PC: usize = 8;
+pub(crate) const B_PC: usize = 9;
+pub(crate) const W_DCN: usize = 10;
+pub(crate) const B_DCN: usize = 11;
 
 impl Population {
     pub(crate) const ALL: [Population; 4] =
@@ -273,6 +273,12 @@ impl PackedModel {
                 host_tensor(&values, &shape, kind, device)?.f_set_requires_grad(true)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        Ok(PackedModel { dims, params })
+    }
+
+    /// A pack from packed tensors ([M, ...] each, in `Dims::param_specs` order), as new leaves.
+    pub(crate) fn from_tensors(dims: Dims, params: Vec<Tensor>) -> Result<Self, TchError> {
+        let params = params.into_iter().map(|p| p.f_detach()?.f_set_requires_grad(true)).collect::<Result<_, _>>()?;
         Ok(PackedModel { dims, params })
     }
 

@@ -141,6 +141,36 @@ fn packed_equals_one_by_one() {
     assert!(levels.iter().any(|&l| l != levels[0]), "the pack's trials reach different levels: {levels:?}");
 }
 
+/// The CPU engine against libtorch's autograd over whole trainings: the same levels, losses
+/// within float32 rounding, through freezes, clipping and a diverging trial. (`fused`'s own tests
+/// check its gradients against autograd to 1e-10 in float64.)
+#[test]
+fn the_cpu_engine_trains_as_libtorch_does() {
+    one_thread();
+    let cb = Arch::Cbrnn;
+    let mut exploding = small_spec(7, Task::Dms, cb, Regime::Simult);
+    (exploding.lr_core, exploding.lr_cb, exploding.lr_readout) = (1e9, 1e9, 1e9);
+    let mut slow_core = small_spec(6, Task::Oddball, cb, Regime::Reservoir { freeze: FreezePoint::Epoch(2) });
+    slow_core.core_plasticity = 0.1;
+    let pack = vec![
+        small_spec(1, Task::Dms, cb, Regime::Reservoir { freeze: FreezePoint::Level(2) }),
+        small_spec(2, Task::Parity, cb, Regime::Interleaved { freeze: FreezePoint::Step(15), every: 1 }),
+        slow_core,
+        exploding,
+    ];
+    let rnn = vec![small_spec(3, Task::Dms, Arch::Rnn, Regime::Simult), small_spec(4, Task::Parity, Arch::Rnn, Regime::Simult)];
+    for pack in [pack, rnn] {
+        let run = |engine| {
+            let mut trainer = TorchTrainer::new(Device::Cpu).with_engine(engine);
+            trainer.train_pack(&pack, &mut |_, _| Control::Continue)
+        };
+        let (fused, libtorch) = (run(super::Engine::Fused), run(super::Engine::Libtorch));
+        for (i, (f, l)) in fused.iter().zip(&libtorch).enumerate() {
+            assert_same_curve(f, l, &format!("{} trial {i}", pack[i].arch));
+        }
+    }
+}
+
 #[test]
 fn same_seed_same_curve() {
     let spec = small_spec(11, Task::Parity, Arch::Cbrnn, Regime::Reservoir { freeze: FreezePoint::Level(2) });

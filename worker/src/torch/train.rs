@@ -4,6 +4,7 @@
 //! so a trial's numbers do not depend on the others it trains with.
 
 use super::analysis::{self, Checkpoint};
+use super::fused::FusedPack;
 use super::model::{self, CbOutput, Dims, Module, PackedInput, PackedModel};
 use super::tasks::{self, Stream, TaskBatch};
 use crate::trainer::{Control, Trainer};
@@ -22,8 +23,30 @@ use tch::{Device, Kind, TchError, Tensor};
 pub struct TorchTrainer {
     device: Device,
     kind: Kind,
+    engine: Engine,
     /// Where checkpoint weights go (DIR/<trial id>/level-<L>.safetensors); None: nowhere.
     checkpoint_dir: Option<PathBuf>,
+}
+
+/// What computes the training steps and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// The CPU engine (`fused`): hand-written forward and backward through time on host memory.
+    /// Only on the CPU in float32; elsewhere libtorch is used.
+    Fused,
+    /// libtorch's operations and autograd over the packed tensors: the path for CUDA.
+    Libtorch,
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fused" => Ok(Engine::Fused),
+            "libtorch" => Ok(Engine::Libtorch),
+            other => Err(format!("{other:?}: expected fused or libtorch")),
+        }
+    }
 }
 
 /// Why a pack could not train.
@@ -55,7 +78,17 @@ const STOPPED: &str = "stopped";
 impl TorchTrainer {
     /// A trainer computing in float32 on `device`.
     pub fn new(device: Device) -> Self {
-        TorchTrainer { device, kind: Kind::Float, checkpoint_dir: None }
+        TorchTrainer { device, kind: Kind::Float, engine: Engine::Fused, checkpoint_dir: None }
+    }
+
+    /// Chooses the engine; `Engine::Fused` (the default) applies on the CPU only.
+    pub fn with_engine(self, engine: Engine) -> Self {
+        TorchTrainer { engine, ..self }
+    }
+
+    /// Whether packs of this trainer run on the CPU engine.
+    pub fn fused(&self) -> bool {
+        self.engine == Engine::Fused && self.device == Device::Cpu && self.kind == Kind::Float
     }
 
     /// Saves the weights at each checkpoint of trials whose plan asks for it under `dir`, as
@@ -77,8 +110,9 @@ impl Trainer for TorchTrainer {
         let _span = tracing::info_span!("pack", size = pack.len(), key = %pack[0].pack_key().0).entered();
         let started = Instant::now();
         let mut trials: Vec<TrialRun> = pack.iter().map(|spec| TrialRun::new(spec, started)).collect();
+        let fused = self.fused();
         let run = catch_unwind(AssertUnwindSafe(|| {
-            PackRun::new(pack, self.kind, self.device)?.run(&mut trials, on_epoch, self.checkpoint_dir.as_deref())
+            PackRun::new(pack, self.kind, self.device, fused)?.run(&mut trials, on_epoch, self.checkpoint_dir.as_deref())
         }));
         let failure = match run {
             Ok(Ok(())) => None,
@@ -263,6 +297,9 @@ pub(crate) struct PackRun {
     rates: Vec<Tensor>,
     /// Learn mask per module for the flags they were built from, [M] (bool) each.
     masks: Option<(Vec<Learning>, Vec<Tensor>)>,
+    /// The CPU engine's host state; when present it is the pack's state, and `model` and
+    /// `momentum` are refreshed from it by `sync` only where libtorch needs them (analyses).
+    fused: Option<FusedPack<f32>>,
     rows: Vec<usize>,
     steps_done: u64,
 }
@@ -274,7 +311,7 @@ pub(crate) struct EpochSums {
 }
 
 impl PackRun {
-    pub(crate) fn new(pack: &[TrialSpec], kind: Kind, device: Device) -> Result<Self, TrainError> {
+    pub(crate) fn new(pack: &[TrialSpec], kind: Kind, device: Device, fused: bool) -> Result<Self, TrainError> {
         let Some(first) = pack.first() else {
             return Err(TrainError::EmptyPack);
         };
@@ -299,6 +336,13 @@ impl PackRun {
                 model::host_tensor(&values, &[pack.len() as i64], kind, device)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let fused = if fused {
+            let rates: Vec<[f64; 3]> =
+                pack.iter().map(|t| [t.lr_core * t.core_plasticity, t.lr_readout, t.lr_cb]).collect();
+            Some(FusedPack::from_tensors(dims, model.params(), &momentum, &rates)?)
+        } else {
+            None
+        };
         Ok(PackRun {
             dims,
             budget: first.budget,
@@ -308,6 +352,7 @@ impl PackRun {
             momentum,
             rates,
             masks: None,
+            fused,
             rows: (0..pack.len()).collect(),
             steps_done: 0,
         })
@@ -396,6 +441,7 @@ impl PackRun {
                     trials[i].finish(TrialOutcome::Failed(STOPPED.into()));
                 }
             } else if !due.is_empty() {
+                self.sync()?;
                 self.checkpoints(trials, &due, checkpoint_dir)?;
             }
             self.drop_ended(trials)?;
@@ -412,6 +458,15 @@ impl PackRun {
         let hidden = self.dims.hidden as usize;
         let drawn: Vec<Vec<(TaskBatch, Vec<f64>)>> =
             self.rows.iter().map(|&i| vec![trials[i].draw(DataSplit::Train, hidden)]).collect();
+        if let Some(fused) = &mut self.fused {
+            let (losses, grads) = fused.loss_and_grads(&drawn);
+            let norms = fused.sgd(&grads, &flags, &self.budget);
+            let as_tensor = |v: &[f64]| model::host_tensor(v, &[v.len() as i64], self.kind, self.device);
+            sums.loss = sums.loss.f_add(&as_tensor(&losses)?)?;
+            sums.grad_norm = sums.grad_norm.f_add(&as_tensor(&norms)?)?;
+            self.steps_done += 1;
+            return Ok(());
+        }
         let (input, labels) = pack_batches(&drawn, self.dims.hidden, self.kind, self.device)?;
         let logits = self.model.forward(&input, CbOutput::On)?; // [M, B, 2]
         let losses = model::cross_entropy(&logits, &labels)?; // [M]
@@ -497,7 +552,21 @@ impl PackRun {
             .iter()
             .map(|&i| (0..n).map(|_| trials[i].draw(DataSplit::Test, hidden)).collect())
             .collect();
+        if let Some(fused) = &mut self.fused {
+            return Tensor::f_from_slice(&fused.count_correct(&drawn, cb))?.f_to_device(self.device);
+        }
         count_correct(&self.model, drawn, cb, self.kind, self.device)
+    }
+
+    /// Refreshes `model` and `momentum` from the CPU engine's host state (nothing to do on the
+    /// libtorch engine).
+    pub(crate) fn sync(&mut self) -> Result<(), TchError> {
+        if let Some(fused) = &self.fused {
+            let (params, momentum) = fused.to_tensors(self.kind)?;
+            self.model = PackedModel::from_tensors(self.dims, params)?;
+            self.momentum = momentum;
+        }
+        Ok(())
     }
 
     /// Runs the analyses of the checkpoints `due` on the current weights, batched over the
@@ -548,6 +617,11 @@ impl PackRun {
             return Ok(());
         }
         self.rows = keep.iter().map(|&r| self.rows[r as usize]).collect();
+        if let Some(fused) = &mut self.fused {
+            // the host state is the pack's; `sync` rebuilds the tensors when they are needed
+            fused.keep(&keep.iter().map(|&r| r as usize).collect::<Vec<_>>());
+            return Ok(());
+        }
         if self.rows.is_empty() {
             return Ok(());
         }
@@ -712,15 +786,18 @@ mod tests {
         ];
         let started = Instant::now();
         let mut trials: Vec<TrialRun> = specs.iter().map(|s| TrialRun::new(s, started)).collect();
-        let mut run = PackRun::new(&specs, Kind::Float, Device::Cpu).unwrap();
-        let snapshot = |run: &PackRun, row| Module::ALL.map(|m| row_state(run, row, m));
+        let mut run = PackRun::new(&specs, Kind::Float, Device::Cpu, true).unwrap();
+        let snapshot = |run: &mut PackRun, row| {
+            run.sync().unwrap();
+            Module::ALL.map(|m| row_state(run, row, m))
+        };
 
-        let start = [snapshot(&run, 0), snapshot(&run, 1)];
+        let start = [snapshot(&mut run, 0), snapshot(&mut run, 1)];
         steps(&mut run, &mut trials, 100);
-        let mid = [snapshot(&run, 0), snapshot(&run, 1)];
+        let mid = [snapshot(&mut run, 0), snapshot(&mut run, 1)];
         assert_eq!(trials[0].learning, Learning { core: true, cb: false });
         steps(&mut run, &mut trials, 100);
-        let end = [snapshot(&run, 0), snapshot(&run, 1)];
+        let end = [snapshot(&mut run, 0), snapshot(&mut run, 1)];
         assert_eq!(trials[0].learning, Learning { core: false, cb: true });
 
         let (core, readout, cb) = (Module::Core.index(), Module::Readout.index(), Module::Cb.index());
