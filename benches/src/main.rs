@@ -2,8 +2,9 @@
 //! and the ratio between them; none asserts a time (the machines are shared and noisy).
 //!
 //!   cbsweep-bench train     trial-steps/s of packed training vs the study's way (benches/baseline.py)
-//!   cbsweep-bench lease     coordinator leases/s and p99 latency with 64 simulated gRPC workers
+//!   cbsweep-bench lease     coordinator leases/s and p99 latency, 64 simulated gRPC workers in another process
 //!   cbsweep-bench results   Parquet rows/s vs writing the same rows as CSV
+//!   cbsweep-bench memory    peak resident memory per packed trial vs the memory model's estimate
 //!   cbsweep-bench all       all of the above (`make bench`)
 
 use anyhow::Context;
@@ -33,19 +34,34 @@ enum What {
         /// Device: cpu or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
-        /// libtorch threads in the cbsweep process (0: the machine's cores).
+        /// Threads in the cbsweep process, for the CPU engine and libtorch alike (0: the
+        /// machine's cores).
         #[arg(long, default_value_t = 0)]
         threads: usize,
         /// Trial-steps to time per measurement (at least 2 steps each).
         #[arg(long, default_value_t = 256)]
         trial_steps: usize,
+        /// Engines to measure: fused (the CPU engine, the default on CPU) and libtorch.
+        #[arg(long, value_delimiter = ',', default_value = "fused,libtorch")]
+        engines: Vec<String>,
     },
-    /// Coordinator lease throughput and latency.
-    Lease {
-        #[arg(long, default_value_t = 64)]
+    /// Coordinator lease throughput and latency: simulated gRPC workers, in processes of their
+    /// own, lease one trial and complete it, as fast as they can and then at a fixed rate.
+    Lease(LeaseBench),
+    /// Simulated workers of `lease` (one client process): prints what they measured as JSON.
+    #[command(hide = true)]
+    LeaseClients {
+        url: String,
+        #[arg(long, value_enum)]
+        load: Load,
+        #[arg(long)]
+        first: usize,
+        #[arg(long)]
         workers: usize,
-        #[arg(long, default_value_t = 20_000)]
-        trials: usize,
+        #[arg(long)]
+        per_connection: usize,
+        #[arg(long)]
+        rate: f64,
     },
     /// Parquet write throughput.
     Results {
@@ -61,6 +77,26 @@ enum What {
         #[arg(long, default_value_t = 2)]
         workers: u32,
     },
+    /// Peak resident memory per packed trial (CPU, each pack in a fresh process) against the
+    /// memory model's estimate (cbsweep_common::memory).
+    Memory {
+        /// Engines to measure: fused (the CPU engine) and libtorch (autograd; the CUDA path).
+        #[arg(long, value_delimiter = ',', default_value = "fused,libtorch")]
+        engines: Vec<String>,
+        /// Pack sizes to measure.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+        packs: Vec<usize>,
+        /// Curriculum level N (fixed).
+        #[arg(long, default_value_t = 10)]
+        level: u32,
+        /// Trial-steps per pack: a pack of M trains max(2, this / M) SGD steps (more steps meet
+        /// longer sequences and more allocator churn).
+        #[arg(long, default_value_t = 8)]
+        trial_steps: usize,
+    },
+    /// One pack of `memory`, in this process: prints its resident memory as JSON.
+    #[command(hide = true)]
+    MemoryChild { engine: String, pack: usize, level: u32, steps: u32 },
     /// Everything, with defaults.
     All,
 }
@@ -126,104 +162,428 @@ fn baseline(arch: Arch, level: u32, procs: usize) -> anyhow::Result<f64> {
     Ok(total)
 }
 
-fn bench_train(packs: &[usize], level: u32, device: &str, trial_steps: usize, threads: usize) -> anyhow::Result<()> {
+/// Multiply-adds per time step and sequence of one trial's training step: the forward products
+/// (core, granule, Purkinje, deep nuclei), and twice as many backward (data and weights).
+fn flop_per_trial_step(t: &TrialSpec, level: u32) -> f64 {
+    let (h, g, p) = (f64::from(t.hidden), f64::from(t.granule), f64::from(t.purkinje));
+    let forward_macs = match t.arch {
+        Arch::Cbrnn => h * h + g * (h + 1.0) + p * g + h * p,
+        Arch::Rnn => h * h,
+    };
+    // T uniform in N+2 ..= 4N+1: mean (5N + 3) / 2
+    let mean_t = (5.0 * f64::from(level) + 3.0) / 2.0;
+    2.0 * 3.0 * forward_macs * f64::from(t.budget.batch_size) * mean_t
+}
+
+/// The fp32 peak of `threads` cores, measured: each thread runs independent fused multiply-adds
+/// on full vector registers (AVX-512 where the CPU has it, else AVX2) for a fixed count, all
+/// threads at once, so the clock is the one every core runs at under load.
+fn measured_peak(threads: usize) -> (f64, &'static str) {
+    let avx512 = cfg!(target_arch = "x86_64") && std::arch::is_x86_feature_detected!("avx512f");
+    let iters = 20_000_000usize;
+    let t0 = Instant::now();
+    let flop_per_thread: f64 = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads).map(|_| scope.spawn(move || fma_burst(iters, avx512))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum::<f64>()
+    });
+    let rate = flop_per_thread / t0.elapsed().as_secs_f64();
+    (rate, if avx512 { "AVX-512 FMA loop" } else { "AVX2 FMA loop" })
+}
+
+/// FLOP done by `iters` rounds of 12 independent vector FMAs.
+#[allow(unsafe_code)]
+fn fma_burst(iters: usize, avx512: bool) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: each function is only called where the CPU was found to have its features.
+        let (sink, lanes) = if avx512 { (unsafe { fma_avx512(iters) }, 16.0) } else { (unsafe { fma_avx2(iters) }, 8.0) };
+        std::hint::black_box(sink);
+        iters as f64 * 12.0 * lanes * 2.0
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (iters, avx512);
+        0.0
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn fma_avx512(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+    let mut acc = [_mm512_set1_ps(1.0); 12];
+    for _ in 0..iters {
+        for r in &mut acc {
+            *r = _mm512_fmadd_ps(*r, a, b);
+        }
+    }
+    acc.iter().map(|&r| _mm512_reduce_add_ps(r)).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn fma_avx2(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+    let mut acc = [_mm256_set1_ps(1.0); 12];
+    for _ in 0..iters {
+        for r in &mut acc {
+            *r = _mm256_fmadd_ps(*r, a, b);
+        }
+    }
+    acc.iter().map(|&r| _mm256_cvtss_f32(r)).sum()
+}
+
+/// FLOP/s of one large float32 matrix product (1024^3) on one thread: what the kernel library
+/// reaches when size is no obstacle.
+fn large_gemm_rate() -> f64 {
+    let n = 1024;
+    let a = tch::Tensor::randn([n, n], (tch::Kind::Float, tch::Device::Cpu));
+    let b = tch::Tensor::randn([n, n], (tch::Kind::Float, tch::Device::Cpu));
+    let threads = tch::get_num_threads();
+    tch::set_num_threads(1);
+    let _ = a.mm(&b);
+    let t0 = Instant::now();
+    let reps = 4;
+    for _ in 0..reps {
+        let _ = a.mm(&b);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    tch::set_num_threads(threads);
+    f64::from(reps) * 2.0 * (n as f64).powi(3) / secs
+}
+
+fn bench_train(packs: &[usize], level: u32, device: &str, trial_steps: usize, threads: usize, engines: &[String]) -> anyhow::Result<()> {
+    use cbsweep_worker::torch::{Engine, TorchTrainer};
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let dev = match device {
         "cpu" => tch::Device::Cpu,
         d => tch::Device::Cuda(d.strip_prefix("cuda:").and_then(|n| n.parse().ok()).context("--device: cpu or cuda:N")?),
     };
+    let engines: Vec<Engine> = engines.iter().map(|e| e.parse().map_err(|e| anyhow::anyhow!("--engines {e}"))).collect::<Result<_, _>>()?;
     let threads = if threads == 0 { cores } else { threads };
     tch::set_num_threads(threads as i32);
-    println!("train: level N = {level}, batch 64, {cores} cores, {threads} libtorch thread(s), device {device}; baseline = benches/baseline.py, {cores} processes x 1 thread");
-    println!("{:<6} {:>5} {:>16} {:>16} {:>8}", "arch", "M", "trial-steps/s", "baseline", "ratio");
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    let (peak, how) = measured_peak(threads);
+    println!("train: level N = {level}, batch 64, {cores} cores, {threads} thread(s), device {device}; baseline = benches/baseline.py, {cores} processes x 1 thread");
+    if dev == tch::Device::Cpu {
+        let gemm = large_gemm_rate();
+        println!("  fp32 peak of {threads} thread(s): {:.0} GFLOP/s (measured: {how}); one large sgemm on one thread reaches {:.1} GFLOP/s", peak / 1e9, gemm / 1e9);
+    }
+    println!("{:<6} {:<9} {:>5} {:>14} {:>9} {:>7} {:>12} {:>8}", "arch", "engine", "M", "trial-steps/s", "GFLOP/s", "peak", "baseline", "ratio");
     for arch in [Arch::Cbrnn, Arch::Rnn] {
         let base = baseline(arch, level, cores)?;
-        for &m in packs {
-            let steps = (trial_steps / m).max(2) as u32;
-            let pack: Vec<TrialSpec> = (0..m as u64).map(|s| spec(arch, s, level, steps)).collect();
-            let mut trainer = cbsweep_worker::torch::TorchTrainer::new(dev);
-            // Warm-up pack of the same shape (allocator, kernels), then the timed one.
-            let warm: Vec<TrialSpec> = pack.iter().map(|t| spec(arch, t.seed.0 + 10_000, level, 1)).collect();
-            let _ = trainer.train_pack(&warm, &mut |_: usize, _: &EpochRecord| Control::Continue);
-            let t0 = Instant::now();
-            let results = trainer.train_pack(&pack, &mut |_: usize, _: &EpochRecord| Control::Continue);
-            let secs = t0.elapsed().as_secs_f64();
-            anyhow::ensure!(results.iter().all(|r| r.outcome.status() != "failed"), "training failed: {:?}", results[0].outcome);
-            let rate = (m as f64 * f64::from(steps)) / secs;
-            println!("{:<6} {:>5} {:>16.1} {:>16.1} {:>7.2}x", arch.to_string(), m, rate, base, rate / base);
+        let flop = flop_per_trial_step(&spec(arch, 0, level, 1), level);
+        println!("{:<6} {:<9} {:>5} {:>14.1} {:>9.1} {:>6.1}% {:>12} {:>8}", arch.to_string(), "baseline", "1/proc", base, base * flop / 1e9, 100.0 * base * flop / peak, "", "1.00x");
+        for &engine in &engines {
+            let name = match engine {
+                Engine::Fused if dev != tch::Device::Cpu => continue,
+                Engine::Fused => "fused",
+                Engine::Libtorch => "libtorch",
+            };
+            for &m in packs {
+                let steps = (trial_steps / m).max(2) as u32;
+                let pack: Vec<TrialSpec> = (0..m as u64).map(|s| spec(arch, s, level, steps)).collect();
+                let mut trainer = TorchTrainer::new(dev).with_engine(engine);
+                // Warm-up pack of the same shape (allocator, kernels), then the timed one.
+                let warm: Vec<TrialSpec> = pack.iter().map(|t| spec(arch, t.seed.0 + 10_000, level, 1)).collect();
+                let _ = trainer.train_pack(&warm, &mut |_: usize, _: &EpochRecord| Control::Continue);
+                let t0 = Instant::now();
+                let results = trainer.train_pack(&pack, &mut |_: usize, _: &EpochRecord| Control::Continue);
+                let secs = t0.elapsed().as_secs_f64();
+                anyhow::ensure!(results.iter().all(|r| r.outcome.status() != "failed"), "training failed: {:?}", results[0].outcome);
+                let rate = (m as f64 * f64::from(steps)) / secs;
+                let gflops = rate * flop / 1e9;
+                println!(
+                    "{:<6} {:<9} {:>5} {:>14.1} {:>9.1} {:>6.1}% {:>12.1} {:>7.2}x",
+                    arch.to_string(),
+                    name,
+                    m,
+                    rate,
+                    gflops,
+                    100.0 * gflops * 1e9 / peak,
+                    base,
+                    rate / base
+                );
+            }
         }
     }
+    println!("  (a timed pack includes its test pass: one test batch per epoch of `steps` SGD steps; FLOP counts the matrix products of the SGD steps only)");
     Ok(())
 }
 
-async fn bench_lease(workers: usize, trials: usize) -> anyhow::Result<()> {
-    use cbsweep_coordinator::scheduler::{SchedulerHandle, SchedulerOptions};
+/// Options of `cbsweep-bench lease`.
+#[derive(clap::Args, Clone, Debug)]
+struct LeaseBench {
+    /// Simulated workers.
+    #[arg(long, default_value_t = 64)]
+    workers: usize,
+    /// Trials of each phase (saturated, paced).
+    #[arg(long, default_value_t = 20_000)]
+    trials: usize,
+    /// Trials per second the simulated workers offer together in the paced phase (0: no paced phase).
+    #[arg(long, default_value_t = 5_000.0)]
+    rate: f64,
+    /// Simulated workers per gRPC connection (1: each its own, as real workers).
+    #[arg(long, default_value_t = 1)]
+    per_connection: usize,
+    /// Processes the simulated workers are spread over, each on one thread.
+    #[arg(long, default_value_t = 1)]
+    client_procs: usize,
+    /// Run the simulated workers in the server's process instead (they then share its cores).
+    #[arg(long)]
+    in_process: bool,
+}
+
+impl Default for LeaseBench {
+    fn default() -> Self {
+        LeaseBench { workers: 64, trials: 20_000, rate: 5_000.0, per_connection: 1, client_procs: 1, in_process: false }
+    }
+}
+
+/// What the simulated workers of one phase of `lease` do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Load {
+    /// `EMPTY_LEASES` leases each against an empty queue: transport, auth, one scheduler round trip.
+    Empty,
+    /// Lease one trial, complete it, at once again, until the coordinator is drained.
+    Saturated,
+    /// As saturated, but each worker at a fixed pace: together they offer `rate` trials/s.
+    Paced,
+}
+
+const EMPTY_LEASES: usize = 200;
+/// No phase of the lease bench runs longer than this.
+const PHASE_LIMIT: Duration = Duration::from_secs(120);
+
+/// What one or more client processes of the lease bench measured (latencies in µs).
+#[derive(Debug, Default)]
+struct ClientReport {
+    trials: usize,
+    lease_us: Vec<u64>,
+    complete_us: Vec<u64>,
+    /// Paced: from a lease's due time to its answer, so a lease held up behind a slow one counts
+    /// the wait too (no coordinated omission).
+    due_us: Vec<u64>,
+    /// From the first lease to the last answer (the longest of the processes).
+    secs: f64,
+    cpu_secs: f64,
+}
+
+impl ClientReport {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({ "trials": self.trials, "lease_us": self.lease_us, "complete_us": self.complete_us, "due_us": self.due_us, "secs": self.secs, "cpu_secs": self.cpu_secs })
+    }
+
+    fn from_json(v: &serde_json::Value) -> ClientReport {
+        let list = |k: &str| v[k].as_array().map(|a| a.iter().filter_map(serde_json::Value::as_u64).collect()).unwrap_or_default();
+        ClientReport {
+            trials: v["trials"].as_u64().unwrap_or(0) as usize,
+            lease_us: list("lease_us"),
+            complete_us: list("complete_us"),
+            due_us: list("due_us"),
+            secs: v["secs"].as_f64().unwrap_or(0.0),
+            cpu_secs: v["cpu_secs"].as_f64().unwrap_or(0.0),
+        }
+    }
+
+    fn merge(&mut self, r: ClientReport) {
+        self.trials += r.trials;
+        self.lease_us.extend(r.lease_us);
+        self.complete_us.extend(r.complete_us);
+        self.due_us.extend(r.due_us);
+        self.secs = self.secs.max(r.secs);
+        self.cpu_secs += r.cpu_secs;
+    }
+}
+
+/// The `q` quantile of latencies in µs, in ms.
+fn quantile_ms(l: &mut [u64], q: f64) -> f64 {
+    l.sort_unstable();
+    l.get(((l.len() as f64 * q) as usize).min(l.len().saturating_sub(1))).map(|&us| us as f64 / 1e3).unwrap_or(f64::NAN)
+}
+
+/// CPU seconds (user + system) of this process, or of its live threads whose name passes `keep`.
+fn cpu_secs(threads: Option<&dyn Fn(&str) -> bool>) -> anyhow::Result<f64> {
+    // utime and stime are the 14th and 15th fields of a stat line, in USER_HZ (100) ticks; the
+    // name (2nd) is in parentheses and may hold spaces
+    fn ticks(stat: &str) -> u64 {
+        let f: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace().collect();
+        [11, 12].iter().filter_map(|&i| f.get(i)?.parse::<u64>().ok()).sum()
+    }
+    let Some(keep) = threads else { return Ok(ticks(&std::fs::read_to_string("/proc/self/stat")?) as f64 / 100.0) };
+    let mut total = 0;
+    for t in std::fs::read_dir("/proc/self/task")? {
+        let dir = t?.path();
+        let (Ok(name), Ok(stat)) = (std::fs::read_to_string(dir.join("comm")), std::fs::read_to_string(dir.join("stat"))) else { continue };
+        if keep(name.trim()) {
+            total += ticks(&stat);
+        }
+    }
+    Ok(total as f64 / 100.0)
+}
+
+/// The simulated workers `first..first + workers` (`lease-clients`): register, then lease one
+/// trial and complete it until the phase ends; `per_connection` workers share a gRPC connection.
+async fn lease_clients(url: &str, first: usize, workers: usize, per_connection: usize, load: Load, rate: f64) -> anyhow::Result<ClientReport> {
     use cbsweep_proto::{PROTOCOL_VERSION, v1};
+    use tokio::time::Instant;
+    let cpu0 = cpu_secs(None)?;
+    let mut clients = Vec::new();
+    for _ in 0..workers.div_ceil(per_connection.max(1)) {
+        clients.push(cbsweep_proto::client::worker_client(url, "t").await?);
+    }
+    let mut registered = Vec::new();
+    for i in 0..workers {
+        let mut c = clients[i / per_connection.max(1)].clone();
+        let hello = v1::RegisterRequest { protocol_version: PROTOCOL_VERSION, hostname: format!("sim{}", first + i), device: "sim".into(), max_pack: 1, pid: (first + i) as u32 };
+        let id = c.register(hello).await?.into_inner().worker_id;
+        registered.push((c, id));
+    }
+    // each worker's pace in the paced phase, their starts spread over one period
+    let period = if load == Load::Paced { Duration::from_secs_f64(workers as f64 / rate) } else { Duration::ZERO };
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (mut c, worker_id)) in registered.into_iter().enumerate() {
+        tasks.spawn(async move {
+            let mut r = ClientReport::default();
+            let us = |d: Duration| d.as_micros() as u64;
+            let mut due = start + period.mul_f64(i as f64 / workers as f64);
+            loop {
+                // (a timer that is already due still waits for the timer's next 1 ms tick)
+                if load == Load::Paced && due > Instant::now() {
+                    tokio::time::sleep_until(due).await;
+                }
+                let t0 = Instant::now();
+                let lease = c.lease(v1::LeaseRequest { worker_id: worker_id.clone(), max_trials: 1, memory_budget_bytes: 0 }).await?.into_inner();
+                r.lease_us.push(us(t0.elapsed()));
+                if load == Load::Paced {
+                    r.due_us.push(us(due.elapsed()));
+                    due += period;
+                }
+                let Some(t) = lease.trials.into_iter().next() else {
+                    match load {
+                        Load::Empty if r.lease_us.len() >= EMPTY_LEASES => break,
+                        Load::Empty => {}
+                        _ if lease.drained => break,
+                        // nothing pending until the last leases come back
+                        _ => tokio::time::sleep(Duration::from_millis(1)).await,
+                    }
+                    continue;
+                };
+                let e = v1::EpochRecord { epoch: 1, level: 2, train_loss: 0.5, test_accuracy: 0.5, ..Default::default() };
+                let result = v1::TrialResult { outcome: v1::OutcomeKind::Completed as i32, curve: vec![e], device: "sim".into(), pack_size: 1, ..Default::default() };
+                let t0 = Instant::now();
+                c.complete(v1::CompleteRequest { worker_id: worker_id.clone(), trial_id: t.trial_id, attempt: t.attempt, result: Some(result) }).await?;
+                r.complete_us.push(us(t0.elapsed()));
+                r.trials += 1;
+            }
+            anyhow::Ok(r)
+        });
+    }
+    let mut all = ClientReport::default();
+    while let Some(r) = tasks.join_next().await {
+        all.merge(r??);
+    }
+    all.secs = start.elapsed().as_secs_f64();
+    all.cpu_secs = cpu_secs(None)? - cpu0;
+    Ok(all)
+}
+
+/// One phase of the lease bench: the simulated workers in `client_procs` processes of this
+/// binary (`lease-clients`), or in this process; with the server's CPU time over the phase.
+async fn lease_phase(url: &str, o: &LeaseBench, load: Load, rate: f64) -> anyhow::Result<(ClientReport, f64, f64)> {
+    let is_scheduler = |name: &str| name.starts_with("cbsweep-sched");
+    let (cpu0, sched0) = (cpu_secs(None)?, cpu_secs(Some(&is_scheduler))?);
+    let mut report = ClientReport::default();
+    if o.in_process {
+        report = tokio::time::timeout(PHASE_LIMIT, lease_clients(url, 0, o.workers, o.per_connection, load, rate)).await??;
+    } else {
+        let procs = o.client_procs.clamp(1, o.workers);
+        let mut children = Vec::new();
+        for p in 0..procs {
+            let (first, end) = (o.workers * p / procs, o.workers * (p + 1) / procs);
+            let share = rate * (end - first) as f64 / o.workers as f64;
+            let child = tokio::process::Command::new(std::env::current_exe()?)
+                .args(["lease-clients", url, "--load"])
+                .arg(format!("{load:?}").to_lowercase())
+                .args(["--first", &first.to_string(), "--workers", &(end - first).to_string()])
+                .args(["--per-connection", &o.per_connection.to_string(), "--rate", &share.to_string()])
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()?;
+            children.push(child);
+        }
+        for child in children {
+            let out = tokio::time::timeout(PHASE_LIMIT, child.wait_with_output()).await.context("a lease-clients process ran too long")??;
+            anyhow::ensure!(out.status.success(), "a lease-clients process failed ({})", out.status);
+            report.merge(ClientReport::from_json(&serde_json::from_slice(&out.stdout)?));
+        }
+    }
+    Ok((report, cpu_secs(None)? - cpu0, cpu_secs(Some(&is_scheduler))? - sched0))
+}
+
+async fn bench_lease(o: LeaseBench) -> anyhow::Result<()> {
+    use cbsweep_coordinator::scheduler::{SchedulerHandle, SchedulerOptions};
     let dir = tempfile::tempdir()?;
     let sched = SchedulerHandle::start(dir.path(), SchedulerOptions::default())?;
-    let seeds = (trials / 4).max(1);
-    let text = format!(
-        "[sweep]\nname = \"bench\"\n[grid]\ntask = [\"dms\", \"parity\"]\narch = [\"cbrnn\", \"rnn\"]\nseed = [{}]\n[train]\nepochs = 1\n[run]\npack_size = 1\n",
-        (0..seeds).map(|s| s.to_string()).collect::<Vec<_>>().join(",")
-    );
-    let spec = cbsweep_common::parse_spec(&text, std::path::Path::new("bench.toml"))?;
     let running = cbsweep_coordinator::server::serve("127.0.0.1:0".parse()?, sched.clone(), cbsweep_coordinator::server::Token("t".into())).await?;
     let url = format!("http://{}", running.addr);
+    let seeds = (o.trials / 4).max(1);
+    let sweep = |name: &str| {
+        let text = format!(
+            "[sweep]\nname = \"{name}\"\n[grid]\ntask = [\"dms\", \"parity\"]\narch = [\"cbrnn\", \"rnn\"]\nseed = [{}]\n[train]\nepochs = 1\n[run]\npack_size = 1\n",
+            (0..seeds).map(|s| s.to_string()).collect::<Vec<_>>().join(",")
+        );
+        cbsweep_common::parse_spec(&text, std::path::Path::new("bench.toml"))
+    };
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let clients = if o.in_process { "in the server's process".to_string() } else { format!("in {} client process(es)", o.client_procs.clamp(1, o.workers)) };
+    println!("lease: {} simulated workers ({} per gRPC connection) {clients}, loopback, {} trials per phase, {cores} cores", o.workers, o.per_connection, seeds * 4);
+    let cpu_line = |r: &ClientReport, server: f64, scheduler: f64, n: usize| {
+        let per = |s: f64| s * 1e6 / n.max(1) as f64;
+        let share = if o.in_process { "; clients and server share the process".to_string() } else { format!(", clients {:.0} µs", per(r.cpu_secs)) };
+        format!("CPU per trial: server {:.0} µs (scheduler thread {:.0} µs){share}", per(server), per(scheduler))
+    };
 
-    // Each simulated worker: lease one trial, complete it, repeat; latency of every lease call.
-    async fn drive(url: String, workers: usize, complete: bool) -> anyhow::Result<(usize, Vec<Duration>, Duration)> {
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        for i in 0..workers {
-            let url = url.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut c = cbsweep_proto::client::worker_client(&url, "t").await?;
-                let hello = v1::RegisterRequest { protocol_version: PROTOCOL_VERSION, hostname: format!("sim{i}"), device: "sim".into(), max_pack: 1, pid: i as u32 };
-                let worker_id = c.register(hello).await?.into_inner().worker_id;
-                let mut lat = Vec::new();
-                let mut n = 0;
-                loop {
-                    let t0 = Instant::now();
-                    let lease = c.lease(v1::LeaseRequest { worker_id: worker_id.clone(), max_trials: 1 }).await?.into_inner();
-                    lat.push(t0.elapsed());
-                    if !complete && lat.len() >= 200 {
-                        return anyhow::Ok((n, lat));
-                    }
-                    let Some(t) = lease.trials.into_iter().next() else {
-                        if lease.drained || !complete {
-                            return anyhow::Ok((n, lat));
-                        }
-                        continue;
-                    };
-                    n += 1;
-                    let e = v1::EpochRecord { epoch: 1, level: 2, train_loss: 0.5, test_accuracy: 0.5, ..Default::default() };
-                    let result = v1::TrialResult { outcome: v1::OutcomeKind::Completed as i32, curve: vec![e], device: "sim".into(), pack_size: 1, ..Default::default() };
-                    c.complete(v1::CompleteRequest { worker_id: worker_id.clone(), trial_id: t.trial_id, attempt: t.attempt, result: Some(result) }).await?;
-                }
-            }));
-        }
-        let (mut n, mut lat) = (0, Vec::new());
-        for t in tasks {
-            let (k, l) = t.await??;
-            n += k;
-            lat.extend(l);
-        }
-        Ok((n, lat, start.elapsed()))
+    // Baseline: lease calls against an empty queue.
+    let (mut base, _, _) = lease_phase(&url, &o, Load::Empty, 0.0).await?;
+    let base_rate = base.lease_us.len() as f64 / base.secs;
+
+    sched.submit(sweep("bench-saturated")?, "bench.toml".into()).await?;
+    let (mut sat, server, scheduler) = lease_phase(&url, &o, Load::Saturated, 0.0).await?;
+    anyhow::ensure!(sat.trials == seeds * 4, "{} trials completed, expected {}", sat.trials, seeds * 4);
+    let rate = sat.trials as f64 / sat.secs;
+    println!(
+        "  saturated: {rate:>7.0} trials/s leased and completed   lease p50 {:.2} ms p99 {:.2} ms   complete p99 {:.2} ms",
+        quantile_ms(&mut sat.lease_us, 0.5),
+        quantile_ms(&mut sat.lease_us, 0.99),
+        quantile_ms(&mut sat.complete_us, 0.99)
+    );
+    println!("             {}", cpu_line(&sat, server, scheduler, sat.trials));
+    println!("             ({} calls always in flight: mean latency = {} / call rate, so p99 is measured paced, below)", o.workers, o.workers);
+
+    if o.rate > 0.0 {
+        sched.submit(sweep("bench-paced")?, "bench.toml".into()).await?;
+        let (mut paced, server, scheduler) = lease_phase(&url, &o, Load::Paced, o.rate).await?;
+        anyhow::ensure!(paced.trials == seeds * 4, "{} trials completed, expected {}", paced.trials, seeds * 4);
+        let l = &mut paced.lease_us;
+        println!(
+            "  paced at {:.0} trials/s: {:>7.0} trials/s   lease p50 {:.2} ms p90 {:.2} ms p99 {:.2} ms max {:.2} ms   complete p99 {:.2} ms",
+            o.rate,
+            paced.trials as f64 / paced.secs,
+            quantile_ms(l, 0.5),
+            quantile_ms(l, 0.9),
+            quantile_ms(l, 0.99),
+            quantile_ms(l, 1.0),
+            quantile_ms(&mut paced.complete_us, 0.99)
+        );
+        // from due time: a lease sent late because the one before it was slow counts its wait
+        // too (and up to 1 ms of the client's timer)
+        println!("             lease p99 from due time {:.2} ms; {}", quantile_ms(&mut paced.due_us, 0.99), cpu_line(&paced, server, scheduler, paced.trials));
     }
-    fn p99(l: &mut [Duration]) -> f64 {
-        l.sort();
-        l.get(l.len() * 99 / 100).map(|d| d.as_secs_f64() * 1e3).unwrap_or(f64::NAN)
-    }
-    // Baseline: lease calls against an empty queue (transport, auth, one scheduler round trip).
-    let (_, mut base_lat, base_time) = drive(url.clone(), workers, false).await?;
-    let base_rate = base_lat.len() as f64 / base_time.as_secs_f64();
-    sched.submit(spec, "bench.toml".into()).await?;
-    let (n, mut lat, time) = drive(url, workers, true).await?;
-    anyhow::ensure!(n == seeds * 4, "{n} trials completed, expected {}", seeds * 4);
-    let rate = n as f64 / time.as_secs_f64();
-    println!("lease: {workers} simulated workers over gRPC on loopback, {n} trials (lease + complete each)");
-    println!("  trials leased and completed: {rate:>9.0} /s   p99 lease latency {:.2} ms", p99(&mut lat));
-    println!("  baseline (empty-queue lease): {base_rate:>8.0} /s   p99 {:.2} ms", p99(&mut base_lat));
+    println!("  baseline (empty-queue lease, saturated): {base_rate:>7.0} leases/s   p99 {:.2} ms", quantile_ms(&mut base.lease_us, 0.99));
     println!("  ratio: {:.2}x of the bare lease round trip", rate / base_rate);
     Ok(())
 }
@@ -309,14 +669,30 @@ fn bench_e2e(spec: Option<&std::path::Path>, workers: u32) -> anyhow::Result<()>
     anyhow::ensure!(o.status.success(), "cbsweep run failed: {}", String::from_utf8_lossy(&o.stderr));
     let state = out.join(cbsweep_coordinator::local::STATE_DIR);
     let rows = cbsweep_coordinator::store::Store::open_read_only(&state)?.trials(&sweep)?;
-    // A pack reports its own wall time on each of its trials: count each pack once.
-    let mut packs = std::collections::BTreeSet::new();
-    let mut busy_ms = 0u64;
+    // A trial's training ran within [completed - wall time, completed] on its worker (its pack
+    // started then; the result is sent when the whole pack ends): a worker's trainer time is
+    // the union of those intervals, so the trials of one pack count once.
+    let mut spans: std::collections::BTreeMap<String, Vec<(i64, i64)>> = std::collections::BTreeMap::new();
     for r in &rows {
-        let key = (r.worker.clone(), r.completed_ms, r.wall_time_ms);
-        if packs.insert(key) {
-            busy_ms += r.wall_time_ms.unwrap_or(0);
+        if let (Some(worker), Some(done), Some(wall)) = (&r.worker, r.completed_ms, r.wall_time_ms) {
+            spans.entry(worker.clone()).or_default().push((done - wall as i64, done));
         }
+    }
+    let mut busy_ms = 0i64;
+    for list in spans.values_mut() {
+        list.sort_unstable();
+        let mut current: Option<(i64, i64)> = None;
+        for &(start, end) in list.iter() {
+            current = match current {
+                Some((s, e)) if start <= e => Some((s, e.max(end))),
+                Some((s, e)) => {
+                    busy_ms += e - s;
+                    Some((start, end))
+                }
+                None => Some((start, end)),
+            };
+        }
+        busy_ms += current.map_or(0, |(s, e)| e - s);
     }
     let ideal = busy_ms as f64 / 1000.0 / f64::from(workers);
     println!("e2e: {} trials of sweep {sweep} ({} trainer), {workers} workers", rows.len(), if fake { "fake, 50 ms epochs" } else { "torch" });
@@ -325,13 +701,77 @@ fn bench_e2e(spec: Option<&std::path::Path>, workers: u32) -> anyhow::Result<()>
     Ok(())
 }
 
+/// A field of /proc/self/status in bytes (VmRSS: resident now, VmHWM: its peak).
+fn proc_status_bytes(field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    cbsweep_worker::budget::kib_field_bytes(&status, field).with_context(|| format!("no {field} in /proc/self/status"))
+}
+
+/// The child of `bench_memory`: a warm-up pack of one (libtorch's kernels and thread pools are
+/// loaded before the baseline is read), the peak reset to the resident set, then the pack.
+fn memory_child(engine: &str, m: usize, level: u32, steps: u32) -> anyhow::Result<()> {
+    let engine: cbsweep_worker::torch::Engine = engine.parse().map_err(|e| anyhow::anyhow!("--engines {e}"))?;
+    let mut trainer = cbsweep_worker::torch::TorchTrainer::new(tch::Device::Cpu).with_engine(engine);
+    let _ = trainer.train_pack(&[spec(Arch::Cbrnn, 10_000, 2, 1)], &mut |_: usize, _: &EpochRecord| Control::Continue);
+    // "5" resets VmHWM to the current resident set (Linux 4.0+); the peak is read either way
+    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let before = proc_status_bytes("VmRSS")?;
+    let pack: Vec<TrialSpec> = (0..m as u64).map(|s| spec(Arch::Cbrnn, s, level, steps)).collect();
+    let results = trainer.train_pack(&pack, &mut |_: usize, _: &EpochRecord| Control::Continue);
+    anyhow::ensure!(results.iter().all(|r| r.outcome.status() != "failed"), "training failed: {:?}", results[0].outcome);
+    let peak = proc_status_bytes("VmHWM")?;
+    println!("{}", serde_json::json!({ "before": before, "peak": peak, "peak_reset": reset }));
+    Ok(())
+}
+
+fn bench_memory(engines: &[String], packs: &[usize], level: u32, trial_steps: usize) -> anyhow::Result<()> {
+    use cbsweep_common::memory::{format_bytes, trial_memory_bytes};
+    let estimate = trial_memory_bytes(&spec(Arch::Cbrnn, 0, level, 1));
+    println!("memory: CB-RNN H=64 G=256 P=64, level N = {level}, batch 64, max(2, {trial_steps} / M) SGD steps, CPU, each pack in a fresh process");
+    println!("  per trial = (peak RSS - RSS before training) / M; estimate = cbsweep_common::memory::trial_memory_bytes");
+    println!("{:<9} {:>5} {:>12} {:>12} {:>14} {:>12} {:>8}", "engine", "M", "before", "peak", "per trial", "estimate", "covered");
+    let mut all_covered = true;
+    for (engine, &m) in engines.iter().flat_map(|e| packs.iter().map(move |m| (e, m))) {
+        let steps = (trial_steps / m.max(1)).max(2);
+        let out = std::process::Command::new(std::env::current_exe()?)
+            .args(["memory-child", engine, &m.to_string(), &level.to_string(), &steps.to_string()])
+            .stderr(std::process::Stdio::inherit())
+            .output()?;
+        anyhow::ensure!(out.status.success(), "the {engine} pack of {m} failed ({})", out.status);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let (before, peak) = (v["before"].as_u64().unwrap_or(0), v["peak"].as_u64().unwrap_or(0));
+        let per_trial = peak.saturating_sub(before) / m.max(1) as u64;
+        let covered = estimate >= per_trial;
+        all_covered &= covered;
+        println!(
+            "{engine:<9} {m:>5} {:>12} {:>12} {:>14} {:>12} {:>8}{}",
+            format_bytes(before),
+            format_bytes(peak),
+            format_bytes(per_trial),
+            format_bytes(estimate),
+            if covered { "yes" } else { "NO" },
+            if v["peak_reset"].as_bool() == Some(false) { "  (peak not reset: includes the warm-up)" } else { "" }
+        );
+    }
+    let verdict = if all_covered { "covers the measured peak per packed trial at every M" } else { "does NOT cover every measured peak per packed trial" };
+    println!("  the estimate {verdict}");
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let what = args.what;
     let all = matches!(what, What::All);
-    if let What::Lease { workers, trials } = what {
-        return rt.block_on(bench_lease(workers, trials));
+    if let What::Lease(o) = what {
+        return rt.block_on(bench_lease(o));
+    }
+    if let What::LeaseClients { url, load, first, workers, per_connection, rate } = &what {
+        // one thread: the clients take one core, the server the others
+        let clients = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let report = clients.block_on(lease_clients(url, *first, *workers, *per_connection, *load, *rate))?;
+        println!("{}", report.to_json());
+        return Ok(());
     }
     if let What::E2e { spec, workers } = &what {
         return bench_e2e(spec.as_deref(), *workers);
@@ -339,14 +779,21 @@ fn main() -> anyhow::Result<()> {
     if let What::Results { rows } = what {
         return bench_results(rows);
     }
-    if let What::Train { packs, level, device, trial_steps, threads } = &what {
-        return bench_train(packs, *level, device, *trial_steps, *threads);
+    if let What::Train { packs, level, device, trial_steps, threads, engines } = &what {
+        return bench_train(packs, *level, device, *trial_steps, *threads, engines);
+    }
+    if let What::Memory { engines, packs, level, trial_steps } = &what {
+        return bench_memory(engines, packs, *level, *trial_steps);
+    }
+    if let What::MemoryChild { engine, pack, level, steps } = &what {
+        return memory_child(engine, *pack, *level, *steps);
     }
     if all {
-        rt.block_on(bench_lease(64, 20_000))?;
+        rt.block_on(bench_lease(LeaseBench::default()))?;
         bench_results(1_000_000)?;
         bench_e2e(None, 2)?;
-        bench_train(&[1, 8, 32, 128], 10, "cpu", 256, 0)?;
+        bench_train(&[1, 8, 32, 128], 10, "cpu", 256, 0, &["fused".into(), "libtorch".into()])?;
+        bench_memory(&["fused".into(), "libtorch".into()], &[1, 8, 32], 10, 8)?;
     }
     Ok(())
 }

@@ -1,12 +1,15 @@
 //! The scheduler: the one owner of sweep state. It runs on its own thread (SQLite calls block),
 //! receives `Command`s over a channel and answers each on a oneshot; nothing else touches the
 //! store for writing. Handlers (gRPC, the local runner) hold a cheap `SchedulerHandle`.
+//! Commands that queue up while one is handled share its transaction (group commit); their
+//! replies and events leave only after that commit, so nothing acknowledged is ever lost.
 
-use crate::store::{self, Leased, Store, StoreError, SweepRow};
+use crate::store::{self, Leased, Store, StoreError, SweepRow, TrialLease};
 use cbsweep_common::{Attempt, EpochRecord, SweepId, SweepSpec, TrialId, TrialOutcome, TrialResult, TrialState, WorkerId};
 use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU64;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, oneshot};
 
 /// Why the scheduler refused a command. The gRPC layer maps these to statuses in one place.
@@ -98,10 +101,30 @@ pub struct StatusReport {
 
 type Reply<T> = oneshot::Sender<Result<T, SchedError>>;
 
+/// Sends a command's reply once its batch is committed; given the commit's error if it failed.
+type Answer = Box<dyn FnOnce(Option<&str>)>;
+
+/// Most commands one transaction holds.
+const MAX_BATCH: usize = 64;
+
+/// How often committed pages move from the WAL into the database file (on another thread):
+/// often, so that the WAL is often wholly copied and starts over from its beginning.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(20);
+
+fn answer<T: 'static>(reply: Reply<T>, result: Result<T, SchedError>) -> Answer {
+    Box::new(move |failed: Option<&str>| {
+        let result = match failed {
+            Some(e) if result.is_ok() => Err(SchedError::Store(StoreError::Commit(e.to_string()))),
+            _ => result,
+        };
+        let _ = reply.send(result);
+    })
+}
+
 enum Command {
     Submit { spec: SweepSpec, path: String, reply: Reply<SubmitOutcome> },
     Register { hello: WorkerHello, reply: Reply<WorkerId> },
-    Lease { worker: WorkerId, max: u32, reply: Reply<LeaseGrant> },
+    Lease { worker: WorkerId, max: u32, memory_budget: Option<NonZeroU64>, reply: Reply<LeaseGrant> },
     Heartbeat { worker: WorkerId, held: Vec<(TrialId, Attempt)>, reply: Reply<Vec<TrialId>> },
     Progress { worker: WorkerId, items: Vec<(TrialId, Attempt, EpochRecord)>, reply: Reply<Vec<TrialId>> },
     Complete { worker: WorkerId, trial: TrialId, attempt: Attempt, result: TrialResult, reply: Reply<bool> },
@@ -160,7 +183,19 @@ impl SchedulerHandle {
         }
         let (tx, rx) = mpsc::channel();
         let (events, _) = broadcast::channel(4096);
-        let mut sched = Scheduler { store, events: events.clone(), opts: opts.clone(), live: HashMap::new(), finished_at: BTreeMap::new(), counters: Counters::default() };
+        let workers = store.workers()?.into_iter().map(|(id, last_seen_ms)| (id, Seen { last_seen_ms, written: true })).collect();
+        let checkpointer = store.checkpoint_in_background(CHECKPOINT_EVERY)?;
+        let mut sched = Scheduler {
+            store,
+            events: events.clone(),
+            opts: opts.clone(),
+            live: HashMap::new(),
+            finished_at: BTreeMap::new(),
+            counters: Counters::default(),
+            workers,
+            outbox: Vec::new(),
+            _checkpointer: checkpointer,
+        };
         std::thread::Builder::new()
             .name("cbsweep-scheduler".into())
             .spawn(move || sched.run(rx))
@@ -191,8 +226,10 @@ impl SchedulerHandle {
         self.call(|reply| Command::Register { hello, reply }).await
     }
 
-    pub async fn lease(&self, worker: WorkerId, max: u32) -> Result<LeaseGrant, SchedError> {
-        self.call(|reply| Command::Lease { worker, max, reply }).await
+    /// Leases a pack of at most `max` trials, no more than fit in `memory_budget` bytes by
+    /// `cbsweep_common::memory` (but at least one); None: no budget.
+    pub async fn lease(&self, worker: WorkerId, max: u32, memory_budget: Option<NonZeroU64>) -> Result<LeaseGrant, SchedError> {
+        self.call(|reply| Command::Lease { worker, max, memory_budget, reply }).await
     }
 
     pub async fn heartbeat(&self, worker: WorkerId, held: Vec<(TrialId, Attempt)>) -> Result<Vec<TrialId>, SchedError> {
@@ -242,69 +279,126 @@ struct Scheduler {
     /// Completion times per sweep, for throughput (not durable: a restart restarts the clock).
     finished_at: BTreeMap<SweepId, Vec<i64>>,
     counters: Counters,
+    /// Registered workers and when each was last seen: kept here and written to the store on
+    /// each tick, not on every call (not durable beyond that; it only feeds the status view).
+    workers: HashMap<WorkerId, Seen>,
+    /// Events of the batch being handled, sent once it is committed.
+    outbox: Vec<Event>,
+    /// Checkpoints the store off this thread while the scheduler lives.
+    _checkpointer: store::Checkpointer,
+}
+
+/// When a worker was last seen, and whether the store has that time.
+struct Seen {
+    last_seen_ms: i64,
+    written: bool,
 }
 
 impl Scheduler {
     fn run(&mut self, rx: mpsc::Receiver<Command>) {
+        let mut next_tick = Instant::now() + self.opts.tick;
         loop {
-            match rx.recv_timeout(self.opts.tick) {
-                Ok(cmd) => self.handle(cmd),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            let first = match rx.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
+                Ok(cmd) => Some(cmd),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.batch(None, &rx, true);
+                    return;
+                }
+            };
+            // once per tick, not per command: lease expiry and the workers' last-seen times
+            let tick = Instant::now() >= next_tick;
+            self.batch(first, &rx, tick);
+            if tick {
+                next_tick = Instant::now() + self.opts.tick;
             }
+        }
+    }
+
+    /// Handles `first` and the commands queued behind it (up to `MAX_BATCH`), and the tick's
+    /// work when `tick`, in one transaction; then answers them and sends their events, so that
+    /// nothing a reply or an event tells is uncommitted. Under load one commit serves many
+    /// commands; alone, a command waits for no other.
+    fn batch(&mut self, first: Option<Command>, rx: &mpsc::Receiver<Command>, tick: bool) {
+        // without a batch transaction each call commits its own changes, as it would alone
+        let grouped = match self.store.begin_batch() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot begin a transaction; committing command by command");
+                false
+            }
+        };
+        let mut answers = Vec::new();
+        let mut next = first;
+        while let Some(cmd) = next {
+            answers.push(self.handle(cmd));
+            next = if answers.len() < MAX_BATCH { rx.try_recv().ok() } else { None };
+        }
+        if tick {
             if let Err(e) = self.expire_leases() {
                 tracing::error!(error = %e, "lease expiry check failed");
             }
+            if let Err(e) = self.write_last_seen() {
+                tracing::error!(error = %e, "writing workers' last-seen times failed");
+            }
+        }
+        let committed = if grouped { self.store.commit_batch().map_err(|e| e.to_string()) } else { Ok(()) };
+        let events = std::mem::take(&mut self.outbox);
+        if let Err(e) = &committed {
+            tracing::error!(error = %e, commands = answers.len(), "commit failed; the batch is undone");
+            self.store.rollback_batch();
+            self.workers.values_mut().for_each(|s| s.written = false);
+        }
+        for answer in answers {
+            answer(committed.as_ref().err().map(String::as_str));
+        }
+        if committed.is_ok() {
+            for e in events {
+                let _ = self.events.send(e);
+            }
         }
     }
 
-    fn emit(&self, e: Event) {
-        let _ = self.events.send(e);
+    fn write_last_seen(&mut self) -> Result<(), SchedError> {
+        let changed: Vec<(&WorkerId, i64)> = self.workers.iter().filter(|(_, s)| !s.written).map(|(id, s)| (id, s.last_seen_ms)).collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        self.store.touch_workers(changed)?;
+        self.workers.values_mut().for_each(|s| s.written = true);
+        Ok(())
     }
 
-    fn handle(&mut self, cmd: Command) {
+    /// Queues an event; it is sent once the batch that caused it is committed.
+    fn emit(&mut self, e: Event) {
+        self.outbox.push(e);
+    }
+
+    /// Carries out a command; what it returns sends the reply once the batch is committed.
+    fn handle(&mut self, cmd: Command) -> Answer {
         match cmd {
-            Command::Submit { spec, path, reply } => {
-                let _ = reply.send(self.submit(spec, path));
-            }
-            Command::Register { hello, reply } => {
-                let _ = reply.send(self.register(hello));
-            }
-            Command::Lease { worker, max, reply } => {
-                let _ = reply.send(self.lease(&worker, max));
-            }
-            Command::Heartbeat { worker, held, reply } => {
-                let _ = reply.send(self.known(&worker).and_then(|()| Ok(self.store.renew(&worker, &held)?)));
-            }
-            Command::Progress { worker, items, reply } => {
-                let _ = reply.send(self.progress(&worker, items));
-            }
-            Command::Complete { worker, trial, attempt, result, reply } => {
-                let _ = reply.send(self.complete(&worker, &trial, attempt, result));
-            }
-            Command::Release { worker, trials, reply } => {
-                let _ = reply.send(self.known(&worker).and_then(|()| Ok(self.store.release(&worker, &trials)?)));
-            }
-            Command::Status { sweep, reply } => {
-                let _ = reply.send(self.status(sweep));
-            }
-            Command::Cancel { sweep, reply } => {
-                let _ = reply.send(self.cancel(&sweep));
-            }
-            Command::RetryFailed { sweep, reply } => {
-                let _ = reply.send(self.retry_failed(&sweep));
-            }
-            Command::Counters { reply } => {
-                let _ = reply.send(Ok(self.counters));
-            }
+            Command::Submit { spec, path, reply } => answer(reply, self.submit(spec, path)),
+            Command::Register { hello, reply } => answer(reply, self.register(hello)),
+            Command::Lease { worker, max, memory_budget, reply } => answer(reply, self.lease(&worker, max, memory_budget)),
+            Command::Heartbeat { worker, held, reply } => answer(reply, self.known(&worker).and_then(|()| Ok(self.store.renew(&worker, &held)?))),
+            Command::Progress { worker, items, reply } => answer(reply, self.progress(&worker, items)),
+            Command::Complete { worker, trial, attempt, result, reply } => answer(reply, self.complete(&worker, &trial, attempt, result)),
+            Command::Release { worker, trials, reply } => answer(reply, self.known(&worker).and_then(|()| Ok(self.store.release(&worker, &trials)?))),
+            Command::Status { sweep, reply } => answer(reply, self.status(sweep)),
+            Command::Cancel { sweep, reply } => answer(reply, self.cancel(&sweep)),
+            Command::RetryFailed { sweep, reply } => answer(reply, self.retry_failed(&sweep)),
+            Command::Counters { reply } => answer(reply, Ok(self.counters)),
             Command::Spec { sweep, reply } => {
-                let _ = reply.send(self.store.sweep(&sweep).map_err(SchedError::from).and_then(|s| s.ok_or(SchedError::UnknownSweep(sweep))));
+                answer(reply, self.store.sweep(&sweep).map_err(SchedError::from).and_then(|s| s.ok_or(SchedError::UnknownSweep(sweep))))
             }
         }
     }
 
-    fn known(&self, worker: &WorkerId) -> Result<(), SchedError> {
-        if self.store.worker_exists(worker)? { Ok(()) } else { Err(SchedError::UnknownWorker(worker.clone())) }
+    /// Refuses an unregistered worker; notes the time a registered one was seen.
+    fn known(&mut self, worker: &WorkerId) -> Result<(), SchedError> {
+        let seen = self.workers.get_mut(worker).ok_or_else(|| SchedError::UnknownWorker(worker.clone()))?;
+        *seen = Seen { last_seen_ms: store::now_ms(), written: false };
+        Ok(())
     }
 
     fn submit(&mut self, spec: SweepSpec, path: String) -> Result<SubmitOutcome, SchedError> {
@@ -347,20 +441,21 @@ impl Scheduler {
     fn register(&mut self, hello: WorkerHello) -> Result<WorkerId, SchedError> {
         let id = WorkerId(format!("{}-{}-{:04x}", hello.hostname, hello.pid, rand::random::<u16>()));
         self.store.register_worker(&id, &hello.hostname, &hello.device, hello.pid)?;
+        self.workers.insert(id.clone(), Seen { last_seen_ms: store::now_ms(), written: true });
         tracing::info!(worker_id = %id, device = %hello.device, "worker registered");
         Ok(id)
     }
 
-    fn lease(&mut self, worker: &WorkerId, max: u32) -> Result<LeaseGrant, SchedError> {
+    fn lease(&mut self, worker: &WorkerId, max: u32, memory_budget: Option<NonZeroU64>) -> Result<LeaseGrant, SchedError> {
         self.known(worker)?;
         self.counters.lease_requests += 1;
-        let trials = self.store.lease(worker, max)?;
+        let trials = self.store.lease(worker, max, memory_budget)?;
         self.counters.trials_leased += trials.len() as u64;
         for t in &trials {
             tracing::debug!(trial_id = %t.id, attempt = t.attempt.0, worker_id = %worker, "leased");
             self.emit(Event::TrialLeased { sweep: t.spec.sweep.clone(), trial: t.id.clone(), worker: worker.clone() });
         }
-        let drained = trials.is_empty() && self.store.sweeps()?.iter().all(|s| s.state != "running");
+        let drained = trials.is_empty() && !self.store.has_running_sweeps()?;
         Ok(LeaseGrant { trials, drained })
     }
 
@@ -395,7 +490,7 @@ impl Scheduler {
             TrialOutcome::Completed | TrialOutcome::Diverged => {
                 self.store.record_done(trial, &result)?;
                 tracing::info!(trial_id = %trial, worker_id = %worker, outcome = result.outcome.status(), max_level = result.max_level(), "trial done");
-                self.finished(&lease.sweep, trial, TrialState::Done, result.outcome.status(), result.max_level(), None)?;
+                self.finished(trial, lease, TrialState::Done, result.outcome.status(), result.max_level(), None)?;
             }
             TrialOutcome::Failed(error) => {
                 let terminal = lease.attempt >= lease.max_attempts;
@@ -403,7 +498,7 @@ impl Scheduler {
                 self.store.record_failure(trial, error, terminal)?;
                 tracing::warn!(trial_id = %trial, worker_id = %worker, attempt = lease.attempt, terminal, error = %error, "trial attempt failed");
                 if terminal {
-                    self.finished(&lease.sweep, trial, TrialState::Failed, "failed", 0, Some(error.clone()))?;
+                    self.finished(trial, lease, TrialState::Failed, "failed", 0, Some(error.clone()))?;
                 } else {
                     self.emit(Event::TrialRetry { sweep: lease.sweep.clone(), trial: trial.clone(), error: error.clone() });
                 }
@@ -412,21 +507,21 @@ impl Scheduler {
         Ok(true)
     }
 
-    fn finished(&mut self, sweep: &SweepId, trial: &TrialId, state: TrialState, outcome: &str, max_level: u32, error: Option<String>) -> Result<(), SchedError> {
+    fn finished(&mut self, trial: &TrialId, lease: TrialLease, state: TrialState, outcome: &str, max_level: u32, error: Option<String>) -> Result<(), SchedError> {
+        let TrialLease { sweep, cell, .. } = lease;
         self.finished_at.entry(sweep.clone()).or_default().push(store::now_ms());
         self.counters.trials_finished += 1;
-        let cell = self.store.trials_cell(trial)?;
         self.emit(Event::TrialFinished { sweep: sweep.clone(), trial: trial.clone(), cell, state, outcome: outcome.into(), max_level, error });
-        self.check_finished(sweep)
+        self.check_finished(&sweep)
     }
 
     /// Marks a running sweep done once none of its trials is pending or leased.
     fn check_finished(&mut self, sweep: &SweepId) -> Result<(), SchedError> {
-        let Some(row) = self.store.sweep(sweep)? else { return Ok(()) };
-        if row.state != "running" {
+        // open trials first: an index lookup that answers most calls
+        if self.store.has_open_trials(sweep)? {
             return Ok(());
         }
-        if !self.store.has_open_trials(sweep)? {
+        if self.store.sweep_state(sweep)?.as_deref() == Some("running") {
             self.store.set_sweep_state(sweep, "done", Some(store::now_ms()))?;
             tracing::info!(sweep = %sweep, "sweep finished");
             self.emit(Event::SweepFinished { sweep: sweep.clone() });
@@ -444,7 +539,7 @@ impl Scheduler {
             tracing::warn!(trial_id = %trial, attempt, terminal, "lease expired");
             let Some(lease) = self.store.trial_lease(&trial)? else { continue };
             if terminal {
-                self.finished(&lease.sweep, &trial, TrialState::Failed, "failed", 0, Some(error))?;
+                self.finished(&trial, lease, TrialState::Failed, "failed", 0, Some(error))?;
             } else {
                 self.emit(Event::TrialRetry { sweep: lease.sweep, trial, error });
             }
@@ -452,7 +547,8 @@ impl Scheduler {
         Ok(())
     }
 
-    fn status(&self, only: Option<SweepId>) -> Result<StatusReport, SchedError> {
+    fn status(&mut self, only: Option<SweepId>) -> Result<StatusReport, SchedError> {
+        self.write_last_seen()?;
         let rows = match &only {
             Some(id) => vec![self.store.sweep(id)?.ok_or_else(|| SchedError::UnknownSweep(id.clone()))?],
             None => self.store.sweeps()?,

@@ -52,16 +52,12 @@ impl v1::worker_service_server::WorkerService for WorkerApi {
     async fn lease(&self, req: Request<v1::LeaseRequest>) -> Result<Response<v1::LeaseResponse>, Status> {
         let r = req.into_inner();
         let worker = WorkerId(required("worker_id", &r.worker_id)?.to_string());
-        let grant = self.sched.lease(worker, r.max_trials.max(1)).await.map_err(status_of)?;
+        let budget = std::num::NonZeroU64::new(r.memory_budget_bytes);
+        let grant = self.sched.lease(worker, r.max_trials.max(1), budget).await.map_err(status_of)?;
         let trials = grant
             .trials
-            .iter()
-            .map(|t| v1::LeasedTrial {
-                trial_id: t.id.0.clone(),
-                attempt: t.attempt.0,
-                spec: Some((&t.spec).into()),
-                lease_expires_unix_ms: t.expires_ms as u64,
-            })
+            .into_iter()
+            .map(|t| v1::LeasedTrial { spec: Some((&t.spec).into()), trial_id: t.id.0, attempt: t.attempt.0, lease_expires_unix_ms: t.expires_ms as u64 })
             .collect();
         Ok(Response::new(v1::LeaseResponse { trials, drained: grant.drained, retry_after_ms: 500 }))
     }

@@ -57,7 +57,7 @@ async fn a_worker_of_another_protocol_version_is_refused_naming_both_versions() 
 async fn invalid_fields_are_refused_with_the_field_named() {
     let (_dir, url, _srv) = start().await;
     let mut c = worker_client(&url, TOKEN).await.unwrap();
-    let e = c.lease(v1::LeaseRequest { worker_id: String::new(), max_trials: 1 }).await.unwrap_err();
+    let e = c.lease(v1::LeaseRequest { worker_id: String::new(), max_trials: 1, memory_budget_bytes: 0 }).await.unwrap_err();
     assert_eq!((e.code(), e.message()), (Code::InvalidArgument, "missing field `worker_id`"));
     let bad = v1::CompleteRequest {
         worker_id: "w".into(),

@@ -35,7 +35,7 @@ async fn sixty_four_workers_run_twenty_thousand_trials_each_exactly_once() {
             let worker_id = c.register(hello).await.unwrap().into_inner().worker_id;
             let mut done = Vec::new();
             loop {
-                let lease = c.lease(v1::LeaseRequest { worker_id: worker_id.clone(), max_trials: 4 }).await.unwrap().into_inner();
+                let lease = c.lease(v1::LeaseRequest { worker_id: worker_id.clone(), max_trials: 4, memory_budget_bytes: 0 }).await.unwrap().into_inner();
                 if lease.trials.is_empty() {
                     if lease.drained {
                         return done;

@@ -32,13 +32,13 @@ async fn late_completion_from_an_expired_lease_is_rejected_and_keeps_the_newer_r
     let s = SchedulerHandle::start(dir.path(), opts()).unwrap();
     s.submit(spec("[0]", "[run]\nlease_seconds = 1\npack_size = 1\n"), "s.toml".into()).await.unwrap();
     let (a, b) = (worker(&s, "a").await, worker(&s, "b").await);
-    let first = s.lease(a.clone(), 1).await.unwrap().trials.remove(0);
+    let first = s.lease(a.clone(), 1, None).await.unwrap().trials.remove(0);
     assert_eq!(first.attempt, Attempt(1));
     tokio::time::sleep(Duration::from_millis(1300)).await;
     // The lease expired: the trial goes back to the queue, and b gets it under attempt 2.
     let mut second = None;
     for _ in 0..20 {
-        let g = s.lease(b.clone(), 4).await.unwrap();
+        let g = s.lease(b.clone(), 4, None).await.unwrap();
         if let Some(t) = g.trials.into_iter().find(|t| t.id == first.id) {
             second = Some(t);
             break;
@@ -68,7 +68,7 @@ async fn failing_trial_is_retried_then_recorded_as_failed_and_the_sweep_goes_on(
     let mut failures = 0;
     let mut done = 0;
     for _ in 0..10 {
-        let g = s.lease(w.clone(), 1).await.unwrap();
+        let g = s.lease(w.clone(), 1, None).await.unwrap();
         let Some(t) = g.trials.into_iter().next() else { break };
         if t.spec.arch == cbsweep_common::Arch::Rnn {
             failures += 1;
@@ -102,7 +102,7 @@ async fn growing_a_finished_sweep_by_two_seeds_adds_only_the_new_cells() {
     let w = worker(&s, "w").await;
     let mut ran = Vec::new();
     loop {
-        let g = s.lease(w.clone(), 8).await.unwrap();
+        let g = s.lease(w.clone(), 8, None).await.unwrap();
         if g.trials.is_empty() {
             break;
         }
@@ -116,7 +116,7 @@ async fn growing_a_finished_sweep_by_two_seeds_adds_only_the_new_cells() {
     assert_eq!((grown.total, grown.new), (8, 4));
     let mut leased = Vec::new();
     loop {
-        let g = s.lease(w.clone(), 8).await.unwrap();
+        let g = s.lease(w.clone(), 8, None).await.unwrap();
         if g.trials.is_empty() {
             break;
         }
@@ -147,9 +147,9 @@ async fn restart_on_the_same_state_keeps_finished_trials_and_leases() {
         let s = SchedulerHandle::start(dir.path(), opts()).unwrap();
         s.submit(spec("[0, 1]", "[run]\npack_size = 1\n"), "s.toml".into()).await.unwrap();
         let w = worker(&s, "w").await;
-        let t = s.lease(w.clone(), 1).await.unwrap().trials.remove(0);
+        let t = s.lease(w.clone(), 1, None).await.unwrap().trials.remove(0);
         s.complete(w.clone(), t.id.clone(), t.attempt, result(TrialOutcome::Completed)).await.unwrap();
-        let h = s.lease(w.clone(), 1).await.unwrap().trials.remove(0);
+        let h = s.lease(w.clone(), 1, None).await.unwrap().trials.remove(0);
         (t.id, (w, h))
     };
     let s = SchedulerHandle::start(dir.path(), opts()).unwrap();
@@ -159,7 +159,7 @@ async fn restart_on_the_same_state_keeps_finished_trials_and_leases() {
     assert!(s.complete(w.clone(), h.id.clone(), h.attempt, result(TrialOutcome::Completed)).await.unwrap());
     let mut rest = Vec::new();
     loop {
-        let g = s.lease(w.clone(), 8).await.unwrap();
+        let g = s.lease(w.clone(), 8, None).await.unwrap();
         if g.trials.is_empty() {
             break;
         }
@@ -171,4 +171,24 @@ async fn restart_on_the_same_state_keeps_finished_trials_and_leases() {
     }
     assert_eq!(rest.len(), 2);
     assert_eq!(s.status(None).await.unwrap().sweeps[0].state, "done");
+}
+
+#[tokio::test]
+async fn a_memory_budget_caps_the_pack_and_never_starves_a_trial() {
+    use cbsweep_common::memory::trial_memory_bytes;
+    use std::num::NonZeroU64;
+    let dir = tempfile::tempdir().unwrap();
+    let s = SchedulerHandle::start(dir.path(), opts()).unwrap();
+    let sweep = spec("[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]", "[run]\npack_size = 16\n");
+    let one = trial_memory_bytes(&sweep.trials[0]);
+    s.submit(sweep, "s.toml".into()).await.unwrap();
+    let w = worker(&s, "w").await;
+    // room for three and a bit: three, although the worker and the sweep allow eight and 16
+    let g = s.lease(w.clone(), 8, NonZeroU64::new(4 * one - 1)).await.unwrap();
+    assert_eq!(g.trials.len(), 3);
+    assert!(g.trials.iter().all(|t| t.spec.pack_key() == g.trials[0].spec.pack_key()));
+    // a budget below one trial still leases one, alone
+    assert_eq!(s.lease(w.clone(), 8, NonZeroU64::new(1)).await.unwrap().trials.len(), 1);
+    // no budget: the worker's max
+    assert_eq!(s.lease(w.clone(), 8, None).await.unwrap().trials.len(), 8);
 }

@@ -41,8 +41,12 @@ fn real_sweep_runs_through_grpc_and_duckdb_reads_one_row_per_cell() {
         let expected = if r["arch"] == "cbrnn" { 41_922 } else { 41_816 };
         assert_eq!(r["param_count"], expected, "{r}");
     }
-    let workers = duckdb(&format!("SELECT count(DISTINCT worker_id) AS n FROM '{}'", trials.display()));
-    assert_eq!(workers[0]["n"], 2, "both worker processes trained trials");
+    // Which worker trains what is a race (a pack takes well under a second here, so the first
+    // worker up may take them all); every trial names the worker that trained it.
+    let workers = duckdb(&format!("SELECT count(DISTINCT worker_id) AS n, count(worker_id) AS named FROM '{}'", trials.display()));
+    let n = workers[0]["n"].as_i64().unwrap();
+    assert!((1..=2).contains(&n), "trained by the run's workers: {workers:?}");
+    assert_eq!(workers[0]["named"], 8, "{workers:?}");
     let per_trial = duckdb(&format!(
         "SELECT trial_id, count(*) AS n, min(epoch) AS first, max(epoch) AS last FROM '{}' GROUP BY trial_id",
         curves.display()

@@ -8,6 +8,7 @@ use cbsweep_common::{Attempt, EpochRecord, TrialId, TrialOutcome, TrialResult, T
 use cbsweep_proto::client::{self, ClientError, WorkerClient};
 use cbsweep_proto::{PROTOCOL_VERSION, v1};
 use std::future::Future;
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -33,6 +34,8 @@ pub struct WorkerConfig {
     pub token: String,
     /// Most trials trained together.
     pub max_pack: u32,
+    /// Bytes a pack may take, sent with every lease request (`budget`); None: no budget.
+    pub memory_budget: Option<NonZeroU64>,
     /// Exit once the coordinator has no running sweep left.
     pub exit_when_drained: bool,
     /// Give up when the coordinator stays unreachable this long.
@@ -137,9 +140,11 @@ pub async fn run(cfg: WorkerConfig, mut trainer: Box<dyn Trainer>, shutdown: wat
         if *s.shutdown.borrow() {
             return Ok(());
         }
-        let max = s.cfg.max_pack;
+        let (max_trials, memory_budget_bytes) = (s.cfg.max_pack, s.cfg.memory_budget.map_or(0, NonZeroU64::get));
         let lease = s
-            .retry("lease trials", |mut c, worker_id| async move { c.lease(v1::LeaseRequest { worker_id, max_trials: max }).await.map(|r| r.into_inner()) })
+            .retry("lease trials", |mut c, worker_id| async move {
+                c.lease(v1::LeaseRequest { worker_id, max_trials, memory_budget_bytes }).await.map(|r| r.into_inner())
+            })
             .await?;
         if lease.trials.is_empty() {
             if lease.drained && s.cfg.exit_when_drained {

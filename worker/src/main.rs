@@ -3,6 +3,7 @@ use cbsweep_worker::client::{self, WorkerConfig};
 use cbsweep_worker::fake::{FakeConfig, FakeTrainer};
 use cbsweep_worker::trainer::Trainer;
 use clap::Parser;
+use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -26,13 +27,23 @@ struct Args {
     /// Device: cpu, cuda:N, or auto (the first GPU if there is one, else the CPU).
     #[arg(long, env = "CBSWEEP_DEVICE", default_value = "auto")]
     device: String,
-    /// Intra-op threads for libtorch (0: all cores).
+    /// Compute threads: the CPU engine's pool and libtorch's intra-op threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     threads: u32,
+    /// What trains on the CPU: fused (hand-written forward and backward through time, the
+    /// default) or libtorch (its operations and autograd). GPUs always use libtorch.
+    #[arg(long, default_value = "fused")]
+    engine: cbsweep_worker::torch::Engine,
     /// Most trials trained together as one pack (the sweep's run.pack_size also caps it).
-    /// Default: 64 on a GPU; 1 on the CPU, where packing does not pay yet (see `make bench`).
+    /// Default: 64 on a GPU; on the CPU one per thread (the CPU engine spreads a pack's trials
+    /// over its threads; more per pack would only make the leases coarser).
     #[arg(long)]
     max_pack: Option<u32>,
+    /// Memory a pack may take, e.g. 8GiB, 512MiB or bytes (0: no limit); the coordinator leases
+    /// no more trials than fit by its memory model. Default: half of MemTotal on the CPU, 40 GiB
+    /// on a GPU (libtorch does not tell the free device memory).
+    #[arg(long, env = "CBSWEEP_MEMORY_BUDGET", value_parser = cbsweep_common::memory::parse_bytes)]
+    memory_budget: Option<u64>,
     /// Exit when the coordinator has no running sweep left (default: wait for more work).
     #[arg(long)]
     exit_when_drained: bool,
@@ -82,11 +93,19 @@ fn trainer(args: &Args) -> anyhow::Result<Box<dyn Trainer>> {
     match args.trainer.as_str() {
         "torch" => {
             let device = torch_device(&args.device)?;
-            if args.threads > 0 {
-                tch::set_num_threads(args.threads as i32);
-            }
+            let threads = if args.threads > 0 { args.threads as usize } else { cores() };
+            // With the CPU engine libtorch only runs the checkpoint analyses, between training
+            // steps: one thread, so that its OpenMP threads never spin against the engine's.
+            let cpu_engine = device == tch::Device::Cpu && args.engine == cbsweep_worker::torch::Engine::Fused;
+            tch::set_num_threads(if cpu_engine { 1 } else { threads as i32 });
             tch::set_num_interop_threads(1);
-            Ok(Box::new(cbsweep_worker::torch::TorchTrainer::new(device).with_checkpoint_dir(args.checkpoint_dir.clone())))
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(|i| format!("cbsweep-cpu-{i}"))
+                .build_global()
+                .context("cannot start the CPU engine's threads")?;
+            let trainer = cbsweep_worker::torch::TorchTrainer::new(device).with_engine(args.engine);
+            Ok(Box::new(trainer.with_checkpoint_dir(args.checkpoint_dir.clone())))
         }
         "fake" => Ok(Box::new(FakeTrainer::new(FakeConfig {
             epoch_ms: args.fake_epoch_ms,
@@ -98,18 +117,28 @@ fn trainer(args: &Args) -> anyhow::Result<Box<dyn Trainer>> {
     }
 }
 
+fn cores() -> usize {
+    std::thread::available_parallelism().map(std::num::NonZero::get).unwrap_or(1)
+}
+
 async fn run(args: Args, trainer: Box<dyn Trainer>) -> anyhow::Result<()> {
     let on_cpu = trainer.device() == "cpu";
+    let threads = if args.threads > 0 { args.threads } else { cores() as u32 };
     let token = cbsweep_proto::client::read_token(args.token_file.as_deref())?
         .context("no token: pass --token-file FILE or set CBSWEEP_TOKEN (a coordinator writes its token to STATE/token)")?;
     let cfg = WorkerConfig {
         coordinator: args.coordinator.clone(),
         token,
-        max_pack: args.max_pack.unwrap_or(if on_cpu { 1 } else { 64 }).max(1),
+        max_pack: args.max_pack.unwrap_or(if on_cpu { threads } else { 64 }).max(1),
+        memory_budget: match args.memory_budget {
+            Some(bytes) => NonZeroU64::new(bytes),
+            None => cbsweep_worker::budget::default_budget(&trainer.device()),
+        },
         exit_when_drained: args.exit_when_drained,
         give_up_after: Duration::from_secs(args.give_up_after_s),
         hostname: hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "unknown".into()),
     };
+    tracing::info!(max_pack = cfg.max_pack, memory_budget_bytes = cfg.memory_budget.map_or(0, NonZeroU64::get), "pack limits");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if args.exit_with_parent {
         let parent = nix::unistd::getppid();

@@ -371,18 +371,23 @@ fn forward<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, cb: CbOutput, store: boo
         }
         let at = &mut a_all[step * b * h..(step + 1) * b * h];
         for i in 0..b {
-            let drive = &w.core_drive[usize::from(job.bit(t, i))];
+            let drive = &w.core_drive[usize::from(job.bit(t, i))][..h];
             let (zi, ai) = (&z[i * n_rec..i * n_rec + h], &mut at[i * h..(i + 1) * h]);
             let (prev, next) = (&h_prev[i * h..(i + 1) * h], &mut h_next[i * h..(i + 1) * h]);
-            for j in 0..h {
-                let mut pre = zi[j] + drive[j];
-                if module {
-                    pre = pre + c[i * h + j];
+            if module {
+                let ci = &c[i * h..(i + 1) * h];
+                for ((a, &zv), (&d, &cv)) in ai.iter_mut().zip(zi).zip(drive.iter().zip(ci)) {
+                    *a = zv + d + cv;
                 }
-                ai[j] = pre;
+            } else {
+                for ((a, &zv), &d) in ai.iter_mut().zip(zi).zip(drive) {
+                    *a = zv + d;
+                }
+            }
+            for ((n, &pre), &old) in next.iter_mut().zip(ai.iter()).zip(prev) {
                 let act = if pre > T::zero() { pre } else { pre * slope };
                 // libtorch's lerp for a weight >= 0.5: end - (end - start) (1 - weight)
-                next[j] = act - (act - prev[j]) * keep;
+                *n = act - (act - old) * keep;
             }
         }
     }
@@ -458,28 +463,22 @@ fn backward_steps<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut Scratch<T
     for t in (0..t_len).rev() {
         let at = &s.a[t * b * h..(t + 1) * b * h];
         let dzt = &mut dz[t * b * n_rec..(t + 1) * b * n_rec];
-        for i in 0..b {
-            for j in 0..h {
-                let d = dh[i * h + j] * alpha;
-                dzt[i * n_rec + j] = if at[i * h + j] > T::zero() { d } else { d * slope };
+        for ((dzi, ai), dhi) in dzt.chunks_mut(n_rec).zip(at.chunks(h)).zip(dh.chunks(h)) {
+            for ((d, &a), &x) in dzi[..h].iter_mut().zip(ai).zip(dhi) {
+                let scaled = x * alpha;
+                *d = if a > T::zero() { scaled } else { scaled * slope };
             }
         }
         if module {
             let (gt, pt) = (&s.g[t * b * g..(t + 1) * b * g], &s.p[t * b * p..(t + 1) * b * p]);
             let dpt = &mut dp_all[t * b * p..(t + 1) * b * p];
             matmul(dpt, p, Mat::strided(dzt, b, h, n_rec), Mat::new(w.w(model::W_DCN), h, p), false);
-            dpt.iter_mut().zip(pt).for_each(|(d, &v)| {
-                if v <= T::zero() {
-                    *d = T::zero();
-                }
-            });
+            dpt.iter_mut().zip(pt).for_each(|(d, &v)| *d = if v > T::zero() { *d } else { T::zero() });
             let (_, dg) = dzt.split_at_mut(h);
             matmul(dg, n_rec, Mat::new(dpt, b, p), Mat::new(w.w(model::W_PC), p, g), false);
-            for i in 0..b {
-                for j in 0..g {
-                    if gt[i * g + j] <= T::zero() {
-                        dg[i * n_rec + j] = T::zero();
-                    }
+            for (dgi, gi) in dg.chunks_mut(n_rec).zip(gt.chunks(g)) {
+                for (d, &v) in dgi[..g].iter_mut().zip(gi) {
+                    *d = if v > T::zero() { *d } else { T::zero() };
                 }
             }
         }
@@ -487,7 +486,6 @@ fn backward_steps<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut Scratch<T
         matmul(dh_next, h, Mat::new(dzt, b, n_rec), w_rec, true);
         std::mem::swap(&mut dh, &mut dh_next);
     }
-
 }
 
 /// Every step's contribution to the weight gradients, as one product over T x rows each.
@@ -883,11 +881,61 @@ mod tests {
 #[cfg(test)]
 mod timing {
     use super::*;
+    use crate::torch::model::{PackedModel, init_trial};
+    use crate::torch::tasks::{self, Stream, draw_batch, draw_h0};
+    use crate::torch::tests::small_spec;
+    use cbsweep_common::{Regime, Seed, Task};
+
+    #[test]
+    #[ignore = "prints the time of each phase of a main-size training step"]
+    fn phase_times() {
+        let dims = Dims { arch: Arch::Cbrnn, hidden: 64, granule: 256, purkinje: 64 };
+        let mut spec = small_spec(1, Task::Dms, Arch::Cbrnn, Regime::Simult);
+        (spec.hidden, spec.granule, spec.purkinje) = (64, 256, 64);
+        let model = PackedModel::from_host(dims, &[init_trial(&dims, &spec)], tch::Kind::Float, tch::Device::Cpu).unwrap();
+        let momentum: Vec<tch::Tensor> = model.params().iter().map(tch::Tensor::zeros_like).collect();
+        let pack = FusedPack::<f32>::from_tensors(dims, model.params(), &momentum, &[[0.01; 3]]).unwrap();
+        let mut rng = tasks::stream(Seed(5), Stream::TrainData);
+        let mut batch = draw_batch(&mut rng, Task::Dms, 10, 64);
+        while batch.len != 26 {
+            batch = draw_batch(&mut rng, Task::Dms, 10, 64);
+        }
+        let h0 = draw_h0(&mut rng, 64, 64);
+        let job = Job { row: 0, batch: &batch, h0: &h0, start: 0, rows: 64, scale: 1.0 / 64.0 };
+        let w = Prepared::new(dims, &pack.layout, &pack.rows[0].params);
+        let mut s = Scratch::default();
+        let mut grads = vec![0f32; pack.layout.total];
+        let reps = 300;
+        let (mut fwd, mut bwd, mut wg, mut prep) = (0.0, 0.0, 0.0, 0.0);
+        for _ in 0..reps {
+            let t0 = std::time::Instant::now();
+            let _ = Prepared::new(dims, &pack.layout, &pack.rows[0].params);
+            let t1 = std::time::Instant::now();
+            let last = forward(&w, &job, CbOutput::On, true, &mut s);
+            readout(&w, 64, last, &mut s);
+            let t2 = std::time::Instant::now();
+            sized(&mut s.dh, 64 * 64).fill(0.01);
+            backward_steps(&w, &job, &mut s);
+            let t3 = std::time::Instant::now();
+            weight_grads(&w, &job, &mut s, &mut grads);
+            let t4 = std::time::Instant::now();
+            prep += (t1 - t0).as_secs_f64();
+            fwd += (t2 - t1).as_secs_f64();
+            bwd += (t3 - t2).as_secs_f64();
+            wg += (t4 - t3).as_secs_f64();
+        }
+        let flop = 2.0 * 64.0 * 26.0 * (64.0 * 64.0 + 256.0 * 64.0 + 64.0 * 256.0 + 64.0 * 64.0);
+        for (name, secs) in [("prepare", prep), ("forward", fwd), ("backward steps", bwd), ("weight gradients", wg)] {
+            let us = secs / f64::from(reps) * 1e6;
+            println!("{name:>17}: {us:8.1} us  {:6.1} GFLOP/s", flop / (us * 1e-6) / 1e9);
+        }
+        println!("total {:.1} us per trial-step", (prep + fwd + bwd + wg) / f64::from(reps) * 1e6);
+    }
 
     #[test]
     #[ignore = "prints timings of the per-step products"]
     fn per_step_product_rates() {
-        for (m, k, n, transposed) in [(64, 64, 320, false), (64, 256, 64, false), (64, 64, 64, false), (64, 64, 256, false), (64, 320, 64, false), (320, 1664, 64, false)] {
+        for (m, k, n, transposed) in [(64, 64, 320, false), (64, 64, 320, false), (64, 256, 64, false), (64, 64, 64, false), (64, 64, 256, false), (64, 320, 64, false), (320, 1664, 64, false), (64, 202, 202, false), (64, 208, 208, false), (64, 192, 192, false)] {
             let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
             let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
             let mut c = vec![0f32; m * n];
