@@ -762,12 +762,11 @@ impl Layout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::torch::model::{PackedModel, cross_entropy, init_trial};
+    use crate::torch::model::{PackedModel, cross_entropy};
     use crate::torch::tasks::{self, Stream, draw_batch, draw_h0};
     use crate::torch::tests::{one_thread, small_spec};
     use crate::torch::train::pack_batches;
     use cbsweep_common::{Regime, Seed, Task, TrialSpec};
-    use rand::Rng;
     use tch::{Device, Kind, Tensor};
 
     /// Three trials with the module's weights made large enough to matter, and per trial two
@@ -775,20 +774,7 @@ mod tests {
     fn setup(arch: Arch) -> (Dims, PackedModel, Vec<Vec<(TaskBatch, Vec<f64>)>>) {
         let dims = Dims { arch, hidden: 12, granule: 20, purkinje: 7 };
         let specs: Vec<TrialSpec> = (31..34).map(|s| small_spec(s, Task::Parity, arch, Regime::Simult)).collect();
-        let mut rng = tasks::stream(Seed(77), Stream::Weights);
-        let inits: Vec<Vec<Vec<f64>>> = specs
-            .iter()
-            .map(|s| {
-                let mut init = init_trial(&dims, s);
-                for (p, values) in dims.param_specs().iter().zip(init.iter_mut()) {
-                    if p.module == Module::Cb {
-                        values.iter_mut().for_each(|v| *v = 0.6 * rng.random::<f64>() - 0.3);
-                    }
-                }
-                init
-            })
-            .collect();
-        let model = PackedModel::from_host(dims, &inits, Kind::Double, Device::Cpu).unwrap();
+        let model = crate::torch::tests::model_with_active_module(dims, &specs, 77);
         let per_row = (0..3u32)
             .map(|m| {
                 let mut rng = tasks::stream(Seed(200 + u64::from(m)), Stream::TrainData);

@@ -465,21 +465,7 @@ mod tests {
         crate::torch::tests::one_thread();
         let dims = Dims { arch, hidden: 12, granule: 20, purkinje: 7 };
         let specs: Vec<TrialSpec> = (21..24).map(|s| small_spec(s, Task::Dms, arch, Regime::Simult)).collect();
-        // the module starts near zero; larger values make it matter for the comparison
-        let mut rng = tasks::stream(Seed(99), Stream::Weights);
-        let inits: Vec<Vec<Vec<f64>>> = specs
-            .iter()
-            .map(|s| {
-                let mut init = init_trial(&dims, s);
-                for (p, values) in dims.param_specs().iter().zip(init.iter_mut()) {
-                    if p.module == Module::Cb {
-                        values.iter_mut().for_each(|v| *v = 0.6 * rng.random::<f64>() - 0.3);
-                    }
-                }
-                init
-            })
-            .collect();
-        let model = PackedModel::from_host(dims, &inits, Kind::Double, Device::Cpu).unwrap();
+        let model = crate::torch::tests::model_with_active_module(dims, &specs, 99);
         // trial m: two batches of three sequences at level 2 + m, so lengths differ within and
         // between trials
         let per_row: Vec<Vec<_>> = (0..3u32)

@@ -7,8 +7,11 @@ use cbsweep_common::{
     AnalysisPlan, Arch, EpochRecord, FreezePoint, Regime, Seed, SweepId, Task, TrainBudget, TrialOutcome, TrialResult,
     TrialSpec,
 };
+use super::model::{Dims, Module, PackedModel, init_trial};
+use super::tasks::{self, Stream};
+use rand::Rng;
 use std::path::Path;
-use tch::Device;
+use tch::{Device, Kind};
 
 /// A budget that runs in well under a second per trial on one CPU core.
 pub(crate) fn small_budget() -> TrainBudget {
@@ -43,6 +46,26 @@ pub(crate) fn small_spec(seed: u64, task: Task, arch: Arch, regime: Regime) -> T
         budget: small_budget(),
         analysis: AnalysisPlan { every_levels: 0, ..AnalysisPlan::study() },
     }
+}
+
+/// A float64 pack of `specs` (shapes `dims`) whose cerebellar weights are drawn from
+/// U(-0.3, 0.3) on weight stream `seed`: the module starts near zero, and larger values make it
+/// matter in a comparison of forward and backward passes.
+pub(crate) fn model_with_active_module(dims: Dims, specs: &[TrialSpec], seed: u64) -> PackedModel {
+    let mut rng = tasks::stream(Seed(seed), Stream::Weights);
+    let inits: Vec<Vec<Vec<f64>>> = specs
+        .iter()
+        .map(|s| {
+            let mut init = init_trial(&dims, s);
+            for (p, values) in dims.param_specs().iter().zip(init.iter_mut()) {
+                if p.module == Module::Cb {
+                    values.iter_mut().for_each(|v| *v = 0.6 * rng.random::<f64>() - 0.3);
+                }
+            }
+            init
+        })
+        .collect();
+    PackedModel::from_host(dims, &inits, Kind::Double, Device::Cpu).unwrap()
 }
 
 /// Every analysis at every solved level, at sizes that take a fraction of a second for the
