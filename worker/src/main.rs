@@ -27,7 +27,9 @@ struct Args {
     /// Device: cpu, cuda:N, or auto (the first GPU if there is one, else the CPU).
     #[arg(long, env = "CBSWEEP_DEVICE", default_value = "auto")]
     device: String,
-    /// Compute threads: the CPU engine's pool and libtorch's intra-op threads (0: all cores).
+    /// Compute threads (0: all cores): the CPU engine's pool, or libtorch's intra-op threads with
+    /// --engine libtorch or on a GPU (with the CPU engine libtorch, which then only runs the
+    /// checkpoint analyses, gets one).
     #[arg(long, default_value_t = 0)]
     threads: u32,
     /// What trains on the CPU: fused (hand-written forward and backward through time, the
