@@ -7,7 +7,8 @@
 //! successive checkpoints see the same inputs at a given level, and a trial's training data never
 //! shifts because it was analysed.
 
-use super::model::{self, CbOutput, PackedInput, PackedModel, Population};
+use super::fused;
+use super::model::{self, CbOutput, PackedInput, PackedModel, Population, Step};
 use super::tasks::{self, Stream, TaskBatch};
 use super::train;
 use cbsweep_common::{AnalysisPlan, AnalysisRecord, Arch, TrialSpec};
@@ -336,11 +337,16 @@ fn timescales(
             min_len: len,
             h0: state,
         };
+        // the CPU engine where it applies (float32 on the CPU), libtorch's time loop elsewhere
+        let unroll = |observe: &mut dyn FnMut(Step<'_>) -> Result<(), TchError>| match fused::unroll(model, &input, CbOutput::On, observe)? {
+            Some(state) => Ok::<_, TchError>(state),
+            None => model.unroll(&input, CbOutput::On, observe),
+        };
         if start < burn_in {
-            state = model.unroll(&input, CbOutput::On, &mut |_| Ok(()))?;
+            state = unroll(&mut |_| Ok(()))?;
         } else {
             let mut recorded: Vec<Vec<Tensor>> = pops.iter().map(|_| Vec::with_capacity(len as usize)).collect();
-            state = model.unroll(&input, CbOutput::On, &mut |step| {
+            state = unroll(&mut |step| {
                 for (pop, trace) in pops.iter().zip(&mut recorded) {
                     trace.extend(step.activity[pop.index()].map(Tensor::shallow_clone));
                 }

@@ -181,7 +181,7 @@ struct Scratch<T> {
     /// Granule and Purkinje activity, [T, rows, G] and [T, rows, P].
     g: Vec<T>,
     p: Vec<T>,
-    /// Recurrent products [rows, H (+ G)], module output [rows, H], logits [rows, 2].
+    /// Recurrent products [rows, H (+ G)], module output [T, rows, H], logits [rows, 2].
     z: Vec<T>,
     c: Vec<T>,
     logits: Vec<T>,
@@ -334,7 +334,7 @@ fn forward<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, cb: CbOutput, store: boo
     let g_all = sized(&mut s.g, if module { steps * b * g } else { 0 });
     let p_all = sized(&mut s.p, if module { steps * b * p } else { 0 });
     let z = sized(&mut s.z, b * n_rec);
-    let c = sized(&mut s.c, if module { b * h } else { 0 });
+    let c_all = sized(&mut s.c, if module { steps * b * h } else { 0 });
     for (dst, src) in hs[..b * h].iter_mut().zip(job.h0) {
         *dst = T::of(*src);
     }
@@ -366,6 +366,7 @@ fn forward<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, cb: CbOutput, store: boo
             matmul(pt, p, Mat::new(gt, b, g), Mat::new(&w.w_pc_t, g, p), true);
             pt.iter_mut().for_each(|v| *v = v.max(T::zero()));
             let b_dcn = w.w(model::B_DCN);
+            let c = &mut c_all[step * b * h..(step + 1) * b * h];
             c.chunks_mut(h).for_each(|r| r.copy_from_slice(b_dcn));
             matmul(c, h, Mat::new(pt, b, p), Mat::new(&w.w_dcn_t, p, h), true);
         }
@@ -375,7 +376,7 @@ fn forward<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, cb: CbOutput, store: boo
             let (zi, ai) = (&z[i * n_rec..i * n_rec + h], &mut at[i * h..(i + 1) * h]);
             let (prev, next) = (&h_prev[i * h..(i + 1) * h], &mut h_next[i * h..(i + 1) * h]);
             if module {
-                let ci = &c[i * h..(i + 1) * h];
+                let ci = &c_all[(step * b + i) * h..(step * b + i + 1) * h];
                 for ((a, &zv), (&d, &cv)) in ai.iter_mut().zip(zi).zip(drive.iter().zip(ci)) {
                     *a = zv + d + cv;
                 }
@@ -541,6 +542,74 @@ fn weight_grads<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut Scratch<T>,
         matmul(layout.get_mut(grads, model::W_DCN), p, d_a, Mat::new(&s.p[..k * p], k, p), true);
         add(layout.get_mut(grads, model::B_DCN), &d_bias);
     }
+}
+
+/// `PackedModel::unroll` on the CPU engine: runs the time loop of every row of the pack on host
+/// memory and hands `observe` each step's activity, as libtorch tensors [M, B, units]. Only for
+/// a float32 pack on the CPU and an input without padding (every sequence as long as the
+/// input); returns None otherwise, having observed nothing. The analyses' long drives (the
+/// timescales' thousands of steps) take this path.
+pub(crate) fn unroll(
+    model: &model::PackedModel,
+    input: &model::PackedInput,
+    cb: CbOutput,
+    observe: &mut dyn FnMut(model::Step<'_>) -> Result<(), tch::TchError>,
+) -> Result<Option<tch::Tensor>, tch::TchError> {
+    use tch::{Device, Kind, Tensor};
+    let (t_len, m, b) = input.x.size3()?;
+    let first = model.params().first();
+    if first.map(Tensor::kind) != Some(Kind::Float) || first.map(Tensor::device) != Some(Device::Cpu) || input.min_len < t_len {
+        return Ok(None);
+    }
+    let dims = *model.dims();
+    let (t_len, m, b, h) = (t_len as usize, m as usize, b as usize, dims.hidden as usize);
+    let (g, p) = (dims.granule as usize, dims.purkinje as usize);
+    let pack = FusedPack::<f32>::from_tensors(dims, model.params(), model.params(), &vec![[0.0; 3]; m])?;
+    let x = Vec::<f32>::try_from(&input.x.f_flatten(0, -1)?)?; // [T, M, B]
+    let h0 = Vec::<f64>::try_from(&input.h0.f_to_kind(Kind::Double)?.f_flatten(0, -1)?)?; // [M, B, H]
+    let batches: Vec<TaskBatch> = (0..m)
+        .map(|row| TaskBatch {
+            len: t_len,
+            bits: (0..t_len).flat_map(|t| x[(t * m + row) * b..(t * m + row + 1) * b].iter().map(|&v| u8::from(v != 0.0))).collect(),
+            labels: vec![0; b],
+        })
+        .collect();
+    let runs: Vec<Scratch<f32>> = (0..m)
+        .into_par_iter()
+        .map(|row| {
+            let w = Prepared::new(dims, &pack.layout, &pack.rows[row].params);
+            let job = Job { row, batch: &batches[row], h0: &h0[row * b * h..(row + 1) * b * h], start: 0, rows: b, scale: 1.0 };
+            let mut s = Scratch::default();
+            forward(&w, &job, cb, true, &mut s);
+            s
+        })
+        .collect();
+    let module = dims.arch == Arch::Cbrnn && cb == CbOutput::On;
+    // rows' slices of one step, stacked [M, B, units]
+    let stacked = |part: &dyn Fn(&Scratch<f32>) -> &[f32], units: usize| -> Result<Tensor, tch::TchError> {
+        let values: Vec<f32> = runs.iter().flat_map(|s| part(s).iter().copied()).collect();
+        Tensor::f_from_slice(&values)?.f_view([m as i64, b as i64, units as i64])
+    };
+    for t in 0..t_len {
+        let (at, n) = ((t + 1) * b * h, b * h);
+        let hidden = stacked(&|s| &s.hs[at..at + n], h)?;
+        let module_parts = if module {
+            Some([
+                stacked(&|s| &s.g[t * b * g..(t + 1) * b * g], g)?,
+                stacked(&|s| &s.p[t * b * p..(t + 1) * b * p], p)?,
+                stacked(&|s| &s.c[t * b * h..(t + 1) * b * h], h)?,
+            ])
+        } else {
+            None
+        };
+        let [granule, purkinje, output] = match &module_parts {
+            Some([g, p, c]) => [Some(g), Some(p), Some(c)],
+            None => [None; 3],
+        };
+        observe(model::Step { t: t as i64, activity: [Some(&hidden), granule, purkinje, output] })?;
+    }
+    let last = t_len * b * h;
+    Ok(Some(stacked(&|s| &s.hs[last..last + b * h], h)?))
 }
 
 fn add<T: Real>(dst: &mut [T], src: &[T]) {
@@ -851,6 +920,52 @@ mod tests {
     fn host_rows(model: &PackedModel, m: usize) -> FusedPack<f64> {
         let momentum: Vec<Tensor> = model.params().iter().map(Tensor::zeros_like).collect();
         FusedPack::from_tensors(*model.dims(), model.params(), &momentum, &vec![[0.1, 0.1, 0.1]; m]).unwrap()
+    }
+
+    /// Every step's activity and the final state of the engine's `unroll` against libtorch's, in
+    /// float32, for the CB-RNN with its module on and off and for the plain RNN.
+    #[test]
+    fn unroll_observes_what_libtorch_computes() {
+        one_thread();
+        for (arch, cb) in [(Arch::Cbrnn, CbOutput::On), (Arch::Cbrnn, CbOutput::Off), (Arch::Rnn, CbOutput::On)] {
+            let (dims, model, _) = setup(arch);
+            let model = PackedModel::from_tensors(dims, model.params().iter().map(|p| p.to_kind(Kind::Float)).collect()).unwrap();
+            let (t_len, m, b) = (60, 3, 8);
+            let x = Tensor::randint(2, [t_len, m, b], (Kind::Float, Device::Cpu));
+            let input = || crate::torch::model::PackedInput {
+                x: x.shallow_clone(),
+                lengths: Tensor::full([m, b], t_len, (Kind::Int64, Device::Cpu)),
+                min_len: t_len,
+                h0: Tensor::rand([m, b, dims.hidden], (Kind::Float, Device::Cpu)) * 0.1,
+            };
+            let first = input();
+            let same_h0 = crate::torch::model::PackedInput { h0: first.h0.copy(), ..input() };
+            let (mut ours, mut theirs): (Vec<Vec<Tensor>>, Vec<Vec<Tensor>>) = (Vec::new(), Vec::new());
+            let our_state = unroll(&model, &first, cb, &mut |step| {
+                ours.push(step.activity.iter().flatten().map(|t| t.copy()).collect());
+                Ok(())
+            })
+            .unwrap()
+            .expect("a float32 CPU pack");
+            let their_state = model
+                .unroll(&same_h0, cb, &mut |step| {
+                    theirs.push(step.activity.iter().flatten().map(|t| t.copy()).collect());
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(ours.len(), t_len as usize);
+            let expected = if arch == Arch::Cbrnn && cb == CbOutput::On { 4 } else { 1 };
+            for (t, (o, r)) in ours.iter().zip(&theirs).enumerate() {
+                assert_eq!((o.len(), r.len()), (expected, expected), "{arch} {cb:?} step {t}: populations");
+                for (a, b) in o.iter().zip(r) {
+                    let diff = (a - b).abs().max().double_value(&[]);
+                    assert!(diff < 1e-5, "{arch} {cb:?} step {t}: activity differs by {diff}");
+                }
+            }
+            assert!((our_state - their_state).abs().max().double_value(&[]) < 1e-5);
+            let padded = crate::torch::model::PackedInput { min_len: t_len - 1, ..input() };
+            assert!(unroll(&model, &padded, cb, &mut |_| Ok(())).unwrap().is_none(), "padding goes to libtorch");
+        }
     }
 
     #[test]
