@@ -69,9 +69,6 @@ pub(crate) struct Learning {
     pub(crate) cb: bool,
 }
 
-/// Test batches evaluated together in one forward pass (sorted by length, so little padding).
-const TEST_BATCHES_PER_PASS: usize = 10;
-
 /// The reason reported for a trial stopped through `Control`.
 const STOPPED: &str = "stopped";
 
@@ -654,7 +651,10 @@ pub(crate) fn count_correct(
 ) -> Result<Tensor, TchError> {
     let _no_grad = tch::no_grad_guard();
     let mut correct = Tensor::f_zeros([drawn.len() as i64], (Kind::Int64, device))?;
-    in_passes(drawn, TEST_BATCHES_PER_PASS, model.dims().hidden, kind, device, &mut |input, labels| {
+    // test batches evaluated together in one forward pass (sorted by length, so little
+    // padding); the memory model sizes packs for this many
+    let per_pass = cbsweep_common::memory::TEST_BATCHES_PER_PASS as usize;
+    in_passes(drawn, per_pass, model.dims().hidden, kind, device, &mut |input, labels| {
         let logits = model.forward(input, cb)?; // [M, B', 2]
         correct = correct.f_add(&model::correct_counts(&logits, labels)?)?;
         Ok(())
