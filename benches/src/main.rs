@@ -663,6 +663,7 @@ fn bench_e2e(spec: Option<&std::path::Path>, workers: u32) -> anyhow::Result<()>
     if fake {
         cmd.args(["--trainer", "fake", "--worker-arg=--fake-epoch-ms=50"]);
     }
+    let launched_ms = cbsweep_coordinator::store::now_ms();
     let t0 = Instant::now();
     let o = cmd.output()?;
     let wall = t0.elapsed().as_secs_f64();
@@ -679,8 +680,13 @@ fn bench_e2e(spec: Option<&std::path::Path>, workers: u32) -> anyhow::Result<()>
         }
     }
     let mut busy_ms = 0i64;
+    // where the rest of the wall time went, in ms summed over the workers
+    let last_end = spans.values().flat_map(|l| l.iter().map(|s| s.1)).max().unwrap_or(launched_ms);
+    let (mut startup, mut tails) = (0i64, 0i64);
     for list in spans.values_mut() {
         list.sort_unstable();
+        startup += list.first().map_or(0, |s| s.0 - launched_ms);
+        tails += last_end - list.iter().map(|s| s.1).max().unwrap_or(last_end);
         let mut current: Option<(i64, i64)> = None;
         for &(start, end) in list.iter() {
             current = match current {
@@ -698,6 +704,14 @@ fn bench_e2e(spec: Option<&std::path::Path>, workers: u32) -> anyhow::Result<()>
     println!("e2e: {} trials of sweep {sweep} ({} trainer), {workers} workers", rows.len(), if fake { "fake, 50 ms epochs" } else { "torch" });
     println!("  wall {wall:.2} s   trainers' own time / workers (the baseline) {ideal:.2} s   ratio {:.3}x", wall / ideal);
     println!("  orchestration overhead {:.1}% of the wall time", 100.0 * (wall - ideal) / wall);
+    let per_worker = |ms: i64| ms as f64 / 1000.0 / f64::from(workers);
+    let finish = wall - (last_end - launched_ms) as f64 / 1000.0;
+    let between = (wall - ideal) - per_worker(startup) - per_worker(tails) - finish;
+    println!(
+        "  of which: start (launch to a worker's first trial) {:.2} s, between trials {between:.2} s, tail (a worker idle after its last trial) {:.2} s, finish (last result to exit) {finish:.2} s (each a mean over the workers)",
+        per_worker(startup),
+        per_worker(tails)
+    );
     Ok(())
 }
 

@@ -134,6 +134,8 @@ pub async fn run(spec: SweepSpec, spec_path: &Path, opts: RunOptions) -> Result<
         }
         eprintln!("cbsweep: sweep {sweep}: {} trials ({} new), {} workers on {} with {threads} thread(s) each; coordinator {url}", submitted.total, submitted.new, opts.workers, opts.device);
         let outcome = watch(Progress::new(sweep.clone(), u64::from(submitted.total), u64::from(already), short), &sweep, submitted.total, already, &mut events, &mut children, &logs).await;
+        // every result is committed once the sweep has finished: export while the workers exit
+        let exported = outcome.is_ok().then(|| export_in_background(&state_dir, &sweep, &opts.out));
         stop_workers(&mut children).await;
         let _ = running.shutdown.send(());
         let _ = running.task.await;
@@ -144,12 +146,24 @@ pub async fn run(spec: SweepSpec, spec_path: &Path, opts: RunOptions) -> Result<
             }
             return Err(e);
         }
+        if let Some(exported) = exported {
+            return summarize(&state_dir, &sweep, joined(exported).await?);
+        }
     }
-    let dir = {
-        let (s, out, sw) = (state_dir.clone(), opts.out.clone(), sweep.clone());
-        tokio::task::spawn_blocking(move || results::export(&s, &sw, &out)).await.map_err(|e| LocalError::Io { what: "export task".into(), source: std::io::Error::other(e) })??
-    };
+    let dir = joined(export_in_background(&state_dir, &sweep, &opts.out)).await?;
     summarize(&state_dir, &sweep, dir)
+}
+
+type ExportTask = tokio::task::JoinHandle<Result<PathBuf, ResultsError>>;
+
+/// Writes the sweep's Parquet tables on a blocking thread.
+fn export_in_background(state_dir: &Path, sweep: &SweepId, out: &Path) -> ExportTask {
+    let (s, out, sw) = (state_dir.to_owned(), out.to_owned(), sweep.clone());
+    tokio::task::spawn_blocking(move || results::export(&s, &sw, &out))
+}
+
+async fn joined(task: ExportTask) -> Result<PathBuf, LocalError> {
+    Ok(task.await.map_err(|e| LocalError::Io { what: "export task".into(), source: std::io::Error::other(e) })??)
 }
 
 async fn watch(
@@ -213,14 +227,12 @@ fn signal_all(children: &[Child], sig: nix::sys::signal::Signal) {
     }
 }
 
-/// SIGTERM, a grace period, then SIGKILL for any worker still running.
+/// SIGTERM (a worker hands back what it holds and exits), a grace period, then SIGKILL for any
+/// worker still running.
 async fn stop_workers(children: &mut [Child]) {
     let grace = Duration::from_secs(10);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    // Workers exit on their own once the coordinator says the work is drained.
-    while tokio::time::Instant::now() < deadline && children.iter_mut().any(|c| matches!(c.try_wait(), Ok(None))) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // A worker exits on its own once the coordinator says the work is drained, but one waiting
+    // to ask again would keep the sweep's end waiting: it holds no trial, so SIGTERM ends it now.
     signal_all(children, nix::sys::signal::Signal::SIGTERM);
     for c in children.iter_mut() {
         if tokio::time::timeout(grace, c.wait()).await.is_err() {

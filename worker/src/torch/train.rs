@@ -227,6 +227,13 @@ impl<'a> TrialRun<'a> {
         }
     }
 
+    /// Counts the analyses of a trial's last epoch, which run after it ended, in its wall time.
+    fn restamp_end(&mut self) {
+        if let Some((_, ms)) = &mut self.end {
+            *ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        }
+    }
+
     /// Counts a solved level; true when it is one to analyse: the 1st, (1 + k)th, (1 + 2k)th
     /// ... solved level for `every_levels` = k > 0.
     fn solve_level(&mut self) -> bool {
@@ -440,6 +447,7 @@ impl PackRun {
             } else if !due.is_empty() {
                 self.sync()?;
                 self.checkpoints(trials, &due, checkpoint_dir)?;
+                due.iter().for_each(|d| trials[d.trial].restamp_end());
             }
             self.drop_ended(trials)?;
         }
