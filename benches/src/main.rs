@@ -97,6 +97,9 @@ enum What {
     /// One pack of `memory`, in this process: prints its resident memory as JSON.
     #[command(hide = true)]
     MemoryChild { engine: String, pack: usize, level: u32, steps: u32 },
+    /// One timed pack of `train` on one thread, in this process: prints trial-steps/s as JSON.
+    #[command(hide = true)]
+    TrainChild { arch: String, engine: String, pack: usize, level: u32, trial_steps: usize },
     /// Everything, with defaults.
     All,
 }
@@ -255,7 +258,7 @@ fn large_gemm_rate() -> f64 {
 }
 
 fn bench_train(packs: &[usize], level: u32, device: &str, trial_steps: usize, threads: usize, engines: &[String]) -> anyhow::Result<()> {
-    use cbsweep_worker::torch::{Engine, TorchTrainer};
+    use cbsweep_worker::torch::Engine;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let dev = match device {
         "cpu" => tch::Device::Cpu,
@@ -283,17 +286,7 @@ fn bench_train(packs: &[usize], level: u32, device: &str, trial_steps: usize, th
                 Engine::Libtorch => "libtorch",
             };
             for &m in packs {
-                let steps = (trial_steps / m).max(2) as u32;
-                let pack: Vec<TrialSpec> = (0..m as u64).map(|s| spec(arch, s, level, steps)).collect();
-                let mut trainer = TorchTrainer::new(dev).with_engine(engine);
-                // Warm-up pack of the same shape (allocator, kernels), then the timed one.
-                let warm: Vec<TrialSpec> = pack.iter().map(|t| spec(arch, t.seed.0 + 10_000, level, 1)).collect();
-                let _ = trainer.train_pack(&warm, &mut |_: usize, _: &EpochRecord| Control::Continue);
-                let t0 = Instant::now();
-                let results = trainer.train_pack(&pack, &mut |_: usize, _: &EpochRecord| Control::Continue);
-                let secs = t0.elapsed().as_secs_f64();
-                anyhow::ensure!(results.iter().all(|r| r.outcome.status() != "failed"), "training failed: {:?}", results[0].outcome);
-                let rate = (m as f64 * f64::from(steps)) / secs;
+                let rate = time_pack(arch, engine, dev, m, level, trial_steps)?;
                 let gflops = rate * flop / 1e9;
                 println!(
                     "{:<6} {:<9} {:>5} {:>14.1} {:>9.1} {:>6.1}% {:>12.1} {:>7.2}x",
@@ -307,9 +300,73 @@ fn bench_train(packs: &[usize], level: u32, device: &str, trial_steps: usize, th
                     rate / base
                 );
             }
+            if dev == tch::Device::Cpu && threads > 1 {
+                // what `cbsweep run` does on a CPU node: one single-threaded worker per core,
+                // each training its own trials (packs of one), as the baseline's processes do
+                let rate = per_process_rate(arch, name, threads, level, trial_steps)?;
+                let gflops = rate * flop / 1e9;
+                println!(
+                    "{:<6} {:<9} {:>5} {:>14.1} {:>9.1} {:>6.1}% {:>12.1} {:>7.2}x",
+                    arch.to_string(),
+                    name,
+                    "1/proc",
+                    rate,
+                    gflops,
+                    100.0 * gflops * 1e9 / peak,
+                    base,
+                    rate / base
+                );
+            }
         }
     }
+    println!("  (M: trials in one pack in one process of {threads} thread(s); 1/proc: {threads} processes of one thread, one trial each, as `cbsweep run` starts them)");
     println!("  (a timed pack includes its test pass: one test batch per epoch of `steps` SGD steps; FLOP counts the matrix products of the SGD steps only)");
+    Ok(())
+}
+
+/// Trial-steps per second of one timed pack of `m` trials (after a warm-up pack of the same
+/// shape: allocator, kernels), on this process's threads.
+fn time_pack(arch: Arch, engine: cbsweep_worker::torch::Engine, dev: tch::Device, m: usize, level: u32, trial_steps: usize) -> anyhow::Result<f64> {
+    let steps = (trial_steps / m).max(2) as u32;
+    let pack: Vec<TrialSpec> = (0..m as u64).map(|s| spec(arch, s, level, steps)).collect();
+    let mut trainer = cbsweep_worker::torch::TorchTrainer::new(dev).with_engine(engine);
+    let warm: Vec<TrialSpec> = pack.iter().map(|t| spec(arch, t.seed.0 + 10_000, level, 1)).collect();
+    let _ = trainer.train_pack(&warm, &mut |_: usize, _: &EpochRecord| Control::Continue);
+    let t0 = Instant::now();
+    let results = trainer.train_pack(&pack, &mut |_: usize, _: &EpochRecord| Control::Continue);
+    let secs = t0.elapsed().as_secs_f64();
+    anyhow::ensure!(results.iter().all(|r| r.outcome.status() != "failed"), "training failed: {:?}", results[0].outcome);
+    Ok((m as f64 * f64::from(steps)) / secs)
+}
+
+/// Trial-steps per second of `procs` processes of one thread, each timing one trial at a time
+/// (`train-child`), all at once: the sum of their rates.
+fn per_process_rate(arch: Arch, engine: &str, procs: usize, level: u32, trial_steps: usize) -> anyhow::Result<f64> {
+    let children: Vec<_> = (0..procs)
+        .map(|_| {
+            std::process::Command::new(std::env::current_exe()?)
+                .args(["train-child", &arch.to_string(), engine, "1", &level.to_string(), &trial_steps.to_string()])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    let mut total = 0.0;
+    for c in children {
+        let out = c.wait_with_output()?;
+        anyhow::ensure!(out.status.success(), "a train-child process failed ({})", out.status);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        total += v["trial_steps_per_s"].as_f64().context("train-child printed no rate")?;
+    }
+    Ok(total)
+}
+
+fn train_child(arch: &str, engine: &str, m: usize, level: u32, trial_steps: usize) -> anyhow::Result<()> {
+    let arch: Arch = arch.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let engine = engine.parse().map_err(|e| anyhow::anyhow!("--engine {e}"))?;
+    tch::set_num_threads(1);
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(1).build_global();
+    let rate = time_pack(arch, engine, tch::Device::Cpu, m, level, trial_steps)?;
+    println!("{}", serde_json::json!({ "trial_steps_per_s": rate }));
     Ok(())
 }
 
@@ -774,7 +831,8 @@ fn bench_memory(engines: &[String], packs: &[usize], level: u32, trial_steps: us
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // as the coordinator's: one worker thread per core (or TOKIO_WORKER_THREADS)
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let what = args.what;
     let all = matches!(what, What::All);
     if let What::Lease(o) = what {
@@ -786,6 +844,9 @@ fn main() -> anyhow::Result<()> {
         let report = clients.block_on(lease_clients(url, *first, *workers, *per_connection, *load, *rate))?;
         println!("{}", report.to_json());
         return Ok(());
+    }
+    if let What::TrainChild { arch, engine, pack, level, trial_steps } = &what {
+        return train_child(arch, engine, *pack, *level, *trial_steps);
     }
     if let What::E2e { spec, workers } = &what {
         return bench_e2e(spec.as_deref(), *workers);
