@@ -1,2 +1,2 @@
-// The same link set-up as the worker (rpath to libtorch, libtorch_cuda kept): one script.
+// The same link set-up as the worker (rpath to libtorch, its path for loading libtorch_cuda): one script.
 include!("../worker/build.rs");

@@ -262,7 +262,10 @@ fn bench_train(packs: &[usize], level: u32, device: &str, trial_steps: usize, th
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let dev = match device {
         "cpu" => tch::Device::Cpu,
-        d => tch::Device::Cuda(d.strip_prefix("cuda:").and_then(|n| n.parse().ok()).context("--device: cpu or cuda:N")?),
+        d => {
+            cbsweep_worker::torch::cuda::load().map_err(|why| anyhow::anyhow!("--device {d}: {why}"))?;
+            tch::Device::Cuda(d.strip_prefix("cuda:").and_then(|n| n.parse().ok()).context("--device: cpu or cuda:N")?)
+        }
     };
     let engines: Vec<Engine> = engines.iter().map(|e| e.parse().map_err(|e| anyhow::anyhow!("--engines {e}"))).collect::<Result<_, _>>()?;
     let threads = if threads == 0 { cores } else { threads };

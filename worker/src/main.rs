@@ -81,10 +81,17 @@ struct Args {
 fn torch_device(name: &str) -> anyhow::Result<tch::Device> {
     match name {
         "cpu" => Ok(tch::Device::Cpu),
-        "auto" => Ok(tch::Device::cuda_if_available()),
+        "auto" => match cbsweep_worker::torch::cuda::load() {
+            Ok(()) => Ok(tch::Device::cuda_if_available()),
+            Err(why) => {
+                tracing::info!(reason = %why, "--device auto: training on the CPU");
+                Ok(tch::Device::Cpu)
+            }
+        },
         other => {
             let n = other.strip_prefix("cuda:").or((other == "cuda").then_some("0"));
             let n: usize = n.and_then(|n| n.parse().ok()).with_context(|| format!("--device {other:?}: expected cpu, cuda:N or auto"))?;
+            cbsweep_worker::torch::cuda::load().map_err(|why| anyhow::anyhow!("--device {other}: {why}"))?;
             anyhow::ensure!(tch::Cuda::is_available(), "--device {other}: no CUDA device is available to libtorch on this node");
             anyhow::ensure!(n < tch::Cuda::device_count() as usize, "--device {other}: this node has {} CUDA device(s)", tch::Cuda::device_count());
             Ok(tch::Device::Cuda(n))

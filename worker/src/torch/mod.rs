@@ -8,6 +8,7 @@
 //! (the benches aside); everything else sees `crate::trainer::Trainer`.
 
 mod analysis;
+pub mod cuda;
 mod fused;
 mod model;
 mod tasks;

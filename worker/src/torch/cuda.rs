@@ -1,0 +1,75 @@
+//! libtorch's CUDA backend, loaded when a GPU is asked for rather than at every start.
+//!
+//! libtorch_cuda registers its kernels and CUDA hooks in static initializers, which with the CUDA
+//! libraries it pulls in cost about 0.25 s and a few hundred MB of mappings per process. A CPU
+//! worker never needs them, so the binaries are not linked to it (worker/build.rs) and
+//! `load` opens it (RTLD_GLOBAL) before the first CUDA query: libtorch caches the answer of
+//! its first query for the life of the process, so `load` must come first.
+
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, CString};
+use std::sync::OnceLock;
+
+/// The libtorch the binaries were built against (the project's torch wheel).
+const LIBTORCH_LIB: Option<&str> = option_env!("CBSWEEP_LIBTORCH_LIB");
+
+/// Loads libtorch_cuda once; Err says why it cannot be (a CPU-only libtorch, missing CUDA
+/// libraries). Later calls return the first call's answer.
+pub fn load() -> Result<(), String> {
+    static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
+    LOADED.get_or_init(open).clone()
+}
+
+fn open() -> Result<(), String> {
+    let mut tried = Vec::new();
+    // the lib folder the binary was built against first, then the loader's own search
+    let candidates = LIBTORCH_LIB.map(|dir| format!("{dir}/libtorch_cuda.so")).into_iter().chain(["libtorch_cuda.so".to_string()]);
+    for name in candidates {
+        let c = CString::new(name.clone()).map_err(|e| e.to_string())?;
+        // SAFETY: dlopen with a valid C string; the handle is kept open for the process's life.
+        let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+        if !handle.is_null() {
+            tracing::debug!(library = %name, "libtorch's CUDA backend loaded");
+            return Ok(());
+        }
+        // SAFETY: dlerror returns null or a C string valid until the next dl* call on this thread.
+        let why = unsafe { libc::dlerror() };
+        let why = if why.is_null() { "unknown error".into() } else { unsafe { CStr::from_ptr(why) }.to_string_lossy().into_owned() };
+        tried.push(why);
+    }
+    Err(format!("cannot load libtorch's CUDA backend: {}", tried.join("; ")))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Without the backend libtorch has no CUDA kernels to run; with it loaded, the CUDA runtime
+    /// itself answers (no driver or no device on a CPU machine), or the tensor is made on a GPU.
+    /// Runs in a process of its own, as the first CUDA query's answer is kept for its life.
+    #[test]
+    fn loading_gives_libtorch_its_cuda_backend() {
+        if std::env::var_os("CBSWEEP_CUDA_LOAD_CHILD").is_none() {
+            let exe = std::env::current_exe().unwrap();
+            let out = std::process::Command::new(exe)
+                .args(["--exact", "torch::cuda::tests::loading_gives_libtorch_its_cuda_backend", "--nocapture"])
+                .env("CBSWEEP_CUDA_LOAD_CHILD", "1")
+                .output()
+                .unwrap();
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success(), "{text}");
+            assert!(text.contains("cuda backend checked"), "the child ran no check: {text}");
+            return;
+        }
+        super::load().expect("the project's torch wheel carries libtorch_cuda");
+        match tch::Tensor::f_zeros([1], (tch::Kind::Float, tch::Device::Cuda(0))) {
+            Ok(t) => assert_eq!(t.device(), tch::Device::Cuda(0)),
+            Err(e) => {
+                let e = e.to_string();
+                // without the backend: "Could not run 'aten::empty.memory_format' with arguments
+                // from the 'CUDA' backend" (or, in older releases, "without ATen_cuda library")
+                assert!(!e.contains("'CUDA' backend") && !e.contains("ATen_cuda"), "libtorch still lacks its CUDA backend: {e}");
+            }
+        }
+        println!("cuda backend checked");
+    }
+}
