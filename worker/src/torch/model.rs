@@ -249,7 +249,18 @@ pub(crate) fn host_tensor(values: &[f64], shape: &[i64], kind: Kind, device: Dev
     } else {
         Tensor::f_from_slice(values)?.f_to_kind(kind)?
     };
-    t.f_reshape(shape)?.f_to_device(device)
+    to_device(t.f_reshape(shape)?, device)
+}
+
+/// A host tensor moved to `device` without holding the host up: onto a GPU it goes through
+/// pinned memory as an asynchronous copy queued on the stream, where a copy from pageable
+/// memory would first wait for every kernel already queued (a host-device round trip per step).
+/// libtorch's pinned-memory cache keeps the staging block until its copy has run.
+pub(crate) fn to_device(t: Tensor, device: Device) -> Result<Tensor, TchError> {
+    match device {
+        Device::Cuda(_) => t.f_pin_memory(device)?.f_to_device_(device, t.kind(), true, false),
+        _ => t.f_to_device(device),
+    }
 }
 
 impl PackedModel {

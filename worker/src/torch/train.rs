@@ -729,9 +729,9 @@ pub(crate) fn pack_batches(
         }
     }
     let (m, width, t_max) = (m as i64, width as i64, t_max as i64);
-    let x = Tensor::f_from_slice(&x)?.f_view([t_max, m, width])?.f_to_device(device)?.f_to_kind(kind)?; // [T, M, B']
-    let lengths = Tensor::f_from_slice(&lengths)?.f_view([m, width])?.f_to_device(device)?; // [M, B']
-    let labels = Tensor::f_from_slice(&labels)?.f_view([m, width])?.f_to_device(device)?; // [M, B']
+    let x = model::to_device(Tensor::f_from_slice(&x)?.f_view([t_max, m, width])?, device)?.f_to_kind(kind)?; // [T, M, B']
+    let lengths = model::to_device(Tensor::f_from_slice(&lengths)?.f_view([m, width])?, device)?; // [M, B']
+    let labels = model::to_device(Tensor::f_from_slice(&labels)?.f_view([m, width])?, device)?; // [M, B']
     let h0 = model::host_tensor(&h0, &[m, width, hidden], kind, device)?; // [M, B', H]
     Ok((PackedInput { x, lengths, min_len: min_len as i64, h0 }, labels))
 }
