@@ -258,7 +258,9 @@ pub(crate) fn host_tensor(values: &[f64], shape: &[i64], kind: Kind, device: Dev
 /// libtorch's pinned-memory cache keeps the staging block until its copy has run.
 pub(crate) fn to_device(t: Tensor, device: Device) -> Result<Tensor, TchError> {
     match device {
-        Device::Cuda(_) => t.f_pin_memory(device)?.f_to_device_(device, t.kind(), true, false),
+        // `_pin_memory`: what `pin_memory` calls, without its warning (on every call) that the
+        // device argument, which tch always passes, is deprecated
+        Device::Cuda(_) => t.f_internal_pin_memory(device)?.f_to_device_(device, t.kind(), true, false),
         _ => t.f_to_device(device),
     }
 }
