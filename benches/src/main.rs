@@ -62,6 +62,8 @@ enum What {
         per_connection: usize,
         #[arg(long)]
         rate: f64,
+        #[arg(long)]
+        two_calls: bool,
     },
     /// Parquet write throughput.
     Results {
@@ -394,11 +396,15 @@ struct LeaseBench {
     /// Run the simulated workers in the server's process instead (they then share its cores).
     #[arg(long)]
     in_process: bool,
+    /// Report each result and lease the next trial in two calls, as workers did before a
+    /// result could carry the next lease.
+    #[arg(long)]
+    two_calls: bool,
 }
 
 impl Default for LeaseBench {
     fn default() -> Self {
-        LeaseBench { workers: 64, trials: 20_000, rate: 5_000.0, per_connection: 1, client_procs: 1, in_process: false }
+        LeaseBench { workers: 64, trials: 20_000, rate: 5_000.0, per_connection: 1, client_procs: 1, in_process: false, two_calls: false }
     }
 }
 
@@ -486,7 +492,7 @@ fn cpu_secs(threads: Option<&dyn Fn(&str) -> bool>) -> anyhow::Result<f64> {
 
 /// The simulated workers `first..first + workers` (`lease-clients`): register, then lease one
 /// trial and complete it until the phase ends; `per_connection` workers share a gRPC connection.
-async fn lease_clients(url: &str, first: usize, workers: usize, per_connection: usize, load: Load, rate: f64) -> anyhow::Result<ClientReport> {
+async fn lease_clients(url: &str, first: usize, workers: usize, per_connection: usize, load: Load, rate: f64, two_calls: bool) -> anyhow::Result<ClientReport> {
     use cbsweep_proto::{PROTOCOL_VERSION, v1};
     use tokio::time::Instant;
     let cpu0 = cpu_secs(None)?;
@@ -510,34 +516,52 @@ async fn lease_clients(url: &str, first: usize, workers: usize, per_connection: 
             let mut r = ClientReport::default();
             let us = |d: Duration| d.as_micros() as u64;
             let mut due = start + period.mul_f64(i as f64 / workers as f64);
+            let request = v1::LeaseRequest { worker_id: worker_id.clone(), max_trials: 1, memory_budget_bytes: 0 };
+            let e = v1::EpochRecord { epoch: 1, level: 2, train_loss: 0.5, test_accuracy: 0.5, ..Default::default() };
+            let result = v1::TrialResult { outcome: v1::OutcomeKind::Completed as i32, curve: vec![e], device: "sim".into(), pack_size: 1, ..Default::default() };
+            // the trial in hand: reported at the next due time, which (one call) leases the next
+            let mut held: Option<v1::LeasedTrial> = None;
             loop {
                 // (a timer that is already due still waits for the timer's next 1 ms tick)
                 if load == Load::Paced && due > Instant::now() {
                     tokio::time::sleep_until(due).await;
                 }
                 let t0 = Instant::now();
-                let lease = c.lease(v1::LeaseRequest { worker_id: worker_id.clone(), max_trials: 1, memory_budget_bytes: 0 }).await?.into_inner();
-                r.lease_us.push(us(t0.elapsed()));
+                let (lease, lease_us) = match held.take() {
+                    None => (c.lease(request.clone()).await?.into_inner(), us(t0.elapsed())),
+                    Some(t) => {
+                        let next = (!two_calls).then(|| request.clone());
+                        let done = v1::CompleteRequest { worker_id: worker_id.clone(), trial_id: t.trial_id, attempt: t.attempt, result: Some(result.clone()), next };
+                        let answer = c.complete(done).await?.into_inner();
+                        let done_us = us(t0.elapsed());
+                        r.complete_us.push(done_us);
+                        r.trials += 1;
+                        match answer.next {
+                            // the lease came with the result
+                            Some(lease) => (lease, done_us),
+                            // two calls: the lease is a call of its own
+                            None => {
+                                let t1 = Instant::now();
+                                (c.lease(request.clone()).await?.into_inner(), us(t1.elapsed()))
+                            }
+                        }
+                    }
+                };
+                r.lease_us.push(lease_us);
                 if load == Load::Paced {
                     r.due_us.push(us(due.elapsed()));
                     due += period;
                 }
-                let Some(t) = lease.trials.into_iter().next() else {
-                    match load {
+                match lease.trials.into_iter().next() {
+                    Some(t) => held = Some(t),
+                    None => match load {
                         Load::Empty if r.lease_us.len() >= EMPTY_LEASES => break,
                         Load::Empty => {}
                         _ if lease.drained => break,
                         // nothing pending until the last leases come back
                         _ => tokio::time::sleep(Duration::from_millis(1)).await,
-                    }
-                    continue;
-                };
-                let e = v1::EpochRecord { epoch: 1, level: 2, train_loss: 0.5, test_accuracy: 0.5, ..Default::default() };
-                let result = v1::TrialResult { outcome: v1::OutcomeKind::Completed as i32, curve: vec![e], device: "sim".into(), pack_size: 1, ..Default::default() };
-                let t0 = Instant::now();
-                c.complete(v1::CompleteRequest { worker_id: worker_id.clone(), trial_id: t.trial_id, attempt: t.attempt, result: Some(result) }).await?;
-                r.complete_us.push(us(t0.elapsed()));
-                r.trials += 1;
+                    },
+                }
             }
             anyhow::Ok(r)
         });
@@ -558,7 +582,7 @@ async fn lease_phase(url: &str, o: &LeaseBench, load: Load, rate: f64) -> anyhow
     let (cpu0, sched0) = (cpu_secs(None)?, cpu_secs(Some(&is_scheduler))?);
     let mut report = ClientReport::default();
     if o.in_process {
-        report = tokio::time::timeout(PHASE_LIMIT, lease_clients(url, 0, o.workers, o.per_connection, load, rate)).await??;
+        report = tokio::time::timeout(PHASE_LIMIT, lease_clients(url, 0, o.workers, o.per_connection, load, rate, o.two_calls)).await??;
     } else {
         let procs = o.client_procs.clamp(1, o.workers);
         let mut children = Vec::new();
@@ -570,6 +594,7 @@ async fn lease_phase(url: &str, o: &LeaseBench, load: Load, rate: f64) -> anyhow
                 .arg(format!("{load:?}").to_lowercase())
                 .args(["--first", &first.to_string(), "--workers", &(end - first).to_string()])
                 .args(["--per-connection", &o.per_connection.to_string(), "--rate", &share.to_string()])
+                .args(o.two_calls.then_some("--two-calls"))
                 .stdout(std::process::Stdio::piped())
                 .kill_on_drop(true)
                 .spawn()?;
@@ -846,10 +871,10 @@ fn main() -> anyhow::Result<()> {
     if let What::Lease(o) = what {
         return rt.block_on(bench_lease(o));
     }
-    if let What::LeaseClients { url, load, first, workers, per_connection, rate } = &what {
+    if let What::LeaseClients { url, load, first, workers, per_connection, rate, two_calls } = &what {
         // one thread: the clients take one core, the server the others
         let clients = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let report = clients.block_on(lease_clients(url, *first, *workers, *per_connection, *load, *rate))?;
+        let report = clients.block_on(lease_clients(url, *first, *workers, *per_connection, *load, *rate, *two_calls))?;
         println!("{}", report.to_json());
         return Ok(());
     }

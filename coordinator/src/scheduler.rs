@@ -101,6 +101,13 @@ pub struct StatusReport {
 
 type Reply<T> = oneshot::Sender<Result<T, SchedError>>;
 
+/// A lease asked for with a completion: at most `max` trials within `memory_budget` bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct NextLease {
+    pub max: u32,
+    pub memory_budget: Option<NonZeroU64>,
+}
+
 /// Sends a command's reply once its batch is committed; given the commit's error if it failed.
 type Answer = Box<dyn FnOnce(Option<&str>)>;
 
@@ -127,7 +134,7 @@ enum Command {
     Lease { worker: WorkerId, max: u32, memory_budget: Option<NonZeroU64>, reply: Reply<LeaseGrant> },
     Heartbeat { worker: WorkerId, held: Vec<(TrialId, Attempt)>, reply: Reply<Vec<TrialId>> },
     Progress { worker: WorkerId, items: Vec<(TrialId, Attempt, EpochRecord)>, reply: Reply<Vec<TrialId>> },
-    Complete { worker: WorkerId, trial: TrialId, attempt: Attempt, result: TrialResult, reply: Reply<bool> },
+    Complete { worker: WorkerId, trial: TrialId, attempt: Attempt, result: TrialResult, next: Option<NextLease>, reply: Reply<(bool, Option<LeaseGrant>)> },
     Release { worker: WorkerId, trials: Vec<TrialId>, reply: Reply<u32> },
     Status { sweep: Option<SweepId>, reply: Reply<StatusReport> },
     Cancel { sweep: SweepId, reply: Reply<u32> },
@@ -241,7 +248,20 @@ impl SchedulerHandle {
     }
 
     pub async fn complete(&self, worker: WorkerId, trial: TrialId, attempt: Attempt, result: TrialResult) -> Result<bool, SchedError> {
-        self.call(|reply| Command::Complete { worker, trial, attempt, result, reply }).await
+        Ok(self.complete_and_lease(worker, trial, attempt, result, None).await?.0)
+    }
+
+    /// Records a result and then, when `next` is given, leases the worker's next pack in the
+    /// same batch: whether the result was new, and the grant.
+    pub async fn complete_and_lease(
+        &self,
+        worker: WorkerId,
+        trial: TrialId,
+        attempt: Attempt,
+        result: TrialResult,
+        next: Option<NextLease>,
+    ) -> Result<(bool, Option<LeaseGrant>), SchedError> {
+        self.call(|reply| Command::Complete { worker, trial, attempt, result, next, reply }).await
     }
 
     pub async fn release(&self, worker: WorkerId, trials: Vec<TrialId>) -> Result<u32, SchedError> {
@@ -382,7 +402,10 @@ impl Scheduler {
             Command::Lease { worker, max, memory_budget, reply } => answer(reply, self.lease(&worker, max, memory_budget)),
             Command::Heartbeat { worker, held, reply } => answer(reply, self.known(&worker).and_then(|()| Ok(self.store.renew(&worker, &held)?))),
             Command::Progress { worker, items, reply } => answer(reply, self.progress(&worker, items)),
-            Command::Complete { worker, trial, attempt, result, reply } => answer(reply, self.complete(&worker, &trial, attempt, result)),
+            Command::Complete { worker, trial, attempt, result, next, reply } => {
+                let done = self.complete(&worker, &trial, attempt, result);
+                answer(reply, done.and_then(|recorded| Ok((recorded, next.map(|n| self.lease(&worker, n.max, n.memory_budget)).transpose()?))))
+            }
             Command::Release { worker, trials, reply } => answer(reply, self.known(&worker).and_then(|()| Ok(self.store.release(&worker, &trials)?))),
             Command::Status { sweep, reply } => answer(reply, self.status(sweep)),
             Command::Cancel { sweep, reply } => answer(reply, self.cancel(&sweep)),

@@ -2,7 +2,7 @@
 //! types into domain types, calls the scheduler and maps the domain error to a status in one
 //! place (`status_of`).
 
-use crate::scheduler::{SchedError, SchedulerHandle, WorkerHello};
+use crate::scheduler::{LeaseGrant, NextLease, SchedError, SchedulerHandle, WorkerHello};
 use cbsweep_common::{Attempt, SweepId, TrialId, TrialResult, TrialState, WorkerId};
 use cbsweep_proto::{PROTOCOL_VERSION, v1};
 use std::path::Path;
@@ -24,6 +24,15 @@ fn status_of(e: SchedError) -> Status {
 
 fn required<'a>(field: &'static str, v: &'a str) -> Result<&'a str, Status> {
     if v.is_empty() { Err(Status::invalid_argument(format!("missing field `{field}`"))) } else { Ok(v) }
+}
+
+fn lease_response(grant: LeaseGrant) -> v1::LeaseResponse {
+    let trials = grant
+        .trials
+        .into_iter()
+        .map(|t| v1::LeasedTrial { spec: Some((&t.spec).into()), trial_id: t.id.0, attempt: t.attempt.0, lease_expires_unix_ms: t.expires_ms as u64 })
+        .collect();
+    v1::LeaseResponse { trials, drained: grant.drained, retry_after_ms: 500 }
 }
 
 pub struct WorkerApi {
@@ -54,12 +63,7 @@ impl v1::worker_service_server::WorkerService for WorkerApi {
         let worker = WorkerId(required("worker_id", &r.worker_id)?.to_string());
         let budget = std::num::NonZeroU64::new(r.memory_budget_bytes);
         let grant = self.sched.lease(worker, r.max_trials.max(1), budget).await.map_err(status_of)?;
-        let trials = grant
-            .trials
-            .into_iter()
-            .map(|t| v1::LeasedTrial { spec: Some((&t.spec).into()), trial_id: t.id.0, attempt: t.attempt.0, lease_expires_unix_ms: t.expires_ms as u64 })
-            .collect();
-        Ok(Response::new(v1::LeaseResponse { trials, drained: grant.drained, retry_after_ms: 500 }))
+        Ok(Response::new(lease_response(grant)))
     }
 
     async fn heartbeat(&self, req: Request<v1::HeartbeatRequest>) -> Result<Response<v1::HeartbeatResponse>, Status> {
@@ -91,8 +95,9 @@ impl v1::worker_service_server::WorkerService for WorkerApi {
             .ok_or_else(|| Status::invalid_argument("missing field `result`"))?
             .try_into()
             .map_err(|e: cbsweep_proto::ConvertError| Status::invalid_argument(format!("result: {e}")))?;
-        let recorded = self.sched.complete(worker, trial, Attempt(r.attempt), result).await.map_err(status_of)?;
-        Ok(Response::new(v1::CompleteResponse { recorded }))
+        let next = r.next.map(|l| NextLease { max: l.max_trials.max(1), memory_budget: std::num::NonZeroU64::new(l.memory_budget_bytes) });
+        let (recorded, grant) = self.sched.complete_and_lease(worker, trial, Attempt(r.attempt), result, next).await.map_err(status_of)?;
+        Ok(Response::new(v1::CompleteResponse { recorded, next: grant.map(lease_response) }))
     }
 
     async fn release(&self, req: Request<v1::ReleaseRequest>) -> Result<Response<v1::ReleaseResponse>, Status> {

@@ -64,6 +64,7 @@ async fn invalid_fields_are_refused_with_the_field_named() {
         trial_id: "t".into(),
         attempt: 1,
         result: Some(v1::TrialResult { outcome: 99, ..Default::default() }),
+        next: None,
     };
     let e = c.complete(bad).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -79,7 +80,7 @@ async fn invalid_fields_are_refused_with_the_field_named() {
 async fn an_oversized_message_is_refused() {
     let (_dir, url, _srv) = start().await;
     let mut c = worker_client(&url, TOKEN).await.unwrap();
-    let huge = v1::CompleteRequest { worker_id: "w".into(), trial_id: "x".repeat(5 * 1024 * 1024), attempt: 1, result: None };
+    let huge = v1::CompleteRequest { worker_id: "w".into(), trial_id: "x".repeat(5 * 1024 * 1024), attempt: 1, result: None, next: None };
     let e = c.complete(huge).await.unwrap_err();
     assert!(matches!(e.code(), Code::OutOfRange | Code::ResourceExhausted), "{e:?}");
     still_serving(&url).await;

@@ -192,3 +192,38 @@ async fn a_memory_budget_caps_the_pack_and_never_starves_a_trial() {
     // no budget: the worker's max
     assert_eq!(s.lease(w.clone(), 8, None).await.unwrap().trials.len(), 8);
 }
+
+#[tokio::test]
+async fn a_result_can_carry_the_next_lease_and_a_refused_one_leases_nothing() {
+    use cbsweep_coordinator::scheduler::NextLease;
+    let dir = tempfile::tempdir().unwrap();
+    let s = SchedulerHandle::start(dir.path(), opts()).unwrap();
+    // 2 seeds x 2 archs = 4 trials, leased one at a time
+    s.submit(spec("[0, 1]", "[run]\npack_size = 1\n"), "s.toml".into()).await.unwrap();
+    let a = worker(&s, "a").await;
+    let one = NextLease { max: 1, memory_budget: None };
+    let first = s.lease(a.clone(), 1, None).await.unwrap().trials.remove(0);
+    let (recorded, grant) = s.complete_and_lease(a.clone(), first.id.clone(), first.attempt, result(TrialOutcome::Completed), Some(one)).await.unwrap();
+    assert!(recorded);
+    let second = grant.expect("a lease was asked for").trials.remove(0);
+    assert_ne!(second.id, first.id);
+    assert_eq!(second.attempt, Attempt(1));
+    // A result that is refused (an attempt that is not the current one) takes no lease.
+    let stale = s.complete_and_lease(a.clone(), second.id.clone(), Attempt(7), result(TrialOutcome::Completed), Some(one)).await;
+    assert!(matches!(stale, Err(SchedError::StaleAttempt { attempt: 7, current: 1, .. })), "{stale:?}");
+    let status = s.status(None).await.unwrap();
+    let count = |state| status.sweeps[0].counts.iter().find(|(s, _)| *s == state).map_or(0, |(_, n)| *n);
+    assert_eq!((count(TrialState::Done), count(TrialState::Leased), count(TrialState::Pending)), (1, 1, 2));
+    // Without a request for one, no lease comes back; the last result of a sweep gets an empty,
+    // drained grant.
+    let (_, none) = s.complete_and_lease(a.clone(), second.id.clone(), second.attempt, result(TrialOutcome::Completed), None).await.unwrap();
+    assert!(none.is_none());
+    let mut held = s.lease(a.clone(), 2, None).await.unwrap().trials;
+    assert_eq!(held.len(), 1, "pack_size caps the lease");
+    let third = held.remove(0);
+    let (_, grant) = s.complete_and_lease(a.clone(), third.id, third.attempt, result(TrialOutcome::Completed), Some(one)).await.unwrap();
+    let last = grant.unwrap().trials.remove(0);
+    let (_, grant) = s.complete_and_lease(a, last.id, last.attempt, result(TrialOutcome::Completed), Some(one)).await.unwrap();
+    let grant = grant.unwrap();
+    assert!(grant.trials.is_empty() && grant.drained, "{grant:?}");
+}

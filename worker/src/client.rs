@@ -86,6 +86,11 @@ impl Session {
         }
     }
 
+    /// What this worker asks for in a lease (its worker id filled in per call).
+    fn lease_request(&self) -> v1::LeaseRequest {
+        v1::LeaseRequest { worker_id: String::new(), max_trials: self.cfg.max_pack, memory_budget_bytes: self.cfg.memory_budget.map_or(0, NonZeroU64::get) }
+    }
+
     async fn register(&mut self) -> Result<(), WorkerError> {
         let req = v1::RegisterRequest {
             protocol_version: PROTOCOL_VERSION,
@@ -136,16 +141,29 @@ pub async fn run(cfg: WorkerConfig, mut trainer: Box<dyn Trainer>, shutdown: wat
     let device = trainer.device();
     let mut s = Session { cfg, client, worker_id: String::new(), heartbeat: Duration::from_secs(5), device, shutdown };
     s.register().await?;
+    // the next pack, when it came with the last result
+    let mut next: Option<v1::LeaseResponse> = None;
     loop {
         if *s.shutdown.borrow() {
+            if let Some(lease) = next.take() {
+                let trial_ids: Vec<String> = lease.trials.into_iter().map(|t| t.trial_id).collect();
+                if !trial_ids.is_empty() {
+                    release(&mut s, trial_ids).await?;
+                }
+            }
             return Ok(());
         }
-        let (max_trials, memory_budget_bytes) = (s.cfg.max_pack, s.cfg.memory_budget.map_or(0, NonZeroU64::get));
-        let lease = s
-            .retry("lease trials", |mut c, worker_id| async move {
-                c.lease(v1::LeaseRequest { worker_id, max_trials, memory_budget_bytes }).await.map(|r| r.into_inner())
-            })
-            .await?;
+        let lease = match next.take() {
+            Some(lease) => lease,
+            None => {
+                let req = s.lease_request();
+                s.retry("lease trials", |mut c, worker_id| {
+                    let req = v1::LeaseRequest { worker_id, ..req };
+                    async move { c.lease(req).await.map(|r| r.into_inner()) }
+                })
+                .await?
+            }
+        };
         if lease.trials.is_empty() {
             if lease.drained && s.cfg.exit_when_drained {
                 tracing::info!("no work left; exiting");
@@ -165,20 +183,34 @@ pub async fn run(cfg: WorkerConfig, mut trainer: Box<dyn Trainer>, shutdown: wat
                 Ok(spec) => pack.push(Held { id, attempt, spec }),
                 Err(e) => {
                     let result = failed(format!("unusable trial spec from the coordinator: {e}"), &s.device, 1);
-                    complete(&mut s, &id, attempt, &result).await?;
+                    complete(&mut s, &id, attempt, &result, false).await?;
                 }
             }
         }
-        trainer = train(&mut s, trainer, pack).await?;
+        (trainer, next) = train(&mut s, trainer, pack).await?;
     }
+}
+
+async fn release(s: &mut Session, trial_ids: Vec<String>) -> Result<(), WorkerError> {
+    let n = trial_ids.len();
+    s.retry("hand leases back", |mut c, worker_id| {
+        let trial_ids = trial_ids.clone();
+        async move { c.release(v1::ReleaseRequest { worker_id, trial_ids }).await.map(|_| ()) }
+    })
+    .await?;
+    tracing::info!(trials = n, "handed leases back");
+    Ok(())
 }
 
 fn failed(reason: String, device: &str, pack_size: u32) -> TrialResult {
     TrialResult { outcome: TrialOutcome::Failed(reason), curve: Vec::new(), wall_time_ms: 0, device: device.into(), pack_size, analyses: Vec::new() }
 }
 
-async fn complete(s: &mut Session, id: &TrialId, attempt: Attempt, result: &TrialResult) -> Result<(), WorkerError> {
-    let req = v1::CompleteRequest { worker_id: String::new(), trial_id: id.0.clone(), attempt: attempt.0, result: Some(result.into()) };
+/// Reports a result; with `lease_next`, asks in the same call for the next pack, which it
+/// returns (None when the result was refused: the caller then leases on its own).
+async fn complete(s: &mut Session, id: &TrialId, attempt: Attempt, result: &TrialResult, lease_next: bool) -> Result<Option<v1::LeaseResponse>, WorkerError> {
+    let next = lease_next.then(|| s.lease_request());
+    let req = v1::CompleteRequest { worker_id: String::new(), trial_id: id.0.clone(), attempt: attempt.0, result: Some(result.into()), next };
     let r = s
         .retry("report a result", |mut c, worker_id| {
             let req = v1::CompleteRequest { worker_id, ..req.clone() };
@@ -186,18 +218,20 @@ async fn complete(s: &mut Session, id: &TrialId, attempt: Attempt, result: &Tria
         })
         .await;
     match r {
-        Ok(_) => Ok(()),
+        Ok(r) => Ok(r.next),
         // A newer attempt owns the trial (our lease expired): the result is not ours to record.
         Err(WorkerError::Refused { status, .. }) if status.code() == Code::FailedPrecondition => {
             tracing::warn!(trial_id = %id, reason = %status.message(), "result refused");
-            Ok(())
+            Ok(None)
         }
         Err(e) => Err(e),
     }
 }
 
 /// Trains one pack on a blocking thread; meanwhile heartbeats, progress and revocations.
-async fn train(s: &mut Session, mut trainer: Box<dyn Trainer>, pack: Vec<Held>) -> Result<Box<dyn Trainer>, WorkerError> {
+/// Trains `pack`, reports its results and hands back what a stop left unfinished; returns the
+/// trainer and the next pack when it came with the last result.
+async fn train(s: &mut Session, mut trainer: Box<dyn Trainer>, pack: Vec<Held>) -> Result<(Box<dyn Trainer>, Option<v1::LeaseResponse>), WorkerError> {
     let n = pack.len();
     let revoked: Arc<Vec<AtomicBool>> = Arc::new((0..n).map(|_| AtomicBool::new(false)).collect());
     let stop_all = Arc::new(AtomicBool::new(false));
@@ -268,6 +302,7 @@ async fn train(s: &mut Session, mut trainer: Box<dyn Trainer>, pack: Vec<Held>) 
     };
     let stopping = stop_all.load(Ordering::Relaxed);
     let mut hand_back = Vec::new();
+    let mut report = Vec::new();
     for (i, (h, result)) in pack.iter().zip(results).enumerate() {
         let stopped = matches!(&result.outcome, TrialOutcome::Failed(r) if r == "stopped");
         if revoked[i].load(Ordering::Relaxed) && stopped {
@@ -275,20 +310,21 @@ async fn train(s: &mut Session, mut trainer: Box<dyn Trainer>, pack: Vec<Held>) 
         } else if stopping && stopped {
             hand_back.push(h.id.0.clone());
         } else {
-            tracing::info!(trial_id = %h.id, outcome = result.outcome.status(), max_level = result.max_level(), "finished");
-            complete(s, &h.id, h.attempt, &result).await?;
+            report.push((h, result));
         }
     }
-    if !hand_back.is_empty() {
-        let n = hand_back.len();
-        s.retry("hand leases back", |mut c, worker_id| {
-            let trial_ids = hand_back.clone();
-            async move { c.release(v1::ReleaseRequest { worker_id, trial_ids }).await.map(|_| ()) }
-        })
-        .await?;
-        tracing::info!(trials = n, "handed leases back");
+    let mut next = None;
+    let last = report.len();
+    for (k, (h, result)) in report.into_iter().enumerate() {
+        tracing::info!(trial_id = %h.id, outcome = result.outcome.status(), max_level = result.max_level(), "finished");
+        // the last result asks for the next pack, unless this worker is stopping
+        let lease_next = k + 1 == last && !stopping && !*s.shutdown.borrow();
+        next = complete(s, &h.id, h.attempt, &result, lease_next).await?;
     }
-    Ok(trainer)
+    if !hand_back.is_empty() {
+        release(s, hand_back).await?;
+    }
+    Ok((trainer, next))
 }
 
 fn mark_revoked(pack: &[Held], flags: &[AtomicBool], gone: &[String]) {
