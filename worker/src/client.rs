@@ -228,9 +228,9 @@ async fn complete(s: &mut Session, id: &TrialId, attempt: Attempt, result: &Tria
     }
 }
 
-/// Trains one pack on a blocking thread; meanwhile heartbeats, progress and revocations.
-/// Trains `pack`, reports its results and hands back what a stop left unfinished; returns the
-/// trainer and the next pack when it came with the last result.
+/// Trains `pack` on a blocking thread (meanwhile heartbeats, progress and revocations), reports
+/// its results and hands back what a stop left unfinished; returns the trainer and the next
+/// pack when it came with the last result.
 async fn train(s: &mut Session, mut trainer: Box<dyn Trainer>, pack: Vec<Held>) -> Result<(Box<dyn Trainer>, Option<v1::LeaseResponse>), WorkerError> {
     let n = pack.len();
     let revoked: Arc<Vec<AtomicBool>> = Arc::new((0..n).map(|_| AtomicBool::new(false)).collect());
