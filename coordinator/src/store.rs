@@ -244,8 +244,9 @@ impl Store {
         &self.path
     }
 
-    /// Checkpoints this database every `every` on a thread of its own (see `Checkpointer`); this
-    /// connection then checkpoints only as a backstop.
+    /// Checkpoints this database every `every` while it is written, and ten times less often
+    /// while it is not, on a thread of its own (see `Checkpointer`); this connection then
+    /// checkpoints only as a backstop.
     pub fn checkpoint_in_background(&self, every: Duration) -> Result<Checkpointer, StoreError> {
         let conn = Connection::open(&self.path).map_err(|source| StoreError::Open { path: self.path.clone(), source })?;
         conn.busy_timeout(Duration::from_secs(10))?;
@@ -253,10 +254,17 @@ impl Store {
         let thread = std::thread::Builder::new()
             .name("cbsweep-checkpoint".into())
             .spawn(move || {
+                // (frames in the WAL, frames checkpointed) after the last checkpoint
+                let mut seen = None;
+                let mut wait = every;
                 loop {
-                    let last = !matches!(rx.recv_timeout(every), Err(mpsc::RecvTimeoutError::Timeout));
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                        tracing::warn!(error = %e, "checkpoint failed");
+                    let last = !matches!(rx.recv_timeout(wait), Err(mpsc::RecvTimeoutError::Timeout));
+                    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))) {
+                        Ok(frames) => {
+                            wait = if seen == Some(frames) { every * 10 } else { every };
+                            seen = Some(frames);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
                     }
                     if last {
                         return;
