@@ -221,7 +221,7 @@ impl<'a> TrialRun<'a> {
 
     fn finish(&mut self, outcome: TrialOutcome) {
         if self.end.is_none() {
-            let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let ms = self.elapsed_ms();
             tracing::debug!(seed = self.spec.seed.0, outcome = outcome.status(), level = self.level, "trial ended");
             self.end = Some((outcome, ms));
         }
@@ -229,9 +229,15 @@ impl<'a> TrialRun<'a> {
 
     /// Counts the analyses of a trial's last epoch, which run after it ended, in its wall time.
     fn restamp_end(&mut self) {
+        let now = self.elapsed_ms();
         if let Some((_, ms)) = &mut self.end {
-            *ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            *ms = now;
         }
+    }
+
+    /// Milliseconds since the pack started.
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Counts a solved level; true when it is one to analyse: the 1st, (1 + k)th, (1 + 2k)th
@@ -260,6 +266,7 @@ impl<'a> TrialRun<'a> {
     }
 
     fn into_result(self, failure: Option<&str>, device: &str, pack_size: usize) -> TrialResult {
+        let now = self.elapsed_ms();
         let (outcome, wall_time_ms) = match (self.end, failure) {
             (Some(end), _) => end,
             (None, failure) => {
@@ -267,7 +274,7 @@ impl<'a> TrialRun<'a> {
                     Some(reason) => TrialOutcome::Failed(reason.to_string()),
                     None => TrialOutcome::Completed,
                 };
-                (outcome, u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX))
+                (outcome, now)
             }
         };
         TrialResult {
