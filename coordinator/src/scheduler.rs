@@ -117,7 +117,7 @@ const MAX_BATCH: usize = 64;
 /// How often committed pages move from the WAL into the database file (on another thread):
 /// often, so that the WAL is often wholly copied and starts over from its beginning, and each
 /// checkpoint's fsync is short. Under load a commit's writes can wait for that fsync (the file
-/// system's journal): at 4,000 trials/s the lease bench's p99 was 3.8-12.6 ms (median 6.0, 10
+/// system's journal): at 4,000 trials/s the lease bench's p99 was 3.8-12.6 ms (median 5.8, 11
 /// runs) with every 5 ms against 8.4-18.2 ms (median 9.3, 5 runs) with every 20 ms, and its
 /// longest wait 11-57 ms against 52-78 ms.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(5);
