@@ -44,6 +44,10 @@ enum What {
         /// Engines to measure: fused (the CPU engine, the default on CPU) and libtorch.
         #[arg(long, value_delimiter = ',', default_value = "fused,libtorch")]
         engines: Vec<String>,
+        /// The highest level of the estimate of the study's main comparison on this device (0:
+        /// no estimate).
+        #[arg(long, default_value_t = 35)]
+        estimate_level: u32,
     },
     /// Coordinator lease throughput and latency: simulated gRPC workers, in processes of their
     /// own, lease one trial and complete it, as fast as they can and then at a fixed rate.
@@ -143,15 +147,16 @@ fn spec(arch: Arch, seed: u64, level: u32, steps: u32) -> TrialSpec {
     }
 }
 
-/// Trial-steps per second of the Python baseline: one process per core, one thread each.
-fn baseline(arch: Arch, level: u32, procs: usize) -> anyhow::Result<f64> {
+/// Trial-steps per second of the Python baseline: `procs` processes of one thread each (one per
+/// core on the CPU, one on a GPU), on `device`.
+fn baseline(arch: Arch, level: u32, procs: usize, device: &str) -> anyhow::Result<f64> {
     let py = root().join(".venv/bin/python");
     let script = root().join("benches/baseline.py");
     let children: Vec<_> = (0..procs)
         .map(|i| {
             std::process::Command::new(&py)
                 .arg(&script)
-                .args(["--arch", &arch.to_string(), "--level", &level.to_string(), "--steps", "40", "--seed", &i.to_string()])
+                .args(["--arch", &arch.to_string(), "--level", &level.to_string(), "--steps", "40", "--seed", &i.to_string(), "--device", device])
                 .stdout(std::process::Stdio::piped())
                 .spawn()
                 .with_context(|| format!("cannot run {} (run `make setup`)", py.display()))
@@ -259,7 +264,7 @@ fn large_gemm_rate() -> f64 {
     f64::from(reps) * 2.0 * (n as f64).powi(3) / secs
 }
 
-fn bench_train(packs: &[usize], level: u32, device: &str, trial_steps: usize, threads: usize, engines: &[String]) -> anyhow::Result<()> {
+fn bench_train(packs: &[usize], level: u32, device: &str, trial_steps: usize, threads: usize, engines: &[String], estimate_level: u32) -> anyhow::Result<()> {
     use cbsweep_worker::torch::Engine;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let dev = match device {
@@ -274,14 +279,17 @@ fn bench_train(packs: &[usize], level: u32, device: &str, trial_steps: usize, th
     tch::set_num_threads(threads as i32);
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
     let (peak, how) = measured_peak(threads);
-    println!("train: level N = {level}, batch 64, {cores} cores, {threads} thread(s), device {device}; baseline = benches/baseline.py, {cores} processes x 1 thread");
+    // the study's way on this device: one trial per process, a process per core on the CPU and
+    // one on a GPU
+    let base_procs = if dev == tch::Device::Cpu { cores } else { 1 };
+    println!("train: level N = {level}, batch 64, {cores} cores, {threads} thread(s), device {device}; baseline = benches/baseline.py, {base_procs} process(es) x 1 thread on {device}");
     if dev == tch::Device::Cpu {
         let gemm = large_gemm_rate();
         println!("  fp32 peak of {threads} thread(s): {:.0} GFLOP/s (measured: {how}); one large sgemm on one thread reaches {:.1} GFLOP/s", peak / 1e9, gemm / 1e9);
     }
     println!("{:<6} {:<9} {:>5} {:>14} {:>9} {:>7} {:>12} {:>8}", "arch", "engine", "M", "trial-steps/s", "GFLOP/s", "peak", "baseline", "ratio");
     for arch in [Arch::Cbrnn, Arch::Rnn] {
-        let base = baseline(arch, level, cores)?;
+        let base = baseline(arch, level, base_procs, device)?;
         let flop = flop_per_trial_step(&spec(arch, 0, level, 1), level);
         println!("{:<6} {:<9} {:>5} {:>14.1} {:>9.1} {:>6.1}% {:>12} {:>8}", arch.to_string(), "baseline", "1/proc", base, base * flop / 1e9, 100.0 * base * flop / peak, "", "1.00x");
         for &engine in &engines {
@@ -326,7 +334,71 @@ fn bench_train(packs: &[usize], level: u32, device: &str, trial_steps: usize, th
     }
     println!("  (M: trials in one pack in one process of {threads} thread(s); 1/proc: {threads} processes of one thread, one trial each, as `cbsweep run` starts them)");
     println!("  (a timed pack includes its test pass: one test batch per epoch of `steps` SGD steps; FLOP counts the matrix products of the SGD steps only)");
+    if estimate_level > 0 {
+        estimate_main_comparison(dev, device, estimate_level)?;
+    }
     Ok(())
+}
+
+/// Trials of each architecture in the study's main comparison: 2 tasks x 8 seeds. One pack key
+/// holds them all (a pack key leaves out task and seed).
+const MAIN_TRIALS_PER_ARCH: usize = 16;
+/// The study's budget: epochs of `STUDY_STEPS` SGD steps, then `STUDY_TESTS` test batches.
+const STUDY_EPOCHS: f64 = 1000.0;
+const STUDY_STEPS: u32 = 100;
+const STUDY_TESTS: u32 = 50;
+/// SGD steps per timed epoch of the estimate (with half as many test batches, the study's ratio).
+const ESTIMATE_STEPS: u32 = 10;
+
+/// How long the study's main comparison (2 tasks x 2 architectures x 8 seeds, 1000 epochs)
+/// takes on `dev`, from measured epochs: each architecture's 16 trials train as one pack, the
+/// two packs one after the other, by the engine a worker uses there. One epoch of each pack is
+/// timed at the first level (N = 2) and at `top`. An epoch's cost is close to affine in the mean
+/// sequence length (on a 2-core CPU, an epoch at N = 18 took 18.5 s for the CB-RNN pack and
+/// 14.5 s for the RNN's, against 19.8 s and 15.7 s on the line through N = 2 and 35), so levels
+/// that climb evenly from 2 to `top` cost about the mean of the two, and every epoch at `top`
+/// bounds the run from above. The checkpoint analyses are not included.
+fn estimate_main_comparison(dev: tch::Device, device: &str, top: u32) -> anyhow::Result<()> {
+    use cbsweep_worker::torch::Engine;
+    let (engine, name) = if dev == tch::Device::Cpu { (Engine::Fused, "fused") } else { (Engine::Libtorch, "libtorch") };
+    println!(
+        "main comparison: 2 tasks x 2 archs x 8 seeds, {STUDY_EPOCHS} epochs of {STUDY_STEPS} SGD steps + {STUDY_TESTS} test batches; each arch's {MAIN_TRIALS_PER_ARCH} trials as one pack, the two packs in turn, {name} engine on {device}"
+    );
+    let (mut even, mut upper) = (0.0, 0.0);
+    for arch in [Arch::Cbrnn, Arch::Rnn] {
+        let first = epoch_seconds(arch, engine, dev, MAIN_TRIALS_PER_ARCH, 2)?;
+        let last = epoch_seconds(arch, engine, dev, MAIN_TRIALS_PER_ARCH, top)?;
+        println!("  {:<6} one epoch of the pack: {first:.3} s at N = 2, {last:.3} s at N = {top}", arch.to_string());
+        even += STUDY_EPOCHS * (first + last) / 2.0;
+        upper += STUDY_EPOCHS * last;
+    }
+    let hours = |s: f64| s / 3600.0;
+    println!(
+        "  estimate: {:.2} h with levels climbing evenly from N = 2 to {top}; {:.2} h with every epoch at N = {top} (upper bound); checkpoint analyses not included",
+        hours(even),
+        hours(upper)
+    );
+    Ok(())
+}
+
+/// Seconds one study epoch (`STUDY_STEPS` SGD steps, then `STUDY_TESTS` test batches) of a pack
+/// of `m` trials takes at level `level`: `ESTIMATE_STEPS` steps and half as many test batches
+/// timed (after a warm-up epoch of the same shape) and scaled up.
+fn epoch_seconds(arch: Arch, engine: cbsweep_worker::torch::Engine, dev: tch::Device, m: usize, level: u32) -> anyhow::Result<f64> {
+    let shaped = |seed: u64, steps: u32| {
+        let mut t = spec(arch, seed, level, steps);
+        t.budget.test_batches = (steps * STUDY_TESTS / STUDY_STEPS).max(1);
+        t
+    };
+    let mut trainer = cbsweep_worker::torch::TorchTrainer::new(dev).with_engine(engine);
+    let warm: Vec<TrialSpec> = (0..m as u64).map(|s| shaped(s + 10_000, 2)).collect();
+    let _ = trainer.train_pack(&warm, &mut |_: usize, _: &EpochRecord| Control::Continue);
+    let pack: Vec<TrialSpec> = (0..m as u64).map(|s| shaped(s, ESTIMATE_STEPS)).collect();
+    let t0 = Instant::now();
+    let results = trainer.train_pack(&pack, &mut |_: usize, _: &EpochRecord| Control::Continue);
+    let secs = t0.elapsed().as_secs_f64();
+    anyhow::ensure!(results.iter().all(|r| r.outcome.status() != "failed"), "training failed: {:?}", results[0].outcome);
+    Ok(secs * f64::from(STUDY_STEPS) / f64::from(ESTIMATE_STEPS))
 }
 
 /// Trial-steps per second of one timed pack of `m` trials (after a warm-up pack of the same
@@ -887,8 +959,8 @@ fn main() -> anyhow::Result<()> {
     if let What::Results { rows } = what {
         return bench_results(rows);
     }
-    if let What::Train { packs, level, device, trial_steps, threads, engines } = &what {
-        return bench_train(packs, *level, device, *trial_steps, *threads, engines);
+    if let What::Train { packs, level, device, trial_steps, threads, engines, estimate_level } = &what {
+        return bench_train(packs, *level, device, *trial_steps, *threads, engines, *estimate_level);
     }
     if let What::Memory { engines, packs, level, trial_steps } = &what {
         return bench_memory(engines, packs, *level, *trial_steps);
@@ -900,7 +972,7 @@ fn main() -> anyhow::Result<()> {
         rt.block_on(bench_lease(LeaseBench::default()))?;
         bench_results(1_000_000)?;
         bench_e2e(None, 2)?;
-        bench_train(&[1, 8, 32, 128], 10, "cpu", 256, 0, &["fused".into(), "libtorch".into()])?;
+        bench_train(&[1, 8, 32, 128], 10, "cpu", 256, 0, &["fused".into(), "libtorch".into()], 35)?;
         bench_memory(&["fused".into(), "libtorch".into()], &[1, 8, 32], 10, 8)?;
     }
     Ok(())
