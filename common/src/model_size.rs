@@ -37,10 +37,11 @@ pub fn closest_rnn_hidden(target: u64) -> u32 {
 /// Hidden size of the plain RNN matched to a CB-RNN of the given shape: the study's published
 /// pair where one exists, the closest parameter count otherwise.
 pub fn matched_rnn_hidden(hidden: u32, granule: u32, purkinje: u32) -> u32 {
-    if hidden == 64 && purkinje == 64 {
-        if let Some(&(_, h)) = PUBLISHED_MATCHES.iter().find(|(g, _)| *g == granule) {
-            return h;
-        }
+    if hidden == 64
+        && purkinje == 64
+        && let Some(&(_, h)) = PUBLISHED_MATCHES.iter().find(|(g, _)| *g == granule)
+    {
+        return h;
     }
     closest_rnn_hidden(cbrnn_params(hidden, granule, purkinje))
 }

@@ -154,20 +154,20 @@ fn describe_config_error(msg: &str) -> String {
     if let Some(rest) = msg.strip_prefix("missing configuration field \"") {
         return format!("missing required key `{}`", rest.trim_end_matches('"'));
     }
-    if let Some(rest) = msg.strip_prefix("missing field `") {
-        if let Some((field, tail)) = rest.split_once('`') {
-            let section = tail.split('`').nth(1).unwrap_or("");
-            let key = if section.is_empty() { field.to_string() } else { format!("{section}.{field}") };
-            return format!("missing required key `{key}`");
-        }
+    if let Some(rest) = msg.strip_prefix("missing field `")
+        && let Some((field, tail)) = rest.split_once('`')
+    {
+        let section = tail.split('`').nth(1).unwrap_or("");
+        let key = if section.is_empty() { field.to_string() } else { format!("{section}.{field}") };
+        return format!("missing required key `{key}`");
     }
-    if let Some(rest) = msg.strip_prefix("unknown field `") {
-        if let Some((field, tail)) = rest.split_once('`') {
-            let section = tail.rsplit_once("for key `").map(|(_, s)| s.trim_end_matches('`')).unwrap_or("");
-            let expected = tail.split(" for key").next().unwrap_or("").trim_start_matches(", ");
-            let key = if section.is_empty() { field.to_string() } else { format!("{section}.{field}") };
-            return format!("unknown key `{key}` ({expected})");
-        }
+    if let Some(rest) = msg.strip_prefix("unknown field `")
+        && let Some((field, tail)) = rest.split_once('`')
+    {
+        let section = tail.rsplit_once("for key `").map(|(_, s)| s.trim_end_matches('`')).unwrap_or("");
+        let expected = tail.split(" for key").next().unwrap_or("").trim_start_matches(", ");
+        let key = if section.is_empty() { field.to_string() } else { format!("{section}.{field}") };
+        return format!("unknown key `{key}` ({expected})");
     }
     msg.to_string()
 }

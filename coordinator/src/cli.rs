@@ -149,11 +149,11 @@ fn coordinator_token(token_file: Option<&Path>, state: &Path) -> Result<Token, C
         return Ok(Token(t));
     }
     let path = state.join("token");
-    if let Ok(t) = std::fs::read_to_string(&path) {
-        if !t.trim().is_empty() {
-            eprintln!("cbsweep coordinator: using the token in {}", path.display());
-            return Ok(Token(t.trim().to_string()));
-        }
+    if let Ok(t) = std::fs::read_to_string(&path)
+        && !t.trim().is_empty()
+    {
+        eprintln!("cbsweep coordinator: using the token in {}", path.display());
+        return Ok(Token(t.trim().to_string()));
     }
     std::fs::create_dir_all(state).map_err(io(format!("cannot create {}", state.display())))?;
     let t = format!("{:032x}", rand::random::<u128>());

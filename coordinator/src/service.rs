@@ -120,7 +120,7 @@ impl v1::sweep_service_server::SweepService for SweepApi {
 
     async fn sweep_status(&self, req: Request<v1::SweepStatusRequest>) -> Result<Response<v1::SweepStatusResponse>, Status> {
         let r = req.into_inner();
-        let only = (!r.sweep_id.is_empty()).then(|| SweepId(r.sweep_id));
+        let only = (!r.sweep_id.is_empty()).then_some(SweepId(r.sweep_id));
         let report = self.sched.status(only).await.map_err(status_of)?;
         Ok(Response::new(v1::SweepStatusResponse {
             sweeps: report

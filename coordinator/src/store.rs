@@ -162,6 +162,9 @@ pub struct TrialRow {
     pub completed_ms: Option<i64>,
 }
 
+/// A worker seen lately: (id, hostname, device, trials it holds, milliseconds since seen).
+pub type LiveWorker = (String, String, String, u32, i64);
+
 /// Where a trial stands when a completion arrives.
 #[derive(Clone, Debug)]
 pub struct TrialLease {
@@ -394,7 +397,7 @@ impl Store {
     }
 
     /// Workers seen in the last `within_ms`, with the number of trials each holds.
-    pub fn live_workers(&self, within_ms: i64) -> Result<Vec<(String, String, String, u32, i64)>, StoreError> {
+    pub fn live_workers(&self, within_ms: i64) -> Result<Vec<LiveWorker>, StoreError> {
         let now = now_ms();
         let mut stmt = self.conn.prepare_cached(
             "SELECT w.worker_id, w.hostname, w.device, w.last_seen_ms,

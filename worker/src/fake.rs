@@ -30,19 +30,19 @@ impl FakeTrainer {
     }
 
     fn log(&self, line: &str) {
-        if let Some(path) = &self.cfg.execution_log {
-            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-                // One write per line: O_APPEND keeps a single write whole when several workers
-                // share the log; `writeln!` may split the line into several writes.
-                let _ = f.write_all(format!("{line}\n").as_bytes());
-            }
+        if let Some(path) = &self.cfg.execution_log
+            && let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path)
+        {
+            // One write per line: O_APPEND keeps a single write whole when several workers
+            // share the log; `writeln!` may split the line into several writes.
+            let _ = f.write_all(format!("{line}\n").as_bytes());
         }
     }
 }
 
 /// A deterministic curve: level rises every second epoch, faster for the CB-RNN.
 fn fake_epoch(t: &TrialSpec, epoch: u32, level: u32) -> EpochRecord {
-    let solved = (epoch + t.seed.0 as u32 + u32::from(t.arch == cbsweep_common::Arch::Cbrnn)) % 2 == 0;
+    let solved = (epoch + t.seed.0 as u32 + u32::from(t.arch == cbsweep_common::Arch::Cbrnn)).is_multiple_of(2);
     EpochRecord {
         epoch,
         level,

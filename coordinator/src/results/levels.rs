@@ -30,7 +30,7 @@ pub fn schema() -> SchemaRef {
 }
 
 /// (trial, level, epoch solved, epochs spent on the level) for every solved level.
-pub fn solved_levels<'a>(curves: &'a [(TrialId, EpochRecord)]) -> Vec<(&'a TrialId, u32, u32, u32)> {
+pub fn solved_levels(curves: &[(TrialId, EpochRecord)]) -> Vec<(&TrialId, u32, u32, u32)> {
     let mut out = Vec::new();
     let mut since: HashMap<&TrialId, u32> = HashMap::new();
     for (id, e) in curves {
