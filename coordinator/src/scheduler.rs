@@ -115,11 +115,16 @@ type Answer = Box<dyn FnOnce(Option<&str>)>;
 const MAX_BATCH: usize = 64;
 
 /// How often committed pages move from the WAL into the database file (on another thread):
-/// often, so that the WAL is often wholly copied and starts over from its beginning, and each
-/// checkpoint's fsync is short. Under load a commit's writes can wait for that fsync (the file
-/// system's journal): at 4,000 trials/s the lease bench's p99 was 3.8-12.6 ms (median 5.8, 11
-/// runs) with every 5 ms against 8.4-18.2 ms (median 9.3, 5 runs) with every 20 ms, and its
-/// longest wait 11-57 ms against 52-78 ms.
+/// often, so that each checkpoint's fsync is short. Under load a commit's writes can wait for
+/// that fsync (the file system's journal): at 4,000 trials/s the lease bench's p99 was 3.8-12.6
+/// ms (median 5.8, 11 runs) with every 5 ms against 8.4-18.2 ms (median 9.3, 5 runs) with every
+/// 20 ms, and its longest wait 11-57 ms against 52-78 ms. Under sustained load the WAL does not
+/// start over (a commit lands during nearly every checkpoint, and SQLite restarts the log only
+/// for a writer that finds it wholly copied): it grew to about 40,000 frames in the 4 s of the
+/// bench's phase at 2,500 trials/s, and starts over at the next pause. Forcing the restart
+/// (`wal_checkpoint(RESTART)` once it held 4,096 frames) blocked the writer 5-20 ms each time
+/// (p99 23-26 ms against 4.6-6.1 ms, 2 runs each); leaving checkpoints to the writer's backstop
+/// gave p99 20-27 ms (2 runs).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(5);
 
 fn answer<T: 'static>(reply: Reply<T>, result: Result<T, SchedError>) -> Answer {
