@@ -390,15 +390,9 @@ fn epoch_seconds(arch: Arch, engine: cbsweep_worker::torch::Engine, dev: tch::De
         t.budget.test_batches = (steps * STUDY_TESTS / STUDY_STEPS).max(1);
         t
     };
-    let mut trainer = cbsweep_worker::torch::TorchTrainer::new(dev).with_engine(engine);
     let warm: Vec<TrialSpec> = (0..m as u64).map(|s| shaped(s + 10_000, 2)).collect();
-    let _ = trainer.train_pack(&warm, &mut |_: usize, _: &EpochRecord| Control::Continue);
     let pack: Vec<TrialSpec> = (0..m as u64).map(|s| shaped(s, ESTIMATE_STEPS)).collect();
-    let t0 = Instant::now();
-    let results = trainer.train_pack(&pack, &mut |_: usize, _: &EpochRecord| Control::Continue);
-    let secs = t0.elapsed().as_secs_f64();
-    anyhow::ensure!(results.iter().all(|r| r.outcome.status() != "failed"), "training failed: {:?}", results[0].outcome);
-    Ok(secs * f64::from(STUDY_STEPS) / f64::from(ESTIMATE_STEPS))
+    Ok(timed_pack(engine, dev, &warm, &pack)? * f64::from(STUDY_STEPS) / f64::from(ESTIMATE_STEPS))
 }
 
 /// Trial-steps per second of one timed pack of `m` trials (after a warm-up pack of the same
@@ -406,14 +400,19 @@ fn epoch_seconds(arch: Arch, engine: cbsweep_worker::torch::Engine, dev: tch::De
 fn time_pack(arch: Arch, engine: cbsweep_worker::torch::Engine, dev: tch::Device, m: usize, level: u32, trial_steps: usize) -> anyhow::Result<f64> {
     let steps = (trial_steps / m).max(2) as u32;
     let pack: Vec<TrialSpec> = (0..m as u64).map(|s| spec(arch, s, level, steps)).collect();
-    let mut trainer = cbsweep_worker::torch::TorchTrainer::new(dev).with_engine(engine);
     let warm: Vec<TrialSpec> = pack.iter().map(|t| spec(arch, t.seed.0 + 10_000, level, 1)).collect();
-    let _ = trainer.train_pack(&warm, &mut |_: usize, _: &EpochRecord| Control::Continue);
+    Ok((m as f64 * f64::from(steps)) / timed_pack(engine, dev, &warm, &pack)?)
+}
+
+/// Seconds `pack` takes to train on `dev`, after `warm` (allocator, kernels) on the same trainer.
+fn timed_pack(engine: cbsweep_worker::torch::Engine, dev: tch::Device, warm: &[TrialSpec], pack: &[TrialSpec]) -> anyhow::Result<f64> {
+    let mut trainer = cbsweep_worker::torch::TorchTrainer::new(dev).with_engine(engine);
+    let _ = trainer.train_pack(warm, &mut |_: usize, _: &EpochRecord| Control::Continue);
     let t0 = Instant::now();
-    let results = trainer.train_pack(&pack, &mut |_: usize, _: &EpochRecord| Control::Continue);
+    let results = trainer.train_pack(pack, &mut |_: usize, _: &EpochRecord| Control::Continue);
     let secs = t0.elapsed().as_secs_f64();
     anyhow::ensure!(results.iter().all(|r| r.outcome.status() != "failed"), "training failed: {:?}", results[0].outcome);
-    Ok((m as f64 * f64::from(steps)) / secs)
+    Ok(secs)
 }
 
 /// Trial-steps per second of `procs` processes of one thread, each timing one trial at a time
