@@ -156,7 +156,18 @@ fn baseline(arch: Arch, level: u32, procs: usize, device: &str) -> anyhow::Resul
         .map(|i| {
             std::process::Command::new(&py)
                 .arg(&script)
-                .args(["--arch", &arch.to_string(), "--level", &level.to_string(), "--steps", "40", "--seed", &i.to_string(), "--device", device])
+                .args([
+                    "--arch",
+                    &arch.to_string(),
+                    "--level",
+                    &level.to_string(),
+                    "--steps",
+                    "40",
+                    "--seed",
+                    &i.to_string(),
+                    "--device",
+                    device,
+                ])
                 .stdout(std::process::Stdio::piped())
                 .spawn()
                 .with_context(|| format!("cannot run {} (run `make setup`)", py.display()))
@@ -264,7 +275,15 @@ fn large_gemm_rate() -> f64 {
     f64::from(reps) * 2.0 * (n as f64).powi(3) / secs
 }
 
-fn bench_train(packs: &[usize], level: u32, device: &str, trial_steps: usize, threads: usize, engines: &[String], estimate_level: u32) -> anyhow::Result<()> {
+fn bench_train(
+    packs: &[usize],
+    level: u32,
+    device: &str,
+    trial_steps: usize,
+    threads: usize,
+    engines: &[String],
+    estimate_level: u32,
+) -> anyhow::Result<()> {
     use cbsweep_worker::torch::Engine;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let dev = match device {
@@ -282,16 +301,35 @@ fn bench_train(packs: &[usize], level: u32, device: &str, trial_steps: usize, th
     // the study's way on this device: one trial per process, a process per core on the CPU and
     // one on a GPU
     let base_procs = if dev == tch::Device::Cpu { cores } else { 1 };
-    println!("train: level N = {level}, batch 64, {cores} cores, {threads} thread(s), device {device}; baseline = benches/baseline.py, {base_procs} process(es) x 1 thread on {device}");
+    println!(
+        "train: level N = {level}, batch 64, {cores} cores, {threads} thread(s), device {device}; baseline = benches/baseline.py, {base_procs} process(es) x 1 thread on {device}"
+    );
     if dev == tch::Device::Cpu {
         let gemm = large_gemm_rate();
-        println!("  fp32 peak of {threads} thread(s): {:.0} GFLOP/s (measured: {how}); one large sgemm on one thread reaches {:.1} GFLOP/s", peak / 1e9, gemm / 1e9);
+        println!(
+            "  fp32 peak of {threads} thread(s): {:.0} GFLOP/s (measured: {how}); one large sgemm on one thread reaches {:.1} GFLOP/s",
+            peak / 1e9,
+            gemm / 1e9
+        );
     }
-    println!("{:<6} {:<9} {:>5} {:>14} {:>9} {:>7} {:>12} {:>8}", "arch", "engine", "M", "trial-steps/s", "GFLOP/s", "peak", "baseline", "ratio");
+    println!(
+        "{:<6} {:<9} {:>5} {:>14} {:>9} {:>7} {:>12} {:>8}",
+        "arch", "engine", "M", "trial-steps/s", "GFLOP/s", "peak", "baseline", "ratio"
+    );
     for arch in [Arch::Cbrnn, Arch::Rnn] {
         let base = baseline(arch, level, base_procs, device)?;
         let flop = flop_per_trial_step(&spec(arch, 0, level, 1), level);
-        println!("{:<6} {:<9} {:>5} {:>14.1} {:>9.1} {:>6.1}% {:>12} {:>8}", arch.to_string(), "baseline", "1/proc", base, base * flop / 1e9, 100.0 * base * flop / peak, "", "1.00x");
+        println!(
+            "{:<6} {:<9} {:>5} {:>14.1} {:>9.1} {:>6.1}% {:>12} {:>8}",
+            arch.to_string(),
+            "baseline",
+            "1/proc",
+            base,
+            base * flop / 1e9,
+            100.0 * base * flop / peak,
+            "",
+            "1.00x"
+        );
         for &engine in &engines {
             let name = match engine {
                 Engine::Fused if dev != tch::Device::Cpu => continue,
@@ -332,8 +370,12 @@ fn bench_train(packs: &[usize], level: u32, device: &str, trial_steps: usize, th
             }
         }
     }
-    println!("  (M: trials in one pack in one process of {threads} thread(s); 1/proc: {threads} processes of one thread, one trial each, as `cbsweep run` starts them)");
-    println!("  (a timed pack includes its test pass: one test batch per epoch of `steps` SGD steps; FLOP counts the matrix products of the SGD steps only)");
+    println!(
+        "  (M: trials in one pack in one process of {threads} thread(s); 1/proc: {threads} processes of one thread, one trial each, as `cbsweep run` starts them)"
+    );
+    println!(
+        "  (a timed pack includes its test pass: one test batch per epoch of `steps` SGD steps; FLOP counts the matrix products of the SGD steps only)"
+    );
     if estimate_level > 0 {
         estimate_main_comparison(dev, device, estimate_level)?;
     }
@@ -397,7 +439,14 @@ fn epoch_seconds(arch: Arch, engine: cbsweep_worker::torch::Engine, dev: tch::De
 
 /// Trial-steps per second of one timed pack of `m` trials (after a warm-up pack of the same
 /// shape: allocator, kernels), on this process's threads.
-fn time_pack(arch: Arch, engine: cbsweep_worker::torch::Engine, dev: tch::Device, m: usize, level: u32, trial_steps: usize) -> anyhow::Result<f64> {
+fn time_pack(
+    arch: Arch,
+    engine: cbsweep_worker::torch::Engine,
+    dev: tch::Device,
+    m: usize,
+    level: u32,
+    trial_steps: usize,
+) -> anyhow::Result<f64> {
     let steps = (trial_steps / m).max(2) as u32;
     let pack: Vec<TrialSpec> = (0..m as u64).map(|s| spec(arch, s, level, steps)).collect();
     let warm: Vec<TrialSpec> = pack.iter().map(|t| spec(arch, t.seed.0 + 10_000, level, 1)).collect();
@@ -563,7 +612,15 @@ fn cpu_secs(threads: Option<&dyn Fn(&str) -> bool>) -> anyhow::Result<f64> {
 
 /// The simulated workers `first..first + workers` (`lease-clients`): register, then lease one
 /// trial and complete it until the phase ends; `per_connection` workers share a gRPC connection.
-async fn lease_clients(url: &str, first: usize, workers: usize, per_connection: usize, load: Load, rate: f64, two_calls: bool) -> anyhow::Result<ClientReport> {
+async fn lease_clients(
+    url: &str,
+    first: usize,
+    workers: usize,
+    per_connection: usize,
+    load: Load,
+    rate: f64,
+    two_calls: bool,
+) -> anyhow::Result<ClientReport> {
     use cbsweep_proto::{PROTOCOL_VERSION, v1};
     use tokio::time::Instant;
     let cpu0 = cpu_secs(None)?;
@@ -574,7 +631,13 @@ async fn lease_clients(url: &str, first: usize, workers: usize, per_connection: 
     let mut registered = Vec::new();
     for i in 0..workers {
         let mut c = clients[i / per_connection.max(1)].clone();
-        let hello = v1::RegisterRequest { protocol_version: PROTOCOL_VERSION, hostname: format!("sim{}", first + i), device: "sim".into(), max_pack: 1, pid: (first + i) as u32 };
+        let hello = v1::RegisterRequest {
+            protocol_version: PROTOCOL_VERSION,
+            hostname: format!("sim{}", first + i),
+            device: "sim".into(),
+            max_pack: 1,
+            pid: (first + i) as u32,
+        };
         let id = c.register(hello).await?.into_inner().worker_id;
         registered.push((c, id));
     }
@@ -589,7 +652,13 @@ async fn lease_clients(url: &str, first: usize, workers: usize, per_connection: 
             let mut due = start + period.mul_f64(i as f64 / workers as f64);
             let request = v1::LeaseRequest { worker_id: worker_id.clone(), max_trials: 1, memory_budget_bytes: 0 };
             let e = v1::EpochRecord { epoch: 1, level: 2, train_loss: 0.5, test_accuracy: 0.5, ..Default::default() };
-            let result = v1::TrialResult { outcome: v1::OutcomeKind::Completed as i32, curve: vec![e], device: "sim".into(), pack_size: 1, ..Default::default() };
+            let result = v1::TrialResult {
+                outcome: v1::OutcomeKind::Completed as i32,
+                curve: vec![e],
+                device: "sim".into(),
+                pack_size: 1,
+                ..Default::default()
+            };
             // the trial in hand: reported at the next due time, which (one call) leases the next
             let mut held: Option<v1::LeasedTrial> = None;
             loop {
@@ -602,7 +671,13 @@ async fn lease_clients(url: &str, first: usize, workers: usize, per_connection: 
                     None => (c.lease(request.clone()).await?.into_inner(), us(t0.elapsed())),
                     Some(t) => {
                         let next = (!two_calls).then(|| request.clone());
-                        let done = v1::CompleteRequest { worker_id: worker_id.clone(), trial_id: t.trial_id, attempt: t.attempt, result: Some(result.clone()), next };
+                        let done = v1::CompleteRequest {
+                            worker_id: worker_id.clone(),
+                            trial_id: t.trial_id,
+                            attempt: t.attempt,
+                            result: Some(result.clone()),
+                            next,
+                        };
                         let answer = c.complete(done).await?.into_inner();
                         let done_us = us(t0.elapsed());
                         r.complete_us.push(done_us);
@@ -672,7 +747,8 @@ async fn lease_phase(url: &str, o: &LeaseBench, load: Load, rate: f64) -> anyhow
             children.push(child);
         }
         for child in children {
-            let out = tokio::time::timeout(PHASE_LIMIT, child.wait_with_output()).await.context("a lease-clients process ran too long")??;
+            let out =
+                tokio::time::timeout(PHASE_LIMIT, child.wait_with_output()).await.context("a lease-clients process ran too long")??;
             anyhow::ensure!(out.status.success(), "a lease-clients process failed ({})", out.status);
             report.merge(ClientReport::from_json(&serde_json::from_slice(&out.stdout)?));
         }
@@ -684,7 +760,8 @@ async fn bench_lease(o: LeaseBench) -> anyhow::Result<()> {
     use cbsweep_coordinator::scheduler::{SchedulerHandle, SchedulerOptions};
     let dir = tempfile::tempdir()?;
     let sched = SchedulerHandle::start(dir.path(), SchedulerOptions::default())?;
-    let running = cbsweep_coordinator::server::serve("127.0.0.1:0".parse()?, sched.clone(), cbsweep_coordinator::server::Token("t".into())).await?;
+    let running =
+        cbsweep_coordinator::server::serve("127.0.0.1:0".parse()?, sched.clone(), cbsweep_coordinator::server::Token("t".into())).await?;
     let url = format!("http://{}", running.addr);
     let seeds = (o.trials / 4).max(1);
     let sweep = |name: &str| {
@@ -695,11 +772,24 @@ async fn bench_lease(o: LeaseBench) -> anyhow::Result<()> {
         cbsweep_common::parse_spec(&text, std::path::Path::new("bench.toml"))
     };
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let clients = if o.in_process { "in the server's process".to_string() } else { format!("in {} client process(es)", o.client_procs.clamp(1, o.workers)) };
-    println!("lease: {} simulated workers ({} per gRPC connection) {clients}, loopback, {} trials per phase, {cores} cores", o.workers, o.per_connection, seeds * 4);
+    let clients = if o.in_process {
+        "in the server's process".to_string()
+    } else {
+        format!("in {} client process(es)", o.client_procs.clamp(1, o.workers))
+    };
+    println!(
+        "lease: {} simulated workers ({} per gRPC connection) {clients}, loopback, {} trials per phase, {cores} cores",
+        o.workers,
+        o.per_connection,
+        seeds * 4
+    );
     let cpu_line = |r: &ClientReport, server: f64, scheduler: f64, n: usize| {
         let per = |s: f64| s * 1e6 / n.max(1) as f64;
-        let share = if o.in_process { "; clients and server share the process".to_string() } else { format!(", clients {:.0} µs", per(r.cpu_secs)) };
+        let share = if o.in_process {
+            "; clients and server share the process".to_string()
+        } else {
+            format!(", clients {:.0} µs", per(r.cpu_secs))
+        };
         format!("CPU per trial: server {:.0} µs (scheduler thread {:.0} µs){share}", per(server), per(scheduler))
     };
 
@@ -718,7 +808,10 @@ async fn bench_lease(o: LeaseBench) -> anyhow::Result<()> {
         quantile_ms(&mut sat.complete_us, 0.99)
     );
     println!("             {}", cpu_line(&sat, server, scheduler, sat.trials));
-    println!("             ({} calls always in flight: mean latency = {} / call rate, so p99 is measured paced, below)", o.workers, o.workers);
+    println!(
+        "             ({} calls always in flight: mean latency = {} / call rate, so p99 is measured paced, below)",
+        o.workers, o.workers
+    );
 
     if o.rate > 0.0 {
         sched.submit(sweep("bench-paced")?, "bench.toml".into()).await?;
@@ -737,7 +830,11 @@ async fn bench_lease(o: LeaseBench) -> anyhow::Result<()> {
         );
         // from due time: a lease sent late because the one before it was slow counts its wait
         // too (and up to 1 ms of the client's timer)
-        println!("             lease p99 from due time {:.2} ms; {}", quantile_ms(&mut paced.due_us, 0.99), cpu_line(&paced, server, scheduler, paced.trials));
+        println!(
+            "             lease p99 from due time {:.2} ms; {}",
+            quantile_ms(&mut paced.due_us, 0.99),
+            cpu_line(&paced, server, scheduler, paced.trials)
+        );
     }
     println!("  baseline (empty-queue lease, saturated): {base_rate:>7.0} leases/s   p99 {:.2} ms", quantile_ms(&mut base.lease_us, 0.99));
     println!("  ratio: {:.2}x of the bare lease round trip", rate / base_rate);
@@ -770,7 +867,16 @@ fn bench_results(rows: usize) -> anyhow::Result<()> {
     };
     let curves: Vec<(TrialId, EpochRecord)> = (0..rows)
         .map(|i| {
-            let e = EpochRecord { epoch: i as u32 + 1, level: 2 + (i % 30) as u32, train_loss: 0.5, test_accuracy: 0.9, solved: i % 7 == 0, grad_norm: 1.5, core_learning: true, cb_learning: true };
+            let e = EpochRecord {
+                epoch: i as u32 + 1,
+                level: 2 + (i % 30) as u32,
+                train_loss: 0.5,
+                test_accuracy: 0.9,
+                solved: i % 7 == 0,
+                grad_norm: 1.5,
+                core_learning: true,
+                cb_learning: true,
+            };
             (spec.id(), e)
         })
         .collect();
@@ -783,7 +889,11 @@ fn bench_results(rows: usize) -> anyhow::Result<()> {
         use std::io::Write;
         let mut w = std::io::BufWriter::new(std::fs::File::create(dir.path().join("c.csv"))?);
         for (id, e) in &curves {
-            writeln!(w, "bench,{id},dms,cbrnn,64,256,64,0,simult,never,,1,0.01,0.01,{},{},{},{},{},{},{},{}", e.epoch, e.level, e.train_loss, e.test_accuracy, e.solved, e.grad_norm, e.core_learning, e.cb_learning)?;
+            writeln!(
+                w,
+                "bench,{id},dms,cbrnn,64,256,64,0,simult,never,,1,0.01,0.01,{},{},{},{},{},{},{},{}",
+                e.epoch, e.level, e.train_loss, e.test_accuracy, e.solved, e.grad_norm, e.core_learning, e.cb_learning
+            )?;
         }
         w.flush()?;
     }
@@ -857,7 +967,11 @@ fn bench_e2e(spec: Option<&std::path::Path>, workers: u32) -> anyhow::Result<()>
         busy_ms += current.map_or(0, |(s, e)| e - s);
     }
     let ideal = busy_ms as f64 / 1000.0 / f64::from(workers);
-    println!("e2e: {} trials of sweep {sweep} ({} trainer), {workers} workers", rows.len(), if fake { "fake, 50 ms epochs" } else { "torch" });
+    println!(
+        "e2e: {} trials of sweep {sweep} ({} trainer), {workers} workers",
+        rows.len(),
+        if fake { "fake, 50 ms epochs" } else { "torch" }
+    );
     println!("  wall {wall:.2} s   trainers' own time / workers (the baseline) {ideal:.2} s   ratio {:.3}x", wall / ideal);
     let per_worker = |ms: i64| ms as f64 / 1000.0 / f64::from(workers);
     let finish = wall - (last_end - launched_ms) as f64 / 1000.0;
@@ -902,7 +1016,9 @@ fn memory_child(engine: &str, m: usize, level: u32, steps: u32) -> anyhow::Resul
 fn bench_memory(engines: &[String], packs: &[usize], level: u32, trial_steps: usize) -> anyhow::Result<()> {
     use cbsweep_common::memory::{format_bytes, trial_memory_bytes};
     let estimate = trial_memory_bytes(&spec(Arch::Cbrnn, 0, level, 1));
-    println!("memory: CB-RNN H=64 G=256 P=64, level N = {level}, batch 64, max(2, {trial_steps} / M) SGD steps, CPU, each pack in a fresh process");
+    println!(
+        "memory: CB-RNN H=64 G=256 P=64, level N = {level}, batch 64, max(2, {trial_steps} / M) SGD steps, CPU, each pack in a fresh process"
+    );
     println!("  per trial = (peak RSS - RSS before training) / M; estimate = cbsweep_common::memory::trial_memory_bytes");
     println!("{:<9} {:>5} {:>12} {:>12} {:>14} {:>12} {:>8}", "engine", "M", "before", "peak", "per trial", "estimate", "covered");
     let mut all_covered = true;
@@ -928,7 +1044,11 @@ fn bench_memory(engines: &[String], packs: &[usize], level: u32, trial_steps: us
             if v["peak_reset"].as_bool() == Some(false) { "  (peak not reset: includes the warm-up)" } else { "" }
         );
     }
-    let verdict = if all_covered { "covers the measured peak per packed trial at every M" } else { "does NOT cover every measured peak per packed trial" };
+    let verdict = if all_covered {
+        "covers the measured peak per packed trial at every M"
+    } else {
+        "does NOT cover every measured peak per packed trial"
+    };
     println!("  the estimate {verdict}");
     Ok(())
 }

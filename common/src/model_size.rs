@@ -29,9 +29,7 @@ pub fn closest_rnn_hidden(target: u64) -> u32 {
     // rnn_params grows monotonically, so start near the root of H^2 + 5H + 2 = target.
     let approx = ((target as f64).sqrt() as u32).max(1);
     let lo = approx.saturating_sub(4).max(1);
-    (lo..=approx + 4)
-        .min_by_key(|&h| (rnn_params(h).abs_diff(target), h))
-        .unwrap_or(1)
+    (lo..=approx + 4).min_by_key(|&h| (rnn_params(h).abs_diff(target), h)).unwrap_or(1)
 }
 
 /// Hidden size of the plain RNN matched to a CB-RNN of the given shape: the study's published

@@ -21,8 +21,7 @@ pub enum TrialState {
 }
 
 impl TrialState {
-    pub const ALL: [TrialState; 5] =
-        [TrialState::Pending, TrialState::Leased, TrialState::Done, TrialState::Failed, TrialState::Cancelled];
+    pub const ALL: [TrialState; 5] = [TrialState::Pending, TrialState::Leased, TrialState::Done, TrialState::Failed, TrialState::Cancelled];
 
     pub fn as_str(&self) -> &'static str {
         match self {

@@ -203,14 +203,22 @@ fn validate(raw: RawSpec, path: &Path, text: &str) -> Result<SweepSpec, SpecErro
     let c = Checker { path };
     let name = raw.sweep.name.trim();
     if name.is_empty() || !name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
-        return Err(c.invalid("sweep.name", format!("{:?}", raw.sweep.name), "must be non-empty and use only letters, digits, '-' and '_' (it names the results folder)"));
+        return Err(c.invalid(
+            "sweep.name",
+            format!("{:?}", raw.sweep.name),
+            "must be non-empty and use only letters, digits, '-' and '_' (it names the results folder)",
+        ));
     }
     let g = &raw.grid;
     let tasks: Vec<Task> = c.parse_each("grid.task", &g.task)?;
     let archs: Vec<Arch> = c.parse_each("grid.arch", &g.arch)?;
     let freezes: Vec<FreezePoint> = c.parse_each("grid.freeze", &g.freeze)?;
     c.nonempty("grid.seed", &g.seed)?;
-    let seeds = g.seed.iter().map(|&s| u64::try_from(s).map(Seed).map_err(|_| c.invalid("grid.seed", s, "seeds must be integers >= 0"))).collect::<Result<Vec<_>, _>>()?;
+    let seeds = g
+        .seed
+        .iter()
+        .map(|&s| u64::try_from(s).map(Seed).map_err(|_| c.invalid("grid.seed", s, "seeds must be integers >= 0")))
+        .collect::<Result<Vec<_>, _>>()?;
     c.nonempty("grid.granule", &g.granule)?;
     let granules = g.granule.iter().map(|&v| c.positive("grid.granule", v)).collect::<Result<Vec<_>, _>>()?;
     c.nonempty("grid.refresh_every", &g.refresh_every)?;
@@ -285,7 +293,11 @@ fn validate(raw: RawSpec, path: &Path, text: &str) -> Result<SweepSpec, SpecErro
         save_checkpoints: a.save_checkpoints,
     };
     if analysis.timescale_steps > 0 && analysis.timescale_steps <= analysis.timescale_burn_in + analysis.timescale_max_lag {
-        return Err(c.invalid("analysis.timescale_steps", analysis.timescale_steps, "must exceed timescale_burn_in + timescale_max_lag (or be 0 to skip timescales)"));
+        return Err(c.invalid(
+            "analysis.timescale_steps",
+            analysis.timescale_steps,
+            "must exceed timescale_burn_in + timescale_max_lag (or be 0 to skip timescales)",
+        ));
     }
     if analysis.timescale_fit_lags > analysis.timescale_max_lag {
         return Err(c.invalid("analysis.timescale_fit_lags", analysis.timescale_fit_lags, "must be at most timescale_max_lag"));
@@ -444,7 +456,9 @@ seed = [0, 1]
 
     #[test]
     fn regimes_cross_freeze_points_and_simult_is_not_duplicated() {
-        let text = format!("{MINIMAL}regime = [\"simult\", \"reservoir\", \"interleaved\"]\nfreeze = [\"level:2\", \"never\"]\nrefresh_every = [5, 10]\n");
+        let text = format!(
+            "{MINIMAL}regime = [\"simult\", \"reservoir\", \"interleaved\"]\nfreeze = [\"level:2\", \"never\"]\nrefresh_every = [5, 10]\n"
+        );
         let s = parse(&text).unwrap();
         // per task x arch x seed: 1 simult + 2 reservoir + 2x2 interleaved = 7
         assert_eq!(s.trials.len(), 8 * 7);

@@ -165,11 +165,7 @@ impl TrialSpec {
 
     /// The condition a trial belongs to: its cell key without the seed.
     pub fn condition(&self) -> String {
-        self.cell_key()
-            .split(' ')
-            .filter(|kv| !kv.starts_with("seed="))
-            .collect::<Vec<_>>()
-            .join(" ")
+        self.cell_key().split(' ').filter(|kv| !kv.starts_with("seed=")).collect::<Vec<_>>().join(" ")
     }
 
     /// Trials with equal pack keys share shapes and the whole budget (analysis plans may differ).

@@ -165,7 +165,14 @@ fn coordinator_token(token_file: Option<&Path>, state: &Path) -> Result<Token, C
 }
 
 /// `cbsweep coordinator`: serve until Ctrl-C or SIGTERM; export each sweep when it finishes.
-pub async fn coordinator(listen: SocketAddr, http_listen: Option<SocketAddr>, state: &Path, out: &Path, token_file: Option<&Path>, tls: Option<(&Path, &Path)>) -> Result<(), CliError> {
+pub async fn coordinator(
+    listen: SocketAddr,
+    http_listen: Option<SocketAddr>,
+    state: &Path,
+    out: &Path,
+    token_file: Option<&Path>,
+    tls: Option<(&Path, &Path)>,
+) -> Result<(), CliError> {
     let token = coordinator_token(token_file, state)?;
     let tls = match tls {
         Some((cert, key)) => Some(server::TlsFiles {
@@ -184,7 +191,8 @@ pub async fn coordinator(listen: SocketAddr, http_listen: Option<SocketAddr>, st
     let running = server::serve_with(listen, sched.clone(), token, tls).await.map_err(io(format!("cannot serve on {listen}")))?;
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     eprintln!("cbsweep coordinator: listening on {} (state {}, results {})", running.addr, state.display(), out.display());
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(io("cannot install a SIGTERM handler"))?;
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(io("cannot install a SIGTERM handler"))?;
     // Tables are rewritten whole (and atomically) when a sweep finishes, and at most every
     // EXPORT_EVERY while it runs, so users can look at partial results.
     const EXPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
@@ -259,7 +267,12 @@ pub async fn status(url: &str, token_file: Option<&Path>, sweep: Option<&str>) -
         let mut table = Table::new();
         table.load_preset(UTF8_BORDERS_ONLY).set_header(["worker", "device", "leased", "last seen"]);
         for w in &r.workers {
-            table.add_row([w.worker_id.clone(), w.device.clone(), w.leased.to_string(), format!("{:.1}s ago", w.last_seen_ms_ago as f64 / 1000.0)]);
+            table.add_row([
+                w.worker_id.clone(),
+                w.device.clone(),
+                w.leased.to_string(),
+                format!("{:.1}s ago", w.last_seen_ms_ago as f64 / 1000.0),
+            ]);
         }
         println!("{table}");
     }
@@ -284,5 +297,11 @@ pub async fn retry_failed(url: &str, token_file: Option<&Path>, sweep: &str) -> 
 
 fn human_secs(s: f64) -> String {
     let s = s.max(0.0) as u64;
-    if s >= 3600 { format!("{}h{:02}m", s / 3600, s % 3600 / 60) } else if s >= 60 { format!("{}m{:02}s", s / 60, s % 60) } else { format!("{s}s") }
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
 }

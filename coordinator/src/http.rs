@@ -18,7 +18,11 @@ struct Ctx {
 }
 
 /// Serves the HTTP endpoints on `addr`; `ready` turns true once gRPC serves.
-pub async fn serve(addr: SocketAddr, sched: SchedulerHandle, ready: Arc<AtomicBool>) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+pub async fn serve(
+    addr: SocketAddr,
+    sched: SchedulerHandle,
+    ready: Arc<AtomicBool>,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let app = Router::new()
@@ -59,8 +63,15 @@ pub fn render(report: &crate::scheduler::StatusReport, c: &crate::scheduler::Cou
             }
         }
     }
-    let _ = writeln!(out, "# HELP cbsweep_leases_active Trials currently leased to workers.\n# TYPE cbsweep_leases_active gauge\ncbsweep_leases_active {leased}");
-    let _ = writeln!(out, "# HELP cbsweep_workers_live Workers seen in the last minute.\n# TYPE cbsweep_workers_live gauge\ncbsweep_workers_live {}", report.workers.len());
+    let _ = writeln!(
+        out,
+        "# HELP cbsweep_leases_active Trials currently leased to workers.\n# TYPE cbsweep_leases_active gauge\ncbsweep_leases_active {leased}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP cbsweep_workers_live Workers seen in the last minute.\n# TYPE cbsweep_workers_live gauge\ncbsweep_workers_live {}",
+        report.workers.len()
+    );
     for (name, help, v) in [
         ("cbsweep_lease_requests_total", "Lease calls answered.", c.lease_requests),
         ("cbsweep_trials_leased_total", "Trials handed out (attempts started).", c.trials_leased),

@@ -93,7 +93,8 @@ pub async fn run(spec: SweepSpec, spec_path: &Path, opts: RunOptions) -> Result<
     let sched = SchedulerHandle::start(&state_dir, SchedulerOptions { reclaim_leases_at_start: true, ..Default::default() })?;
     let mut events = sched.subscribe();
     let sweep = spec.id.clone();
-    let short = Box::new(cbsweep_common::varying_parts(spec.trials.iter().map(|t| t.cell_key()).collect::<Vec<_>>().iter().map(String::as_str)));
+    let short =
+        Box::new(cbsweep_common::varying_parts(spec.trials.iter().map(|t| t.cell_key()).collect::<Vec<_>>().iter().map(String::as_str)));
     let submitted = sched.submit(spec, spec_path.display().to_string()).await?;
     let status = sched.status(Some(sweep.clone())).await?;
     let counts = &status.sweeps[0].counts;
@@ -132,8 +133,20 @@ pub async fn run(spec: SweepSpec, spec_path: &Path, opts: RunOptions) -> Result<
                 .map_err(io(format!("cannot start {}", bin.display())))?;
             children.push(child);
         }
-        eprintln!("cbsweep: sweep {sweep}: {} trials ({} new), {} workers on {} with {threads} thread(s) each; coordinator {url}", submitted.total, submitted.new, opts.workers, opts.device);
-        let outcome = watch(Progress::new(sweep.clone(), u64::from(submitted.total), u64::from(already), short), &sweep, submitted.total, already, &mut events, &mut children, &logs).await;
+        eprintln!(
+            "cbsweep: sweep {sweep}: {} trials ({} new), {} workers on {} with {threads} thread(s) each; coordinator {url}",
+            submitted.total, submitted.new, opts.workers, opts.device
+        );
+        let outcome = watch(
+            Progress::new(sweep.clone(), u64::from(submitted.total), u64::from(already), short),
+            &sweep,
+            submitted.total,
+            already,
+            &mut events,
+            &mut children,
+            &logs,
+        )
+        .await;
         // every result is committed once the sweep has finished: export while the workers exit
         let exported = outcome.is_ok().then(|| export_in_background(&state_dir, &sweep, &opts.out));
         stop_workers(&mut children).await;

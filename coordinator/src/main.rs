@@ -237,7 +237,23 @@ enum SlurmCommand {
 async fn slurm(cmd: SlurmCommand) -> Result<(), CliError> {
     use cbsweep_coordinator::slurm::{self, Coordinator, CoordinatorAddr, CoordinatorJob, Plan, Resources, Sbatch, Workers};
     let SlurmCommand::Submit {
-        spec, state, coordinator, token_file, workers, partition, gres, cpus_per_task, mem, time, sbatch_arg, device, worker_arg, listen, http_listen, log_dir, dry_run,
+        spec,
+        state,
+        coordinator,
+        token_file,
+        workers,
+        partition,
+        gres,
+        cpus_per_task,
+        mem,
+        time,
+        sbatch_arg,
+        device,
+        worker_arg,
+        listen,
+        http_listen,
+        log_dir,
+        dry_run,
     } = cmd;
     let sweep = cbsweep_common::load_spec(&spec)?.id;
     let exe = std::env::current_exe().map_err(|source| CliError::Io { what: "cannot locate the cbsweep binary".into(), source })?;
@@ -267,7 +283,14 @@ async fn slurm(cmd: SlurmCommand) -> Result<(), CliError> {
         sweep,
         spec: spec.clone(),
         coordinator: coord,
-        workers: Workers { count: workers.max(1), resources, device, worker_binary: exe.with_file_name("cbsweep-worker"), worker_args: worker_arg, warning_s: 120 },
+        workers: Workers {
+            count: workers.max(1),
+            resources,
+            device,
+            worker_binary: exe.with_file_name("cbsweep-worker"),
+            worker_args: worker_arg,
+            warning_s: 120,
+        },
         log_dir: log_dir.unwrap_or_else(|| state.join("slurm")),
     };
     if dry_run {
@@ -312,7 +335,9 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
             cli::coordinator(listen, http_listen, &state, &out, token_file.as_deref(), tls).await
         }
         Command::Submit { spec, client } => cli::submit(&client.coordinator, client.token_file.as_deref(), &spec).await,
-        Command::Status { sweep, client } => cli::status(&client.coordinator, client.token_file.as_deref(), sweep.as_deref()).await.map(|_| ()),
+        Command::Status { sweep, client } => {
+            cli::status(&client.coordinator, client.token_file.as_deref(), sweep.as_deref()).await.map(|_| ())
+        }
         Command::Cancel { sweep, client } => cli::cancel(&client.coordinator, client.token_file.as_deref(), &sweep).await,
         Command::RetryFailed { sweep, client } => cli::retry_failed(&client.coordinator, client.token_file.as_deref(), &sweep).await,
         Command::Export { sweep, state, out } => {
@@ -344,7 +369,9 @@ fn exec_worker(args: Vec<String>) -> anyhow::Result<ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CBSWEEP_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CBSWEEP_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

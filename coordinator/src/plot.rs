@@ -166,7 +166,10 @@ impl Legend {
                 seen.len() - 1
             }
         };
-        let style = Style { color: PALETTE[index(&mut self.colors, color_key) % PALETTE.len()], dash: index(&mut self.dashes, dash_key) % DASHES.len() };
+        let style = Style {
+            color: PALETTE[index(&mut self.colors, color_key) % PALETTE.len()],
+            dash: index(&mut self.dashes, dash_key) % DASHES.len(),
+        };
         if !self.entries.iter().any(|(l, _)| l == label) {
             self.entries.push((label.to_string(), style));
         }
@@ -242,7 +245,13 @@ fn learning_curves(groups: &Groups, tasks: &[Task]) -> Figure {
             Panel { title: task.to_string(), x_desc: "epoch".into(), y_desc: "level reached N".into(), content: Content::Lines(lines) }
         })
         .collect();
-    Figure { name: LEARNING_CURVES, title: "Level reached (mean ± sem across seeds)".into(), cols: tasks.len().min(3), panels, legend: legend.entries }
+    Figure {
+        name: LEARNING_CURVES,
+        title: "Level reached (mean ± sem across seeds)".into(),
+        cols: tasks.len().min(3),
+        panels,
+        legend: legend.entries,
+    }
 }
 
 fn learning_measures(groups: &Groups, tasks: &[Task]) -> Figure {
@@ -281,10 +290,8 @@ fn freeze_points(groups: &Groups, tasks: &[Task]) -> Figure {
     let mut panels = Vec::new();
     for task in tasks {
         for arch in archs.iter().rev() {
-            let lines: Vec<Line> = in_task(groups, task)
-                .filter(|(_, g)| g[0].trial.spec.arch == *arch)
-                .map(|(c, g)| legend.condition_line(c, g))
-                .collect();
+            let lines: Vec<Line> =
+                in_task(groups, task).filter(|(_, g)| g[0].trial.spec.arch == *arch).map(|(c, g)| legend.condition_line(c, g)).collect();
             if !lines.is_empty() {
                 panels.push(Panel {
                     title: format!("{task}, {arch}"),
@@ -307,7 +314,13 @@ fn freeze_points(groups: &Groups, tasks: &[Task]) -> Figure {
 /// One row of panels per metric, one column per task; a line per condition and population,
 /// coloured by population and dashed by condition (coloured by condition when there is only
 /// one population).
-fn analysis_figure(name: &'static str, title: &str, metrics: &[String], records: &[(&TrialRow, &AnalysisRecord)], tasks: &[Task]) -> Figure {
+fn analysis_figure(
+    name: &'static str,
+    title: &str,
+    metrics: &[String],
+    records: &[(&TrialRow, &AnalysisRecord)],
+    tasks: &[Task],
+) -> Figure {
     let population_rank = |p: &str| POPULATIONS.iter().position(|x| *x == p).unwrap_or(POPULATIONS.len());
     let mut conditions: Vec<&str> = Vec::new();
     let mut condition_index: HashMap<&str, usize> = HashMap::new();
@@ -356,7 +369,12 @@ fn analysis_figure(name: &'static str, title: &str, metrics: &[String], records:
                     Line { style, points }
                 })
                 .collect();
-            panels.push(Panel { title: format!("{task}: {metric}"), x_desc: "level N".into(), y_desc: metric.clone(), content: Content::Lines(lines) });
+            panels.push(Panel {
+                title: format!("{task}: {metric}"),
+                x_desc: "level N".into(),
+                y_desc: metric.clone(),
+                content: Content::Lines(lines),
+            });
         }
     }
     Figure { name, title: format!("{title} (mean ± sem across seeds)"), cols: tasks.len(), panels, legend: legend.entries }
@@ -441,7 +459,8 @@ fn draw_lines<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel, 
     for line in lines {
         let c = line.style.color;
         let pts = line.points.iter().filter(|p| p.1.is_finite());
-        let outline: Vec<(f64, f64)> = pts.clone().map(|p| (p.0, p.1 + band(p))).chain(pts.clone().rev().map(|p| (p.0, p.1 - band(p)))).collect();
+        let outline: Vec<(f64, f64)> =
+            pts.clone().map(|p| (p.0, p.1 + band(p))).chain(pts.clone().rev().map(|p| (p.0, p.1 - band(p)))).collect();
         chart.draw_series(std::iter::once(Polygon::new(outline, c.mix(0.18).filled())))?;
         let means: Vec<(f64, f64)> = pts.clone().map(|p| (p.0, p.1)).collect();
         match DASHES[line.style.dash] {
@@ -457,7 +476,8 @@ fn draw_lines<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel, 
 
 fn draw_strips<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel, strips: &[Strip]) -> DrawResult<DB> {
     let k = strips.len() as i32;
-    let y = span(strips.iter().flat_map(|s| s.values.iter().copied().chain([s.summary.mean - s.summary.sem, s.summary.mean + s.summary.sem])));
+    let y =
+        span(strips.iter().flat_map(|s| s.values.iter().copied().chain([s.summary.mean - s.summary.sem, s.summary.mean + s.summary.sem])));
     let labels: Vec<&str> = strips.iter().map(|s| s.label.as_str()).collect();
     let label_of = |i: &i32| usize::try_from(*i).ok().and_then(|i| labels.get(i)).map(|s| s.to_string()).unwrap_or_default();
     let mut chart = ChartBuilder::on(area)
@@ -488,7 +508,9 @@ fn draw_strips<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel,
         }))?;
         let (mean, sem) = (s.summary.mean, s.summary.sem);
         if mean.is_finite() {
-            chart.draw_series(std::iter::once(EmptyElement::at((i, mean)) + PathElement::new(vec![(-20, 0), (20, 0)], BLACK.stroke_width(2))))?;
+            chart.draw_series(std::iter::once(
+                EmptyElement::at((i, mean)) + PathElement::new(vec![(-20, 0), (20, 0)], BLACK.stroke_width(2)),
+            ))?;
         }
         if sem.is_finite() {
             chart.draw_series(std::iter::once(PathElement::new(vec![(i, mean - sem), (i, mean + sem)], BLACK.stroke_width(1))))?;

@@ -53,7 +53,13 @@ impl Progress {
             Event::TrialRetry { sweep, trial, error } if *sweep == self.sweep => self.line(&format!("retrying  trial {trial}: {error}")),
             Event::Epoch { sweep, record, trial } if *sweep == self.sweep => {
                 if let Some(bar) = &self.bar {
-                    bar.set_message(format!("trial {} epoch {} level {} acc {:.3}", &trial.0[..8.min(trial.0.len())], record.epoch, record.level, record.test_accuracy));
+                    bar.set_message(format!(
+                        "trial {} epoch {} level {} acc {:.3}",
+                        &trial.0[..8.min(trial.0.len())],
+                        record.epoch,
+                        record.level,
+                        record.test_accuracy
+                    ));
                 }
             }
             _ => {}

@@ -36,11 +36,33 @@ pub enum SchedError {
 /// Something that happened, for progress displays and exporters.
 #[derive(Clone, Debug)]
 pub enum Event {
-    TrialLeased { sweep: SweepId, trial: TrialId, worker: WorkerId },
-    TrialFinished { sweep: SweepId, trial: TrialId, cell: String, state: TrialState, outcome: String, max_level: u32, error: Option<String> },
-    TrialRetry { sweep: SweepId, trial: TrialId, error: String },
-    Epoch { sweep: SweepId, trial: TrialId, record: EpochRecord },
-    SweepFinished { sweep: SweepId },
+    TrialLeased {
+        sweep: SweepId,
+        trial: TrialId,
+        worker: WorkerId,
+    },
+    TrialFinished {
+        sweep: SweepId,
+        trial: TrialId,
+        cell: String,
+        state: TrialState,
+        outcome: String,
+        max_level: u32,
+        error: Option<String>,
+    },
+    TrialRetry {
+        sweep: SweepId,
+        trial: TrialId,
+        error: String,
+    },
+    Epoch {
+        sweep: SweepId,
+        trial: TrialId,
+        record: EpochRecord,
+    },
+    SweepFinished {
+        sweep: SweepId,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -138,18 +160,63 @@ fn answer<T: 'static>(reply: Reply<T>, result: Result<T, SchedError>) -> Answer 
 }
 
 enum Command {
-    Submit { spec: SweepSpec, path: String, reply: Reply<SubmitOutcome> },
-    Register { hello: WorkerHello, reply: Reply<WorkerId> },
-    Lease { worker: WorkerId, max: u32, memory_budget: Option<NonZeroU64>, reply: Reply<LeaseGrant> },
-    Heartbeat { worker: WorkerId, held: Vec<(TrialId, Attempt)>, reply: Reply<Vec<TrialId>> },
-    Progress { worker: WorkerId, items: Vec<(TrialId, Attempt, EpochRecord)>, reply: Reply<Vec<TrialId>> },
-    Complete { worker: WorkerId, trial: TrialId, attempt: Attempt, result: TrialResult, next: Option<NextLease>, reply: Reply<(bool, Option<LeaseGrant>)> },
-    Release { worker: WorkerId, trials: Vec<TrialId>, reply: Reply<u32> },
-    Status { sweep: Option<SweepId>, reply: Reply<StatusReport> },
-    Cancel { sweep: SweepId, reply: Reply<u32> },
-    RetryFailed { sweep: SweepId, reply: Reply<u32> },
-    Spec { sweep: SweepId, reply: Reply<SweepRow> },
-    Counters { reply: Reply<Counters> },
+    Submit {
+        spec: SweepSpec,
+        path: String,
+        reply: Reply<SubmitOutcome>,
+    },
+    Register {
+        hello: WorkerHello,
+        reply: Reply<WorkerId>,
+    },
+    Lease {
+        worker: WorkerId,
+        max: u32,
+        memory_budget: Option<NonZeroU64>,
+        reply: Reply<LeaseGrant>,
+    },
+    Heartbeat {
+        worker: WorkerId,
+        held: Vec<(TrialId, Attempt)>,
+        reply: Reply<Vec<TrialId>>,
+    },
+    Progress {
+        worker: WorkerId,
+        items: Vec<(TrialId, Attempt, EpochRecord)>,
+        reply: Reply<Vec<TrialId>>,
+    },
+    Complete {
+        worker: WorkerId,
+        trial: TrialId,
+        attempt: Attempt,
+        result: TrialResult,
+        next: Option<NextLease>,
+        reply: Reply<(bool, Option<LeaseGrant>)>,
+    },
+    Release {
+        worker: WorkerId,
+        trials: Vec<TrialId>,
+        reply: Reply<u32>,
+    },
+    Status {
+        sweep: Option<SweepId>,
+        reply: Reply<StatusReport>,
+    },
+    Cancel {
+        sweep: SweepId,
+        reply: Reply<u32>,
+    },
+    RetryFailed {
+        sweep: SweepId,
+        reply: Reply<u32>,
+    },
+    Spec {
+        sweep: SweepId,
+        reply: Reply<SweepRow>,
+    },
+    Counters {
+        reply: Reply<Counters>,
+    },
 }
 
 /// Monotonic counters since the scheduler started, for /metrics.
@@ -409,13 +476,20 @@ impl Scheduler {
             Command::Submit { spec, path, reply } => answer(reply, self.submit(spec, path)),
             Command::Register { hello, reply } => answer(reply, self.register(hello)),
             Command::Lease { worker, max, memory_budget, reply } => answer(reply, self.lease(&worker, max, memory_budget)),
-            Command::Heartbeat { worker, held, reply } => answer(reply, self.known(&worker).and_then(|()| Ok(self.store.renew(&worker, &held)?))),
+            Command::Heartbeat { worker, held, reply } => {
+                answer(reply, self.known(&worker).and_then(|()| Ok(self.store.renew(&worker, &held)?)))
+            }
             Command::Progress { worker, items, reply } => answer(reply, self.progress(&worker, items)),
             Command::Complete { worker, trial, attempt, result, next, reply } => {
                 let done = self.complete(&worker, &trial, attempt, result);
-                answer(reply, done.and_then(|recorded| Ok((recorded, next.map(|n| self.lease(&worker, n.max, n.memory_budget)).transpose()?))))
+                answer(
+                    reply,
+                    done.and_then(|recorded| Ok((recorded, next.map(|n| self.lease(&worker, n.max, n.memory_budget)).transpose()?))),
+                )
             }
-            Command::Release { worker, trials, reply } => answer(reply, self.known(&worker).and_then(|()| Ok(self.store.release(&worker, &trials)?))),
+            Command::Release { worker, trials, reply } => {
+                answer(reply, self.known(&worker).and_then(|()| Ok(self.store.release(&worker, &trials)?)))
+            }
             Command::Status { sweep, reply } => answer(reply, self.status(sweep)),
             Command::Cancel { sweep, reply } => answer(reply, self.cancel(&sweep)),
             Command::RetryFailed { sweep, reply } => answer(reply, self.retry_failed(&sweep)),
@@ -539,11 +613,27 @@ impl Scheduler {
         Ok(true)
     }
 
-    fn finished(&mut self, trial: &TrialId, lease: TrialLease, state: TrialState, outcome: &str, max_level: u32, error: Option<String>) -> Result<(), SchedError> {
+    fn finished(
+        &mut self,
+        trial: &TrialId,
+        lease: TrialLease,
+        state: TrialState,
+        outcome: &str,
+        max_level: u32,
+        error: Option<String>,
+    ) -> Result<(), SchedError> {
         let TrialLease { sweep, cell, .. } = lease;
         self.finished_at.entry(sweep.clone()).or_default().push(store::now_ms());
         self.counters.trials_finished += 1;
-        self.emit(Event::TrialFinished { sweep: sweep.clone(), trial: trial.clone(), cell, state, outcome: outcome.into(), max_level, error });
+        self.emit(Event::TrialFinished {
+            sweep: sweep.clone(),
+            trial: trial.clone(),
+            cell,
+            state,
+            outcome: outcome.into(),
+            max_level,
+            error,
+        });
         self.check_finished(&sweep)
     }
 
@@ -592,7 +682,9 @@ impl Scheduler {
             let mut counts: BTreeMap<TrialState, u32> = BTreeMap::new();
             for t in &trials {
                 *counts.entry(t.state).or_default() += 1;
-                let (c, sum) = conditions.entry(t.condition.clone()).or_insert_with(|| (ConditionStatus { condition: t.condition.clone(), ..Default::default() }, 0.0));
+                let (c, sum) = conditions
+                    .entry(t.condition.clone())
+                    .or_insert_with(|| (ConditionStatus { condition: t.condition.clone(), ..Default::default() }, 0.0));
                 c.total += 1;
                 match t.state {
                     TrialState::Done => {

@@ -90,4 +90,3 @@ pub async fn serve_with(listen: SocketAddr, sched: SchedulerHandle, token: Token
     tracing::info!(%addr, "coordinator listening");
     Ok(Running { addr, shutdown, task })
 }
-

@@ -30,7 +30,12 @@ fn lease_response(grant: LeaseGrant) -> v1::LeaseResponse {
     let trials = grant
         .trials
         .into_iter()
-        .map(|t| v1::LeasedTrial { spec: Some((&t.spec).into()), trial_id: t.id.0, attempt: t.attempt.0, lease_expires_unix_ms: t.expires_ms as u64 })
+        .map(|t| v1::LeasedTrial {
+            spec: Some((&t.spec).into()),
+            trial_id: t.id.0,
+            attempt: t.attempt.0,
+            lease_expires_unix_ms: t.expires_ms as u64,
+        })
         .collect();
     v1::LeaseResponse { trials, drained: grant.drained, retry_after_ms: 500 }
 }
@@ -55,7 +60,10 @@ impl v1::worker_service_server::WorkerService for WorkerApi {
         }
         let hello = WorkerHello { hostname: required("hostname", &r.hostname)?.to_string(), device: r.device, pid: r.pid };
         let id = self.sched.register(hello).await.map_err(status_of)?;
-        Ok(Response::new(v1::RegisterResponse { worker_id: id.0, heartbeat_interval_ms: self.sched.heartbeat_interval().as_millis() as u32 }))
+        Ok(Response::new(v1::RegisterResponse {
+            worker_id: id.0,
+            heartbeat_interval_ms: self.sched.heartbeat_interval().as_millis() as u32,
+        }))
     }
 
     async fn lease(&self, req: Request<v1::LeaseRequest>) -> Result<Response<v1::LeaseResponse>, Status> {
@@ -130,11 +138,21 @@ impl v1::sweep_service_server::SweepService for SweepApi {
                     sweep_id: s.sweep.0,
                     state: s.state,
                     total: s.total,
-                    counts: s.counts.into_iter().map(|(st, n): (TrialState, u32)| v1::StateCount { state: st.to_string(), count: n }).collect(),
+                    counts: s
+                        .counts
+                        .into_iter()
+                        .map(|(st, n): (TrialState, u32)| v1::StateCount { state: st.to_string(), count: n })
+                        .collect(),
                     conditions: s
                         .conditions
                         .into_iter()
-                        .map(|c| v1::ConditionProgress { condition: c.condition, total: c.total, done: c.done, failed: c.failed, mean_max_level: c.mean_max_level })
+                        .map(|c| v1::ConditionProgress {
+                            condition: c.condition,
+                            total: c.total,
+                            done: c.done,
+                            failed: c.failed,
+                            mean_max_level: c.mean_max_level,
+                        })
                         .collect(),
                     trials_per_minute: s.trials_per_minute,
                     eta_seconds: s.eta_seconds,
@@ -144,7 +162,13 @@ impl v1::sweep_service_server::SweepService for SweepApi {
             workers: report
                 .workers
                 .into_iter()
-                .map(|w| v1::WorkerInfo { worker_id: w.id, hostname: w.hostname, device: w.device, leased: w.leased, last_seen_ms_ago: w.last_seen_ms_ago.max(0) as u64 })
+                .map(|w| v1::WorkerInfo {
+                    worker_id: w.id,
+                    hostname: w.hostname,
+                    device: w.device,
+                    leased: w.leased,
+                    last_seen_ms_ago: w.last_seen_ms_ago.max(0) as u64,
+                })
                 .collect(),
         }))
     }

@@ -163,7 +163,14 @@ impl Default for Sbatch {
 impl Resources {
     /// A GPU worker: one GPU, 8 cores, 32 GB, a day.
     pub fn gpu_worker() -> Resources {
-        Resources { partition: None, gres: Some("gpu:1".into()), cpus_per_task: 8, mem: "32G".into(), time: "24:00:00".into(), extra: Vec::new() }
+        Resources {
+            partition: None,
+            gres: Some("gpu:1".into()),
+            cpus_per_task: 8,
+            mem: "32G".into(),
+            time: "24:00:00".into(),
+            extra: Vec::new(),
+        }
     }
 
     /// The coordinator: no GPU, 2 cores, 4 GB, a week.
@@ -368,7 +375,8 @@ fn run_sbatch(sbatch: &Sbatch, script: &Path) -> Result<JobId, SlurmError> {
     if !out.status.success() {
         return Err(SlurmError::Refused { script: script.to_owned(), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
     }
-    parse_job_id(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| SlurmError::NoJobId { script: script.to_owned(), output: String::from_utf8_lossy(&out.stdout).trim().to_string() })
+    parse_job_id(&String::from_utf8_lossy(&out.stdout))
+        .ok_or_else(|| SlurmError::NoJobId { script: script.to_owned(), output: String::from_utf8_lossy(&out.stdout).trim().to_string() })
 }
 
 /// `sbatch --parsable` prints `ID` or `ID;CLUSTER`.

@@ -217,8 +217,7 @@ impl Store {
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
         let path = state_dir.join(DB_FILE);
         let open_err = |source| StoreError::Open { path: path.clone(), source };
-        std::fs::create_dir_all(state_dir)
-            .map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        std::fs::create_dir_all(state_dir).map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         let conn = Connection::open(&path).map_err(open_err)?;
         // WAL + NORMAL: a committed transaction survives a killed process (it is in the WAL,
         // which the OS holds); only a power loss could drop the last few.
@@ -351,13 +350,18 @@ impl Store {
     }
 
     pub fn set_sweep_state(&self, sweep: &SweepId, state: &str, finished: Option<i64>) -> Result<(), StoreError> {
-        self.conn.execute("UPDATE sweeps SET state = ?2, finished_ms = ?3 WHERE sweep_id = ?1", params![sweep.as_str(), state, finished])?;
+        self.conn
+            .execute("UPDATE sweeps SET state = ?2, finished_ms = ?3 WHERE sweep_id = ?1", params![sweep.as_str(), state, finished])?;
         Ok(())
     }
 
     /// A sweep's state alone (its row without the spec text).
     pub fn sweep_state(&self, sweep: &SweepId) -> Result<Option<String>, StoreError> {
-        Ok(self.conn.prepare_cached("SELECT state FROM sweeps WHERE sweep_id = ?1")?.query_row(params![sweep.as_str()], |r| r.get(0)).optional()?)
+        Ok(self
+            .conn
+            .prepare_cached("SELECT state FROM sweeps WHERE sweep_id = ?1")?
+            .query_row(params![sweep.as_str()], |r| r.get(0))
+            .optional()?)
     }
 
     pub fn register_worker(&self, id: &WorkerId, hostname: &str, device: &str, pid: u32) -> Result<(), StoreError> {
@@ -418,7 +422,8 @@ impl Store {
         let tx = self.conn.savepoint()?;
         // Oldest running sweep first, then its oldest pending cell: each step an index lookup.
         let running: Vec<(String, u32, u32)> = {
-            let mut stmt = tx.prepare_cached("SELECT sweep_id, pack_size, lease_seconds FROM sweeps WHERE state = 'running' ORDER BY created_ms")?;
+            let mut stmt =
+                tx.prepare_cached("SELECT sweep_id, pack_size, lease_seconds FROM sweeps WHERE state = 'running' ORDER BY created_ms")?;
             stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<Vec<_>, _>>()?
         };
         let mut head = None;
@@ -520,7 +525,17 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             for e in &result.curve {
-                ins.execute(params![id.as_str(), e.epoch, e.level, e.train_loss, e.test_accuracy, e.solved, e.grad_norm, e.core_learning, e.cb_learning])?;
+                ins.execute(params![
+                    id.as_str(),
+                    e.epoch,
+                    e.level,
+                    e.train_loss,
+                    e.test_accuracy,
+                    e.solved,
+                    e.grad_norm,
+                    e.core_learning,
+                    e.cb_learning
+                ])?;
             }
         }
         tx.prepare_cached("DELETE FROM analyses WHERE trial_id = ?1")?.execute(params![id.as_str()])?;
@@ -589,9 +604,7 @@ impl Store {
             "SELECT t.trial_id, t.attempt, s.max_attempts FROM trials t JOIN sweeps s ON s.sweep_id = t.sweep_id
              WHERE t.state = 'leased' AND t.lease_expires_ms < ?1",
         )?;
-        let rows = stmt
-            .query_map(params![now], |r| Ok((TrialId(r.get(0)?), r.get(1)?, r.get(2)?)))?
-            .collect::<Result<Vec<_>, _>>()?;
+        let rows = stmt.query_map(params![now], |r| Ok((TrialId(r.get(0)?), r.get(1)?, r.get(2)?)))?.collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
@@ -638,34 +651,47 @@ impl Store {
         let raw = stmt
             .query_map(params![sweep.as_str()], |r| {
                 Ok((
-                    (r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, u32>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?, r.get::<_, String>(5)?),
+                    (
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, u32>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, String>(5)?,
+                    ),
                     (r.get::<_, u32>(6)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?),
                     (r.get(12)?, r.get::<_, Option<i64>>(13)?, r.get(14)?, r.get(15)?, r.get(16)?),
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         raw.into_iter()
-            .map(|((id, sweep, cell_index, condition, json, state), (attempt, worker, last_error, outcome, max_level, final_level), (epochs_run, wall, device, pack_size, completed_ms))| {
-                Ok(TrialRow {
-                    id: TrialId(id),
-                    sweep: SweepId(sweep),
-                    cell_index,
-                    condition,
-                    spec: parse_spec(&json)?,
-                    state: parse_state(&state)?,
-                    attempt,
-                    worker,
-                    last_error,
-                    outcome,
-                    max_level,
-                    final_level,
-                    epochs_run,
-                    wall_time_ms: wall.map(|w| w as u64),
-                    device,
-                    pack_size,
-                    completed_ms,
-                })
-            })
+            .map(
+                |(
+                    (id, sweep, cell_index, condition, json, state),
+                    (attempt, worker, last_error, outcome, max_level, final_level),
+                    (epochs_run, wall, device, pack_size, completed_ms),
+                )| {
+                    Ok(TrialRow {
+                        id: TrialId(id),
+                        sweep: SweepId(sweep),
+                        cell_index,
+                        condition,
+                        spec: parse_spec(&json)?,
+                        state: parse_state(&state)?,
+                        attempt,
+                        worker,
+                        last_error,
+                        outcome,
+                        max_level,
+                        final_level,
+                        epochs_run,
+                        wall_time_ms: wall.map(|w| w as u64),
+                        device,
+                        pack_size,
+                        completed_ms,
+                    })
+                },
+            )
             .collect()
     }
 
@@ -706,7 +732,10 @@ impl Store {
         )?;
         let rows = stmt
             .query_map(params![sweep.as_str()], |r| {
-                Ok((TrialId(r.get(0)?), AnalysisRecord { level: r.get(1)?, epoch: r.get(2)?, population: r.get(3)?, metric: r.get(4)?, value: r.get(5)? }))
+                Ok((
+                    TrialId(r.get(0)?),
+                    AnalysisRecord { level: r.get(1)?, epoch: r.get(2)?, population: r.get(3)?, metric: r.get(4)?, value: r.get(5)? },
+                ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)

@@ -49,7 +49,11 @@ async fn a_worker_of_another_protocol_version_is_refused_naming_both_versions() 
     let mut c = worker_client(&url, TOKEN).await.unwrap();
     let e = c.register(hello(PROTOCOL_VERSION + 1)).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
-    assert!(e.message().contains(&format!("v{}", PROTOCOL_VERSION + 1)) && e.message().contains(&format!("v{PROTOCOL_VERSION}")), "{}", e.message());
+    assert!(
+        e.message().contains(&format!("v{}", PROTOCOL_VERSION + 1)) && e.message().contains(&format!("v{PROTOCOL_VERSION}")),
+        "{}",
+        e.message()
+    );
     still_serving(&url).await;
 }
 
@@ -70,7 +74,10 @@ async fn invalid_fields_are_refused_with_the_field_named() {
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("outcome"), "{}", e.message());
     let mut s = sweep_client(&url, TOKEN).await.unwrap();
-    let e = s.submit_sweep(v1::SubmitSweepRequest { spec_toml: "[sweep]\nname = 3".into(), spec_path: "remote.toml".into() }).await.unwrap_err();
+    let e = s
+        .submit_sweep(v1::SubmitSweepRequest { spec_toml: "[sweep]\nname = 3".into(), spec_path: "remote.toml".into() })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().starts_with("remote.toml:"), "{}", e.message());
     still_serving(&url).await;

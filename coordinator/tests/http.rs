@@ -41,8 +41,24 @@ async fn metrics_endpoint_reports_the_sweep_as_it_is() {
     let w = sched.register(WorkerHello { hostname: "h".into(), device: "cpu".into(), pid: 1 }).await.unwrap();
     let leased = sched.lease(w.clone(), 2, None).await.unwrap().trials;
     assert_eq!(leased.len(), 2);
-    let e = EpochRecord { epoch: 1, level: 2, train_loss: 0.5, test_accuracy: 0.5, solved: false, grad_norm: 1.0, core_learning: true, cb_learning: true };
-    let result = TrialResult { outcome: TrialOutcome::Completed, curve: vec![e], wall_time_ms: 1, device: "cpu".into(), pack_size: 2, analyses: vec![] };
+    let e = EpochRecord {
+        epoch: 1,
+        level: 2,
+        train_loss: 0.5,
+        test_accuracy: 0.5,
+        solved: false,
+        grad_norm: 1.0,
+        core_learning: true,
+        cb_learning: true,
+    };
+    let result = TrialResult {
+        outcome: TrialOutcome::Completed,
+        curve: vec![e],
+        wall_time_ms: 1,
+        device: "cpu".into(),
+        pack_size: 2,
+        analyses: vec![],
+    };
     sched.complete(w.clone(), leased[0].id.clone(), leased[0].attempt, result).await.unwrap();
 
     let (status, body) = tokio::task::spawn_blocking(move || get(addr, "/readyz")).await.unwrap();

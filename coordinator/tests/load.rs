@@ -31,7 +31,13 @@ async fn sixty_four_workers_run_twenty_thousand_trials_each_exactly_once() {
         let url = url.clone();
         tasks.push(tokio::spawn(async move {
             let mut c = worker_client(&url, "t").await.unwrap();
-            let hello = v1::RegisterRequest { protocol_version: PROTOCOL_VERSION, hostname: format!("sim{i}"), device: "sim".into(), max_pack: 4, pid: i as u32 };
+            let hello = v1::RegisterRequest {
+                protocol_version: PROTOCOL_VERSION,
+                hostname: format!("sim{i}"),
+                device: "sim".into(),
+                max_pack: 4,
+                pid: i as u32,
+            };
             let worker_id = c.register(hello).await.unwrap().into_inner().worker_id;
             let mut done = Vec::new();
             // half the workers ask for the next pack with their pack's last result, as
@@ -53,11 +59,37 @@ async fn sixty_four_workers_run_twenty_thousand_trials_each_exactly_once() {
                 }
                 let n = lease.trials.len();
                 for (k, t) in lease.trials.into_iter().enumerate() {
-                    let epoch = v1::EpochRecord { epoch: 1, level: 2, train_loss: 0.6, test_accuracy: 0.6, solved: false, grad_norm: 1.0, core_learning: true, cb_learning: true };
-                    let result = v1::TrialResult { outcome: v1::OutcomeKind::Completed as i32, curve: vec![epoch], wall_time_ms: 1, device: "sim".into(), pack_size: 4, ..Default::default() };
+                    let epoch = v1::EpochRecord {
+                        epoch: 1,
+                        level: 2,
+                        train_loss: 0.6,
+                        test_accuracy: 0.6,
+                        solved: false,
+                        grad_norm: 1.0,
+                        core_learning: true,
+                        cb_learning: true,
+                    };
+                    let result = v1::TrialResult {
+                        outcome: v1::OutcomeKind::Completed as i32,
+                        curve: vec![epoch],
+                        wall_time_ms: 1,
+                        device: "sim".into(),
+                        pack_size: 4,
+                        ..Default::default()
+                    };
                     let ask = (piggyback && k + 1 == n).then(|| request.clone());
                     let asked = ask.is_some();
-                    let r = c.complete(v1::CompleteRequest { worker_id: worker_id.clone(), trial_id: t.trial_id.clone(), attempt: t.attempt, result: Some(result), next: ask }).await.unwrap().into_inner();
+                    let r = c
+                        .complete(v1::CompleteRequest {
+                            worker_id: worker_id.clone(),
+                            trial_id: t.trial_id.clone(),
+                            attempt: t.attempt,
+                            result: Some(result),
+                            next: ask,
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
                     assert!(r.recorded);
                     assert_eq!(r.next.is_some(), asked, "a lease comes back exactly when one is asked for");
                     next = r.next;

@@ -14,7 +14,16 @@ fn spec(seeds: &str, extra: &str) -> cbsweep_common::SweepSpec {
 }
 
 fn result(outcome: TrialOutcome) -> TrialResult {
-    let e = |epoch| EpochRecord { epoch, level: 2, train_loss: 0.5, test_accuracy: 0.7, solved: false, grad_norm: 1.0, core_learning: true, cb_learning: true };
+    let e = |epoch| EpochRecord {
+        epoch,
+        level: 2,
+        train_loss: 0.5,
+        test_accuracy: 0.7,
+        solved: false,
+        grad_norm: 1.0,
+        core_learning: true,
+        cb_learning: true,
+    };
     TrialResult { outcome, curve: vec![e(1), e(2)], wall_time_ms: 5, device: "test".into(), pack_size: 1, analyses: Vec::new() }
 }
 
@@ -203,7 +212,8 @@ async fn a_result_can_carry_the_next_lease_and_a_refused_one_leases_nothing() {
     let a = worker(&s, "a").await;
     let one = NextLease { max: 1, memory_budget: None };
     let first = s.lease(a.clone(), 1, None).await.unwrap().trials.remove(0);
-    let (recorded, grant) = s.complete_and_lease(a.clone(), first.id.clone(), first.attempt, result(TrialOutcome::Completed), Some(one)).await.unwrap();
+    let (recorded, grant) =
+        s.complete_and_lease(a.clone(), first.id.clone(), first.attempt, result(TrialOutcome::Completed), Some(one)).await.unwrap();
     assert!(recorded);
     let second = grant.expect("a lease was asked for").trials.remove(0);
     assert_ne!(second.id, first.id);
@@ -216,7 +226,8 @@ async fn a_result_can_carry_the_next_lease_and_a_refused_one_leases_nothing() {
     assert_eq!((count(TrialState::Done), count(TrialState::Leased), count(TrialState::Pending)), (1, 1, 2));
     // Without a request for one, no lease comes back; the last result of a sweep gets an empty,
     // drained grant.
-    let (_, none) = s.complete_and_lease(a.clone(), second.id.clone(), second.attempt, result(TrialOutcome::Completed), None).await.unwrap();
+    let (_, none) =
+        s.complete_and_lease(a.clone(), second.id.clone(), second.attempt, result(TrialOutcome::Completed), None).await.unwrap();
     assert!(none.is_none());
     let mut held = s.lease(a.clone(), 2, None).await.unwrap().trials;
     assert_eq!(held.len(), 1, "pack_size caps the lease");

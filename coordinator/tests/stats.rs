@@ -59,20 +59,24 @@ fn sweep() -> Sweep {
             }
             let solved = rng.random::<f64>() < p * 6.0 / (level as f64 + 4.0);
             let (acc, loss) = if solved { (0.985, 0.05) } else { (0.6 + 0.3 * rng.random::<f64>(), 0.6) };
-            curve.push((id.clone(), EpochRecord {
-                epoch,
-                level,
-                train_loss: loss,
-                test_accuracy: acc,
-                solved,
-                grad_norm: 1.0,
-                core_learning: true,
-                cb_learning: s.arch == Arch::Cbrnn,
-            }));
+            curve.push((
+                id.clone(),
+                EpochRecord {
+                    epoch,
+                    level,
+                    train_loss: loss,
+                    test_accuracy: acc,
+                    solved,
+                    grad_norm: 1.0,
+                    core_learning: true,
+                    cb_learning: s.arch == Arch::Cbrnn,
+                },
+            ));
             if solved {
                 max_level = level;
                 for (population, metric, value) in synthetic_analysis(s.arch, level, &mut rng) {
-                    analyses.push((id.clone(), AnalysisRecord { level, epoch, population: population.into(), metric: metric.into(), value }));
+                    analyses
+                        .push((id.clone(), AnalysisRecord { level, epoch, population: population.into(), metric: metric.into(), value }));
                 }
                 level += 1;
             }
@@ -160,7 +164,8 @@ fn printed_stats_show_each_comparison_and_measure() {
         let lines = comparisons.lines().filter(|l| l.starts_with('│') && l.contains(&format!(" {} ", m.name()))).count();
         assert_eq!(lines, 8, "one line per comparison for {}:\n{text}", m.name());
     }
-    let line = |within: &str, pair: &str| comparisons.lines().any(|l| l.contains(&format!("│ {within} ")) && l.contains(&format!(" {pair} ")));
+    let line =
+        |within: &str, pair: &str| comparisons.lines().any(|l| l.contains(&format!("│ {within} ")) && l.contains(&format!(" {pair} ")));
     assert!(line("dms simult", "cbrnn vs rnn"), "{text}");
     assert!(line("parity cbrnn", "reservoir level:2 vs simult"), "{text}");
 }
@@ -174,7 +179,8 @@ fn plot_writes_a_png_and_an_svg_for_every_figure_with_data() {
         // To look at the figures: CBSWEEP_FIGURES_DIR=/tmp/figures cargo nextest run -E 'binary(stats)'
         plot::plot(&rows, &curve, &analyses, Path::new(&keep)).unwrap();
     }
-    let names = [plot::LEARNING_CURVES, plot::LEARNING_MEASURES, plot::FREEZE_POINTS, plot::ABLATION, plot::DIMENSIONALITY, plot::TIMESCALES];
+    let names =
+        [plot::LEARNING_CURVES, plot::LEARNING_MEASURES, plot::FREEZE_POINTS, plot::ABLATION, plot::DIMENSIONALITY, plot::TIMESCALES];
     assert_eq!(written.len(), 2 * names.len(), "{written:?}");
     for name in names {
         let png = std::fs::read(dir.path().join(format!("{name}.png"))).unwrap();
@@ -182,7 +188,8 @@ fn plot_writes_a_png_and_an_svg_for_every_figure_with_data() {
         let svg = std::fs::read_to_string(dir.path().join(format!("{name}.svg"))).unwrap();
         assert!(svg.contains("<svg") && svg.contains("</svg>") && svg.contains("<text"), "{name}.svg has no drawing");
     }
-    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().starts_with('.')).collect();
+    let left: Vec<_> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().starts_with('.')).collect();
     assert!(left.is_empty(), "temporary files left: {left:?}");
 }
 

@@ -61,7 +61,8 @@ async fn channel(url: &str) -> Result<Channel, ClientError> {
         .tcp_nodelay(true);
     if url.starts_with("https://") {
         let ca_path = std::env::var_os(TLS_CA_ENV).ok_or(ClientError::NoCa)?;
-        let pem = std::fs::read(&ca_path).map_err(|e| ClientError::Ca { path: ca_path.to_string_lossy().into_owned(), reason: e.to_string() })?;
+        let pem =
+            std::fs::read(&ca_path).map_err(|e| ClientError::Ca { path: ca_path.to_string_lossy().into_owned(), reason: e.to_string() })?;
         let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem));
         endpoint = endpoint.tls_config(tls).map_err(|source| ClientError::BadUrl { url: url.into(), source })?;
     }
@@ -81,7 +82,8 @@ pub async fn sweep_client(url: &str, token: &str) -> Result<SweepClient, ClientE
 /// Reads a token: the file if given, else the CBSWEEP_TOKEN environment variable.
 pub fn read_token(file: Option<&std::path::Path>) -> Result<Option<String>, std::io::Error> {
     if let Some(f) = file {
-        let t = std::fs::read_to_string(f).map_err(|e| std::io::Error::new(e.kind(), format!("cannot read token file {}: {e}", f.display())))?;
+        let t = std::fs::read_to_string(f)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot read token file {}: {e}", f.display())))?;
         return Ok(Some(t.trim().to_string()));
     }
     Ok(std::env::var("CBSWEEP_TOKEN").ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()))

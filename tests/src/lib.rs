@@ -114,7 +114,8 @@ pub fn executions(log: &Path) -> Vec<(String, bool)> {
 pub fn sweep_done(results: &Path, cells: usize) -> bool {
     let trials = results.join("trials.parquet");
     trials.exists()
-        && duckdb(&format!("SELECT count(*) FILTER (WHERE status = 'done') AS done FROM '{}'", trials.display()))[0]["done"].as_u64() == Some(cells as u64)
+        && duckdb(&format!("SELECT count(*) FILTER (WHERE status = 'done') AS done FROM '{}'", trials.display()))[0]["done"].as_u64()
+            == Some(cells as u64)
 }
 
 /// Every cell of a finished sweep exactly once, read back by DuckDB: `cells` rows in
@@ -129,7 +130,11 @@ pub fn results_once(results: &Path, cells: usize, epochs: u32) {
         "SELECT count(*) AS n, count(DISTINCT trial_id) AS ids, count(*) FILTER (WHERE status = 'done') AS done FROM '{}'",
         trials.display()
     ));
-    assert_eq!((rows[0]["n"].as_u64(), rows[0]["ids"].as_u64(), rows[0]["done"].as_u64()), (Some(cells as u64), Some(cells as u64), Some(cells as u64)), "{rows:?}");
+    assert_eq!(
+        (rows[0]["n"].as_u64(), rows[0]["ids"].as_u64(), rows[0]["done"].as_u64()),
+        (Some(cells as u64), Some(cells as u64), Some(cells as u64)),
+        "{rows:?}"
+    );
     let curves = duckdb(&format!(
         "SELECT count(*) AS n, count(DISTINCT (trial_id, epoch)) AS keys FROM '{}'",
         results.join("curves.parquet").display()

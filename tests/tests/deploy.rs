@@ -105,7 +105,9 @@ fn kubernetes_manifests_validate_strictly_against_the_api_schemas() {
 #[test]
 fn kubernetes_manifests_probe_the_http_endpoints_and_use_real_flags() {
     let docs: Vec<Value> = k8s_manifests().iter().flat_map(|f| yaml(f)).collect();
-    let kind = |k: &str, name: &str| docs.iter().find(|d| d["kind"] == k && d["metadata"]["name"] == name).unwrap_or_else(|| panic!("no {k} {name}")).clone();
+    let kind = |k: &str, name: &str| {
+        docs.iter().find(|d| d["kind"] == k && d["metadata"]["name"] == name).unwrap_or_else(|| panic!("no {k} {name}")).clone()
+    };
     let sts = kind("StatefulSet", "cbsweep-coordinator");
     let c = &sts["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
@@ -129,7 +131,10 @@ fn kubernetes_manifests_probe_the_http_endpoints_and_use_real_flags() {
         let secrets: Vec<&str> = pod["volumes"].as_array().unwrap().iter().filter_map(|v| v["secret"]["secretName"].as_str()).collect();
         assert_eq!(secrets, ["cbsweep-token"], "{name}");
         let sc = &pod["securityContext"];
-        assert!(sc["runAsUser"] == 65532 && sc["fsGroup"] == sc["runAsGroup"], "{name}: the images' uid, and the group that may read the 0440 token: {sc}");
+        assert!(
+            sc["runAsUser"] == 65532 && sc["fsGroup"] == sc["runAsGroup"],
+            "{name}: the images' uid, and the group that may read the 0440 token: {sc}"
+        );
         for c in pod["containers"].as_array().unwrap() {
             assert_known_flags(name, &strings(&c["args"]));
         }
@@ -177,7 +182,10 @@ fn images_build_with_the_readmes_commands() {
     for d in [&worker, &coordinator] {
         assert!(d.contains(&format!("ARG RUST_IMAGE=rust:{rust}-bookworm")), "builder on Rust {rust} (bookworm: Python 3.11)");
     }
-    assert!(worker.contains(".venv/lib/python3.11/site-packages/torch/lib") && worker.contains("FROM ${CUDA_IMAGE}"), "CUDA runtime with the wheel's libraries");
+    assert!(
+        worker.contains(".venv/lib/python3.11/site-packages/torch/lib") && worker.contains("FROM ${CUDA_IMAGE}"),
+        "CUDA runtime with the wheel's libraries"
+    );
     let requirements = std::fs::read_to_string(root().join("scripts/requirements.txt")).unwrap();
     assert!(requirements.lines().any(|l| l.starts_with("torch==")), "the pinned wheel the worker image gets through setup.sh");
     // Each image's default command uses flags its binary accepts.
@@ -188,7 +196,10 @@ fn images_build_with_the_readmes_commands() {
     }
     for f in ["Dockerfile.coordinator.dockerignore", "Dockerfile.worker.dockerignore"] {
         let ignore = docker(f);
-        assert!(ignore.lines().any(|l| l == "target") && ignore.lines().any(|l| l == ".venv"), "{f} keeps build outputs out of the context");
+        assert!(
+            ignore.lines().any(|l| l == "target") && ignore.lines().any(|l| l == ".venv"),
+            "{f} keeps build outputs out of the context"
+        );
     }
 }
 
@@ -218,10 +229,16 @@ fn compose_file_follows_the_compose_spec_and_runs_the_real_commands() {
         let command = strings(&s["command"]);
         assert_known_flags(name, &command);
         if image.starts_with("cbsweep-worker") {
-            assert!(command.contains(&"--exit-when-drained".to_string()) && command.contains(&"--token-file".to_string()), "{name}: {command:?}");
+            assert!(
+                command.contains(&"--exit-when-drained".to_string()) && command.contains(&"--token-file".to_string()),
+                "{name}: {command:?}"
+            );
         }
     }
-    assert_eq!(services["worker"]["depends_on"]["submit"]["condition"], "service_completed_successfully", "workers start once the sweep is in");
+    assert_eq!(
+        services["worker"]["depends_on"]["submit"]["condition"], "service_completed_successfully",
+        "workers start once the sweep is in"
+    );
     assert_eq!(services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"][0], "gpu");
     assert!(strings(&services["coordinator"]["command"]).contains(&"--http-listen".to_string()));
 }

@@ -2,7 +2,9 @@
 //! coordinator and worker processes on loopback, killed with SIGKILL, with the fake trainer
 //! (controllable duration, an execution log to count runs).
 
-use cbsweep_tests::{Proc, coordinator, counts, duckdb, executions, fake_worker, free_port, results_once, submit, text, wait_until, write_spec};
+use cbsweep_tests::{
+    Proc, coordinator, counts, duckdb, executions, fake_worker, free_port, results_once, submit, text, wait_until, write_spec,
+};
 
 fn spec_text(name: &str, seeds: usize, epochs: u32, pack: u32, lease_s: u32) -> String {
     let seeds: Vec<String> = (0..seeds).map(|s| s.to_string()).collect();

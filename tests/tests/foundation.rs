@@ -126,7 +126,10 @@ fn spec_with_unknown_task_is_refused_before_anything_runs() {
 #[test]
 fn same_trial_run_twice_gives_the_same_curve() {
     let dir = tempfile::tempdir().unwrap();
-    let one = TINY.replace("task = [\"dms\", \"parity\"]", "task = [\"dms\"]").replace("arch = [\"cbrnn\", \"rnn\"]", "arch = [\"cbrnn\"]").replace("seed = [0, 1]", "seed = [7]");
+    let one = TINY
+        .replace("task = [\"dms\", \"parity\"]", "task = [\"dms\"]")
+        .replace("arch = [\"cbrnn\", \"rnn\"]", "arch = [\"cbrnn\"]")
+        .replace("seed = [0, 1]", "seed = [7]");
     let spec = write_spec(dir.path(), "one.toml", &one);
     let mut curves = Vec::new();
     for run in ["a", "b"] {

@@ -97,7 +97,8 @@ fn cut_link_expires_the_lease_and_the_trial_runs_once_elsewhere() {
         "[sweep]\nname = \"netns\"\n[grid]\ntask = [\"dms\", \"parity\"]\narch = [\"cbrnn\", \"rnn\"]\nseed = [0, 1]\n[train]\nepochs = 20\n[run]\npack_size = 1\nlease_seconds = 3\nmax_attempts = 5\n",
     );
     let listen = format!("0.0.0.0:{PORT}");
-    let _coordinator = in_ns(&c, &bin("cbsweep"), &["coordinator", "--listen", &listen, "--state", state.to_str().unwrap()], &d.join("coordinator.log"));
+    let _coordinator =
+        in_ns(&c, &bin("cbsweep"), &["coordinator", "--listen", &listen, "--state", state.to_str().unwrap()], &d.join("coordinator.log"));
     let local = format!("http://127.0.0.1:{PORT}");
     wait_until(20, "the coordinator to accept the sweep", || {
         Command::new(find_program("ip").unwrap())
@@ -111,7 +112,19 @@ fn cut_link_expires_the_lease_and_the_trial_runs_once_elsewhere() {
     let worker = |name: &str, i: u32| {
         let url = format!("http://10.213.{i}.1:{PORT}");
         let exec = d.join(format!("exec-{i}.log"));
-        let args = ["--coordinator", &url, "--trainer", "fake", "--exit-when-drained", "--fake-epoch-ms", "100", "--give-up-after-s", "60", "--fake-execution-log", exec.to_str().unwrap()];
+        let args = [
+            "--coordinator",
+            &url,
+            "--trainer",
+            "fake",
+            "--exit-when-drained",
+            "--fake-epoch-ms",
+            "100",
+            "--give-up-after-s",
+            "60",
+            "--fake-execution-log",
+            exec.to_str().unwrap(),
+        ];
         (in_ns(name, &bin("cbsweep-worker"), &args, &d.join(format!("worker-{i}.log"))), exec, d.join(format!("worker-{i}.log")))
     };
     let (mut cut_worker, cut_exec, cut_log) = worker(&w1, 1);
@@ -129,9 +142,15 @@ fn cut_link_expires_the_lease_and_the_trial_runs_once_elsewhere() {
     assert_eq!(other_worker.wait_for(120), Some(0), "worker 2 drains the sweep and exits");
     assert_eq!(cut_worker.wait_for(60), Some(0), "the healed worker finds the sweep drained and exits");
     results_once(&state.join("results/netns"), 8, 20);
-    let row = cbsweep_tests::duckdb(&format!("SELECT worker_id, attempts FROM '{}' WHERE trial_id = '{held}'", state.join("results/netns/trials.parquet").display()));
+    let row = cbsweep_tests::duckdb(&format!(
+        "SELECT worker_id, attempts FROM '{}' WHERE trial_id = '{held}'",
+        state.join("results/netns/trials.parquet").display()
+    ));
     let other_pid = other_worker.pid();
-    assert!(row[0]["worker_id"].as_str().is_some_and(|w| w.contains(&format!("-{other_pid}-"))), "worker 2 (pid {other_pid}) recorded the trial: {row:?}");
+    assert!(
+        row[0]["worker_id"].as_str().is_some_and(|w| w.contains(&format!("-{other_pid}-"))),
+        "worker 2 (pid {other_pid}) recorded the trial: {row:?}"
+    );
     assert!(row[0]["attempts"].as_u64() >= Some(2), "the expired lease counted as an attempt: {row:?}");
     let log = std::fs::read_to_string(&cut_log).unwrap();
     assert!(log.contains("result refused"), "the healed worker's late result was refused, not recorded twice:\n{log}");

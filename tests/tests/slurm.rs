@@ -10,7 +10,10 @@
 
 use cbsweep_common::SweepId;
 use cbsweep_coordinator::slurm::{self, Coordinator, CoordinatorAddr, CoordinatorJob, Plan, Resources, Sbatch, Submitted, Workers};
-use cbsweep_tests::{Proc, bin, coordinator, counts, find_program, free_port, http_get, is_root, results_once, skipped, submit, sweep_done, wait_until, write_spec};
+use cbsweep_tests::{
+    Proc, bin, coordinator, counts, find_program, free_port, http_get, is_root, results_once, skipped, submit, sweep_done, wait_until,
+    write_spec,
+};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -138,10 +141,18 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
         )
         .unwrap();
         let slurmctld = Proc::spawn(
-            Command::new(find_program("slurmctld").unwrap()).args(["-D", "-i", "-f"]).arg(&conf).stdout(log_file(d, "slurmctld.out")).stderr(log_file(d, "slurmctld.out")),
+            Command::new(find_program("slurmctld").unwrap())
+                .args(["-D", "-i", "-f"])
+                .arg(&conf)
+                .stdout(log_file(d, "slurmctld.out"))
+                .stderr(log_file(d, "slurmctld.out")),
         );
         let slurmd = Proc::spawn(
-            Command::new(find_program("slurmd").unwrap()).args(["-D", "-f"]).arg(&conf).stdout(log_file(d, "slurmd.out")).stderr(log_file(d, "slurmd.out")),
+            Command::new(find_program("slurmd").unwrap())
+                .args(["-D", "-f"])
+                .arg(&conf)
+                .stdout(log_file(d, "slurmd.out"))
+                .stderr(log_file(d, "slurmd.out")),
         );
         let cluster = Cluster { dir, conf, munged, slurmctld, slurmd, _lock: lock };
         let mut last = String::new();
@@ -254,7 +265,13 @@ fn spec_text(name: &str, seeds: usize, epochs: u32) -> String {
 fn fake_workers(count: u32, epoch_ms: u64, exec_log: &Path) -> Workers {
     Workers {
         count,
-        resources: Resources { partition: Some("debug".into()), cpus_per_task: 1, mem: "100M".into(), time: "00:10:00".into(), ..Resources::gpu_worker() },
+        resources: Resources {
+            partition: Some("debug".into()),
+            cpus_per_task: 1,
+            mem: "100M".into(),
+            time: "00:10:00".into(),
+            ..Resources::gpu_worker()
+        },
         device: "cpu".into(),
         worker_binary: bin("cbsweep-worker"),
         worker_args: ["--trainer", "fake", "--fake-epoch-ms", &epoch_ms.to_string(), "--fake-execution-log", exec_log.to_str().unwrap()]
@@ -297,10 +314,24 @@ impl Run {
 
     /// Two fake-trainer workers for the sweep in `spec` (named as its file), submitted as an
     /// array through `slurm::submit`, with a coordinator job first if `coordinator` is one.
-    fn submit(cluster: &Cluster, dir: tempfile::TempDir, spec: PathBuf, coordinator: Coordinator, state: &Path, epoch_ms: u64, proc: Option<Proc>) -> Run {
+    fn submit(
+        cluster: &Cluster,
+        dir: tempfile::TempDir,
+        spec: PathBuf,
+        coordinator: Coordinator,
+        state: &Path,
+        epoch_ms: u64,
+        proc: Option<Proc>,
+    ) -> Run {
         let name = spec.file_stem().unwrap().to_str().unwrap().to_string();
         let exec_log = dir.path().join("exec.log");
-        let plan = Plan { sweep: SweepId(name.clone()), spec, coordinator, workers: fake_workers(2, epoch_ms, &exec_log), log_dir: dir.path().join("logs") };
+        let plan = Plan {
+            sweep: SweepId(name.clone()),
+            spec,
+            coordinator,
+            workers: fake_workers(2, epoch_ms, &exec_log),
+            log_dir: dir.path().join("logs"),
+        };
         let submitted = slurm::submit(&plan, &cluster.sbatch()).expect("sbatch accepts the rendered scripts");
         Run { results: state.join("results").join(name), _dir: dir, exec_log, plan, submitted, _coordinator: proc }
     }
@@ -312,7 +343,8 @@ impl Run {
 
     /// What an array task printed (the script's and the worker's log lines).
     fn task_output(&self, task: u32) -> String {
-        std::fs::read_to_string(self.plan.log_dir.join(format!("cbsweep-{}-worker-{}_{task}.out", self.plan.sweep, self.submitted.workers))).unwrap_or_default()
+        std::fs::read_to_string(self.plan.log_dir.join(format!("cbsweep-{}-worker-{}_{task}.out", self.plan.sweep, self.submitted.workers)))
+            .unwrap_or_default()
     }
 
     /// Waits until task 0 trains a trial, so it holds a lease (a trial lasts ~1 s and the next
@@ -332,9 +364,19 @@ impl Run {
             let export_late = gone_at.is_some_and(|t| t.elapsed() > Duration::from_secs(10));
             if std::time::Instant::now() > deadline || export_late {
                 let outputs: Vec<String> = std::fs::read_dir(&self.plan.log_dir)
-                    .map(|d| d.flatten().map(|e| format!("--- {}\n{}", e.path().display(), std::fs::read_to_string(e.path()).unwrap_or_default())).collect())
+                    .map(|d| {
+                        d.flatten()
+                            .map(|e| format!("--- {}\n{}", e.path().display(), std::fs::read_to_string(e.path()).unwrap_or_default()))
+                            .collect()
+                    })
                     .unwrap_or_default();
-                panic!("sweep not done in {} (time out, or every worker task ended)\n{}\n{}\n{}", self.results.display(), cluster.output("squeue", &["-a"]), outputs.join("\n"), cluster.logs());
+                panic!(
+                    "sweep not done in {} (time out, or every worker task ended)\n{}\n{}\n{}",
+                    self.results.display(),
+                    cluster.output("squeue", &["-a"]),
+                    outputs.join("\n"),
+                    cluster.logs()
+                );
             }
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -359,7 +401,10 @@ fn worker_array_from_deploy_slurm_drains_a_sweep_with_every_cell_once() {
         assert!(out.contains("no work left; exiting"), "the worker exited because the sweep was drained:\n{out}");
         gpus.push(out.split("GPU ").nth(1).and_then(|r| r.split(':').next()).map(str::to_string));
     }
-    assert!(gpus.iter().all(|g| g.as_deref().is_some_and(|g| g != "none")) && gpus[0] != gpus[1], "each task got a GPU of its own (--gres=gpu:1): {gpus:?}");
+    assert!(
+        gpus.iter().all(|g| g.as_deref().is_some_and(|g| g != "none")) && gpus[0] != gpus[1],
+        "each task got a GPU of its own (--gres=gpu:1): {gpus:?}"
+    );
 }
 
 #[test]
@@ -412,7 +457,13 @@ fn coordinator_job_submits_the_spec_and_its_workers_follow_it() {
         listen: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
         http_listen: Some(http.parse().unwrap()),
         advertise_host: Some("127.0.0.1".into()),
-        resources: Resources { partition: Some("debug".into()), cpus_per_task: 1, mem: "100M".into(), time: "00:10:00".into(), ..Resources::coordinator() },
+        resources: Resources {
+            partition: Some("debug".into()),
+            cpus_per_task: 1,
+            mem: "100M".into(),
+            time: "00:10:00".into(),
+            ..Resources::coordinator()
+        },
     }));
     let spec = write_spec(dir.path(), "slurmjob.toml", &spec_text("slurmjob", 2, 8));
     let run = Run::submit(&cluster, dir, spec, coordinator, &state, 40, None);

@@ -12,10 +12,46 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 /// A CA and a server certificate for 127.0.0.1 signed by it.
 fn certificates(dir: &Path) {
-    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=cbsweep test CA"]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=cbsweep test CA",
+        ],
+    );
     openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
     std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n").unwrap();
-    openssl(dir, &["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf"]);
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
 }
 
 #[test]
@@ -60,7 +96,11 @@ fn a_sweep_runs_over_tls_and_a_client_without_the_ca_is_refused() {
     let no_ca = cli(&["status"], false);
     assert_eq!(no_ca.status.code(), Some(69), "{}", text(&no_ca));
     assert!(text(&no_ca).contains("CBSWEEP_TLS_CA"), "{}", text(&no_ca));
-    let plain = Command::new(bin("cbsweep")).args(["status", "--coordinator", &format!("http://127.0.0.1:{port}")]).env("CBSWEEP_TOKEN", token).output().unwrap();
+    let plain = Command::new(bin("cbsweep"))
+        .args(["status", "--coordinator", &format!("http://127.0.0.1:{port}")])
+        .env("CBSWEEP_TOKEN", token)
+        .output()
+        .unwrap();
     assert!(!plain.status.success(), "plain text to a TLS port is refused: {}", text(&plain));
 
     let mut worker = {

@@ -88,7 +88,11 @@ impl Session {
 
     /// What this worker asks for in a lease (its worker id filled in per call).
     fn lease_request(&self) -> v1::LeaseRequest {
-        v1::LeaseRequest { worker_id: String::new(), max_trials: self.cfg.max_pack, memory_budget_bytes: self.cfg.memory_budget.map_or(0, NonZeroU64::get) }
+        v1::LeaseRequest {
+            worker_id: String::new(),
+            max_trials: self.cfg.max_pack,
+            memory_budget_bytes: self.cfg.memory_budget.map_or(0, NonZeroU64::get),
+        }
     }
 
     async fn register(&mut self) -> Result<(), WorkerError> {
@@ -99,12 +103,7 @@ impl Session {
             max_pack: self.cfg.max_pack,
             pid: std::process::id(),
         };
-        let r = self
-            .client
-            .register(req)
-            .await
-            .map_err(|status| WorkerError::Refused { what: "registration", status })?
-            .into_inner();
+        let r = self.client.register(req).await.map_err(|status| WorkerError::Refused { what: "registration", status })?.into_inner();
         self.worker_id = r.worker_id;
         self.heartbeat = Duration::from_millis(u64::from(r.heartbeat_interval_ms.max(200)));
         tracing::info!(worker_id = %self.worker_id, "registered");
@@ -203,14 +202,28 @@ async fn release(s: &mut Session, trial_ids: Vec<String>) -> Result<(), WorkerEr
 }
 
 fn failed(reason: String, device: &str, pack_size: u32) -> TrialResult {
-    TrialResult { outcome: TrialOutcome::Failed(reason), curve: Vec::new(), wall_time_ms: 0, device: device.into(), pack_size, analyses: Vec::new() }
+    TrialResult {
+        outcome: TrialOutcome::Failed(reason),
+        curve: Vec::new(),
+        wall_time_ms: 0,
+        device: device.into(),
+        pack_size,
+        analyses: Vec::new(),
+    }
 }
 
 /// Reports a result; with `lease_next`, asks in the same call for the next pack, which it
 /// returns (None when the result was refused: the caller then leases on its own).
-async fn complete(s: &mut Session, id: &TrialId, attempt: Attempt, result: &TrialResult, lease_next: bool) -> Result<Option<v1::LeaseResponse>, WorkerError> {
+async fn complete(
+    s: &mut Session,
+    id: &TrialId,
+    attempt: Attempt,
+    result: &TrialResult,
+    lease_next: bool,
+) -> Result<Option<v1::LeaseResponse>, WorkerError> {
     let next = lease_next.then(|| s.lease_request());
-    let req = v1::CompleteRequest { worker_id: String::new(), trial_id: id.0.clone(), attempt: attempt.0, result: Some(result.into()), next };
+    let req =
+        v1::CompleteRequest { worker_id: String::new(), trial_id: id.0.clone(), attempt: attempt.0, result: Some(result.into()), next };
     let r = s
         .retry("report a result", |mut c, worker_id| {
             let req = v1::CompleteRequest { worker_id, ..req.clone() };
@@ -231,7 +244,11 @@ async fn complete(s: &mut Session, id: &TrialId, attempt: Attempt, result: &Tria
 /// Trains `pack` on a blocking thread (meanwhile heartbeats, progress and revocations), reports
 /// its results and hands back what a stop left unfinished; returns the trainer and the next
 /// pack when it came with the last result.
-async fn train(s: &mut Session, mut trainer: Box<dyn Trainer>, pack: Vec<Held>) -> Result<(Box<dyn Trainer>, Option<v1::LeaseResponse>), WorkerError> {
+async fn train(
+    s: &mut Session,
+    mut trainer: Box<dyn Trainer>,
+    pack: Vec<Held>,
+) -> Result<(Box<dyn Trainer>, Option<v1::LeaseResponse>), WorkerError> {
     let n = pack.len();
     let revoked: Arc<Vec<AtomicBool>> = Arc::new((0..n).map(|_| AtomicBool::new(false)).collect());
     let stop_all = Arc::new(AtomicBool::new(false));

@@ -107,7 +107,14 @@ impl Trainer for FakeTrainer {
                 if outcome == TrialOutcome::Completed {
                     self.log(&format!("{} done", t.id().0));
                 }
-                TrialResult { outcome, curve, wall_time_ms: wall, device: "fake".into(), pack_size: pack.len() as u32, analyses: Vec::new() }
+                TrialResult {
+                    outcome,
+                    curve,
+                    wall_time_ms: wall,
+                    device: "fake".into(),
+                    pack_size: pack.len() as u32,
+                    analyses: Vec::new(),
+                }
             })
             .collect()
     }

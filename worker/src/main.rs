@@ -93,7 +93,11 @@ fn torch_device(name: &str) -> anyhow::Result<tch::Device> {
             let n: usize = n.and_then(|n| n.parse().ok()).with_context(|| format!("--device {other:?}: expected cpu, cuda:N or auto"))?;
             cbsweep_worker::torch::cuda::load().map_err(|why| anyhow::anyhow!("--device {other}: {why}"))?;
             anyhow::ensure!(tch::Cuda::is_available(), "--device {other}: no CUDA device is available to libtorch on this node");
-            anyhow::ensure!(n < tch::Cuda::device_count() as usize, "--device {other}: this node has {} CUDA device(s)", tch::Cuda::device_count());
+            anyhow::ensure!(
+                n < tch::Cuda::device_count() as usize,
+                "--device {other}: this node has {} CUDA device(s)",
+                tch::Cuda::device_count()
+            );
             Ok(tch::Device::Cuda(n))
         }
     }
@@ -167,7 +171,9 @@ async fn run(args: Args, trainer: Box<dyn Trainer>) -> anyhow::Result<()> {
     // SIGTERM, SIGINT and SIGUSR1 (Slurm's pre-emption warning) all mean: hand leases back, exit.
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int), Ok(mut usr1)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::user_defined1())) else {
+        let (Ok(mut term), Ok(mut int), Ok(mut usr1)) =
+            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::user_defined1()))
+        else {
             return;
         };
         tokio::select! {
@@ -201,7 +207,9 @@ fn main() -> ExitCode {
 fn worker() -> u8 {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CBSWEEP_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CBSWEEP_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

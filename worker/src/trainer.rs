@@ -22,11 +22,7 @@ pub trait Trainer: Send {
     /// `on_epoch(index_in_pack, &record)`. Returns one result per trial, in pack order. A trial
     /// whose loss turns NaN ends `Diverged`; a libtorch error ends every trial of the pack as
     /// `Failed(reason)`; neither may panic or abort the process.
-    fn train_pack(
-        &mut self,
-        pack: &[TrialSpec],
-        on_epoch: &mut dyn FnMut(usize, &EpochRecord) -> Control,
-    ) -> Vec<TrialResult>;
+    fn train_pack(&mut self, pack: &[TrialSpec], on_epoch: &mut dyn FnMut(usize, &EpochRecord) -> Control) -> Vec<TrialResult>;
 
     /// The device name reported with results ("cpu", "cuda:0").
     fn device(&self) -> String;

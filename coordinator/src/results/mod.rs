@@ -5,8 +5,8 @@
 
 pub mod analyses;
 pub mod curves;
-pub mod stats;
 pub mod levels;
+pub mod stats;
 pub mod trials;
 
 use crate::store::{Store, StoreError};

@@ -390,7 +390,8 @@ pub fn schema() -> SchemaRef {
     fields.extend([MEAN, SD, SEM, CI95_LOW, CI95_HIGH].map(f64_col));
     fields.extend([Field::new(N_A, DataType::UInt32, true), Field::new(N_B, DataType::UInt32, true)]);
     fields.extend(
-        [MEAN_A, MEAN_B, SD_A, SD_B, WELCH_T, WELCH_DF, WELCH_P, WELCH_P_HOLM, MWU_U, MWU_P, MWU_P_HOLM, COHENS_D, RANK_BISERIAL].map(f64_col),
+        [MEAN_A, MEAN_B, SD_A, SD_B, WELCH_T, WELCH_DF, WELCH_P, WELCH_P_HOLM, MWU_U, MWU_P, MWU_P_HOLM, COHENS_D, RANK_BISERIAL]
+            .map(f64_col),
     );
     Arc::new(Schema::new(fields))
 }
@@ -459,7 +460,8 @@ pub fn print(rows: &[StatRow]) -> String {
     let mut header = vec!["condition".to_string(), "n".to_string()];
     header.extend(Measure::ALL.iter().map(|m| format!("{} (mean ± sem)", m.name())));
     conditions.load_preset(UTF8_BORDERS_ONLY).set_header(header);
-    let summaries: HashMap<(&str, Measure), &Summary> = rows.iter().filter_map(|r| Some(((r.condition.as_str(), r.measure), r.summary()?))).collect();
+    let summaries: HashMap<(&str, Measure), &Summary> =
+        rows.iter().filter_map(|r| Some(((r.condition.as_str(), r.measure), r.summary()?))).collect();
     let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for r in rows.iter().filter(|r| r.summary().is_some()) {
         if !seen.insert(&r.condition) {
@@ -502,9 +504,8 @@ pub fn print(rows: &[StatRow]) -> String {
             ]);
         }
     }
-    let mut out = format!(
-        "conditions (across seeds; epochs_to_half_max here counts to half the condition's own highest level)\n{conditions}\n"
-    );
+    let mut out =
+        format!("conditions (across seeds; epochs_to_half_max here counts to half the condition's own highest level)\n{conditions}\n");
     if any {
         out += &format!(
             "\ncomparisons (two-sided; Holm across all comparisons of a measure, per test; d and rank-biserial > 0: a larger; \
@@ -585,7 +586,11 @@ pub(crate) fn conditions<'a, 'b>(tc: &'b [TrialCurve<'a>]) -> Vec<(&'a str, Vec<
 
 /// The condition without the `key=value` parts named in `keys`: what must match for a pair.
 pub(crate) fn without(condition: &str, keys: &[&str]) -> String {
-    condition.split(' ').filter(|kv| !keys.iter().any(|k| kv.split_once('=').is_some_and(|(key, _)| key == *k))).collect::<Vec<_>>().join(" ")
+    condition
+        .split(' ')
+        .filter(|kv| !keys.iter().any(|k| kv.split_once('=').is_some_and(|(key, _)| key == *k)))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// (comparison, index of group a, index of group b) for every matched pair of conditions.

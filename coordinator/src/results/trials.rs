@@ -116,7 +116,12 @@ pub fn schema() -> SchemaRef {
 
 /// `curves` gives the per-trial learning measures (AUC of the level reached over epochs, in
 /// level x epochs; epochs to half the trial's own highest level); `spec_hash` names the spec.
-pub fn write(path: &Path, rows: &[TrialRow], curves: &[(cbsweep_common::TrialId, cbsweep_common::EpochRecord)], spec_hash: &str) -> Result<(), ResultsError> {
+pub fn write(
+    path: &Path,
+    rows: &[TrialRow],
+    curves: &[(cbsweep_common::TrialId, cbsweep_common::EpochRecord)],
+    spec_hash: &str,
+) -> Result<(), ResultsError> {
     let measures: std::collections::HashMap<&cbsweep_common::TrialId, (f64, f64)> = super::stats::trial_curves(rows, curves)
         .iter()
         .map(|c| (&c.trial.id, (c.auc_level_epochs(), c.epochs_to(f64::from(c.max_level()) / 2.0))))

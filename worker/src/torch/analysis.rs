@@ -248,24 +248,24 @@ fn dimensionality(
     let dims = *model.dims();
     let pops = Population::of(dims.arch);
     let m = batches.len() as i64;
-    let mut moments =
-        pops.iter().map(|p| Moments::zeros(m, p.size(&dims), device)).collect::<Result<Vec<_>, _>>()?;
+    let mut moments = pops.iter().map(|p| Moments::zeros(m, p.size(&dims), device)).collect::<Result<Vec<_>, _>>()?;
     train::in_passes(batches, DIMENSIONALITY_BATCHES_PER_PASS, dims.hidden, kind, device, &mut |input, _| {
-        model.unroll(input, CbOutput::On, &mut |step| {
-            // steps past a sequence's own length hold its frozen state: left out
-            let valid = if step.t >= input.min_len {
-                Some(input.lengths.f_gt(step.t)?.f_unsqueeze(-1)?) // [M, B, 1]
-            } else {
-                None
-            };
-            for (pop, acc) in pops.iter().zip(&mut moments) {
-                if let Some(x) = step.activity[pop.index()] {
-                    acc.add(x, valid.as_ref())?;
+        model
+            .unroll(input, CbOutput::On, &mut |step| {
+                // steps past a sequence's own length hold its frozen state: left out
+                let valid = if step.t >= input.min_len {
+                    Some(input.lengths.f_gt(step.t)?.f_unsqueeze(-1)?) // [M, B, 1]
+                } else {
+                    None
+                };
+                for (pop, acc) in pops.iter().zip(&mut moments) {
+                    if let Some(x) = step.activity[pop.index()] {
+                        acc.add(x, valid.as_ref())?;
+                    }
                 }
-            }
-            Ok(())
-        })
-        .map(drop)
+                Ok(())
+            })
+            .map(drop)
     })?;
     for (pop, acc) in pops.iter().zip(&moments) {
         let size = pop.size(&dims) as f64;
@@ -308,14 +308,10 @@ fn timescales(
     let chunk = (TIMESCALE_FFT_LEN - 2 * fit_lags).max(TIMESCALE_FFT_LEN / 2);
 
     // per row [T, S] time-major bits, and h_0 [S, H]
-    let bits: Vec<Vec<u8>> = points
-        .iter()
-        .map(|p| tasks::draw_bits(&mut tasks::stream(p.spec.seed, Stream::TimescaleInput), steps as usize, s))
-        .collect();
-    let h0: Vec<f64> = points
-        .iter()
-        .flat_map(|p| tasks::draw_h0(&mut tasks::stream(p.spec.seed, Stream::TimescaleH0), s, dims.hidden as usize))
-        .collect();
+    let bits: Vec<Vec<u8>> =
+        points.iter().map(|p| tasks::draw_bits(&mut tasks::stream(p.spec.seed, Stream::TimescaleInput), steps as usize, s)).collect();
+    let h0: Vec<f64> =
+        points.iter().flat_map(|p| tasks::draw_h0(&mut tasks::stream(p.spec.seed, Stream::TimescaleH0), s, dims.hidden as usize)).collect();
     let mut state = model::host_tensor(&h0, &[m as i64, s as i64, dims.hidden], kind, device)?; // [M, S, H]
     // per population: its units, and its summed activity
     let mut autocov: Vec<[Autocovariance; 2]> =
@@ -338,7 +334,8 @@ fn timescales(
             h0: state,
         };
         // the CPU engine where it applies (float32 on the CPU), libtorch's time loop elsewhere
-        let unroll = |observe: &mut dyn FnMut(Step<'_>) -> Result<(), TchError>| match fused::unroll(model, &input, CbOutput::On, observe)? {
+        let unroll = |observe: &mut dyn FnMut(Step<'_>) -> Result<(), TchError>| match fused::unroll(model, &input, CbOutput::On, observe)?
+        {
             Some(state) => Ok::<_, TchError>(state),
             None => model.unroll(&input, CbOutput::On, observe),
         };
@@ -394,10 +391,7 @@ fn per_row_autocorrelations(acc: &Autocovariance, m: usize) -> Result<Vec<Vec<Op
         .iter()
         .zip(&mean)
         .map(|(cov, mean)| {
-            cov.chunks(width)
-                .zip(mean)
-                .map(|(c, &mu)| has_variance(c[0], mu).then(|| c.iter().map(|v| v / c[0]).collect()))
-                .collect()
+            cov.chunks(width).zip(mean).map(|(c, &mu)| has_variance(c[0], mu).then(|| c.iter().map(|v| v / c[0]).collect())).collect()
         })
         .collect())
 }
@@ -451,11 +445,7 @@ pub(crate) fn spectrum(eigenvalues: &[f64]) -> Option<Spectrum> {
 impl Moments {
     pub(crate) fn zeros(m: i64, n: i64, device: Device) -> Result<Self, TchError> {
         let opts = (Kind::Double, device);
-        Ok(Moments {
-            count: Tensor::f_zeros([m], opts)?,
-            sum: Tensor::f_zeros([m, n], opts)?,
-            gram: Tensor::f_zeros([m, n, n], opts)?,
-        })
+        Ok(Moments { count: Tensor::f_zeros([m], opts)?, sum: Tensor::f_zeros([m, n], opts)?, gram: Tensor::f_zeros([m, n, n], opts)? })
     }
 
     /// Adds the samples x [M, B, N] where `valid` [M, B, 1] (bool) holds; all of them without it.
@@ -481,10 +471,7 @@ impl Moments {
         let count = self.count.f_view([-1, 1, 1])?; // [M, 1, 1]
         let outer = self.sum.f_unsqueeze(2)?.f_mul(&self.sum.f_unsqueeze(1)?)?.f_div(&count)?; // [M, N, N]
         let cov = self.gram.f_sub(&outer)?.f_div(&count.f_sub_scalar(1.0)?)?; // [M, N, N]
-        let usable = cov
-            .f_isfinite()?
-            .f_all_dims(Some([1i64, 2].as_slice()), false)?
-            .f_logical_and(&self.count.f_ge(2.0)?)?; // [M]
+        let usable = cov.f_isfinite()?.f_all_dims(Some([1i64, 2].as_slice()), false)?.f_logical_and(&self.count.f_ge(2.0)?)?; // [M]
         // eigvalsh fails on NaN: unusable rows are replaced and dropped after
         let cov = cov.f_where_scalarother(&usable.f_view([-1, 1, 1])?, 0.0)?;
         let eig = cov.f_linalg_eigvalsh("L")?.f_to_device(Device::Cpu)?; // [M, N]
@@ -622,9 +609,8 @@ impl ExpFitter {
             let e = decay(u[0], self.lags);
             one_amplitude(dot(y, &e), dot(&e, &e), yy).0
         };
-        let start = (0..TAU_GRID)
-            .map(|i| ([self.grid[i]], one_amplitude(b[i], self.gram[i][i], yy).0))
-            .min_by(|a, b| a.1.total_cmp(&b.1))?;
+        let start =
+            (0..TAU_GRID).map(|i| ([self.grid[i]], one_amplitude(b[i], self.gram[i][i], yy).0)).min_by(|a, b| a.1.total_cmp(&b.1))?;
         let (u1, _) = self.refine(one, start, step);
 
         let two = |u: [f64; 2]| {
@@ -661,12 +647,7 @@ impl ExpFitter {
 
     /// Pattern search from `start` (point, value) over ln tau within the bounds: tries a step
     /// along each axis and the diagonals, halves the step when none improves.
-    fn refine<const D: usize>(
-        &self,
-        f: impl Fn([f64; D]) -> f64,
-        start: ([f64; D], f64),
-        mut step: f64,
-    ) -> ([f64; D], f64) {
+    fn refine<const D: usize>(&self, f: impl Fn([f64; D]) -> f64, start: ([f64; D], f64), mut step: f64) -> ([f64; D], f64) {
         let (lo, hi) = (self.grid[0], self.grid[TAU_GRID - 1]);
         let mut directions: Vec<[f64; D]> = Vec::new();
         for signs in 0..3usize.pow(D as u32) {
@@ -831,8 +812,7 @@ mod tests {
     #[test]
     fn chunked_autocovariance_equals_the_direct_sum() {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
-        let series: Vec<Vec<f64>> =
-            ar1(&mut rng, 0.7, 3, 157).into_iter().map(|s| s.iter().map(|v| v + 2.5).collect()).collect();
+        let series: Vec<Vec<f64>> = ar1(&mut rng, 0.7, 3, 157).into_iter().map(|s| s.iter().map(|v| v + 2.5).collect()).collect();
         let max_lag = 12;
         for chunk in [5, 12, 13, 40, 157] {
             let mut acc = Autocovariance::new(max_lag);
@@ -889,18 +869,14 @@ mod tests {
         let scale = |tau: f64| (1.0 - (-2.0 / tau).exp()).sqrt();
         let a = ar1(&mut rng, (-1.0 / fast).exp(), 16, 100_000);
         let b = ar1(&mut rng, (-1.0 / slow).exp(), 16, 100_000);
-        let sum: Vec<Vec<f64>> = a
-            .iter()
-            .zip(&b)
-            .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * scale(fast) + y * scale(slow)).collect())
-            .collect();
+        let sum: Vec<Vec<f64>> =
+            a.iter().zip(&b).map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * scale(fast) + y * scale(slow)).collect()).collect();
         let ac = autocorrelation(&sum, 40, 1024);
         let fit = ExpFitter::new(30).fit(&ac).unwrap();
         assert_eq!(fit.exponentials, 2, "{fit:?}");
         assert!((fit.tau / slow - 1.0).abs() < 0.05, "{fit:?}");
 
-        let exact: Vec<f64> =
-            (0..=30).map(|k| 0.5 * (-k as f64 / fast).exp() + 0.5 * (-k as f64 / slow).exp()).collect();
+        let exact: Vec<f64> = (0..=30).map(|k| 0.5 * (-k as f64 / fast).exp() + 0.5 * (-k as f64 / slow).exp()).collect();
         let fit = ExpFitter::new(30).fit(&exact).unwrap();
         assert_eq!(fit.exponentials, 2);
         assert!((fit.tau / slow - 1.0).abs() < 1e-4, "{fit:?}");
@@ -975,16 +951,14 @@ mod tests {
     #[test]
     fn a_saved_checkpoint_reads_back_as_the_weights() {
         one_thread();
-        let specs: Vec<TrialSpec> =
-            (1..3).map(|s| small_spec(s, Task::Dms, Arch::Cbrnn, Regime::Simult)).collect();
+        let specs: Vec<TrialSpec> = (1..3).map(|s| small_spec(s, Task::Dms, Arch::Cbrnn, Regime::Simult)).collect();
         let dims = Dims::of(&specs[0]);
         let model = PackedModel::new(dims, &specs, Kind::Float, Device::Cpu).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = checkpoint_path(dir.path(), &specs[1], 3);
         save_checkpoint(&model, 1, &path).unwrap();
         assert_eq!(path, dir.path().join(specs[1].id().as_str()).join("level-3.safetensors"));
-        let files: Vec<_> =
-            std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let files: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(files, ["level-3.safetensors"], "no temporary file is left");
 
         let read = Tensor::read_safetensors(&path).unwrap();

@@ -651,8 +651,7 @@ impl<T: Real> FusedPack<T> {
         let layout = Layout::of(&dims);
         let m = rates.len();
         let host = |ts: &[tch::Tensor]| -> Result<Vec<Vec<T>>, tch::TchError> {
-            let flat: Vec<Vec<T>> =
-                ts.iter().map(|t| Vec::<T>::try_from(&t.f_detach()?.f_flatten(0, -1)?)).collect::<Result<_, _>>()?;
+            let flat: Vec<Vec<T>> = ts.iter().map(|t| Vec::<T>::try_from(&t.f_detach()?.f_flatten(0, -1)?)).collect::<Result<_, _>>()?;
             Ok((0..m)
                 .map(|r| {
                     let mut row = Vec::with_capacity(layout.total);
@@ -912,8 +911,7 @@ mod tests {
     fn a_trial_computes_the_same_alone_packed_and_on_any_thread_count() {
         let (_, model, per_row) = setup(Arch::Cbrnn);
         let (_, packed) = host(&model).loss_and_grads(&per_row);
-        let one = PackedModel::from_tensors(*model.dims(), model.params().iter().map(|p| p.narrow(0, 1, 1)).collect())
-            .unwrap();
+        let one = PackedModel::from_tensors(*model.dims(), model.params().iter().map(|p| p.narrow(0, 1, 1)).collect()).unwrap();
         let single = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
         let mut alone_host = host_rows(&one, 1);
         let (_, alone) = single.install(|| alone_host.loss_and_grads(&per_row[1..2]));
@@ -1039,7 +1037,18 @@ mod timing {
     #[test]
     #[ignore = "prints timings of the per-step products"]
     fn per_step_product_rates() {
-        for (m, k, n, transposed) in [(64, 64, 320, false), (64, 64, 320, false), (64, 256, 64, false), (64, 64, 64, false), (64, 64, 256, false), (64, 320, 64, false), (320, 1664, 64, false), (64, 202, 202, false), (64, 208, 208, false), (64, 192, 192, false)] {
+        for (m, k, n, transposed) in [
+            (64, 64, 320, false),
+            (64, 64, 320, false),
+            (64, 256, 64, false),
+            (64, 64, 64, false),
+            (64, 64, 256, false),
+            (64, 320, 64, false),
+            (320, 1664, 64, false),
+            (64, 202, 202, false),
+            (64, 208, 208, false),
+            (64, 192, 192, false),
+        ] {
             let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
             let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
             let mut c = vec![0f32; m * n];
@@ -1050,7 +1059,11 @@ mod timing {
                 matmul(&mut c, n, Mat::new(&a, m, k), rhs, true);
             }
             let s = t0.elapsed().as_secs_f64();
-            println!("{m}x{k} . {k}x{n} (rhs transposed {transposed}): {:.1} GFLOP/s, {:.2} us", 2.0 * (m * n * k * reps) as f64 / s / 1e9, s / reps as f64 * 1e6);
+            println!(
+                "{m}x{k} . {k}x{n} (rhs transposed {transposed}): {:.1} GFLOP/s, {:.2} us",
+                2.0 * (m * n * k * reps) as f64 / s / 1e9,
+                s / reps as f64 * 1e6
+            );
         }
         // weight gradients: dZ^T [320 x K] . H [K x 64] from row-major dZ [K x 320], or its transpose
         let (k, a_cols, b_cols) = (1664, 320, 64);

@@ -81,9 +81,13 @@ pub(crate) struct Dims {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Init {
     /// U(-bound, bound), the linear-layer default with bound = 1 / sqrt(fan_in).
-    Uniform { bound: f64 },
+    Uniform {
+        bound: f64,
+    },
     /// N(0, std^2).
-    Normal { std: f64 },
+    Normal {
+        std: f64,
+    },
     Zeros,
 }
 
@@ -142,8 +146,7 @@ pub(crate) const W_DCN: usize = 10;
 pub(crate) const B_DCN: usize = 11;
 
 impl Population {
-    pub(crate) const ALL: [Population; 4] =
-        [Population::Hidden, Population::Granule, Population::Purkinje, Population::CbOutput];
+    pub(crate) const ALL: [Population; 4] = [Population::Hidden, Population::Granule, Population::Purkinje, Population::CbOutput];
 
     /// The name analyses report it under.
     pub(crate) fn name(self) -> &'static str {
@@ -180,12 +183,7 @@ impl Population {
 
 impl Dims {
     pub(crate) fn of(spec: &TrialSpec) -> Dims {
-        Dims {
-            arch: spec.arch,
-            hidden: i64::from(spec.hidden),
-            granule: i64::from(spec.granule),
-            purkinje: i64::from(spec.purkinje),
-        }
+        Dims { arch: spec.arch, hidden: i64::from(spec.hidden), granule: i64::from(spec.granule), purkinje: i64::from(spec.purkinje) }
     }
 
     /// Every parameter of one trial's model, in draw and storage order: core, readout, then the
@@ -307,11 +305,8 @@ impl PackedModel {
 
     /// Keeps only the trials at `rows` (int64 indices into the pack axis), as new leaf tensors.
     pub(crate) fn select(&self, rows: &Tensor) -> Result<Self, TchError> {
-        let params = self
-            .params
-            .iter()
-            .map(|p| p.f_index_select(0, rows)?.f_detach()?.f_set_requires_grad(true))
-            .collect::<Result<Vec<_>, _>>()?;
+        let params =
+            self.params.iter().map(|p| p.f_index_select(0, rows)?.f_detach()?.f_set_requires_grad(true)).collect::<Result<Vec<_>, _>>()?;
         Ok(PackedModel { dims: self.dims, params })
     }
 
@@ -349,10 +344,10 @@ impl PackedModel {
             let w_gc_x = p[W_GC].f_narrow(2, h, 1)?.f_transpose(1, 2)?; // [M, 1, G]
             Some(CbLayers {
                 granule_in: p[B_GC].f_unsqueeze(1)?.f_addcmul(&x, &w_gc_x)?, // [T, M, B, G]
-                w_pc: p[W_PC].f_transpose(1, 2)?,                             // [M, G, P]
-                b_pc: p[B_PC].f_unsqueeze(1)?,                                // [M, 1, P]
-                w_dcn: p[W_DCN].f_transpose(1, 2)?,                           // [M, P, H]
-                b_dcn: p[B_DCN].f_unsqueeze(1)?,                              // [M, 1, H]
+                w_pc: p[W_PC].f_transpose(1, 2)?,                            // [M, G, P]
+                b_pc: p[B_PC].f_unsqueeze(1)?,                               // [M, 1, P]
+                w_dcn: p[W_DCN].f_transpose(1, 2)?,                          // [M, P, H]
+                b_dcn: p[B_DCN].f_unsqueeze(1)?,                             // [M, 1, H]
             })
         } else {
             None

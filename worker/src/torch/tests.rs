@@ -2,13 +2,12 @@
 //! helpers that build small trial specs for the module tests.
 
 use super::TorchTrainer;
-use crate::trainer::{Control, Trainer};
-use cbsweep_common::{
-    AnalysisPlan, Arch, EpochRecord, FreezePoint, Regime, Seed, SweepId, Task, TrainBudget, TrialOutcome, TrialResult,
-    TrialSpec,
-};
 use super::model::{Dims, Module, PackedModel, init_trial};
 use super::tasks::{self, Stream};
+use crate::trainer::{Control, Trainer};
+use cbsweep_common::{
+    AnalysisPlan, Arch, EpochRecord, FreezePoint, Regime, Seed, SweepId, Task, TrainBudget, TrialOutcome, TrialResult, TrialSpec,
+};
 use rand::Rng;
 use std::path::Path;
 use tch::{Device, Kind};
@@ -232,8 +231,7 @@ fn a_trial_that_solves_the_top_level_stops_early_and_completes() {
 
 /// Every (population, metric) a CB-RNN checkpoint reports.
 fn cbrnn_metrics() -> Vec<(&'static str, &'static str)> {
-    let mut expected: Vec<(&str, &str)> =
-        ["accuracy_cb_on", "accuracy_cb_off", "ablation_drop"].iter().map(|&m| ("network", m)).collect();
+    let mut expected: Vec<(&str, &str)> = ["accuracy_cb_on", "accuracy_cb_off", "ablation_drop"].iter().map(|&m| ("network", m)).collect();
     let populations = ["hidden", "granule", "purkinje", "cb_output"];
     let dimensionality = ["d90", "d95", "d90_fraction", "d95_fraction", "participation_ratio"];
     let timescales = ["units_fitted", "timescale_median_steps", "timescale_mean_steps", "population_lag_1e_steps"];
@@ -280,8 +278,7 @@ fn solved_levels_are_analysed_and_their_weights_saved() {
             assert_eq!(metrics, cbrnn_metrics(), "level {level}");
         }
     }
-    let saved =
-        |spec: &TrialSpec, level| dir.path().join(spec.id().as_str()).join(format!("level-{level}.safetensors"));
+    let saved = |spec: &TrialSpec, level| dir.path().join(spec.id().as_str()).join(format!("level-{level}.safetensors"));
     for (spec, result) in [(&every, &results[0]), (&every_other, &results[1])] {
         for level in levels(result) {
             let read = tch::Tensor::read_safetensors(saved(spec, level)).unwrap();
@@ -299,10 +296,8 @@ fn a_plain_rnn_checkpoint_reports_the_hidden_population_only() {
     spec.budget.max_level = 2;
     spec.analysis = analysis_plan();
     let (results, _) = train(&[spec]);
-    let metrics: Vec<(&str, &str)> =
-        results[0].analyses.iter().map(|a| (a.population.as_str(), a.metric.as_str())).collect();
-    let expected: Vec<(&str, &str)> =
-        cbrnn_metrics().into_iter().filter(|&(p, m)| p == "hidden" || m == "accuracy_cb_on").collect();
+    let metrics: Vec<(&str, &str)> = results[0].analyses.iter().map(|a| (a.population.as_str(), a.metric.as_str())).collect();
+    let expected: Vec<(&str, &str)> = cbrnn_metrics().into_iter().filter(|&(p, m)| p == "hidden" || m == "accuracy_cb_on").collect();
     assert_eq!(metrics, expected);
 }
 
@@ -355,14 +350,8 @@ fn cbrnn_epoch_timing() {
     let mut spec = small_spec(1, Task::Dms, Arch::Cbrnn, Regime::Simult);
     (spec.hidden, spec.granule, spec.purkinje) = (64, 256, 64);
     (spec.lr_core, spec.lr_cb, spec.lr_readout) = (0.01, 0.01, 0.01);
-    spec.budget = TrainBudget {
-        epochs: 1,
-        steps_per_epoch: 100,
-        test_batches: 50,
-        batch_size: 64,
-        solve_threshold: 1.01,
-        ..small_budget()
-    };
+    spec.budget =
+        TrainBudget { epochs: 1, steps_per_epoch: 100, test_batches: 50, batch_size: 64, solve_threshold: 1.01, ..small_budget() };
     for m in [1, 8] {
         let pack: Vec<TrialSpec> = (0..m).map(|s| TrialSpec { seed: Seed(s), ..spec.clone() }).collect();
         let started = std::time::Instant::now();

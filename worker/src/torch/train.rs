@@ -9,8 +9,7 @@ use super::model::{self, CbOutput, Dims, Module, PackedInput, PackedModel};
 use super::tasks::{self, Stream, TaskBatch};
 use crate::trainer::{Control, Trainer};
 use cbsweep_common::{
-    AnalysisPlan, AnalysisRecord, Arch, EpochRecord, FreezePoint, Regime, TrainBudget, TrialOutcome, TrialResult,
-    TrialSpec,
+    AnalysisPlan, AnalysisRecord, Arch, EpochRecord, FreezePoint, Regime, TrainBudget, TrialOutcome, TrialResult, TrialSpec,
 };
 use rand_chacha::ChaCha8Rng;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -96,11 +95,7 @@ impl TorchTrainer {
 }
 
 impl Trainer for TorchTrainer {
-    fn train_pack(
-        &mut self,
-        pack: &[TrialSpec],
-        on_epoch: &mut dyn FnMut(usize, &EpochRecord) -> Control,
-    ) -> Vec<TrialResult> {
+    fn train_pack(&mut self, pack: &[TrialSpec], on_epoch: &mut dyn FnMut(usize, &EpochRecord) -> Control) -> Vec<TrialResult> {
         if pack.is_empty() {
             return Vec::new();
         }
@@ -120,10 +115,7 @@ impl Trainer for TorchTrainer {
             tracing::warn!(pack_size = pack.len(), reason = %reason, "pack failed");
         }
         let device = self.device();
-        trials
-            .into_iter()
-            .map(|t| t.into_result(failure.as_deref(), &device, pack.len()))
-            .collect()
+        trials.into_iter().map(|t| t.into_result(failure.as_deref(), &device, pack.len())).collect()
     }
 
     fn device(&self) -> String {
@@ -158,9 +150,7 @@ pub(crate) fn learning(regime: Regime, start_level: u32, level: u32, epochs_done
     match regime {
         Regime::Simult => Learning { core: true, cb: true },
         Regime::Reservoir { .. } | Regime::Interleaved { .. } if !frozen => Learning { core: true, cb: false },
-        Regime::Interleaved { every, .. }
-            if every > 0 && level > start_level && (level - start_level).is_multiple_of(every) =>
-        {
+        Regime::Interleaved { every, .. } if every > 0 && level > start_level && (level - start_level).is_multiple_of(every) => {
             Learning { core: true, cb: true }
         }
         Regime::Reservoir { .. } | Regime::Interleaved { .. } => Learning { core: false, cb: true },
@@ -348,8 +338,7 @@ impl PackRun {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let fused = if fused {
-            let rates: Vec<[f64; 3]> =
-                pack.iter().map(|t| [t.lr_core * t.core_plasticity, t.lr_readout, t.lr_cb]).collect();
+            let rates: Vec<[f64; 3]> = pack.iter().map(|t| [t.lr_core * t.core_plasticity, t.lr_readout, t.lr_cb]).collect();
             Some(FusedPack::from_tensors(dims, model.params(), &momentum, &rates)?)
         } else {
             None
@@ -468,8 +457,7 @@ impl PackRun {
             trials[i].learning = f;
         }
         let hidden = self.dims.hidden as usize;
-        let drawn: Vec<Vec<(TaskBatch, Vec<f64>)>> =
-            self.rows.iter().map(|&i| vec![trials[i].draw(DataSplit::Train, hidden)]).collect();
+        let drawn: Vec<Vec<(TaskBatch, Vec<f64>)>> = self.rows.iter().map(|&i| vec![trials[i].draw(DataSplit::Train, hidden)]).collect();
         if let Some(fused) = &mut self.fused {
             let (losses, grads) = fused.loss_and_grads(&drawn);
             let norms = fused.sgd(&grads, &flags, &self.budget);
@@ -495,8 +483,7 @@ impl PackRun {
         let masks = self.masks(flags)?;
         let specs = self.dims.param_specs();
         // parameters of modules no trial trains need no gradient
-        let trained: Vec<usize> =
-            (0..specs.len()).filter(|&i| flags.iter().any(|f| f.module(specs[i].module))).collect();
+        let trained: Vec<usize> = (0..specs.len()).filter(|&i| flags.iter().any(|f| f.module(specs[i].module))).collect();
         let inputs: Vec<&Tensor> = trained.iter().map(|&i| &self.model.params()[i]).collect();
         let grads = Tensor::f_run_backward(&[losses.f_sum(None::<Kind>)?], &inputs, false, false)?;
 
@@ -559,11 +546,8 @@ impl PackRun {
         let hidden = self.dims.hidden as usize;
         let n = self.budget.test_batches as usize;
         // every trial draws its batches in order
-        let drawn: Vec<Vec<(TaskBatch, Vec<f64>)>> = self
-            .rows
-            .iter()
-            .map(|&i| (0..n).map(|_| trials[i].draw(DataSplit::Test, hidden)).collect())
-            .collect();
+        let drawn: Vec<Vec<(TaskBatch, Vec<f64>)>> =
+            self.rows.iter().map(|&i| (0..n).map(|_| trials[i].draw(DataSplit::Test, hidden)).collect()).collect();
         if let Some(fused) = &mut self.fused {
             return Tensor::f_from_slice(&fused.count_correct(&drawn, cb))?.f_to_device(self.device);
         }
@@ -598,10 +582,8 @@ impl PackRun {
             let started = Instant::now();
             let rows: Vec<i64> = group.iter().map(|d| d.row as i64).collect();
             let model = self.model.select(&Tensor::f_from_slice(&rows)?.f_to_device(self.device)?)?;
-            let points: Vec<Checkpoint> = group
-                .iter()
-                .map(|d| Checkpoint { spec: trials[d.trial].spec, level: d.level, epoch: d.epoch })
-                .collect();
+            let points: Vec<Checkpoint> =
+                group.iter().map(|d| Checkpoint { spec: trials[d.trial].spec, level: d.level, epoch: d.epoch }).collect();
             let records = analysis::analyse(&model, &points, self.kind, self.device)?;
             let wall_time_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             for (r, (point, records)) in points.iter().zip(records).enumerate() {
@@ -623,8 +605,7 @@ impl PackRun {
 
     /// Drops the rows of trials that have ended from every packed tensor.
     fn drop_ended(&mut self, trials: &[TrialRun]) -> Result<(), TchError> {
-        let keep: Vec<i64> =
-            (0..self.rows.len()).filter(|&r| trials[self.rows[r]].running()).map(|r| r as i64).collect();
+        let keep: Vec<i64> = (0..self.rows.len()).filter(|&r| trials[self.rows[r]].running()).map(|r| r as i64).collect();
         if keep.len() == self.rows.len() {
             return Ok(());
         }
@@ -648,10 +629,7 @@ impl PackRun {
 
 impl EpochSums {
     fn zeros(m: usize, kind: Kind, device: Device) -> Result<Self, TchError> {
-        Ok(EpochSums {
-            loss: Tensor::f_zeros([m as i64], (kind, device))?,
-            grad_norm: Tensor::f_zeros([m as i64], (kind, device))?,
-        })
+        Ok(EpochSums { loss: Tensor::f_zeros([m as i64], (kind, device))?, grad_norm: Tensor::f_zeros([m as i64], (kind, device))? })
     }
 }
 
@@ -775,10 +753,7 @@ mod tests {
     fn row_state(run: &PackRun, row: i64, module: Module) -> Vec<Tensor> {
         let specs = run.dims.param_specs();
         let params = run.model.params().iter().zip(&run.momentum).zip(&specs);
-        params
-            .filter(|(_, s)| s.module == module)
-            .flat_map(|((p, b), _)| [p.get(row).copy(), b.get(row).copy()])
-            .collect()
+        params.filter(|(_, s)| s.module == module).flat_map(|((p, b), _)| [p.get(row).copy(), b.get(row).copy()]).collect()
     }
 
     fn identical(a: &[Tensor], b: &[Tensor]) -> bool {
