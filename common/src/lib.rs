@@ -14,8 +14,11 @@ pub mod spec;
 pub mod trial;
 
 pub use ids::{Attempt, Seed, SweepId, TrialId, WorkerId};
-pub use outcome::{AnalysisRecord, EpochRecord, TrialOutcome, TrialResult, TrialState};
-pub use spec::{SpecError, SweepSpec, load_spec, parse_spec, spec_hash};
+pub use outcome::{AnalysisRecord, EpochRecord, SweepState, TrialOutcome, TrialResult, TrialState};
+pub use spec::{
+    SpecError, SpecOverride, SweepSpec, env_overrides, load_spec, overrides_text, parse_overrides_text, parse_resolved, parse_spec,
+    parse_spec_with_overrides, spec_hash,
+};
 pub use trial::{AnalysisPlan, Arch, FreezePoint, PackKey, Regime, Task, TrainBudget, TrialSpec, varying_parts};
 
 /// Version of the trial semantics. It is part of every trial's identity: a change to what a

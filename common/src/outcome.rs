@@ -52,6 +52,43 @@ impl FromStr for TrialState {
     }
 }
 
+/// A sweep's place in the coordinator's life cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SweepState {
+    /// Some trial is pending or leased.
+    Running,
+    /// Every trial has a terminal state.
+    Done,
+    /// A user cancelled it; `retry-failed` or a new submission runs it again.
+    Cancelled,
+}
+
+impl SweepState {
+    pub const ALL: [SweepState; 3] = [SweepState::Running, SweepState::Done, SweepState::Cancelled];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SweepState::Running => "running",
+            SweepState::Done => "done",
+            SweepState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for SweepState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for SweepState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        SweepState::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| format!("unknown sweep state {s:?}"))
+    }
+}
+
 /// How one attempt at a trial ended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "reason", rename_all = "lowercase")]

@@ -2,6 +2,13 @@
 //! structs (embedded defaults, then the user's file, then `CBSWEEP_SPEC__SECTION__KEY`
 //! environment overrides), then `validate()` into a typed `SweepSpec`. Only validated types
 //! leave this module; every error names the file, the key and the value.
+//!
+//! A spec is validated once, where the user hands it in (`load_spec`, `parse_spec`): the
+//! result carries its resolved form (`SweepSpec::resolved`, canonical TOML with every key, the
+//! defaults and the overrides applied) and the overrides it ran with. That text is what a
+//! coordinator receives, stores and resumes from (`parse_resolved`, which reads no environment),
+//! and what `spec_hash` hashes, so neither the coordinator's environment nor a later shell's can
+//! change what a stored sweep means.
 
 use crate::ids::{Seed, SweepId};
 use crate::model_size;
@@ -24,7 +31,7 @@ pub enum SpecError {
     Invalid { path: PathBuf, field: String, value: String, reason: String },
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawSpec {
     sweep: RawSweep,
@@ -35,7 +42,7 @@ struct RawSpec {
     run: RawRun,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawAnalysis {
     every_levels: i64,
@@ -49,14 +56,14 @@ struct RawAnalysis {
     save_checkpoints: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawSweep {
     name: String,
     description: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawGrid {
     task: Vec<String>,
@@ -71,7 +78,7 @@ struct RawGrid {
     lr_cb: Vec<f64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawModel {
     hidden: i64,
@@ -79,7 +86,7 @@ struct RawModel {
     rnn_match: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawTrain {
     epochs: i64,
@@ -91,10 +98,11 @@ struct RawTrain {
     solve_threshold: f64,
     momentum: f64,
     clip_norm: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
     lr_readout: Option<f64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawRun {
     max_attempts: i64,
@@ -117,35 +125,116 @@ pub struct SweepSpec {
     pub description: String,
     pub run: RunPolicy,
     pub trials: Vec<TrialSpec>,
-    /// The spec file's text as given (stored with the sweep, for `resume`).
-    pub source: String,
+    /// The validated spec as canonical TOML: every key, with the defaults and the overrides
+    /// applied. The coordinator stores it, `resume` reads it back with `parse_resolved`, and
+    /// `hash()` hashes it.
+    pub resolved: String,
+    /// The `CBSWEEP_SPEC__*` overrides the spec was validated with, sorted by key.
+    pub overrides: Vec<SpecOverride>,
 }
 
-/// Short content hash of a spec file's text, recorded with results (which spec made them).
+/// One environment override of a spec key (`CBSWEEP_SPEC__TRAIN__EPOCHS=20` is
+/// `train.epochs = "20"`), recorded with the sweep and in trials.parquet.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SpecOverride {
+    /// The dotted key, lowercase: `train.epochs`.
+    pub key: String,
+    /// The value as it was given.
+    pub value: String,
+}
+
+impl SweepSpec {
+    /// The hash of the validated spec (`spec_hash` of `resolved`), recorded with results.
+    pub fn hash(&self) -> String {
+        spec_hash(&self.resolved)
+    }
+}
+
+/// The overrides as one readable string, `key=value` joined by "; " (empty when none): the form
+/// the store and trials.parquet keep.
+pub fn overrides_text(overrides: &[SpecOverride]) -> String {
+    overrides.iter().map(|o| format!("{}={}", o.key, o.value)).collect::<Vec<_>>().join("; ")
+}
+
+/// Reads `overrides_text`'s form back; the inverse of it for every override it wrote.
+pub fn parse_overrides_text(text: &str) -> Vec<SpecOverride> {
+    text.split("; ")
+        .filter(|s| !s.is_empty())
+        .map(|kv| {
+            let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+            SpecOverride { key: key.to_string(), value: value.to_string() }
+        })
+        .collect()
+}
+
+/// Short content hash of a spec's text, recorded with results (which spec made them). For a
+/// sweep, hash its resolved text (`SweepSpec::hash`).
 pub fn spec_hash(text: &str) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(&Sha256::digest(text.as_bytes())[..8])
 }
 
-/// Loads and validates a sweep spec file. Nothing runs before this returns Ok.
+/// The `CBSWEEP_SPEC__*` variables of this process's environment, as overrides sorted by key.
+pub fn env_overrides() -> Vec<SpecOverride> {
+    let prefix = format!("{ENV_PREFIX}__");
+    let mut out: Vec<SpecOverride> = std::env::vars()
+        .filter_map(|(k, value)| {
+            let rest = k.strip_prefix(&prefix)?;
+            Some(SpecOverride { key: rest.split("__").map(str::to_lowercase).collect::<Vec<_>>().join("."), value })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Loads and validates a sweep spec file, with this process's `CBSWEEP_SPEC__*` overrides.
+/// Nothing runs before this returns Ok.
 pub fn load_spec(path: &Path) -> Result<SweepSpec, SpecError> {
     let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read { path: path.to_owned(), source })?;
     parse_spec(&text, path)
 }
 
-/// Parses and validates spec text; `path` is only used in messages.
+/// Parses and validates a user's spec text with this process's `CBSWEEP_SPEC__*` overrides;
+/// `path` is only used in messages.
 pub fn parse_spec(text: &str, path: &Path) -> Result<SweepSpec, SpecError> {
+    parse_spec_with_overrides(text, path, env_overrides())
+}
+
+/// Parses and validates a user's spec text with the given overrides applied last, as
+/// `CBSWEEP_SPEC__*` variables would be (a value is parsed as TOML's scalars are: `20` is an
+/// integer, `0.5` a float, `true` a boolean, anything else a string).
+pub fn parse_spec_with_overrides(text: &str, path: &Path, mut overrides: Vec<SpecOverride>) -> Result<SweepSpec, SpecError> {
+    overrides.sort();
+    let vars = overrides
+        .iter()
+        .map(|o| (format!("{ENV_PREFIX}__{}", o.key.split('.').collect::<Vec<_>>().join("__")).to_uppercase(), o.value.clone()))
+        .collect();
+    let env = config::Environment::with_prefix(ENV_PREFIX).prefix_separator("__").separator("__").try_parsing(true).source(Some(vars));
+    parse_layers(text, path, Some(env), overrides)
+}
+
+/// Parses and validates a spec's resolved text (`SweepSpec::resolved`), as a coordinator
+/// receives it and `resume` reads it from the store: no environment is read, so the result is
+/// the sweep that was validated where it was submitted. `overrides` are the ones it was
+/// validated with, kept as the record. Text stored before specs were resolved (a user's file as
+/// given) still parses: the defaults fill what it leaves out.
+pub fn parse_resolved(text: &str, path: &Path, overrides: Vec<SpecOverride>) -> Result<SweepSpec, SpecError> {
+    parse_layers(text, path, None, overrides)
+}
+
+fn parse_layers(text: &str, path: &Path, env: Option<config::Environment>, overrides: Vec<SpecOverride>) -> Result<SweepSpec, SpecError> {
     let parse_err = |message: String| SpecError::Parse { path: path.to_owned(), message };
     // config reports TOML syntax errors without the position; toml's own parser says where.
     toml::from_str::<toml::Table>(text).map_err(|e| parse_err(format!("not valid TOML: {e}")))?;
-    let raw: RawSpec = config::Config::builder()
+    let mut builder = config::Config::builder()
         .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
-        .add_source(config::File::from_str(text, config::FileFormat::Toml))
-        .add_source(config::Environment::with_prefix(ENV_PREFIX).prefix_separator("__").separator("__").try_parsing(true))
-        .build()
-        .and_then(|c| c.try_deserialize())
-        .map_err(|e| parse_err(describe_config_error(&e.to_string())))?;
-    validate(raw, path, text)
+        .add_source(config::File::from_str(text, config::FileFormat::Toml));
+    if let Some(env) = env {
+        builder = builder.add_source(env);
+    }
+    let raw: RawSpec = builder.build().and_then(|c| c.try_deserialize()).map_err(|e| parse_err(describe_config_error(&e.to_string())))?;
+    let resolved = toml::to_string(&raw).map_err(|e| parse_err(format!("cannot write the resolved spec: {e}")))?;
+    validate(raw, path, resolved, overrides)
 }
 
 /// config's messages put the key last ("missing field `name` for key `sweep`"); reword them so
@@ -199,7 +288,7 @@ impl Checker<'_> {
     }
 }
 
-fn validate(raw: RawSpec, path: &Path, text: &str) -> Result<SweepSpec, SpecError> {
+fn validate(raw: RawSpec, path: &Path, resolved: String, overrides: Vec<SpecOverride>) -> Result<SweepSpec, SpecError> {
     let c = Checker { path };
     let name = raw.sweep.name.trim();
     if name.is_empty() || !name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
@@ -367,7 +456,7 @@ fn validate(raw: RawSpec, path: &Path, text: &str) -> Result<SweepSpec, SpecErro
             }
         }
     }
-    Ok(SweepSpec { id, description: raw.sweep.description, run, trials, source: text.to_string() })
+    Ok(SweepSpec { id, description: raw.sweep.description, run, trials, resolved, overrides })
 }
 
 #[cfg(test)]
@@ -472,5 +561,45 @@ seed = [0, 1]
         let ids_b: BTreeSet<_> = b.trials.iter().map(|t| t.id()).collect();
         assert!(ids_a.is_subset(&ids_b));
         assert_eq!(ids_b.len() - ids_a.len(), 4);
+    }
+
+    fn with(overrides: &[(&str, &str)]) -> Vec<SpecOverride> {
+        overrides.iter().map(|(k, v)| SpecOverride { key: k.to_string(), value: v.to_string() }).collect()
+    }
+
+    #[test]
+    fn resolved_text_parses_back_to_the_same_sweep_without_the_environment() {
+        let a = parse_spec_with_overrides(MINIMAL, Path::new("t.toml"), with(&[("train.epochs", "20"), ("run.pack_size", "3")])).unwrap();
+        assert_eq!(a.trials[0].budget.epochs, 20);
+        assert_eq!(a.run.pack_size, 3);
+        assert_eq!(overrides_text(&a.overrides), "run.pack_size=3; train.epochs=20");
+        let b = parse_resolved(&a.resolved, Path::new("stored"), a.overrides.clone()).unwrap();
+        assert_eq!(a, b, "the resolved text is the whole sweep");
+        assert_eq!(b.trials[0].budget.epochs, 20);
+        let plain = parse(MINIMAL).unwrap();
+        assert_ne!(a.hash(), plain.hash(), "the hash covers the overrides");
+        assert_eq!(parse_resolved(&plain.resolved, Path::new("stored"), vec![]).unwrap().hash(), plain.hash());
+    }
+
+    #[test]
+    fn the_hash_is_of_the_validated_spec_not_of_its_spelling() {
+        let spelled = format!("# a comment\n{MINIMAL}[train]\nepochs = 1000\n");
+        assert_eq!(parse(&spelled).unwrap().hash(), parse(MINIMAL).unwrap().hash(), "a default spelled out is the same spec");
+        assert_ne!(parse(&format!("{MINIMAL}[train]\nepochs = 999\n")).unwrap().hash(), parse(MINIMAL).unwrap().hash());
+    }
+
+    #[test]
+    fn a_bad_override_is_refused_naming_its_key() {
+        let e = parse_spec_with_overrides(MINIMAL, Path::new("t.toml"), with(&[("train.epochz", "3")])).unwrap_err().to_string();
+        assert!(e.contains("train.epochz"), "{e}");
+        let e = parse_spec_with_overrides(MINIMAL, Path::new("t.toml"), with(&[("train.epochs", "-3")])).unwrap_err().to_string();
+        assert!(e.contains("train.epochs = -3"), "{e}");
+    }
+
+    #[test]
+    fn overrides_text_reads_back() {
+        let o = with(&[("run.pack_size", "3"), ("train.lr_readout", "0.001")]);
+        assert_eq!(parse_overrides_text(&overrides_text(&o)), o);
+        assert!(parse_overrides_text("").is_empty());
     }
 }

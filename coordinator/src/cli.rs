@@ -82,7 +82,14 @@ pub async fn resume(sweep: &SweepId, opts: RunOptions) -> Result<RunSummary, Cli
         .and_then(|s| s.sweep(sweep).ok().flatten())
         .ok_or_else(|| CliError::UnknownSweep { sweep: sweep.clone(), state: state.clone(), out: opts.out.clone() })?;
     let path = PathBuf::from(&row.spec_path);
-    let spec = cbsweep_common::parse_spec(&row.spec_toml, &path)?;
+    let ignored = cbsweep_common::env_overrides();
+    if !ignored.is_empty() {
+        eprintln!(
+            "cbsweep: resume uses the spec sweep {sweep} was validated with; ignoring {} (to change the spec, edit the file and `cbsweep run` it)",
+            cbsweep_common::overrides_text(&ignored)
+        );
+    }
+    let spec = cbsweep_common::parse_resolved(&row.spec_toml, &path, cbsweep_common::parse_overrides_text(&row.overrides))?;
     let summary = local::run(spec, &path, opts).await?;
     print_summary(&summary);
     Ok(summary)
@@ -237,7 +244,11 @@ pub async fn submit(url: &str, token_file: Option<&Path>, spec_path: &Path) -> R
     let spec = load_spec(spec_path)?;
     let mut c = sweep_client(url, token_file).await?;
     let r = c
-        .submit_sweep(v1::SubmitSweepRequest { spec_toml: spec.source.clone(), spec_path: spec_path.display().to_string() })
+        .submit_sweep(v1::SubmitSweepRequest {
+            spec_toml: spec.resolved.clone(),
+            spec_path: spec_path.display().to_string(),
+            overrides: spec.overrides.iter().map(Into::into).collect(),
+        })
         .await?
         .into_inner();
     println!("sweep {}: {} trials ({} new)", r.sweep_id, r.total_trials, r.new_trials);

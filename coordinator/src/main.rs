@@ -1,3 +1,6 @@
+//! The `cbsweep` binary: the command line (clap), the tracing subscriber and the exit codes.
+//! Each command's work is in the library (`cli`, `local`); only this file uses anyhow.
+
 use anyhow::Context;
 use cbsweep_common::SweepId;
 use cbsweep_coordinator::cli::{self, CliError, DEFAULT_COORDINATOR};

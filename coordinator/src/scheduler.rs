@@ -5,7 +5,7 @@
 //! replies and events leave only after that commit, so nothing acknowledged is ever lost.
 
 use crate::store::{self, Leased, Store, StoreError, SweepRow, TrialLease};
-use cbsweep_common::{Attempt, EpochRecord, SweepId, SweepSpec, TrialId, TrialOutcome, TrialResult, TrialState, WorkerId};
+use cbsweep_common::{Attempt, EpochRecord, SweepId, SweepSpec, SweepState, TrialId, TrialOutcome, TrialResult, TrialState, WorkerId};
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU64;
 use std::sync::mpsc;
@@ -98,7 +98,7 @@ pub struct ConditionStatus {
 #[derive(Clone, Debug)]
 pub struct SweepStatus {
     pub sweep: SweepId,
-    pub state: String,
+    pub state: SweepState,
     pub total: u32,
     pub counts: Vec<(TrialState, u32)>,
     pub conditions: Vec<ConditionStatus>,
@@ -528,12 +528,13 @@ impl Scheduler {
         let row = SweepRow {
             id: spec.id.clone(),
             description: spec.description.clone(),
-            spec_toml: spec.source.clone(),
+            spec_toml: spec.resolved.clone(),
             spec_path: path,
+            overrides: cbsweep_common::overrides_text(&spec.overrides),
             max_attempts: spec.run.max_attempts,
             pack_size: spec.run.pack_size,
             lease_seconds: spec.run.lease_seconds,
-            state: "running".into(),
+            state: SweepState::Running,
             created_ms,
             finished_ms: None,
         };
@@ -643,8 +644,8 @@ impl Scheduler {
         if self.store.has_open_trials(sweep)? {
             return Ok(());
         }
-        if self.store.sweep_state(sweep)?.as_deref() == Some("running") {
-            self.store.set_sweep_state(sweep, "done", Some(store::now_ms()))?;
+        if self.store.sweep_state(sweep)? == Some(SweepState::Running) {
+            self.store.set_sweep_state(sweep, SweepState::Done, Some(store::now_ms()))?;
             tracing::info!(sweep = %sweep, "sweep finished");
             self.emit(Event::SweepFinished { sweep: sweep.clone() });
         }
@@ -713,7 +714,7 @@ impl Scheduler {
             };
             sweeps.push(SweepStatus {
                 sweep: row.id.clone(),
-                state: row.state.clone(),
+                state: row.state,
                 total: trials.len() as u32,
                 counts: TrialState::ALL.iter().map(|s| (*s, counts.get(s).copied().unwrap_or(0))).collect(),
                 conditions,
@@ -733,7 +734,7 @@ impl Scheduler {
     fn cancel(&mut self, sweep: &SweepId) -> Result<u32, SchedError> {
         self.store.sweep(sweep)?.ok_or_else(|| SchedError::UnknownSweep(sweep.clone()))?;
         let n = self.store.cancel(sweep)?;
-        self.store.set_sweep_state(sweep, "cancelled", Some(store::now_ms()))?;
+        self.store.set_sweep_state(sweep, SweepState::Cancelled, Some(store::now_ms()))?;
         tracing::info!(sweep = %sweep, trials = n, "sweep cancelled");
         self.emit(Event::SweepFinished { sweep: sweep.clone() });
         Ok(n)
@@ -743,7 +744,7 @@ impl Scheduler {
         self.store.sweep(sweep)?.ok_or_else(|| SchedError::UnknownSweep(sweep.clone()))?;
         let n = self.store.requeue_failed(sweep)?;
         if n > 0 {
-            self.store.set_sweep_state(sweep, "running", None)?;
+            self.store.set_sweep_state(sweep, SweepState::Running, None)?;
         }
         Ok(n)
     }

@@ -121,7 +121,9 @@ impl v1::sweep_service_server::SweepService for SweepApi {
     async fn submit_sweep(&self, req: Request<v1::SubmitSweepRequest>) -> Result<Response<v1::SubmitSweepResponse>, Status> {
         let r = req.into_inner();
         let path = if r.spec_path.is_empty() { "<submitted spec>".to_string() } else { r.spec_path };
-        let spec = cbsweep_common::parse_spec(&r.spec_toml, Path::new(&path)).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let overrides = r.overrides.into_iter().map(Into::into).collect();
+        let spec = cbsweep_common::parse_resolved(&r.spec_toml, Path::new(&path), overrides)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let out = self.sched.submit(spec, path).await.map_err(status_of)?;
         Ok(Response::new(v1::SubmitSweepResponse { sweep_id: out.sweep.0, total_trials: out.total, new_trials: out.new }))
     }
@@ -136,7 +138,7 @@ impl v1::sweep_service_server::SweepService for SweepApi {
                 .into_iter()
                 .map(|s| v1::SweepSummary {
                     sweep_id: s.sweep.0,
-                    state: s.state,
+                    state: s.state.to_string(),
                     total: s.total,
                     counts: s
                         .counts

@@ -9,7 +9,7 @@
 //! connection (WAL lets them read while the scheduler writes).
 
 use cbsweep_common::memory;
-use cbsweep_common::{AnalysisRecord, Attempt, EpochRecord, SweepId, TrialId, TrialResult, TrialSpec, TrialState, WorkerId};
+use cbsweep_common::{AnalysisRecord, Attempt, EpochRecord, SweepId, SweepState, TrialId, TrialResult, TrialSpec, TrialState, WorkerId};
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::num::NonZeroU64;
@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS sweeps(
   description TEXT NOT NULL,
   spec_toml TEXT NOT NULL,
   spec_path TEXT NOT NULL,
+  overrides TEXT NOT NULL DEFAULT '',
   max_attempts INTEGER NOT NULL,
   pack_size INTEGER NOT NULL,
   lease_seconds INTEGER NOT NULL,
@@ -121,12 +122,16 @@ CREATE TABLE IF NOT EXISTS workers(
 pub struct SweepRow {
     pub id: SweepId,
     pub description: String,
+    /// The validated spec's resolved text (`SweepSpec::resolved`); older state files hold the
+    /// user's text as given.
     pub spec_toml: String,
     pub spec_path: String,
+    /// The spec overrides it was validated with, in `overrides_text`'s form.
+    pub overrides: String,
     pub max_attempts: u32,
     pub pack_size: u32,
     pub lease_seconds: u32,
-    pub state: String,
+    pub state: SweepState,
     pub created_ms: i64,
     pub finished_ms: Option<i64>,
 }
@@ -230,6 +235,7 @@ impl Store {
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map_err(open_err)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         conn.execute_batch(SCHEMA).map_err(open_err)?;
+        migrate(&conn).map_err(open_err)?;
         Ok(Store { conn, path })
     }
 
@@ -301,7 +307,7 @@ impl Store {
         Ok(self
             .conn
             .query_row(
-                "SELECT sweep_id, description, spec_toml, spec_path, max_attempts, pack_size, lease_seconds, state, created_ms, finished_ms FROM sweeps WHERE sweep_id = ?1",
+                "SELECT sweep_id, description, spec_toml, spec_path, overrides, max_attempts, pack_size, lease_seconds, state, created_ms, finished_ms FROM sweeps WHERE sweep_id = ?1",
                 params![id.as_str()],
                 sweep_row,
             )
@@ -310,7 +316,7 @@ impl Store {
 
     pub fn sweeps(&self) -> Result<Vec<SweepRow>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT sweep_id, description, spec_toml, spec_path, max_attempts, pack_size, lease_seconds, state, created_ms, finished_ms FROM sweeps ORDER BY created_ms",
+            "SELECT sweep_id, description, spec_toml, spec_path, overrides, max_attempts, pack_size, lease_seconds, state, created_ms, finished_ms FROM sweeps ORDER BY created_ms",
         )?;
         let rows = stmt.query_map([], sweep_row)?.collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
@@ -329,11 +335,22 @@ impl Store {
     pub fn upsert_sweep(&mut self, row: &SweepRow, new_trials: &[(u32, TrialSpec)]) -> Result<(), StoreError> {
         let tx = self.conn.savepoint()?;
         tx.execute(
-            "INSERT INTO sweeps(sweep_id, description, spec_toml, spec_path, max_attempts, pack_size, lease_seconds, state, created_ms, finished_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL)
+            "INSERT INTO sweeps(sweep_id, description, spec_toml, spec_path, max_attempts, pack_size, lease_seconds, state, created_ms, finished_ms, overrides)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10)
              ON CONFLICT(sweep_id) DO UPDATE SET description = ?2, spec_toml = ?3, spec_path = ?4, max_attempts = ?5,
-               pack_size = ?6, lease_seconds = ?7, state = ?8, finished_ms = NULL",
-            params![row.id.as_str(), row.description, row.spec_toml, row.spec_path, row.max_attempts, row.pack_size, row.lease_seconds, row.state, row.created_ms],
+               pack_size = ?6, lease_seconds = ?7, state = ?8, finished_ms = NULL, overrides = ?10",
+            params![
+                row.id.as_str(),
+                row.description,
+                row.spec_toml,
+                row.spec_path,
+                row.max_attempts,
+                row.pack_size,
+                row.lease_seconds,
+                row.state.as_str(),
+                row.created_ms,
+                row.overrides
+            ],
         )?;
         {
             let mut ins = tx.prepare_cached(
@@ -349,19 +366,22 @@ impl Store {
         Ok(())
     }
 
-    pub fn set_sweep_state(&self, sweep: &SweepId, state: &str, finished: Option<i64>) -> Result<(), StoreError> {
-        self.conn
-            .execute("UPDATE sweeps SET state = ?2, finished_ms = ?3 WHERE sweep_id = ?1", params![sweep.as_str(), state, finished])?;
+    pub fn set_sweep_state(&self, sweep: &SweepId, state: SweepState, finished: Option<i64>) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE sweeps SET state = ?2, finished_ms = ?3 WHERE sweep_id = ?1",
+            params![sweep.as_str(), state.as_str(), finished],
+        )?;
         Ok(())
     }
 
     /// A sweep's state alone (its row without the spec text).
-    pub fn sweep_state(&self, sweep: &SweepId) -> Result<Option<String>, StoreError> {
-        Ok(self
+    pub fn sweep_state(&self, sweep: &SweepId) -> Result<Option<SweepState>, StoreError> {
+        let state: Option<String> = self
             .conn
             .prepare_cached("SELECT state FROM sweeps WHERE sweep_id = ?1")?
             .query_row(params![sweep.as_str()], |r| r.get(0))
-            .optional()?)
+            .optional()?;
+        state.map(|s| s.parse().map_err(|detail| StoreError::Corrupt { what: "sweep state", detail })).transpose()
     }
 
     pub fn register_worker(&self, id: &WorkerId, hostname: &str, device: &str, pid: u32) -> Result<(), StoreError> {
@@ -376,7 +396,8 @@ impl Store {
 
     /// Whether any sweep is running (else a worker that finds no work may exit).
     pub fn has_running_sweeps(&self) -> Result<bool, StoreError> {
-        Ok(self.conn.prepare_cached("SELECT EXISTS(SELECT 1 FROM sweeps WHERE state = 'running')")?.query_row([], |r| r.get(0))?)
+        let sql = format!("SELECT EXISTS(SELECT 1 FROM sweeps WHERE state = '{}')", SweepState::Running);
+        Ok(self.conn.prepare_cached(&sql)?.query_row([], |r| r.get(0))?)
     }
 
     /// Every registered worker with the time it was last seen.
@@ -422,8 +443,11 @@ impl Store {
         let tx = self.conn.savepoint()?;
         // Oldest running sweep first, then its oldest pending cell: each step an index lookup.
         let running: Vec<(String, u32, u32)> = {
-            let mut stmt =
-                tx.prepare_cached("SELECT sweep_id, pack_size, lease_seconds FROM sweeps WHERE state = 'running' ORDER BY created_ms")?;
+            let sql = format!(
+                "SELECT sweep_id, pack_size, lease_seconds FROM sweeps WHERE state = '{}' ORDER BY created_ms",
+                SweepState::Running
+            );
+            let mut stmt = tx.prepare_cached(&sql)?;
             stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<Vec<_>, _>>()?
         };
         let mut head = None;
@@ -748,11 +772,27 @@ fn sweep_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SweepRow> {
         description: r.get(1)?,
         spec_toml: r.get(2)?,
         spec_path: r.get(3)?,
-        max_attempts: r.get(4)?,
-        pack_size: r.get(5)?,
-        lease_seconds: r.get(6)?,
-        state: r.get(7)?,
-        created_ms: r.get(8)?,
-        finished_ms: r.get(9)?,
+        overrides: r.get(4)?,
+        max_attempts: r.get(5)?,
+        pack_size: r.get(6)?,
+        lease_seconds: r.get(7)?,
+        state: r.get::<_, String>(8)?.parse().map_err(|e: String| {
+            rusqlite::Error::FromSqlConversionFailure(8, rusqlite::types::Type::Text, format!("sweep state: {e}").into())
+        })?,
+        created_ms: r.get(9)?,
+        finished_ms: r.get(10)?,
     })
+}
+
+/// Brings a state file written by an earlier version up to this schema: columns added since
+/// are added with their defaults (SQLite's ALTER TABLE ADD COLUMN; nothing is rewritten).
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has = |table: &str, column: &str| -> rusqlite::Result<bool> {
+        let mut stmt = conn.prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?;
+        stmt.exists(params![column])
+    };
+    if !has("sweeps", "overrides")? {
+        conn.execute_batch("ALTER TABLE sweeps ADD COLUMN overrides TEXT NOT NULL DEFAULT ''")?;
+    }
+    Ok(())
 }

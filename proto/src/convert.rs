@@ -205,6 +205,18 @@ impl TryFrom<v1::TrialSpec> for c::TrialSpec {
     }
 }
 
+impl From<&c::SpecOverride> for v1::SpecOverride {
+    fn from(o: &c::SpecOverride) -> Self {
+        v1::SpecOverride { key: o.key.clone(), value: o.value.clone() }
+    }
+}
+
+impl From<v1::SpecOverride> for c::SpecOverride {
+    fn from(o: v1::SpecOverride) -> Self {
+        c::SpecOverride { key: o.key, value: o.value }
+    }
+}
+
 impl From<&c::EpochRecord> for v1::EpochRecord {
     fn from(e: &c::EpochRecord) -> Self {
         v1::EpochRecord {

@@ -1,6 +1,8 @@
 //! Helpers for the end-to-end tests: the built binaries, the project's Python (with DuckDB and
 //! pyarrow) and small spec files. The tests themselves are in tests/tests/.
 
+pub mod tidy;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,3 +1,6 @@
+//! The `cbsweep-worker` binary: its command line, the tracing subscriber, the choice of trainer
+//! and device, and the exit codes. The loop itself is `client`; only this file uses anyhow.
+
 use anyhow::Context;
 use cbsweep_worker::client::{self, WorkerConfig};
 use cbsweep_worker::fake::{FakeConfig, FakeTrainer};

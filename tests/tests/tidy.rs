@@ -1,0 +1,107 @@
+//! The house rules hold for the workspace (every .rs file opens with `//!`, crates depend only
+//! downwards and the coordinator never reaches libtorch, ARCHITECTURE.md names only paths that
+//! exist, the tree is rustfmt-clean), and each check fails on a planted violation.
+
+use cbsweep_tests::root;
+use cbsweep_tests::tidy::{cargo_metadata, layering_violations, missing_openings, missing_paths, rust_files, unformatted};
+
+fn assert_none(what: &str, wrong: Vec<String>) {
+    assert!(wrong.is_empty(), "{what}:\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn every_rust_file_opens_with_what_it_owns() {
+    let files = rust_files(&root());
+    assert!(files.len() > 40, "the walk finds the workspace's files: {}", files.len());
+    assert_none("files without a //! opening", missing_openings(&files));
+}
+
+#[test]
+fn crates_depend_only_downwards_and_the_coordinator_never_reaches_libtorch() {
+    assert_none("dependencies against the layering", layering_violations(&cargo_metadata(&root())));
+}
+
+#[test]
+fn every_path_architecture_names_exists() {
+    let text = std::fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
+    assert_none("paths in ARCHITECTURE.md", missing_paths(&root(), &text));
+}
+
+#[test]
+fn the_tree_is_rustfmt_clean() {
+    assert_none("rustfmt", unformatted(&rust_files(&root()), &root().join("rustfmt.toml")));
+}
+
+#[test]
+fn a_file_without_its_opening_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("x/src")).unwrap();
+    std::fs::write(dir.path().join("x/src/good.rs"), "\n//! Owns good things.\nfn f() {}\n").unwrap();
+    std::fs::write(dir.path().join("x/src/bad.rs"), "// an ordinary comment\nfn f() {}\n").unwrap();
+    std::fs::create_dir_all(dir.path().join("target/release")).unwrap();
+    std::fs::write(dir.path().join("target/release/gen.rs"), "fn generated() {}\n").unwrap();
+    let files = rust_files(dir.path());
+    assert_eq!(files.len(), 2, "build output is skipped: {files:?}");
+    let wrong = missing_openings(&files);
+    assert_eq!(wrong.len(), 1, "{wrong:?}");
+    assert!(wrong[0].contains("bad.rs"), "{wrong:?}");
+}
+
+/// The workspace's metadata with one more dependency planted in `krate`.
+fn planted(krate: &str, dep: &str) -> serde_json::Value {
+    let mut meta = cargo_metadata(&root());
+    let pkg = meta["packages"].as_array_mut().unwrap().iter_mut().find(|p| p["name"] == krate).unwrap();
+    pkg["dependencies"].as_array_mut().unwrap().push(serde_json::json!({ "name": dep, "kind": null }));
+    meta
+}
+
+#[test]
+fn a_dependency_against_the_layering_is_named() {
+    let wrong = layering_violations(&planted("cbsweep-common", "cbsweep-proto"));
+    assert!(wrong.iter().any(|w| w.contains("cbsweep-common depends on cbsweep-proto")), "{wrong:?}");
+    let wrong = layering_violations(&planted("cbsweep-proto", "cbsweep-coordinator"));
+    assert!(wrong.iter().any(|w| w.contains("cbsweep-proto depends on cbsweep-coordinator")), "{wrong:?}");
+    let wrong = layering_violations(&planted("cbsweep-common", "tokio"));
+    assert!(wrong.iter().any(|w| w.contains("cbsweep-common depends on tokio")), "{wrong:?}");
+    let wrong = layering_violations(&planted("cbsweep-coordinator", "tch"));
+    assert!(wrong.iter().any(|w| w.contains("cbsweep-coordinator depends on tch")), "{wrong:?}");
+}
+
+#[test]
+fn the_coordinator_reaching_libtorch_through_another_crate_is_named() {
+    let mut meta = cargo_metadata(&root());
+    let id_of = |meta: &serde_json::Value, name: &str| {
+        meta["packages"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap()["id"].as_str().unwrap().to_string()
+    };
+    let (coordinator, worker) = (id_of(&meta, "cbsweep-coordinator"), id_of(&meta, "cbsweep-worker"));
+    let node = meta["resolve"]["nodes"].as_array_mut().unwrap().iter_mut().find(|n| n["id"] == coordinator.as_str()).unwrap();
+    node["deps"].as_array_mut().unwrap().push(serde_json::json!({ "pkg": worker, "dep_kinds": [{ "kind": null }] }));
+    let wrong = layering_violations(&meta);
+    assert!(
+        wrong.iter().any(|w| w.contains("cbsweep-coordinator reaches torch-sys through cbsweep-coordinator -> cbsweep-worker")),
+        "{wrong:?}"
+    );
+}
+
+#[test]
+fn a_path_architecture_names_that_does_not_exist_is_named() {
+    let text = "# A\n`Cargo.toml` and `coordinator/src/nowhere.rs`.\n### worker (`cbsweep-worker`)\n`client.rs`, `torch/gone.rs`, \
+                `OUT/SWEEP/logs`, `/metrics`, `fused::unroll`, `ldd target/release/cbsweep`\n";
+    let wrong = missing_paths(&root(), text);
+    assert_eq!(wrong.len(), 2, "{wrong:?}");
+    assert!(wrong[0].contains("ARCHITECTURE.md:2: `coordinator/src/nowhere.rs`"), "{wrong:?}");
+    assert!(wrong[1].contains("`torch/gone.rs`"), "{wrong:?}");
+}
+
+#[test]
+fn an_unformatted_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.rs");
+    std::fs::write(&bad, "//! Planted.\nfn  f( ) { let x=1 ; }\n").unwrap();
+    let good = dir.path().join("good.rs");
+    std::fs::write(&good, "//! Planted.\nfn f() {\n    let x = 1;\n}\n").unwrap();
+    let config = root().join("rustfmt.toml");
+    assert!(unformatted(std::slice::from_ref(&good), &config).is_empty());
+    let wrong = unformatted(&[good, bad], &config);
+    assert!(wrong.len() == 1 && wrong[0].contains("bad.rs"), "{wrong:?}");
+}
