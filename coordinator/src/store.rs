@@ -9,7 +9,9 @@
 //! connection (WAL lets them read while the scheduler writes).
 
 use cbsweep_common::memory;
-use cbsweep_common::{AnalysisRecord, Attempt, EpochRecord, SweepId, SweepState, TrialId, TrialResult, TrialSpec, TrialState, WorkerId};
+use cbsweep_common::{
+    AnalysisRecord, Attempt, EpochRecord, SweepId, SweepState, TrialId, TrialOutcome, TrialResult, TrialSpec, TrialState, WorkerId,
+};
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::num::NonZeroU64;
@@ -86,9 +88,9 @@ DROP INDEX IF EXISTS trials_queue;
 DROP INDEX IF EXISTS trials_worker;
 DROP INDEX IF EXISTS trials_pack;
 CREATE INDEX IF NOT EXISTS trials_cells ON trials(sweep_id, cell_index);
-CREATE INDEX IF NOT EXISTS trials_pending ON trials(sweep_id, cell_index) WHERE state = 'pending';
-CREATE INDEX IF NOT EXISTS trials_pending_pack ON trials(sweep_id, pack_key, cell_index) WHERE state = 'pending';
-CREATE INDEX IF NOT EXISTS trials_leased ON trials(sweep_id, worker_id) WHERE state = 'leased';
+CREATE INDEX IF NOT EXISTS trials_pending ON trials(sweep_id, cell_index) WHERE state = {pending};
+CREATE INDEX IF NOT EXISTS trials_pending_pack ON trials(sweep_id, pack_key, cell_index) WHERE state = {pending};
+CREATE INDEX IF NOT EXISTS trials_leased ON trials(sweep_id, worker_id) WHERE state = {leased};
 CREATE TABLE IF NOT EXISTS curves(
   trial_id TEXT NOT NULL REFERENCES trials(trial_id),
   epoch INTEGER NOT NULL,
@@ -213,6 +215,26 @@ fn parse_state(s: &str) -> Result<TrialState, StoreError> {
     s.parse().map_err(|detail| StoreError::Corrupt { what: "trial state", detail })
 }
 
+/// SQL text with the states' names written in from the enums: `{pending}`, `{leased}`, `{done}`,
+/// `{failed}` and `{cancelled}` become `TrialState`'s quoted names, `{sweep_running}`
+/// `SweepState::Running`'s. So the store's SQL and the Rust types cannot drift apart, while the
+/// statements keep literal states (the partial indexes are only used by queries that name their
+/// state literally). Each distinct statement is built once and kept for the process's life.
+fn sql(template: &'static str) -> &'static str {
+    static BUILT: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<&'static str, &'static str>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    built.entry(template).or_insert_with(|| {
+        let mut text = template.to_string();
+        for st in TrialState::ALL {
+            text = text.replace(&format!("{{{st}}}"), &format!("'{st}'"));
+        }
+        text = text.replace("{sweep_running}", &format!("'{}'", SweepState::Running));
+        assert!(!text.contains('{'), "an unknown placeholder in {text}");
+        Box::leak(text.into_boxed_str())
+    })
+}
+
 fn parse_spec(json: &str) -> Result<TrialSpec, StoreError> {
     serde_json::from_str(json).map_err(|e| StoreError::Corrupt { what: "trial spec", detail: e.to_string() })
 }
@@ -234,7 +256,7 @@ impl Store {
         // `LIMIT ?` is compiled again on every call. A cache that holds every hot statement.
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map_err(open_err)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        conn.execute_batch(sql(SCHEMA)).map_err(open_err)?;
         migrate(&conn).map_err(open_err)?;
         Ok(Store { conn, path })
     }
@@ -353,10 +375,10 @@ impl Store {
             ],
         )?;
         {
-            let mut ins = tx.prepare_cached(
+            let mut ins = tx.prepare_cached(sql(
                 "INSERT INTO trials(trial_id, sweep_id, cell_index, cell_key, condition, pack_key, spec_json, state)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending')",
-            )?;
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, {pending})",
+            ))?;
             for (index, t) in new_trials {
                 let json = serde_json::to_string(t).map_err(|e| StoreError::Corrupt { what: "trial spec", detail: e.to_string() })?;
                 ins.execute(params![t.id().as_str(), row.id.as_str(), index, t.cell_key(), t.condition(), t.pack_key().0, json])?;
@@ -396,8 +418,10 @@ impl Store {
 
     /// Whether any sweep is running (else a worker that finds no work may exit).
     pub fn has_running_sweeps(&self) -> Result<bool, StoreError> {
-        let sql = format!("SELECT EXISTS(SELECT 1 FROM sweeps WHERE state = '{}')", SweepState::Running);
-        Ok(self.conn.prepare_cached(&sql)?.query_row([], |r| r.get(0))?)
+        Ok(self
+            .conn
+            .prepare_cached(sql("SELECT EXISTS(SELECT 1 FROM sweeps WHERE state = {sweep_running})"))?
+            .query_row([], |r| r.get(0))?)
     }
 
     /// Every registered worker with the time it was last seen.
@@ -424,11 +448,9 @@ impl Store {
     /// Workers seen in the last `within_ms`, with the number of trials each holds.
     pub fn live_workers(&self, within_ms: i64) -> Result<Vec<LiveWorker>, StoreError> {
         let now = now_ms();
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT w.worker_id, w.hostname, w.device, w.last_seen_ms,
-                    (SELECT COUNT(*) FROM trials t WHERE t.worker_id = w.worker_id AND t.state = 'leased')
-             FROM workers w WHERE w.last_seen_ms >= ?1 ORDER BY w.registered_ms",
-        )?;
+        let mut stmt = self.conn.prepare_cached(sql("SELECT w.worker_id, w.hostname, w.device, w.last_seen_ms,
+                    (SELECT COUNT(*) FROM trials t WHERE t.worker_id = w.worker_id AND t.state = {leased})
+             FROM workers w WHERE w.last_seen_ms >= ?1 ORDER BY w.registered_ms"))?;
         let rows = stmt
             .query_map(params![now - within_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(4)?, now - r.get::<_, i64>(3)?)))?
             .collect::<Result<Vec<_>, _>>()?;
@@ -443,17 +465,15 @@ impl Store {
         let tx = self.conn.savepoint()?;
         // Oldest running sweep first, then its oldest pending cell: each step an index lookup.
         let running: Vec<(String, u32, u32)> = {
-            let sql = format!(
-                "SELECT sweep_id, pack_size, lease_seconds FROM sweeps WHERE state = '{}' ORDER BY created_ms",
-                SweepState::Running
-            );
-            let mut stmt = tx.prepare_cached(&sql)?;
+            let mut stmt = tx.prepare_cached(sql(
+                "SELECT sweep_id, pack_size, lease_seconds FROM sweeps WHERE state = {sweep_running} ORDER BY created_ms",
+            ))?;
             stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<Vec<_>, _>>()?
         };
         let mut head = None;
         for (sweep, pack_size, lease_seconds) in running {
             let key: Option<String> = tx
-                .prepare_cached("SELECT pack_key FROM trials WHERE state = 'pending' AND sweep_id = ?1 ORDER BY cell_index LIMIT 1")?
+                .prepare_cached(sql("SELECT pack_key FROM trials WHERE state = {pending} AND sweep_id = ?1 ORDER BY cell_index LIMIT 1"))?
                 .query_row(params![sweep], |r| r.get(0))
                 .optional()?;
             if let Some(key) = key {
@@ -469,10 +489,10 @@ impl Store {
         let expires = now + i64::from(lease_seconds) * 1000;
         let mut out = Vec::new();
         {
-            let mut pick = tx.prepare_cached(
-                "SELECT trial_id, attempt, spec_json FROM trials WHERE state = 'pending' AND sweep_id = ?1 AND pack_key = ?2
+            let mut pick = tx.prepare_cached(sql(
+                "SELECT trial_id, attempt, spec_json FROM trials WHERE state = {pending} AND sweep_id = ?1 AND pack_key = ?2
                  ORDER BY cell_index LIMIT ?3",
-            )?;
+            ))?;
             let mut picked = pick
                 .query_map(params![sweep, pack_key, limit], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?, r.get::<_, String>(2)?)))?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -486,9 +506,9 @@ impl Store {
                 }
                 picked.truncate(usize::try_from(fit).unwrap_or(usize::MAX).max(1));
             }
-            let mut upd = tx.prepare_cached(
-                "UPDATE trials SET state = 'leased', attempt = ?2, worker_id = ?3, lease_expires_ms = ?4 WHERE trial_id = ?1",
-            )?;
+            let mut upd = tx.prepare_cached(sql(
+                "UPDATE trials SET state = {leased}, attempt = ?2, worker_id = ?3, lease_expires_ms = ?4 WHERE trial_id = ?1",
+            ))?;
             for (id, attempt, json) in picked {
                 upd.execute(params![id, attempt + 1, worker.as_str(), expires])?;
                 out.push(Leased { id: TrialId(id), attempt: Attempt(attempt + 1), spec: parse_spec(&json)?, expires_ms: expires });
@@ -507,10 +527,10 @@ impl Store {
         let now = now_ms();
         let tx = self.conn.savepoint()?;
         {
-            let mut upd = tx.prepare_cached(
+            let mut upd = tx.prepare_cached(sql(
                 "UPDATE trials SET lease_expires_ms = ?4 + 1000 * (SELECT lease_seconds FROM sweeps s WHERE s.sweep_id = trials.sweep_id)
-                 WHERE trial_id = ?1 AND worker_id = ?2 AND attempt = ?3 AND state = 'leased'",
-            )?;
+                 WHERE trial_id = ?1 AND worker_id = ?2 AND attempt = ?3 AND state = {leased}",
+            ))?;
             for (id, attempt) in held {
                 if upd.execute(params![id.as_str(), worker.as_str(), attempt.0, now])? == 0 {
                     revoked.push(id.clone());
@@ -571,10 +591,10 @@ impl Store {
                 ins.execute(params![id.as_str(), a.level, a.epoch, a.population, a.metric, a.value])?;
             }
         }
-        tx.prepare_cached(
-            "UPDATE trials SET state = 'done', outcome = ?2, max_level = ?3, final_level = ?4, epochs_run = ?5, wall_time_ms = ?6,
+        tx.prepare_cached(sql(
+            "UPDATE trials SET state = {done}, outcome = ?2, max_level = ?3, final_level = ?4, epochs_run = ?5, wall_time_ms = ?6,
                device = ?7, pack_size = ?8, completed_ms = ?9, lease_expires_ms = NULL, last_error = NULL WHERE trial_id = ?1",
-        )?
+        ))?
         .execute(params![
             id.as_str(),
             result.outcome.status(),
@@ -592,15 +612,15 @@ impl Store {
 
     /// Records a failed attempt: back to the queue, or failed for good when out of attempts.
     pub fn record_failure(&self, id: &TrialId, error: &str, terminal: bool) -> Result<(), StoreError> {
-        let state = if terminal { "failed" } else { "pending" };
+        let state = if terminal { TrialState::Failed } else { TrialState::Pending };
         self.conn
             .prepare_cached(
                 "UPDATE trials SET state = ?2, last_error = ?3, lease_expires_ms = NULL,
-                   outcome = CASE WHEN ?2 = 'failed' THEN 'failed' ELSE outcome END,
-                   completed_ms = CASE WHEN ?2 = 'failed' THEN ?4 ELSE completed_ms END
+                   outcome = CASE WHEN ?5 THEN ?6 ELSE outcome END,
+                   completed_ms = CASE WHEN ?5 THEN ?4 ELSE completed_ms END
                  WHERE trial_id = ?1",
             )?
-            .execute(params![id.as_str(), state, error, now_ms()])?;
+            .execute(params![id.as_str(), state.as_str(), error, now_ms(), terminal, TrialOutcome::Failed(String::new()).status()])?;
         Ok(())
     }
 
@@ -610,10 +630,8 @@ impl Store {
         let tx = self.conn.savepoint()?;
         let mut n = 0;
         {
-            let mut upd = tx.prepare_cached(
-                "UPDATE trials SET state = 'pending', attempt = attempt - 1, lease_expires_ms = NULL
-                 WHERE trial_id = ?1 AND worker_id = ?2 AND state = 'leased'",
-            )?;
+            let mut upd = tx.prepare_cached(sql("UPDATE trials SET state = {pending}, attempt = attempt - 1, lease_expires_ms = NULL
+                 WHERE trial_id = ?1 AND worker_id = ?2 AND state = {leased}"))?;
             for id in ids {
                 n += upd.execute(params![id.as_str(), worker.as_str()])? as u32;
             }
@@ -624,10 +642,10 @@ impl Store {
 
     /// Leases past their expiry: (trial, attempt, max_attempts).
     pub fn expired(&self, now: i64) -> Result<Vec<(TrialId, u32, u32)>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT t.trial_id, t.attempt, s.max_attempts FROM trials t JOIN sweeps s ON s.sweep_id = t.sweep_id
-             WHERE t.state = 'leased' AND t.lease_expires_ms < ?1",
-        )?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(sql("SELECT t.trial_id, t.attempt, s.max_attempts FROM trials t JOIN sweeps s ON s.sweep_id = t.sweep_id
+             WHERE t.state = {leased} AND t.lease_expires_ms < ?1"))?;
         let rows = stmt.query_map(params![now], |r| Ok((TrialId(r.get(0)?), r.get(1)?, r.get(2)?)))?.collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
@@ -635,24 +653,22 @@ impl Store {
     /// Every lease, whatever its expiry, goes back to the queue: for an embedded coordinator
     /// restarting after its own local workers died with it.
     pub fn reclaim_all_leases(&self) -> Result<u32, StoreError> {
-        Ok(self.conn.execute("UPDATE trials SET state = 'pending', lease_expires_ms = NULL WHERE state = 'leased'", [])? as u32)
+        Ok(self.conn.execute(sql("UPDATE trials SET state = {pending}, lease_expires_ms = NULL WHERE state = {leased}"), [])? as u32)
     }
 
     /// Whether any trial of the sweep is still pending or leased (an index lookup).
     pub fn has_open_trials(&self, sweep: &SweepId) -> Result<bool, StoreError> {
         Ok(self
             .conn
-            .prepare_cached(
-                "SELECT EXISTS(SELECT 1 FROM trials WHERE state = 'pending' AND sweep_id = ?1)
-                     OR EXISTS(SELECT 1 FROM trials WHERE state = 'leased' AND sweep_id = ?1)",
-            )?
+            .prepare_cached(sql("SELECT EXISTS(SELECT 1 FROM trials WHERE state = {pending} AND sweep_id = ?1)
+                     OR EXISTS(SELECT 1 FROM trials WHERE state = {leased} AND sweep_id = ?1)"))?
             .query_row(params![sweep.as_str()], |r| r.get(0))?)
     }
 
     /// Sets every non-terminal trial of a sweep to cancelled.
     pub fn cancel(&self, sweep: &SweepId) -> Result<u32, StoreError> {
         Ok(self.conn.execute(
-            "UPDATE trials SET state = 'cancelled', lease_expires_ms = NULL WHERE sweep_id = ?1 AND state IN ('pending', 'leased')",
+            sql("UPDATE trials SET state = {cancelled}, lease_expires_ms = NULL WHERE sweep_id = ?1 AND state IN ({pending}, {leased})"),
             params![sweep.as_str()],
         )? as u32)
     }
@@ -660,7 +676,7 @@ impl Store {
     /// Failed and cancelled trials of a sweep go back to the queue with fresh attempts.
     pub fn requeue_failed(&self, sweep: &SweepId) -> Result<u32, StoreError> {
         Ok(self.conn.execute(
-            "UPDATE trials SET state = 'pending', attempt = 0, outcome = NULL, completed_ms = NULL WHERE sweep_id = ?1 AND state IN ('failed', 'cancelled')",
+            sql("UPDATE trials SET state = {pending}, attempt = 0, outcome = NULL, completed_ms = NULL WHERE sweep_id = ?1 AND state IN ({failed}, {cancelled})"),
             params![sweep.as_str()],
         )? as u32)
     }
@@ -722,8 +738,8 @@ impl Store {
     /// Curve rows of a sweep's finished trials, ordered by trial and epoch.
     pub fn curves(&self, sweep: &SweepId) -> Result<Vec<(TrialId, EpochRecord)>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT c.trial_id, c.epoch, c.level, c.train_loss, c.test_accuracy, c.solved, c.grad_norm, c.core_learning, c.cb_learning
-             FROM curves c JOIN trials t ON t.trial_id = c.trial_id WHERE t.sweep_id = ?1 AND t.state = 'done' ORDER BY t.cell_index, c.epoch",
+            sql("SELECT c.trial_id, c.epoch, c.level, c.train_loss, c.test_accuracy, c.solved, c.grad_norm, c.core_learning, c.cb_learning
+             FROM curves c JOIN trials t ON t.trial_id = c.trial_id WHERE t.sweep_id = ?1 AND t.state = {done} ORDER BY t.cell_index, c.epoch"),
         )?;
         let rows = stmt
             .query_map(params![sweep.as_str()], |r| {
@@ -749,11 +765,9 @@ impl Store {
 impl Store {
     /// Checkpoint analyses of a sweep's finished trials.
     pub fn analyses(&self, sweep: &SweepId) -> Result<Vec<(TrialId, AnalysisRecord)>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT a.trial_id, a.level, a.epoch, a.population, a.metric, a.value
-             FROM analyses a JOIN trials t ON t.trial_id = a.trial_id WHERE t.sweep_id = ?1 AND t.state = 'done'
-             ORDER BY t.cell_index, a.level, a.population, a.metric",
-        )?;
+        let mut stmt = self.conn.prepare_cached(sql("SELECT a.trial_id, a.level, a.epoch, a.population, a.metric, a.value
+             FROM analyses a JOIN trials t ON t.trial_id = a.trial_id WHERE t.sweep_id = ?1 AND t.state = {done}
+             ORDER BY t.cell_index, a.level, a.population, a.metric"))?;
         let rows = stmt
             .query_map(params![sweep.as_str()], |r| {
                 Ok((

@@ -75,7 +75,7 @@ async fn invalid_fields_are_refused_with_the_field_named() {
     assert!(e.message().contains("outcome"), "{}", e.message());
     let mut s = sweep_client(&url, TOKEN).await.unwrap();
     let e = s
-        .submit_sweep(v1::SubmitSweepRequest { spec_toml: "[sweep]\nname = 3".into(), spec_path: "remote.toml".into() })
+        .submit_sweep(v1::SubmitSweepRequest { spec_toml: "[sweep]\nname = 3".into(), spec_path: "remote.toml".into(), overrides: vec![] })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);

@@ -90,7 +90,7 @@ async fn failing_trial_is_retried_then_recorded_as_failed_and_the_sweep_goes_on(
     assert_eq!((failures, done), (2, 1), "two attempts at the failing trial, one at the other");
     let status = s.status(None).await.unwrap();
     let sweep = &status.sweeps[0];
-    assert_eq!(sweep.state, "done");
+    assert_eq!(sweep.state, cbsweep_common::SweepState::Done);
     let count = |st| sweep.counts.iter().find(|(s, _)| *s == st).map(|(_, n)| *n).unwrap();
     assert_eq!((count(TrialState::Done), count(TrialState::Failed)), (1, 1));
     let store = cbsweep_coordinator::store::Store::open_read_only(dir.path()).unwrap();
@@ -179,7 +179,7 @@ async fn restart_on_the_same_state_keeps_finished_trials_and_leases() {
         }
     }
     assert_eq!(rest.len(), 2);
-    assert_eq!(s.status(None).await.unwrap().sweeps[0].state, "done");
+    assert_eq!(s.status(None).await.unwrap().sweeps[0].state, cbsweep_common::SweepState::Done);
 }
 
 #[tokio::test]
