@@ -1,5 +1,5 @@
 """The yardstick for cbsweep's training benchmark: the CB-RNN and the plain RNN written from
-cb-rnn-spec.md in plain PyTorch and trained the way the study does: one trial per process, a
+docs/science.md in plain PyTorch and trained the way the study does: one trial per process, a
 Python loop over time steps, torch.optim.SGD (Nesterov, momentum 0.1), global-norm clipping.
 Not part of the product. Prints one JSON line: {"steps": K, "seconds": s}. On a GPU
 (`--device cuda:N`) the same loop runs there, one trial per process, as the study would.

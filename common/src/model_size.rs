@@ -1,5 +1,5 @@
 //! Trainable-parameter counts of the two architectures and the parameter matching of the
-//! plain RNN to a CB-RNN (cb-rnn-spec.md, "Parameter matching").
+//! plain RNN to a CB-RNN (docs/science.md#parameter-matching).
 
 /// Trainable parameters of a plain Elman RNN with `hidden` units, input size 1, two bias vectors
 /// and a 2-class readout: H^2 + 5H + 2.

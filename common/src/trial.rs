@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 use std::str::FromStr;
 
-/// The memory task a trial learns (cb-rnn-spec.md, "Tasks").
+/// The memory task a trial learns (docs/science.md#tasks).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Task {
@@ -37,7 +37,7 @@ pub enum FreezePoint {
     Never,
 }
 
-/// Which modules learn when (cb-rnn-spec.md, "Regimes").
+/// Which modules learn when (docs/science.md#regimes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Regime {
@@ -63,7 +63,7 @@ pub struct TrainBudget {
     pub clip_norm: f64,
 }
 
-/// Which analyses a trial runs at its checkpoints (cb-rnn-spec.md, "Analyses"), and their sizes.
+/// Which analyses a trial runs at its checkpoints (docs/science.md#analyses), and their sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AnalysisPlan {
     /// Analyse at every k-th solved level (0: never).
@@ -84,7 +84,7 @@ pub struct AnalysisPlan {
 }
 
 impl AnalysisPlan {
-    /// The study's sizes (cb-rnn-spec.md), analysing every solved level.
+    /// The study's sizes (docs/science.md), analysing every solved level.
     pub fn study() -> AnalysisPlan {
         AnalysisPlan {
             every_levels: 1,

@@ -1,7 +1,8 @@
 //! The house rules a reviewer would otherwise check by eye, as functions that return what is
 //! wrong (empty when all is well): every .rs file opens with a `//!` paragraph, crates depend
 //! only downwards (common < proto < the rest; results beside proto; the coordinator never
-//! reaches libtorch), every path ARCHITECTURE.md names exists, and the tree is rustfmt-clean.
+//! reaches libtorch), every path ARCHITECTURE.md names exists, the tree is rustfmt-clean, and
+//! the science is cited from docs/science.md, not from a file outside the repository.
 //! tests/tests/tidy.rs runs them on the workspace and on planted violations.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -207,4 +208,34 @@ pub fn unformatted(files: &[PathBuf], config: &Path) -> Vec<String> {
         }
     }
     wrong
+}
+
+/// The out-of-repository source the science was first written from: code and docs cite
+/// docs/science.md instead, so the repository stands alone.
+pub const OUTSIDE_SPEC: &str = concat!("cb-rnn-", "spec.md");
+
+/// Text files (code, specs, docs, scripts) under `root` that cite `OUTSIDE_SPEC`.
+pub fn outside_citations(root: &Path) -> Vec<String> {
+    const TEXT: &[&str] = &[".rs", ".toml", ".md", ".py", ".sh", ".proto", ".yaml", ".yml", ".sbatch"];
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for p in entries.flatten().map(|e| e.path()) {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if p.is_dir() {
+                if !(name.starts_with("target") || name.starts_with('.') && name != ".ci" || name == "node_modules" || name == "out") {
+                    walk(&p, out);
+                }
+            } else if TEXT.iter().any(|e| name.ends_with(e)) || name == "run" {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(root, &mut files);
+    files.sort();
+    files
+        .into_iter()
+        .filter(|f| std::fs::read_to_string(f).unwrap_or_default().contains(OUTSIDE_SPEC))
+        .map(|f| format!("{}: cites {OUTSIDE_SPEC}, which is not in the repository: cite docs/science.md", f.display()))
+        .collect()
 }

@@ -3,7 +3,9 @@
 //! exist, the tree is rustfmt-clean), and each check fails on a planted violation.
 
 use cbsweep_tests::root;
-use cbsweep_tests::tidy::{cargo_metadata, layering_violations, missing_openings, missing_paths, rust_files, unformatted};
+use cbsweep_tests::tidy::{
+    OUTSIDE_SPEC, cargo_metadata, layering_violations, missing_openings, missing_paths, outside_citations, rust_files, unformatted,
+};
 
 fn assert_none(what: &str, wrong: Vec<String>) {
     assert!(wrong.is_empty(), "{what}:\n{}", wrong.join("\n"));
@@ -30,6 +32,20 @@ fn every_path_architecture_names_exists() {
 #[test]
 fn the_tree_is_rustfmt_clean() {
     assert_none("rustfmt", unformatted(&rust_files(&root()), &root().join("rustfmt.toml")));
+}
+
+#[test]
+fn the_science_is_cited_from_the_repository() {
+    assert_none("citations of a file outside the repository", outside_citations(&root()));
+}
+
+#[test]
+fn a_citation_of_the_outside_spec_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.rs"), format!("//! The model ({OUTSIDE_SPEC}, \"Models\").\n")).unwrap();
+    std::fs::write(dir.path().join("b.rs"), "//! The model (docs/science.md#core).\n").unwrap();
+    let wrong = outside_citations(dir.path());
+    assert!(wrong.len() == 1 && wrong[0].contains("a.rs"), "{wrong:?}");
 }
 
 #[test]
