@@ -261,6 +261,43 @@ fn describe_config_error(msg: &str) -> String {
     msg.to_string()
 }
 
+/// Upper bounds on numeric keys: far above anything the study or a GPU node could use, low enough
+/// that a typo (an extra digit, a unit slip) is refused here instead of being leased and killing
+/// worker after worker on its allocation. A key not listed has no bound beyond its type.
+pub const UPPER_BOUNDS: &[(&str, f64)] = &[
+    ("grid.granule", 65_536.0),
+    ("grid.refresh_every", 1_000.0),
+    ("grid.lr_core", 10.0),
+    ("grid.lr_cb", 10.0),
+    ("model.hidden", 4_096.0),
+    ("model.purkinje", 4_096.0),
+    ("train.epochs", 100_000.0),
+    ("train.steps_per_epoch", 100_000.0),
+    ("train.test_batches", 10_000.0),
+    ("train.batch_size", 4_096.0),
+    ("train.start_level", 1_000.0),
+    ("train.max_level", 1_000.0),
+    ("train.clip_norm", 1e6),
+    ("train.lr_readout", 10.0),
+    ("analysis.every_levels", 1_000.0),
+    ("analysis.ablation_batches", 10_000.0),
+    ("analysis.dimensionality_batches", 10_000.0),
+    ("analysis.timescale_steps", 10_000_000.0),
+    ("analysis.timescale_trials", 1_024.0),
+    ("analysis.timescale_burn_in", 1_000_000.0),
+    ("analysis.timescale_max_lag", 100_000.0),
+    ("analysis.timescale_fit_lags", 100_000.0),
+    ("run.max_attempts", 100.0),
+    ("run.pack_size", 4_096.0),
+    ("run.lease_seconds", 86_400.0),
+];
+
+/// The most trials one sweep may expand to.
+pub const MAX_TRIALS: usize = 1_000_000;
+
+/// The longest sweep name (it names the results folder and every log line).
+pub const MAX_NAME_LEN: usize = 64;
+
 struct Checker<'a> {
     path: &'a Path,
 }
@@ -271,11 +308,28 @@ impl Checker<'_> {
     }
 
     fn positive(&self, field: &str, v: i64) -> Result<u32, SpecError> {
-        u32::try_from(v).ok().filter(|&x| x > 0).ok_or_else(|| self.invalid(field, v, "must be a positive integer"))
+        let x = u32::try_from(v).ok().filter(|&x| x > 0).ok_or_else(|| self.invalid(field, v, "must be a positive integer"))?;
+        self.bounded(field, f64::from(x), v).map(|()| x)
+    }
+
+    fn nonneg(&self, field: &str, v: i64) -> Result<u32, SpecError> {
+        let x = u32::try_from(v).map_err(|_| self.invalid(field, v, "must be an integer >= 0"))?;
+        self.bounded(field, f64::from(x), v).map(|()| x)
     }
 
     fn rate(&self, field: &str, v: f64) -> Result<f64, SpecError> {
-        if v.is_finite() && v >= 0.0 { Ok(v) } else { Err(self.invalid(field, v, "must be a finite number >= 0")) }
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(self.invalid(field, v, "must be a finite number >= 0"));
+        }
+        self.bounded(field, v, v).map(|()| v)
+    }
+
+    /// Refuses `v` above the field's entry in `UPPER_BOUNDS`, naming the bound.
+    fn bounded(&self, field: &str, v: f64, shown: impl std::fmt::Display) -> Result<(), SpecError> {
+        match UPPER_BOUNDS.iter().find(|(f, _)| *f == field) {
+            Some(&(_, max)) if v > max => Err(self.invalid(field, shown, &format!("must be at most {max} (a bound against typos)"))),
+            _ => Ok(()),
+        }
     }
 
     fn nonempty<T>(&self, field: &str, v: &[T]) -> Result<(), SpecError> {
@@ -291,6 +345,9 @@ impl Checker<'_> {
 fn validate(raw: RawSpec, path: &Path, resolved: String, overrides: Vec<SpecOverride>) -> Result<SweepSpec, SpecError> {
     let c = Checker { path };
     let name = raw.sweep.name.trim();
+    if name.len() > MAX_NAME_LEN {
+        return Err(c.invalid("sweep.name", format!("{:?}", raw.sweep.name), &format!("must be at most {MAX_NAME_LEN} characters")));
+    }
     if name.is_empty() || !name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
         return Err(c.invalid(
             "sweep.name",
@@ -369,7 +426,7 @@ fn validate(raw: RawSpec, path: &Path, resolved: String, overrides: Vec<SpecOver
         clip_norm: t.clip_norm,
     };
     let a = &raw.analysis;
-    let nonneg = |field: &str, v: i64| u32::try_from(v).map_err(|_| c.invalid(field, v, "must be an integer >= 0"));
+    let nonneg = |field: &str, v: i64| c.nonneg(field, v);
     let analysis = AnalysisPlan {
         every_levels: nonneg("analysis.every_levels", a.every_levels)?,
         ablation_batches: c.positive("analysis.ablation_batches", a.ablation_batches)?,
@@ -414,6 +471,13 @@ fn validate(raw: RawSpec, path: &Path, resolved: String, overrides: Vec<SpecOver
         }
     }
 
+    let cells = [tasks.len(), archs.len(), granules.len(), regimes.len(), factors.len(), lr_cores.len(), lr_cbs.len(), seeds.len()]
+        .iter()
+        .try_fold(1usize, |n, &k| n.checked_mul(k))
+        .unwrap_or(usize::MAX);
+    if cells > MAX_TRIALS {
+        return Err(c.invalid("grid", format!("{cells} cells"), &format!("a sweep may expand to at most {MAX_TRIALS} trials; split it")));
+    }
     let mut trials = Vec::new();
     let mut seen = BTreeSet::new();
     for &task in &tasks {
@@ -601,5 +665,37 @@ seed = [0, 1]
         let o = with(&[("run.pack_size", "3"), ("train.lr_readout", "0.001")]);
         assert_eq!(parse_overrides_text(&overrides_text(&o)), o);
         assert!(parse_overrides_text("").is_empty());
+    }
+
+    #[test]
+    fn absurd_values_are_refused_naming_the_bound() {
+        for (key, value, bound) in [
+            ("[model]\nhidden = 100000", "model.hidden = 100000", "at most 4096"),
+            ("[train]\nbatch_size = 1000000000", "train.batch_size = 1000000000", "at most 4096"),
+            ("[train]\nstart_level = 1000000000\nmax_level = 1000000000", "train.start_level = 1000000000", "at most 1000"),
+            ("[run]\nlease_seconds = 2147483648", "run.lease_seconds = 2147483648", "at most 86400"),
+            ("[run]\nlease_seconds = 9999999999", "run.lease_seconds = 9999999999", "positive integer"),
+            ("[train]\nlr_readout = 1e300", "train.lr_readout = 1000000000000000", "at most 10"),
+        ] {
+            let e = err(&format!("{MINIMAL}{key}\n"));
+            assert!(e.contains(value) && e.contains(bound), "{key}: {e}");
+        }
+        let e = err(&MINIMAL.replace("seed = [0, 1]", "seed = [0, 1]\ngranule = [4000000000]"));
+        assert!(e.contains("grid.granule = 4000000000"), "{e}");
+        let e = err(&MINIMAL.replace("seed = [0, 1]", "seed = [0, 1]\nlr_core = [1e300]"));
+        assert!(e.contains("grid.lr_core") && e.contains("at most 10"), "{e}");
+    }
+
+    #[test]
+    fn a_grid_too_large_or_a_name_too_long_is_refused() {
+        let seeds: Vec<String> = (0..1000).map(|s| s.to_string()).collect();
+        let lrs: Vec<String> = (1..=300).map(|i| format!("{}", f64::from(i) * 1e-4)).collect();
+        let text = MINIMAL
+            .replace("seed = [0, 1]", &format!("seed = [{}]\nlr_core = [{}]\nlr_cb = [{}]", seeds.join(","), lrs.join(","), lrs.join(",")));
+        let e = err(&text);
+        assert!(e.contains("grid = 360000000 cells") && e.contains("at most 1000000 trials"), "{e}");
+        let e = err(&MINIMAL.replace("name = \"t\"", &format!("name = \"{}\"", "x".repeat(300))));
+        assert!(e.contains("sweep.name") && e.contains("at most 64 characters"), "{e}");
+        parse(&MINIMAL.replace("name = \"t\"", &format!("name = \"{}\"", "x".repeat(64)))).unwrap();
     }
 }
