@@ -11,7 +11,7 @@ pub(crate) fn bench_results(rows: usize) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let text = "[sweep]\nname = \"bench\"\n[grid]\ntask = [\"dms\"]\narch = [\"cbrnn\"]\nseed = [0]\n";
     let spec = cbsweep_common::parse_spec(text, std::path::Path::new("bench.toml"))?.trials.remove(0);
-    let row = cbsweep_coordinator::store::TrialRow {
+    let row = cbsweep_results::TrialRow {
         id: spec.id(),
         sweep: spec.sweep.clone(),
         cell_index: 0,
@@ -46,7 +46,7 @@ pub(crate) fn bench_results(rows: usize) -> anyhow::Result<()> {
         })
         .collect();
     let t0 = Instant::now();
-    cbsweep_coordinator::results::curves::write(&dir.path().join("c.parquet"), std::slice::from_ref(&row), &curves)?;
+    cbsweep_results::curves::write(&dir.path().join("c.parquet"), std::slice::from_ref(&row), &curves)?;
     let pq = rows as f64 / t0.elapsed().as_secs_f64();
     // Baseline: the same rows as CSV text through a buffered writer.
     let t0 = Instant::now();

@@ -1,12 +1,13 @@
 //! Domain types of cbsweep, shared by the coordinator and the worker: sweep specs (loaded with
 //! serde + config and validated into typed values), grid expansion into trials, trial identity,
-//! parameter counting and matching, the memory model that sizes packs, and the outcomes a
-//! trial reports.
+//! parameter counting and matching, the memory model that sizes packs, the outcomes a
+//! trial reports and the per-trial learning measures taken from its curve (`measures`).
 //!
 //! This crate must not depend on tonic, prost, tch, arrow or tokio: it is pure data and rules,
 //! so both sides (and the tests) can use it without a runtime, a GPU library or a wire format.
 
 pub mod ids;
+pub mod measures;
 pub mod memory;
 pub mod model_size;
 pub mod outcome;

@@ -1,4 +1,5 @@
-//! What a trial reports: its per-epoch curve and how it ended.
+//! What a trial reports: its per-epoch curve and how it ended. The measures taken from a
+//! curve are in `measures.rs` (which uses this file, not the other way round).
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -147,7 +148,8 @@ pub struct AnalysisRecord {
     pub value: f64,
 }
 
-/// What a worker reports when an attempt ends.
+/// What a worker reports when an attempt ends. Its `max_level()` and `final_level()` are
+/// defined with the other measures, in `measures.rs`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrialResult {
     pub outcome: TrialOutcome,
@@ -161,16 +163,4 @@ pub struct TrialResult {
     /// Checkpoint analyses, in the order taken.
     #[serde(default)]
     pub analyses: Vec<AnalysisRecord>,
-}
-
-impl TrialResult {
-    /// Highest level solved (0 when none was).
-    pub fn max_level(&self) -> u32 {
-        self.curve.iter().filter(|e| e.solved).map(|e| e.level).max().unwrap_or(0)
-    }
-
-    /// The level the trial was working on when it stopped.
-    pub fn final_level(&self) -> u32 {
-        self.curve.last().map(|e| if e.solved { e.level + 1 } else { e.level }).unwrap_or(0)
-    }
 }

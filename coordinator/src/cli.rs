@@ -2,12 +2,12 @@
 //! the work of each command and prints for people.
 
 use crate::local::{self, LocalError, RunOptions, RunSummary};
-use crate::results;
 use crate::scheduler::{Event, SchedulerHandle, SchedulerOptions};
 use crate::server::{self, Token};
 use cbsweep_common::{SpecError, SweepId, load_spec};
 use cbsweep_proto::client::{self, ClientError};
 use cbsweep_proto::v1;
+use cbsweep_results::{ResultsError, plot as figures, stats, sweep_dir};
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,11 +28,11 @@ pub enum CliError {
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
     #[error(transparent)]
-    Results(#[from] results::ResultsError),
+    Results(#[from] ResultsError),
     #[error(transparent)]
     Sched(#[from] crate::scheduler::SchedError),
     #[error(transparent)]
-    Plot(#[from] crate::plot::PlotError),
+    Plot(#[from] figures::PlotError),
     #[error(transparent)]
     Slurm(#[from] crate::slurm::SlurmError),
     #[error(transparent)]
@@ -101,7 +101,7 @@ pub fn print_summary(s: &RunSummary) {
     for c in &s.conditions {
         table.add_row([
             c.condition.clone(),
-            c.n.to_string(),
+            c.total.to_string(),
             c.done.to_string(),
             c.failed.to_string(),
             format!("{:.2} ± {:.2}", c.mean_max_level, c.sd_max_level),
@@ -116,7 +116,7 @@ pub fn print_summary(s: &RunSummary) {
 
 /// `cbsweep export SWEEP`: rewrite the Parquet tables from the stored state.
 pub fn export(state: &Path, sweep: &SweepId, out: &Path) -> Result<PathBuf, CliError> {
-    Ok(results::export(state, sweep, out)?)
+    Ok(crate::export::export(state, sweep, out)?)
 }
 
 /// `cbsweep stats SWEEP`: the statistics table, printed and written as stats.parquet.
@@ -126,10 +126,10 @@ pub fn stats(state: &Path, sweep: &SweepId, out: &Path) -> Result<PathBuf, CliEr
     if rows.is_empty() {
         return Err(CliError::UnknownSweep { sweep: sweep.clone(), state: state.to_owned(), out: out.to_owned() });
     }
-    let stats = results::stats::compute(&rows, &store.curves(sweep)?);
-    print!("{}", results::stats::print(&stats));
-    let path = results::sweep_dir(out, sweep).join(results::stats::FILE);
-    results::stats::write(&path, &stats)?;
+    let stat_rows = stats::compute(&rows, &store.curves(sweep)?);
+    print!("{}", stats::print(&stat_rows));
+    let path = sweep_dir(out, sweep).join(stats::FILE);
+    stats::write(&path, &stat_rows)?;
     println!("wrote {}", path.display());
     Ok(path)
 }
@@ -141,8 +141,8 @@ pub fn plot(state: &Path, sweep: &SweepId, out: &Path) -> Result<Vec<PathBuf>, C
     if rows.is_empty() {
         return Err(CliError::UnknownSweep { sweep: sweep.clone(), state: state.to_owned(), out: out.to_owned() });
     }
-    let dir = results::sweep_dir(out, sweep).join("figures");
-    let files = crate::plot::plot(&rows, &store.curves(sweep)?, &store.analyses(sweep)?, &dir)?;
+    let dir = sweep_dir(out, sweep).join("figures");
+    let files = figures::plot(&rows, &store.curves(sweep)?, &store.analyses(sweep)?, &dir)?;
     for f in &files {
         println!("wrote {}", f.display());
     }
@@ -218,7 +218,7 @@ pub async fn coordinator(
                 }
                 last_export.insert(sweep.clone(), std::time::Instant::now());
                 let (s, o) = (state.to_owned(), out.to_owned());
-                tokio::task::spawn_blocking(move || match results::export(&s, &sweep, &o) {
+                tokio::task::spawn_blocking(move || match crate::export::export(&s, &sweep, &o) {
                     Ok(dir) if finished => eprintln!("cbsweep coordinator: sweep {sweep} finished; results in {}", dir.display()),
                     Ok(_) => {}
                     Err(e) => tracing::error!(sweep = %sweep, error = %e, "export failed"),

@@ -1,18 +1,18 @@
 //! cbsweep's coordinator: expands sweep specs into trials, leases them to workers over gRPC,
-//! keeps durable state in SQLite so an interrupted sweep resumes where it stopped, and writes
-//! results as Parquet. Also the `cbsweep` command line, including `run`, which embeds a
-//! coordinator and starts local worker processes.
+//! keeps durable state in SQLite so an interrupted sweep resumes where it stopped, and hands
+//! its state to `cbsweep-results` (the tables, statistics and figures) through the read-only
+//! `ResultsSource` its store implements (`export`). Also the `cbsweep` command line, including
+//! `run`, which embeds a coordinator and starts local worker processes.
 //!
 //! Must not link libtorch (a coordinator node needs no CUDA) and must not know how trials are
 //! trained: it sees trial specs and reported results only. Generated protobuf types stop at
 //! `service` (server side) and `cli` (client side).
 
 pub mod cli;
+pub mod export;
 pub mod http;
 pub mod local;
-pub mod plot;
 pub mod progress;
-pub mod results;
 pub mod scheduler;
 pub mod server;
 pub mod service;

@@ -2,12 +2,13 @@
 //! until the sweep finishes, then the Parquet export and a summary. Re-running the same command
 //! (or `cbsweep resume`) continues an interrupted sweep from its state in OUT/.cbsweep.
 
+use crate::export::export;
 use crate::progress::Progress;
-use crate::results::{self, ResultsError};
 use crate::scheduler::{Event, SchedError, SchedulerHandle, SchedulerOptions};
 use crate::server::{self, Token};
 use crate::store::{Store, StoreError};
 use cbsweep_common::{SpecError, SweepId, SweepSpec, TrialState};
+use cbsweep_results::{ConditionTally, ResultsError, sweep_dir};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -49,23 +50,12 @@ pub struct RunOptions {
     pub worker_binary: Option<PathBuf>,
 }
 
-/// One condition's line of the closing summary.
-#[derive(Clone, Debug)]
-pub struct ConditionSummary {
-    pub condition: String,
-    pub n: u32,
-    pub done: u32,
-    pub failed: u32,
-    pub mean_max_level: f64,
-    pub sd_max_level: f64,
-    pub mean_wall_s: f64,
-}
-
 #[derive(Clone, Debug)]
 pub struct RunSummary {
     pub sweep: SweepId,
     pub results_dir: PathBuf,
-    pub conditions: Vec<ConditionSummary>,
+    /// One line per condition, named by the grid values that vary between conditions.
+    pub conditions: Vec<ConditionTally>,
     pub total: u32,
     pub done: u32,
     pub failed: u32,
@@ -101,7 +91,7 @@ pub async fn run(spec: SweepSpec, spec_path: &Path, opts: RunOptions) -> Result<
     let already = counts.iter().filter(|(s, _)| s.is_terminal()).map(|(_, n)| *n).sum::<u32>();
     tracing::info!(sweep = %sweep, total = submitted.total, new = submitted.new, already, "sweep ready");
 
-    let logs = results::sweep_dir(&opts.out, &sweep).join("logs");
+    let logs = sweep_dir(&opts.out, &sweep).join("logs");
     if already < submitted.total {
         let token = Token(format!("{:032x}", rand::random::<u128>()));
         let running = server::serve("127.0.0.1:0".parse().expect("loopback address"), sched.clone(), token.clone())
@@ -121,7 +111,7 @@ pub async fn run(spec: SweepSpec, spec_path: &Path, opts: RunOptions) -> Result<
                 .args(["--coordinator", &url, "--device", &opts.device, "--threads", &threads.to_string()])
                 .args(["--exit-when-drained", "--exit-with-parent", "--give-up-after-s", "20"])
                 .arg("--checkpoint-dir")
-                .arg(results::sweep_dir(&opts.out, &sweep).join("checkpoints"))
+                .arg(sweep_dir(&opts.out, &sweep).join("checkpoints"))
                 .args(&opts.worker_args)
                 .env("CBSWEEP_TOKEN", &token.0)
                 .stdin(Stdio::null())
@@ -155,7 +145,7 @@ pub async fn run(spec: SweepSpec, spec_path: &Path, opts: RunOptions) -> Result<
         if let Err(e) = outcome {
             if let LocalError::Interrupted { .. } = e {
                 // Persisted state already holds every finished trial; export what there is.
-                let _ = results::export(&state_dir, &sweep, &opts.out);
+                let _ = export(&state_dir, &sweep, &opts.out);
             }
             return Err(e);
         }
@@ -172,7 +162,7 @@ type ExportTask = tokio::task::JoinHandle<Result<PathBuf, ResultsError>>;
 /// Writes the sweep's Parquet tables on a blocking thread.
 fn export_in_background(state_dir: &Path, sweep: &SweepId, out: &Path) -> ExportTask {
     let (s, out, sw) = (state_dir.to_owned(), out.to_owned(), sweep.clone());
-    tokio::task::spawn_blocking(move || results::export(&s, &sw, &out))
+    tokio::task::spawn_blocking(move || export(&s, &sw, &out))
 }
 
 async fn joined(task: ExportTask) -> Result<PathBuf, LocalError> {
@@ -259,29 +249,11 @@ async fn stop_workers(children: &mut [Child]) {
 pub fn summarize(state_dir: &Path, sweep: &SweepId, results_dir: PathBuf) -> Result<RunSummary, LocalError> {
     let store = Store::open_read_only(state_dir)?;
     let rows = store.trials(sweep)?;
-    let mut by: std::collections::BTreeMap<String, Vec<&crate::store::TrialRow>> = Default::default();
-    for r in &rows {
-        by.entry(r.condition.clone()).or_default().push(r);
+    let mut conditions = cbsweep_results::tally(&rows);
+    let short = cbsweep_common::varying_parts(conditions.iter().map(|c| c.condition.as_str()));
+    for c in &mut conditions {
+        c.condition = short(&c.condition);
     }
-    let short = cbsweep_common::varying_parts(by.keys().map(String::as_str));
-    let conditions = by
-        .into_iter()
-        .map(|(condition, rs)| {
-            let condition = short(&condition);
-            let done: Vec<f64> = rs.iter().filter(|r| r.state == TrialState::Done).map(|r| f64::from(r.max_level.unwrap_or(0))).collect();
-            let walls: Vec<f64> = rs.iter().filter_map(|r| r.wall_time_ms).map(|w| w as f64 / 1000.0).collect();
-            let (mean, sd) = mean_sd(&done);
-            ConditionSummary {
-                condition,
-                n: rs.len() as u32,
-                done: done.len() as u32,
-                failed: rs.iter().filter(|r| r.state == TrialState::Failed).count() as u32,
-                mean_max_level: mean,
-                sd_max_level: sd,
-                mean_wall_s: mean_sd(&walls).0,
-            }
-        })
-        .collect();
     Ok(RunSummary {
         sweep: sweep.clone(),
         results_dir,
@@ -290,14 +262,4 @@ pub fn summarize(state_dir: &Path, sweep: &SweepId, results_dir: PathBuf) -> Res
         done: rows.iter().filter(|r| r.state == TrialState::Done).count() as u32,
         failed: rows.iter().filter(|r| r.state == TrialState::Failed).count() as u32,
     })
-}
-
-fn mean_sd(v: &[f64]) -> (f64, f64) {
-    if v.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
-    let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    let sd = if v.len() > 1 { (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { f64::NAN };
-    (mean, sd)
 }

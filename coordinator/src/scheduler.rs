@@ -6,6 +6,7 @@
 
 use crate::store::{self, Leased, Store, StoreError, SweepRow, TrialLease};
 use cbsweep_common::{Attempt, EpochRecord, SweepId, SweepSpec, SweepState, TrialId, TrialOutcome, TrialResult, TrialState, WorkerId};
+use cbsweep_results::ConditionTally;
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU64;
 use std::sync::mpsc;
@@ -86,22 +87,14 @@ pub struct LeaseGrant {
     pub drained: bool,
 }
 
-#[derive(Clone, Debug, Default)]
-pub struct ConditionStatus {
-    pub condition: String,
-    pub total: u32,
-    pub done: u32,
-    pub failed: u32,
-    pub mean_max_level: f64,
-}
-
 #[derive(Clone, Debug)]
 pub struct SweepStatus {
     pub sweep: SweepId,
     pub state: SweepState,
     pub total: u32,
     pub counts: Vec<(TrialState, u32)>,
-    pub conditions: Vec<ConditionStatus>,
+    /// Per condition, in the order of the condition strings (the full condition, not shortened).
+    pub conditions: Vec<ConditionTally>,
     pub trials_per_minute: f64,
     pub eta_seconds: f64,
 }
@@ -679,30 +672,11 @@ impl Scheduler {
         let mut sweeps = Vec::new();
         for row in rows {
             let trials = self.store.trials(&row.id)?;
-            let mut conditions: BTreeMap<String, (ConditionStatus, f64)> = BTreeMap::new();
             let mut counts: BTreeMap<TrialState, u32> = BTreeMap::new();
             for t in &trials {
                 *counts.entry(t.state).or_default() += 1;
-                let (c, sum) = conditions
-                    .entry(t.condition.clone())
-                    .or_insert_with(|| (ConditionStatus { condition: t.condition.clone(), ..Default::default() }, 0.0));
-                c.total += 1;
-                match t.state {
-                    TrialState::Done => {
-                        c.done += 1;
-                        *sum += f64::from(t.max_level.unwrap_or(0));
-                    }
-                    TrialState::Failed => c.failed += 1,
-                    _ => {}
-                }
             }
-            let conditions = conditions
-                .into_values()
-                .map(|(mut c, sum)| {
-                    c.mean_max_level = if c.done > 0 { sum / f64::from(c.done) } else { f64::NAN };
-                    c
-                })
-                .collect();
+            let conditions = cbsweep_results::tally(&trials);
             let open = counts.iter().filter(|(s, _)| !s.is_terminal()).map(|(_, n)| *n).sum::<u32>();
             let (per_min, eta) = match self.finished_at.get(&row.id) {
                 Some(times) if times.len() >= 2 && open > 0 => {

@@ -6,12 +6,14 @@
 //! batch's commit.
 //!
 //! Only the scheduler thread writes through a `Store`; result exports open their own read-only
-//! connection (WAL lets them read while the scheduler writes).
+//! connection (WAL lets them read while the scheduler writes; `export.rs` reads it as a
+//! `cbsweep_results::ResultsSource`). A trial's row is `cbsweep_results::TrialRow`.
 
 use cbsweep_common::memory;
 use cbsweep_common::{
     AnalysisRecord, Attempt, EpochRecord, SweepId, SweepState, TrialId, TrialOutcome, TrialResult, TrialSpec, TrialState, WorkerId,
 };
+use cbsweep_results::TrialRow;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::num::NonZeroU64;
@@ -145,28 +147,6 @@ pub struct Leased {
     pub attempt: Attempt,
     pub spec: TrialSpec,
     pub expires_ms: i64,
-}
-
-/// A trial's row as the results and the status view need it.
-#[derive(Clone, Debug)]
-pub struct TrialRow {
-    pub id: TrialId,
-    pub sweep: SweepId,
-    pub cell_index: u32,
-    pub condition: String,
-    pub spec: TrialSpec,
-    pub state: TrialState,
-    pub attempt: u32,
-    pub worker: Option<String>,
-    pub last_error: Option<String>,
-    pub outcome: Option<String>,
-    pub max_level: Option<u32>,
-    pub final_level: Option<u32>,
-    pub epochs_run: Option<u32>,
-    pub wall_time_ms: Option<u64>,
-    pub device: Option<String>,
-    pub pack_size: Option<u32>,
-    pub completed_ms: Option<i64>,
 }
 
 /// A worker seen lately: (id, hostname, device, trials it holds, milliseconds since seen).

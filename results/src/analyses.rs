@@ -1,8 +1,9 @@
 //! analyses.parquet: one row per trial, checkpoint level, population and metric (long format).
 
-use super::ResultsError;
-use super::trials::{key_columns, key_fields};
-use crate::store::TrialRow;
+use crate::error::ResultsError;
+use crate::keys::{key_columns, key_fields};
+use crate::source::TrialRow;
+use crate::table::write_table;
 use arrow_array::{ArrayRef, Float64Array, StringArray, UInt32Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use cbsweep_common::{AnalysisRecord, TrialId};
@@ -41,5 +42,5 @@ pub fn write(path: &Path, trials: &[TrialRow], analyses: &[(TrialId, AnalysisRec
         Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, a)| a.metric.as_str()))),
         Arc::new(Float64Array::from_iter_values(rows.iter().map(|(_, a)| a.value))),
     ]);
-    super::write_table(path, schema(), cols, "analyses")
+    write_table(path, schema(), cols, "analyses")
 }

@@ -1,8 +1,9 @@
 //! curves.parquet: one row per finished trial and epoch.
 
-use super::ResultsError;
-use super::trials::{key_columns, key_fields};
-use crate::store::TrialRow;
+use crate::error::ResultsError;
+use crate::keys::{key_columns, key_fields};
+use crate::source::TrialRow;
+use crate::table::write_table;
 use arrow_array::{ArrayRef, BooleanArray, Float64Array, UInt32Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use cbsweep_common::{EpochRecord, TrialId};
@@ -53,5 +54,5 @@ pub fn write(path: &Path, trials: &[TrialRow], curves: &[(TrialId, EpochRecord)]
         b(|e| e.core_learning),
         b(|e| e.cb_learning),
     ]);
-    super::write_table(path, schema(), cols, "curves")
+    write_table(path, schema(), cols, "curves")
 }

@@ -3,7 +3,7 @@ compares every value within 1e-9 relative. Usage: stats_check.py DIR. Exits 1 on
 
 Independent of the Rust code: the per-trial measures, the grouping into conditions, the pairing
 of comparisons, the tests and the Holm correction are all redone here from the documented
-definitions (coordinator/src/results/stats.rs)."""
+definitions (results/src/stats.rs, common/src/measures.rs)."""
 
 import math
 import sys

@@ -3,9 +3,8 @@
 //! relative; every figure kind with data is written as a non-empty PNG and SVG.
 
 use cbsweep_common::{AnalysisRecord, Arch, EpochRecord, Regime, TrialId, TrialState, parse_spec};
-use cbsweep_coordinator::plot;
-use cbsweep_coordinator::results::{curves, stats, trials};
-use cbsweep_coordinator::store::TrialRow;
+use cbsweep_results::measures::Measure;
+use cbsweep_results::{TrialRow, curves, plot, stats, trials};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
@@ -160,7 +159,7 @@ fn printed_stats_show_each_comparison_and_measure() {
     println!("{text}");
     let (conditions, comparisons) = text.split_once("comparisons (").expect("a comparisons table");
     assert_eq!(conditions.lines().filter(|l| l.contains(" dms ") || l.contains(" parity ")).count(), 8, "{text}");
-    for m in stats::Measure::ALL {
+    for m in Measure::ALL {
         let lines = comparisons.lines().filter(|l| l.starts_with('│') && l.contains(&format!(" {} ", m.name()))).count();
         assert_eq!(lines, 8, "one line per comparison for {}:\n{text}", m.name());
     }
@@ -176,7 +175,7 @@ fn plot_writes_a_png_and_an_svg_for_every_figure_with_data() {
     let dir = tempfile::tempdir().unwrap();
     let written = plot::plot(&rows, &curve, &analyses, dir.path()).unwrap();
     if let Some(keep) = std::env::var_os("CBSWEEP_FIGURES_DIR") {
-        // To look at the figures: CBSWEEP_FIGURES_DIR=/tmp/figures cargo nextest run -E 'binary(stats)'
+        // To look at the figures: CBSWEEP_FIGURES_DIR=/tmp/figures cargo nextest run -p cbsweep-results -E 'binary(stats)'
         plot::plot(&rows, &curve, &analyses, Path::new(&keep)).unwrap();
     }
     let names =

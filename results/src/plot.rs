@@ -12,11 +12,13 @@
 //! - dimensionality: `DIMENSIONALITY_METRICS` per level, one line per condition and population.
 //! - timescales: `TIMESCALE_METRICS` per level, one line per condition and population.
 //!
-//! Curves and measures use the definitions of `results::stats` (levels reached, carried forward
-//! to the epoch budget). Every file is drawn under a temporary name and then renamed.
+//! Curves and measures are those of stats.parquet (`crate::measures`: levels reached, carried
+//! forward to the epoch budget). Every file is drawn under a temporary name and then renamed.
 
-use crate::results::stats::{self, Measure, Summary, TrialCurve};
-use crate::store::TrialRow;
+use crate::conditions::{by_condition, namer};
+use crate::measures::{Measure, TrialCurve, half_max, trial_curves};
+use crate::source::TrialRow;
+use crate::summary::Summary;
 use cbsweep_common::{AnalysisRecord, EpochRecord, Task, TrialId};
 use plotters::coord::Shift;
 use plotters::element::DashedPathElement;
@@ -152,7 +154,7 @@ impl Legend {
     /// Names for `conditions` without the task (panels are per task) and without the parts they
     /// all share.
     fn new<'a>(conditions: impl Iterator<Item = &'a str>) -> Legend {
-        let name = stats::namer(conditions, &["task"]);
+        let name = namer(conditions, &["task"]);
         Legend { name: Box::new(move |c: &str| name(c).join(" ")), colors: Vec::new(), dashes: Vec::new(), entries: Vec::new() }
     }
 
@@ -184,8 +186,8 @@ impl Legend {
 }
 
 fn figures(trials: &[TrialRow], curves: &[(TrialId, EpochRecord)], analyses: &[(TrialId, AnalysisRecord)]) -> Vec<Figure> {
-    let tc = stats::trial_curves(trials, curves);
-    let groups = stats::conditions(&tc);
+    let tc = trial_curves(trials, curves);
+    let groups = by_condition(&tc, |t| t.trial.condition.as_str());
     let mut tasks: Vec<Task> = Vec::new();
     for t in trials {
         if !tasks.contains(&t.spec.task) {
@@ -258,7 +260,7 @@ fn learning_measures(groups: &Groups, tasks: &[Task]) -> Figure {
     let mut legend = Legend::new(groups.iter().map(|(c, _)| *c));
     let mut panels = Vec::new();
     for task in tasks {
-        let half = in_task(groups, task).flat_map(|(_, g)| g.iter().map(|t| t.max_level())).max().unwrap_or(0) as f64 / 2.0;
+        let half = half_max(in_task(groups, task).flat_map(|(_, g)| g.iter().copied()));
         for (m, y_desc) in [
             (Measure::AucLevelEpochs, "area under level curve (level x epochs)".to_string()),
             (Measure::EpochsToHalfMax, format!("epochs to reach level >= {half}")),

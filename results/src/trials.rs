@@ -1,29 +1,22 @@
-//! trials.parquet: one row per grid cell.
+//! trials.parquet: one row per grid cell: the grid keys (`keys`), the trial's spec and state,
+//! what the store recorded of its result, and its learning measures from the curve.
 
-use super::ResultsError;
-use crate::store::TrialRow;
+use crate::error::ResultsError;
+use crate::keys::{key_columns, key_fields};
+use crate::measures::trial_curves;
+use crate::source::TrialRow;
+use crate::table::write_table;
 use arrow_array::{ArrayRef, BooleanArray, Float64Array, StringArray, UInt32Array, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use cbsweep_common::measures::half_level;
+use cbsweep_common::{EpochRecord, TrialId};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 pub const FILE: &str = "trials.parquet";
 
-pub const SWEEP_ID: &str = "sweep_id";
-pub const TRIAL_ID: &str = "trial_id";
 pub const CELL_INDEX: &str = "cell_index";
-pub const TASK: &str = "task";
-pub const ARCH: &str = "arch";
-pub const HIDDEN: &str = "hidden";
-pub const GRANULE: &str = "granule";
-pub const PURKINJE: &str = "purkinje";
-pub const SEED: &str = "seed";
-pub const REGIME: &str = "regime";
-pub const FREEZE: &str = "freeze";
-pub const REFRESH_EVERY: &str = "refresh_every";
-pub const CORE_PLASTICITY: &str = "core_plasticity";
-pub const LR_CORE: &str = "lr_core";
-pub const LR_CB: &str = "lr_cb";
 pub const LR_READOUT: &str = "lr_readout";
 pub const PARAM_COUNT: &str = "param_count";
 pub const EPOCHS_BUDGET: &str = "epochs_budget";
@@ -43,49 +36,6 @@ pub const CODE_VERSION: &str = "code_version";
 pub const SPEC_HASH: &str = "spec_hash";
 pub const AUC_LEVEL_EPOCHS: &str = "auc_level_epochs";
 pub const EPOCHS_TO_HALF_MAX: &str = "epochs_to_half_max";
-
-/// The grid keys every table carries, in order (shared by trials and curves).
-pub fn key_fields() -> Vec<Field> {
-    vec![
-        Field::new(SWEEP_ID, DataType::Utf8, false),
-        Field::new(TRIAL_ID, DataType::Utf8, false),
-        Field::new(TASK, DataType::Utf8, false),
-        Field::new(ARCH, DataType::Utf8, false),
-        Field::new(HIDDEN, DataType::UInt32, false),
-        Field::new(GRANULE, DataType::UInt32, false),
-        Field::new(PURKINJE, DataType::UInt32, false),
-        Field::new(SEED, DataType::UInt64, false),
-        Field::new(REGIME, DataType::Utf8, false),
-        Field::new(FREEZE, DataType::Utf8, false),
-        Field::new(REFRESH_EVERY, DataType::UInt32, true),
-        Field::new(CORE_PLASTICITY, DataType::Float64, false),
-        Field::new(LR_CORE, DataType::Float64, false),
-        Field::new(LR_CB, DataType::Float64, false),
-    ]
-}
-
-/// Columns for `key_fields`, one value per entry of `rows` (repeated rows allowed).
-pub fn key_columns<'a>(rows: impl Iterator<Item = &'a TrialRow> + Clone) -> Vec<ArrayRef> {
-    let s = |f: fn(&TrialRow) -> String| -> ArrayRef { Arc::new(StringArray::from_iter_values(rows.clone().map(f))) };
-    let u = |f: fn(&TrialRow) -> u32| -> ArrayRef { Arc::new(UInt32Array::from_iter_values(rows.clone().map(f))) };
-    let x = |f: fn(&TrialRow) -> f64| -> ArrayRef { Arc::new(Float64Array::from_iter_values(rows.clone().map(f))) };
-    vec![
-        s(|r| r.sweep.0.clone()),
-        s(|r| r.id.0.clone()),
-        s(|r| r.spec.task.to_string()),
-        s(|r| r.spec.arch.to_string()),
-        u(|r| r.spec.hidden),
-        u(|r| r.spec.granule),
-        u(|r| r.spec.purkinje),
-        Arc::new(UInt64Array::from_iter_values(rows.clone().map(|r| r.spec.seed.0))),
-        s(|r| r.spec.regime.name().to_string()),
-        s(|r| r.spec.regime.freeze_label()),
-        Arc::new(UInt32Array::from_iter(rows.clone().map(|r| r.spec.regime.refresh_every()))),
-        x(|r| r.spec.core_plasticity),
-        x(|r| r.spec.lr_core),
-        x(|r| r.spec.lr_cb),
-    ]
-}
 
 pub fn schema() -> SchemaRef {
     let mut fields = key_fields();
@@ -116,16 +66,9 @@ pub fn schema() -> SchemaRef {
 
 /// `curves` gives the per-trial learning measures (AUC of the level reached over epochs, in
 /// level x epochs; epochs to half the trial's own highest level); `spec_hash` names the spec.
-pub fn write(
-    path: &Path,
-    rows: &[TrialRow],
-    curves: &[(cbsweep_common::TrialId, cbsweep_common::EpochRecord)],
-    spec_hash: &str,
-) -> Result<(), ResultsError> {
-    let measures: std::collections::HashMap<&cbsweep_common::TrialId, (f64, f64)> = super::stats::trial_curves(rows, curves)
-        .iter()
-        .map(|c| (&c.trial.id, (c.auc_level_epochs(), c.epochs_to(f64::from(c.max_level()) / 2.0))))
-        .collect();
+pub fn write(path: &Path, rows: &[TrialRow], curves: &[(TrialId, EpochRecord)], spec_hash: &str) -> Result<(), ResultsError> {
+    let measures: HashMap<&TrialId, (f64, f64)> =
+        trial_curves(rows, curves).iter().map(|c| (&c.trial.id, (c.auc_level_epochs(), c.epochs_to(half_level(c.max_level))))).collect();
     let mut cols = key_columns(rows.iter());
     cols.extend::<[ArrayRef; 17]>([
         Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.cell_index))),
@@ -151,5 +94,5 @@ pub fn write(
         Arc::new(Float64Array::from_iter(rows.iter().map(|r| measures.get(&r.id).map(|m| m.0)))),
         Arc::new(Float64Array::from_iter(rows.iter().map(|r| measures.get(&r.id).map(|m| m.1)))),
     ]);
-    super::write_table(path, schema(), cols, "trials")
+    write_table(path, schema(), cols, "trials")
 }

@@ -1,9 +1,10 @@
 //! levels.parquet: one row per trial and solved level, with the epoch and SGD step it was
 //! solved at (the test that solves a level runs after the epoch's last step).
 
-use super::ResultsError;
-use super::trials::{key_columns, key_fields};
-use crate::store::TrialRow;
+use crate::error::ResultsError;
+use crate::keys::{key_columns, key_fields};
+use crate::source::TrialRow;
+use crate::table::write_table;
 use arrow_array::{ArrayRef, UInt32Array, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use cbsweep_common::{EpochRecord, TrialId};
@@ -54,5 +55,5 @@ pub fn write(path: &Path, trials: &[TrialRow], curves: &[(TrialId, EpochRecord)]
         Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| u64::from(r.2) * u64::from(r.0.spec.budget.steps_per_epoch)))),
         Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.3))),
     ]);
-    super::write_table(path, schema(), cols, "levels")
+    write_table(path, schema(), cols, "levels")
 }

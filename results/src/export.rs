@@ -1,0 +1,26 @@
+//! Exporting a sweep: every table, read from a `ResultsSource`, written into OUT/SWEEP/. The
+//! tables are derived from the source (the coordinator's store), which stays the source of
+//! truth: exporting again after a crash rewrites them whole.
+
+use crate::error::ResultsError;
+use crate::source::ResultsSource;
+use crate::table::sweep_dir;
+use crate::{analyses, curves, levels, stats, trials};
+use cbsweep_common::SweepId;
+use std::path::{Path, PathBuf};
+
+/// Exports every table of `sweep` from `source` into OUT/SWEEP/; returns the directory written.
+pub fn export(source: &impl ResultsSource, sweep: &SweepId, out: &Path) -> Result<PathBuf, ResultsError> {
+    let rows = source.trials(sweep).map_err(ResultsError::reading)?;
+    let curves = source.curves(sweep).map_err(ResultsError::reading)?;
+    let analyses = source.analyses(sweep).map_err(ResultsError::reading)?;
+    let dir = sweep_dir(out, sweep);
+    let meta = source.sweep(sweep).map_err(ResultsError::reading)?.unwrap_or_default();
+    trials::write(&dir.join(trials::FILE), &rows, &curves, &meta.spec_hash)?;
+    curves::write(&dir.join(curves::FILE), &rows, &curves)?;
+    levels::write(&dir.join(levels::FILE), &rows, &curves)?;
+    analyses::write(&dir.join(analyses::FILE), &rows, &analyses)?;
+    stats::write(&dir.join(stats::FILE), &stats::compute(&rows, &curves))?;
+    tracing::info!(sweep = %sweep, trials = rows.len(), curve_rows = curves.len(), dir = %dir.display(), "results exported");
+    Ok(dir)
+}

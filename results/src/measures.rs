@@ -1,0 +1,91 @@
+//! A sweep's finished trials as curves of the level reached per epoch, and the per-trial
+//! learning measures taken from them. Each measure is defined once, in
+//! `cbsweep_common::measures`; this module only joins a sweep's trial rows with their curve
+//! rows and names the measures (the `measure` column of stats.parquet).
+
+use crate::source::TrialRow;
+use cbsweep_common::measures::{self as m, half_level};
+use cbsweep_common::{EpochRecord, TrialId};
+use std::collections::HashMap;
+
+/// A per-trial learning measure; its name (the `measure` column) carries its unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Measure {
+    MaxLevel,
+    FinalLevel,
+    AucLevelEpochs,
+    EpochsToHalfMax,
+}
+
+/// A finished trial's curve as levels reached per epoch.
+#[derive(Clone, Debug)]
+pub struct TrialCurve<'a> {
+    pub trial: &'a TrialRow,
+    /// Index e - 1 holds the level reached by the end of epoch e, carried forward to the budget
+    /// (`cbsweep_common::measures::levels_reached`).
+    pub reached: Vec<u32>,
+    pub max_level: u32,
+    pub final_level: u32,
+}
+
+impl Measure {
+    pub const ALL: [Measure; 4] = [Measure::MaxLevel, Measure::FinalLevel, Measure::AucLevelEpochs, Measure::EpochsToHalfMax];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Measure::MaxLevel => "max_level",
+            Measure::FinalLevel => "final_level",
+            Measure::AucLevelEpochs => "auc_level_epochs",
+            Measure::EpochsToHalfMax => "epochs_to_half_max",
+        }
+    }
+}
+
+impl TrialCurve<'_> {
+    /// Trapezoid area under the reached level over epochs 1..=budget, in level x epochs.
+    pub fn auc_level_epochs(&self) -> f64 {
+        m::auc_level_epochs(&self.reached)
+    }
+
+    /// First epoch whose reached level is at least `level`; budget + 1 when none is; NaN when
+    /// `level` is not positive (nothing was solved in the comparison).
+    pub fn epochs_to(&self, level: f64) -> f64 {
+        m::epochs_to(&self.reached, level)
+    }
+
+    /// The value of `m` for this trial; `half_max_level` is only used by EpochsToHalfMax.
+    pub fn value(&self, m: Measure, half_max_level: f64) -> f64 {
+        match m {
+            Measure::MaxLevel => self.max_level as f64,
+            Measure::FinalLevel => self.final_level as f64,
+            Measure::AucLevelEpochs => self.auc_level_epochs(),
+            Measure::EpochsToHalfMax => self.epochs_to(half_max_level),
+        }
+    }
+}
+
+/// The curves of the trials that have one, in the order of `trials`.
+pub fn trial_curves<'a>(trials: &'a [TrialRow], curves: &[(TrialId, EpochRecord)]) -> Vec<TrialCurve<'a>> {
+    let mut by_id: HashMap<&TrialId, Vec<&EpochRecord>> = HashMap::new();
+    for (id, e) in curves {
+        by_id.entry(id).or_default().push(e);
+    }
+    trials
+        .iter()
+        .filter_map(|trial| {
+            let mut epochs = by_id.remove(&trial.id)?;
+            epochs.sort_by_key(|e| e.epoch);
+            Some(TrialCurve {
+                trial,
+                reached: m::levels_reached(epochs.iter().copied(), trial.spec.budget.epochs),
+                max_level: m::max_level(epochs.iter().copied()),
+                final_level: m::final_level(epochs.iter().copied()),
+            })
+        })
+        .collect()
+}
+
+/// The epochs-to-half-max threshold over `group`: half its highest max_level.
+pub fn half_max<'a, 'b: 'a>(group: impl Iterator<Item = &'a TrialCurve<'b>>) -> f64 {
+    half_level(group.map(|t| t.max_level).max().unwrap_or(0))
+}
