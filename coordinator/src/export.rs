@@ -12,7 +12,9 @@ impl ResultsSource for Store {
     type Error = StoreError;
 
     fn sweep(&self, sweep: &SweepId) -> Result<Option<SweepMeta>, StoreError> {
-        Ok(Store::sweep(self, sweep)?.map(|s| SweepMeta { spec_hash: cbsweep_common::spec_hash(&s.spec_toml) }))
+        // The stored text is the validated spec's resolved form, so this is `SweepSpec::hash`.
+        Ok(Store::sweep(self, sweep)?
+            .map(|s| SweepMeta { spec_hash: cbsweep_common::spec_hash(&s.spec_toml), spec_overrides: s.overrides }))
     }
 
     fn trials(&self, sweep: &SweepId) -> Result<Vec<TrialRow>, StoreError> {

@@ -16,7 +16,7 @@ pub fn export(source: &impl ResultsSource, sweep: &SweepId, out: &Path) -> Resul
     let analyses = source.analyses(sweep).map_err(ResultsError::reading)?;
     let dir = sweep_dir(out, sweep);
     let meta = source.sweep(sweep).map_err(ResultsError::reading)?.unwrap_or_default();
-    trials::write(&dir.join(trials::FILE), &rows, &curves, &meta.spec_hash)?;
+    trials::write(&dir.join(trials::FILE), &rows, &curves, &meta)?;
     curves::write(&dir.join(curves::FILE), &rows, &curves)?;
     levels::write(&dir.join(levels::FILE), &rows, &curves)?;
     analyses::write(&dir.join(analyses::FILE), &rows, &analyses)?;

@@ -24,8 +24,11 @@ pub trait ResultsSource {
 /// What the tables say about a whole sweep, as the source computes it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SweepMeta {
-    /// trials.parquet's spec_hash: names the sweep spec that produced the table.
+    /// trials.parquet's spec_hash: names the validated spec that produced the table.
     pub spec_hash: String,
+    /// trials.parquet's spec_overrides: the `CBSWEEP_SPEC__*` overrides the spec was validated
+    /// with, in `cbsweep_common::overrides_text`'s form (empty when none).
+    pub spec_overrides: String,
 }
 
 /// A trial's row as the results and the status view need it.

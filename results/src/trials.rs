@@ -4,7 +4,7 @@
 use crate::error::ResultsError;
 use crate::keys::{key_columns, key_fields};
 use crate::measures::trial_curves;
-use crate::source::TrialRow;
+use crate::source::{SweepMeta, TrialRow};
 use crate::table::write_table;
 use arrow_array::{ArrayRef, BooleanArray, Float64Array, StringArray, UInt32Array, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
@@ -34,6 +34,7 @@ pub const WORKER_ID: &str = "worker_id";
 pub const PACK_SIZE: &str = "pack_size";
 pub const CODE_VERSION: &str = "code_version";
 pub const SPEC_HASH: &str = "spec_hash";
+pub const SPEC_OVERRIDES: &str = "spec_overrides";
 pub const AUC_LEVEL_EPOCHS: &str = "auc_level_epochs";
 pub const EPOCHS_TO_HALF_MAX: &str = "epochs_to_half_max";
 
@@ -58,6 +59,7 @@ pub fn schema() -> SchemaRef {
         Field::new(PACK_SIZE, DataType::UInt32, true),
         Field::new(CODE_VERSION, DataType::Utf8, false),
         Field::new(SPEC_HASH, DataType::Utf8, false),
+        Field::new(SPEC_OVERRIDES, DataType::Utf8, false),
         Field::new(AUC_LEVEL_EPOCHS, DataType::Float64, true),
         Field::new(EPOCHS_TO_HALF_MAX, DataType::Float64, true),
     ]);
@@ -65,8 +67,9 @@ pub fn schema() -> SchemaRef {
 }
 
 /// `curves` gives the per-trial learning measures (AUC of the level reached over epochs, in
-/// level x epochs; epochs to half the trial's own highest level); `spec_hash` names the spec.
-pub fn write(path: &Path, rows: &[TrialRow], curves: &[(TrialId, EpochRecord)], spec_hash: &str) -> Result<(), ResultsError> {
+/// level x epochs; epochs to half the trial's own highest level); `meta` names the spec and
+/// the overrides it was validated with.
+pub fn write(path: &Path, rows: &[TrialRow], curves: &[(TrialId, EpochRecord)], meta: &SweepMeta) -> Result<(), ResultsError> {
     let measures: HashMap<&TrialId, (f64, f64)> =
         trial_curves(rows, curves).iter().map(|c| (&c.trial.id, (c.auc_level_epochs(), c.epochs_to(half_level(c.max_level))))).collect();
     let mut cols = key_columns(rows.iter());
@@ -89,8 +92,9 @@ pub fn write(path: &Path, rows: &[TrialRow], curves: &[(TrialId, EpochRecord)], 
         Arc::new(UInt32Array::from_iter(rows.iter().map(|r| r.pack_size))),
         Arc::new(StringArray::from_iter_values(rows.iter().map(|_| cbsweep_common::CODE_VERSION))),
     ]);
-    cols.extend::<[ArrayRef; 3]>([
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|_| spec_hash))),
+    cols.extend::<[ArrayRef; 4]>([
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|_| meta.spec_hash.as_str()))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|_| meta.spec_overrides.as_str()))),
         Arc::new(Float64Array::from_iter(rows.iter().map(|r| measures.get(&r.id).map(|m| m.0)))),
         Arc::new(Float64Array::from_iter(rows.iter().map(|r| measures.get(&r.id).map(|m| m.1)))),
     ]);

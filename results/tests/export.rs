@@ -23,7 +23,11 @@ impl ResultsSource for Memory {
     type Error = Broken;
 
     fn sweep(&self, _: &SweepId) -> Result<Option<SweepMeta>, Broken> {
-        if self.broken { Err(Broken) } else { Ok(Some(SweepMeta { spec_hash: "from-the-source".into() })) }
+        if self.broken {
+            Err(Broken)
+        } else {
+            Ok(Some(SweepMeta { spec_hash: "from-the-source".into(), spec_overrides: "train.epochs=6".into() }))
+        }
     }
 
     fn trials(&self, _: &SweepId) -> Result<Vec<TrialRow>, Broken> {
@@ -82,7 +86,7 @@ fn memory() -> Memory {
 }
 
 #[test]
-fn export_writes_every_table_with_the_sources_spec_hash() {
+fn export_writes_every_table_with_the_sources_spec_hash_and_overrides() {
     let out = tempfile::tempdir().unwrap();
     let dir = export(&memory(), &"m".into(), out.path()).unwrap();
     assert_eq!(dir, out.path().join("m"));
@@ -94,6 +98,8 @@ fn export_writes_every_table_with_the_sources_spec_hash() {
     let hashes = batch.column_by_name("spec_hash").unwrap().as_any().downcast_ref::<StringArray>().unwrap().clone();
     assert_eq!(hashes.len(), 2);
     assert!(hashes.iter().all(|h| h == Some("from-the-source")), "{hashes:?}");
+    let overrides = batch.column_by_name("spec_overrides").unwrap().as_any().downcast_ref::<StringArray>().unwrap().clone();
+    assert!(overrides.iter().all(|o| o == Some("train.epochs=6")), "{overrides:?}");
 }
 
 #[test]

@@ -133,7 +133,8 @@ fn stats_parquet_matches_scipy_recomputed_from_the_curves() {
     let (rows, curve, _) = sweep();
     let dir = tempfile::tempdir().unwrap();
     let stat_rows = stats::compute(&rows, &curve);
-    trials::write(&dir.path().join(trials::FILE), &rows, &curve, "test").unwrap();
+    let meta = cbsweep_results::SweepMeta { spec_hash: "test".into(), spec_overrides: "train.epochs=20".into() };
+    trials::write(&dir.path().join(trials::FILE), &rows, &curve, &meta).unwrap();
     curves::write(&dir.path().join(curves::FILE), &rows, &curve).unwrap();
     stats::write(&dir.path().join(stats::FILE), &stat_rows).unwrap();
 

@@ -48,6 +48,9 @@ fn a_run_with_an_override_resumes_without_it_and_no_cell_changes() {
     assert!(o.status.success(), "{}", text(&o));
     let before = trial_rows(&out.join("ov/trials.parquet"));
     assert_eq!(before.len(), 12, "every cell has a row, finished or not: {before:?}");
+    let recorded = duckdb(&format!("SELECT trial_id FROM '{}' WHERE status = 'done'", out.join("ov/trials.parquet").display()));
+    let finished_before: Vec<String> = recorded.iter().map(|r| r["trial_id"].as_str().unwrap().to_string()).collect();
+    assert!(!finished_before.is_empty(), "some trials were recorded before the kill");
 
     // The shell that resumes has no override (and a different one would be ignored, loudly).
     let o = command(&["resume", "ov"]).env("CBSWEEP_SPEC__TRAIN__EPOCHS", "25").output().unwrap();
@@ -62,8 +65,11 @@ fn a_run_with_an_override_resumes_without_it_and_no_cell_changes() {
         assert_eq!(overrides, "train.epochs=6", "trial {id} records the override");
         assert_eq!(hash, &before[0].3, "one validated spec, one hash");
     }
+    // A trial whose completion was in flight at the kill rightly runs again; a recorded one never.
     let (_, dones) = counts(&log);
-    assert!(dones.values().all(|&n| n == 1), "each trial finished once: {dones:?}");
+    for id in &finished_before {
+        assert_eq!(dones[id], 1, "trial {id} was recorded before the kill and never ran again");
+    }
 
     // Running the file again without the override is a different spec: refused, naming the change.
     let o = command(&["run", spec.to_str().unwrap()]).output().unwrap();
