@@ -25,7 +25,7 @@ pub struct ConditionTally {
 }
 
 /// `items` grouped by their condition, the groups in the order of their first item.
-pub fn by_condition<'a, T>(items: impl IntoIterator<Item = T>, condition: impl Fn(&T) -> &'a str) -> Vec<(&'a str, Vec<T>)> {
+pub(crate) fn by_condition<'a, T>(items: impl IntoIterator<Item = T>, condition: impl Fn(&T) -> &'a str) -> Vec<(&'a str, Vec<T>)> {
     let mut groups: Vec<(&str, Vec<T>)> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
     for t in items {

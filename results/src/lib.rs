@@ -12,18 +12,18 @@
 //! the coordinator, the store (rusqlite), gRPC (tonic, prost, cbsweep-proto), tokio or tch.
 
 pub mod analyses;
-pub mod conditions;
+mod conditions;
 pub mod curves;
-pub mod error;
-pub mod export;
+mod error;
+mod export;
 pub mod keys;
 pub mod levels;
 pub mod measures;
 pub mod plot;
-pub mod source;
+mod source;
 pub mod stats;
 pub mod summary;
-pub mod table;
+mod table;
 pub mod trials;
 
 pub use conditions::{ConditionTally, tally};

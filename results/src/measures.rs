@@ -4,7 +4,7 @@
 //! rows and names the measures (the `measure` column of stats.parquet).
 
 use crate::source::TrialRow;
-use cbsweep_common::measures::{self as m, half_level};
+use cbsweep_common::measures;
 use cbsweep_common::{EpochRecord, TrialId};
 use std::collections::HashMap;
 
@@ -44,13 +44,13 @@ impl Measure {
 impl TrialCurve<'_> {
     /// Trapezoid area under the reached level over epochs 1..=budget, in level x epochs.
     pub fn auc_level_epochs(&self) -> f64 {
-        m::auc_level_epochs(&self.reached)
+        measures::auc_level_epochs(&self.reached)
     }
 
     /// First epoch whose reached level is at least `level`; budget + 1 when none is; NaN when
     /// `level` is not positive (nothing was solved in the comparison).
     pub fn epochs_to(&self, level: f64) -> f64 {
-        m::epochs_to(&self.reached, level)
+        measures::epochs_to(&self.reached, level)
     }
 
     /// The value of `m` for this trial; `half_max_level` is only used by EpochsToHalfMax.
@@ -77,9 +77,9 @@ pub fn trial_curves<'a>(trials: &'a [TrialRow], curves: &[(TrialId, EpochRecord)
             epochs.sort_by_key(|e| e.epoch);
             Some(TrialCurve {
                 trial,
-                reached: m::levels_reached(epochs.iter().copied(), trial.spec.budget.epochs),
-                max_level: m::max_level(epochs.iter().copied()),
-                final_level: m::final_level(epochs.iter().copied()),
+                reached: measures::levels_reached(epochs.iter().copied(), trial.spec.budget.epochs),
+                max_level: measures::max_level(epochs.iter().copied()),
+                final_level: measures::final_level(epochs.iter().copied()),
             })
         })
         .collect()
@@ -87,5 +87,5 @@ pub fn trial_curves<'a>(trials: &'a [TrialRow], curves: &[(TrialId, EpochRecord)
 
 /// The epochs-to-half-max threshold over `group`: half its highest max_level.
 pub fn half_max<'a, 'b: 'a>(group: impl Iterator<Item = &'a TrialCurve<'b>>) -> f64 {
-    half_level(group.map(|t| t.max_level).max().unwrap_or(0))
+    measures::half_level(group.map(|t| t.max_level).max().unwrap_or(0))
 }
