@@ -374,7 +374,7 @@ struct Scheduler {
     /// Events of the batch being handled, sent once it is committed.
     outbox: Vec<Event>,
     /// Checkpoints the store off this thread while the scheduler lives.
-    _checkpointer: store::Checkpointer,
+    _checkpointer: store::checkpoint::Checkpointer,
 }
 
 /// When a worker was last seen, and whether the store has that time.

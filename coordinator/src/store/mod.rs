@@ -1,0 +1,268 @@
+//! Durable coordinator state in SQLite (WAL): sweeps, trials with their leases and attempts,
+//! curves, workers. Every change that a reply acknowledges is committed in one transaction
+//! before the reply leaves, so a kill -9 between any two statements loses nothing acknowledged.
+//! The scheduler may group several commands in one transaction (`begin_batch`, `commit_batch`):
+//! each method's own transaction is then a savepoint inside it, and the replies wait for the
+//! batch's commit.
+//!
+//! Only the scheduler thread writes through a `Store`; result exports open their own read-only
+//! connection (WAL lets them read while the scheduler writes; `export.rs` reads it as a
+//! `cbsweep_results::ResultsSource`). A trial's row is `cbsweep_results::TrialRow`.
+//!
+//! This file: opening (schema, migration of older state files), batches, the row types and the
+//! helpers the others share; `sweeps.rs` (sweeps, workers), `leases.rs` (the trial queue),
+//! `read.rs` (what the results read), `checkpoint.rs` (the WAL checkpoint thread). The
+//! children use this file; it uses none of them.
+
+pub mod checkpoint;
+mod leases;
+mod read;
+mod sweeps;
+
+use cbsweep_common::{Attempt, SweepId, SweepState, TrialId, TrialSpec, TrialState};
+use rusqlite::config::DbConfig;
+use rusqlite::{Connection, params};
+use std::path::{Path, PathBuf};
+
+/// The database file inside a coordinator's state directory.
+pub const DB_FILE: &str = "cbsweep.sqlite";
+
+/// Prepared statements kept per connection (more than the store has).
+const STATEMENT_CACHE: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open coordinator state {}: {source}", path.display())]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error("coordinator state: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("coordinator state holds an unreadable {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    /// The commit of a batch failed: none of its commands took effect.
+    #[error("coordinator state: commit failed: {0}")]
+    Commit(String),
+    #[error("cannot start the checkpoint thread: {0}")]
+    Thread(std::io::Error),
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sweeps(
+  sweep_id TEXT PRIMARY KEY,
+  description TEXT NOT NULL,
+  spec_toml TEXT NOT NULL,
+  spec_path TEXT NOT NULL,
+  overrides TEXT NOT NULL DEFAULT '',
+  max_attempts INTEGER NOT NULL,
+  pack_size INTEGER NOT NULL,
+  lease_seconds INTEGER NOT NULL,
+  state TEXT NOT NULL,
+  created_ms INTEGER NOT NULL,
+  finished_ms INTEGER);
+CREATE TABLE IF NOT EXISTS trials(
+  trial_id TEXT PRIMARY KEY,
+  sweep_id TEXT NOT NULL REFERENCES sweeps(sweep_id),
+  cell_index INTEGER NOT NULL,
+  cell_key TEXT NOT NULL,
+  condition TEXT NOT NULL,
+  pack_key TEXT NOT NULL,
+  spec_json TEXT NOT NULL,
+  state TEXT NOT NULL,
+  attempt INTEGER NOT NULL DEFAULT 0,
+  worker_id TEXT,
+  lease_expires_ms INTEGER,
+  last_error TEXT,
+  outcome TEXT,
+  max_level INTEGER,
+  final_level INTEGER,
+  epochs_run INTEGER,
+  wall_time_ms INTEGER,
+  device TEXT,
+  pack_size INTEGER,
+  completed_ms INTEGER,
+  UNIQUE(sweep_id, cell_key));
+-- Grid order over immutable columns: a lease or a completion never writes this index. The
+-- queue indexes are partial, so that a lease moves a trial from two small pending indexes to
+-- the leased one and a completion only drops it from that: few pages per commit.
+-- (trials_queue, trials_worker and trials_pack indexed every state: earlier state files.)
+DROP INDEX IF EXISTS trials_queue;
+DROP INDEX IF EXISTS trials_worker;
+DROP INDEX IF EXISTS trials_pack;
+CREATE INDEX IF NOT EXISTS trials_cells ON trials(sweep_id, cell_index);
+CREATE INDEX IF NOT EXISTS trials_pending ON trials(sweep_id, cell_index) WHERE state = {pending};
+CREATE INDEX IF NOT EXISTS trials_pending_pack ON trials(sweep_id, pack_key, cell_index) WHERE state = {pending};
+CREATE INDEX IF NOT EXISTS trials_leased ON trials(sweep_id, worker_id) WHERE state = {leased};
+CREATE TABLE IF NOT EXISTS curves(
+  trial_id TEXT NOT NULL REFERENCES trials(trial_id),
+  epoch INTEGER NOT NULL,
+  level INTEGER NOT NULL,
+  train_loss REAL NOT NULL,
+  test_accuracy REAL NOT NULL,
+  solved INTEGER NOT NULL,
+  grad_norm REAL NOT NULL,
+  core_learning INTEGER NOT NULL,
+  cb_learning INTEGER NOT NULL,
+  PRIMARY KEY(trial_id, epoch));
+CREATE TABLE IF NOT EXISTS analyses(
+  trial_id TEXT NOT NULL REFERENCES trials(trial_id),
+  level INTEGER NOT NULL,
+  epoch INTEGER NOT NULL,
+  population TEXT NOT NULL,
+  metric TEXT NOT NULL,
+  value REAL NOT NULL,
+  PRIMARY KEY(trial_id, level, population, metric));
+CREATE TABLE IF NOT EXISTS workers(
+  worker_id TEXT PRIMARY KEY,
+  hostname TEXT NOT NULL,
+  device TEXT NOT NULL,
+  pid INTEGER NOT NULL,
+  registered_ms INTEGER NOT NULL,
+  last_seen_ms INTEGER NOT NULL);
+";
+
+/// A sweep's row.
+#[derive(Clone, Debug)]
+pub struct SweepRow {
+    pub id: SweepId,
+    pub description: String,
+    /// The validated spec's resolved text (`SweepSpec::resolved`); older state files hold the
+    /// user's text as given.
+    pub spec_toml: String,
+    pub spec_path: String,
+    /// The spec overrides it was validated with, in `overrides_text`'s form.
+    pub overrides: String,
+    pub max_attempts: u32,
+    pub pack_size: u32,
+    pub lease_seconds: u32,
+    pub state: SweepState,
+    pub created_ms: i64,
+    pub finished_ms: Option<i64>,
+}
+
+/// A trial handed to a worker.
+#[derive(Clone, Debug)]
+pub struct Leased {
+    pub id: TrialId,
+    pub attempt: Attempt,
+    pub spec: TrialSpec,
+    pub expires_ms: i64,
+}
+
+/// A worker seen lately: (id, hostname, device, trials it holds, milliseconds since seen).
+pub type LiveWorker = (String, String, String, u32, i64);
+
+/// Where a trial stands when a completion arrives.
+#[derive(Clone, Debug)]
+pub struct TrialLease {
+    pub state: TrialState,
+    pub attempt: u32,
+    pub worker: Option<String>,
+    pub sweep: SweepId,
+    pub max_attempts: u32,
+    /// The trial's cell key (for messages).
+    pub cell: String,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn parse_state(s: &str) -> Result<TrialState, StoreError> {
+    s.parse().map_err(|detail| StoreError::Corrupt { what: "trial state", detail })
+}
+
+/// SQL text with the states' names written in from the enums: `{pending}`, `{leased}`, `{done}`,
+/// `{failed}` and `{cancelled}` become `TrialState`'s quoted names, `{sweep_running}`
+/// `SweepState::Running`'s. So the store's SQL and the Rust types cannot drift apart, while the
+/// statements keep literal states (the partial indexes are only used by queries that name their
+/// state literally). Each distinct statement is built once and kept for the process's life.
+fn sql(template: &'static str) -> &'static str {
+    static BUILT: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<&'static str, &'static str>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    built.entry(template).or_insert_with(|| {
+        let mut text = template.to_string();
+        for st in TrialState::ALL {
+            text = text.replace(&format!("{{{st}}}"), &format!("'{st}'"));
+        }
+        text = text.replace("{sweep_running}", &format!("'{}'", SweepState::Running));
+        assert!(!text.contains('{'), "an unknown placeholder in {text}");
+        Box::leak(text.into_boxed_str())
+    })
+}
+
+fn parse_spec(json: &str) -> Result<TrialSpec, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt { what: "trial spec", detail: e.to_string() })
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `state_dir`.
+    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        let path = state_dir.join(DB_FILE);
+        let open_err = |source| StoreError::Open { path: path.clone(), source };
+        std::fs::create_dir_all(state_dir).map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        let conn = Connection::open(&path).map_err(open_err)?;
+        // WAL + NORMAL: a committed transaction survives a killed process (it is in the WAL,
+        // which the OS holds); only a power loss could drop the last few.
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(open_err)?;
+        // Query plans that never depend on bound values: otherwise a cached statement with
+        // `LIMIT ?` is compiled again on every call. A cache that holds every hot statement.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map_err(open_err)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        conn.execute_batch(sql(SCHEMA)).map_err(open_err)?;
+        migrate(&conn).map_err(open_err)?;
+        Ok(Store { conn, path })
+    }
+
+    /// Opens the database read-only, for exports beside a running scheduler.
+    pub fn open_read_only(state_dir: &Path) -> Result<Store, StoreError> {
+        let path = state_dir.join(DB_FILE);
+        let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        Ok(Store { conn, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens a transaction that the following calls join (each as a savepoint) until
+    /// `commit_batch` or `rollback_batch`.
+    pub fn begin_batch(&self) -> Result<(), StoreError> {
+        self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        Ok(())
+    }
+
+    pub fn commit_batch(&self) -> Result<(), StoreError> {
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        Ok(())
+    }
+
+    /// Undoes a batch whose commit failed (nothing of it was acknowledged).
+    pub fn rollback_batch(&self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+/// Brings a state file written by an earlier version up to this schema: columns added since
+/// are added with their defaults (SQLite's ALTER TABLE ADD COLUMN; nothing is rewritten).
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has = |table: &str, column: &str| -> rusqlite::Result<bool> {
+        let mut stmt = conn.prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?;
+        stmt.exists(params![column])
+    };
+    if !has("sweeps", "overrides")? {
+        conn.execute_batch("ALTER TABLE sweeps ADD COLUMN overrides TEXT NOT NULL DEFAULT ''")?;
+    }
+    Ok(())
+}
