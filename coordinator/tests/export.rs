@@ -60,7 +60,10 @@ async fn the_store_supplies_the_spec_hash_and_every_table_is_exported() {
     let sweep = SweepId::from("x");
     let store = Store::open_read_only(dir.path()).unwrap();
     let meta = ResultsSource::sweep(&store, &sweep).unwrap().expect("the sweep is stored");
-    assert_eq!(meta.spec_hash, spec_hash(SPEC));
+    let validated = parse_spec(SPEC, Path::new("x.toml")).unwrap();
+    assert_eq!(meta.spec_hash, validated.hash(), "the hash of the validated spec the store keeps");
+    assert_ne!(meta.spec_hash, spec_hash(SPEC), "not of the text as the user wrote it");
+    assert_eq!(meta.spec_overrides, cbsweep_common::overrides_text(&validated.overrides));
     assert!(ResultsSource::sweep(&store, &"other".into()).unwrap().is_none());
     assert_eq!(ResultsSource::trials(&store, &sweep).unwrap().len(), 4);
     assert_eq!(ResultsSource::curves(&store, &sweep).unwrap().len(), 4 * 3);
