@@ -460,7 +460,11 @@ fn timed_pack(engine: cbsweep_worker::torch::Engine, dev: tch::Device, warm: &[T
     let t0 = Instant::now();
     let results = trainer.train_pack(pack, &mut |_: usize, _: &EpochRecord| Control::Continue);
     let secs = t0.elapsed().as_secs_f64();
-    anyhow::ensure!(results.iter().all(|r| r.outcome.status() != "failed"), "training failed: {:?}", results[0].outcome);
+    anyhow::ensure!(
+        results.iter().all(|r| r.result().is_some_and(|r| r.outcome.status() != "failed")),
+        "training failed: {:?}",
+        results[0].result().map(|r| &r.outcome)
+    );
     Ok(secs)
 }
 
@@ -1007,7 +1011,11 @@ fn memory_child(engine: &str, m: usize, level: u32, steps: u32) -> anyhow::Resul
     let before = proc_status_bytes("VmRSS")?;
     let pack: Vec<TrialSpec> = (0..m as u64).map(|s| spec(Arch::Cbrnn, s, level, steps)).collect();
     let results = trainer.train_pack(&pack, &mut |_: usize, _: &EpochRecord| Control::Continue);
-    anyhow::ensure!(results.iter().all(|r| r.outcome.status() != "failed"), "training failed: {:?}", results[0].outcome);
+    anyhow::ensure!(
+        results.iter().all(|r| r.result().is_some_and(|r| r.outcome.status() != "failed")),
+        "training failed: {:?}",
+        results[0].result().map(|r| &r.outcome)
+    );
     let peak = proc_status_bytes("VmHWM")?;
     println!("{}", serde_json::json!({ "before": before, "peak": peak, "peak_reset": reset }));
     Ok(())
