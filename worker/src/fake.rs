@@ -69,24 +69,24 @@ impl Trainer for FakeTrainer {
             self.log(&t.id().0);
         }
         let mut curves: Vec<Vec<EpochRecord>> = vec![Vec::new(); pack.len()];
-        let mut outcome: Vec<Option<Ending>> = vec![None; pack.len()];
+        let mut ending: Vec<Option<Ending>> = vec![None; pack.len()];
         let mut levels: Vec<u32> = pack.iter().map(|t| t.budget.start_level).collect();
         let epochs = pack.first().map(|t| t.budget.epochs).unwrap_or(0);
         'epochs: for epoch in 1..=epochs {
             std::thread::sleep(Duration::from_millis(self.cfg.epoch_ms));
             for (i, t) in pack.iter().enumerate() {
-                if outcome[i].is_some() {
+                if ending[i].is_some() {
                     continue;
                 }
                 if self.cfg.fail_seeds.contains(&t.seed.0) {
-                    outcome[i] = Some(Ending::Outcome(TrialOutcome::Failed(format!("fake failure for seed {}", t.seed))));
+                    ending[i] = Some(Ending::Outcome(TrialOutcome::Failed(format!("fake failure for seed {}", t.seed))));
                     continue;
                 }
                 let mut rec = fake_epoch(t, epoch, levels[i]);
                 if epoch > 1 && self.cfg.diverge_seeds.contains(&t.seed.0) {
                     rec.train_loss = f64::NAN;
                     curves[i].push(rec);
-                    outcome[i] = Some(Ending::Outcome(TrialOutcome::Diverged));
+                    ending[i] = Some(Ending::Outcome(TrialOutcome::Diverged));
                     continue;
                 }
                 if rec.solved {
@@ -95,9 +95,9 @@ impl Trainer for FakeTrainer {
                 curves[i].push(rec);
                 match on_epoch(i, &rec) {
                     Control::Continue => {}
-                    Control::StopTrial => outcome[i] = Some(Ending::Stopped),
+                    Control::StopTrial => ending[i] = Some(Ending::Stopped),
                     Control::StopAll => {
-                        for o in outcome.iter_mut().filter(|o| o.is_none()) {
+                        for o in ending.iter_mut().filter(|o| o.is_none()) {
                             *o = Some(Ending::Stopped);
                         }
                         break 'epochs;
@@ -108,7 +108,7 @@ impl Trainer for FakeTrainer {
         let wall = start.elapsed().as_millis() as u64;
         pack.iter()
             .zip(curves)
-            .zip(outcome)
+            .zip(ending)
             .map(|((t, curve), o)| {
                 let outcome = match o.unwrap_or(Ending::Outcome(TrialOutcome::Completed)) {
                     Ending::Outcome(outcome) => outcome,
