@@ -26,7 +26,11 @@ pub(crate) fn memory_child(engine: &str, m: usize, level: u32, steps: u32) -> an
     let before = proc_status_bytes("VmRSS")?;
     let pack: Vec<TrialSpec> = (0..m as u64).map(|s| spec(Arch::Cbrnn, s, level, steps)).collect();
     let results = trainer.train_pack(&pack, &mut |_: usize, _: &EpochRecord| Control::Continue);
-    anyhow::ensure!(results.iter().all(|r| r.outcome.status() != "failed"), "training failed: {:?}", results[0].outcome);
+    anyhow::ensure!(
+        results.iter().all(|r| r.result().is_some_and(|r| !matches!(r.outcome, cbsweep_common::TrialOutcome::Failed(_)))),
+        "training failed: {:?}",
+        results[0].result().map(|r| &r.outcome)
+    );
     let peak = proc_status_bytes("VmHWM")?;
     println!("{}", serde_json::json!({ "before": before, "peak": peak, "peak_reset": reset }));
     Ok(())

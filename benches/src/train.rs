@@ -255,7 +255,11 @@ fn timed_pack(engine: cbsweep_worker::torch::Engine, dev: tch::Device, warm: &[T
     let t0 = Instant::now();
     let results = trainer.train_pack(pack, &mut |_: usize, _: &EpochRecord| Control::Continue);
     let secs = t0.elapsed().as_secs_f64();
-    anyhow::ensure!(results.iter().all(|r| r.outcome.status() != "failed"), "training failed: {:?}", results[0].outcome);
+    anyhow::ensure!(
+        results.iter().all(|r| r.result().is_some_and(|r| !matches!(r.outcome, cbsweep_common::TrialOutcome::Failed(_)))),
+        "training failed: {:?}",
+        results[0].result().map(|r| &r.outcome)
+    );
     Ok(secs)
 }
 

@@ -3,7 +3,7 @@
 //! coordinator that goes away for a while (retries with backoff) and hands its leases back
 //! when told to stop.
 
-use crate::trainer::{Control, Trainer};
+use crate::trainer::{Control, Trainer, TrialEnd};
 use cbsweep_common::{Attempt, EpochRecord, TrialId, TrialOutcome, TrialResult, TrialSpec};
 use cbsweep_proto::client::{self, ClientError, WorkerClient};
 use cbsweep_proto::{PROTOCOL_VERSION, v1};
@@ -269,14 +269,14 @@ async fn train(
                 Control::Continue
             }
         };
-        let results = trainer.train_pack(&specs, &mut on_epoch);
-        (trainer, results)
+        let ends = trainer.train_pack(&specs, &mut on_epoch);
+        (trainer, ends)
     });
     let mut pending: Vec<(usize, EpochRecord)> = Vec::new();
     let mut flush = tokio::time::interval(Duration::from_secs(1));
     let mut beat = tokio::time::interval(s.heartbeat);
     let mut sd = s.shutdown.clone();
-    let (trainer, results) = loop {
+    let (trainer, ends) = loop {
         tokio::select! {
             joined = &mut task => break joined.map_err(|e| WorkerError::TrainerPanicked(e.to_string()))?,
             Some(p) = rx.recv() => pending.push(p),
@@ -320,14 +320,14 @@ async fn train(
     let stopping = stop_all.load(Ordering::Relaxed);
     let mut hand_back = Vec::new();
     let mut report = Vec::new();
-    for (i, (h, result)) in pack.iter().zip(results).enumerate() {
-        let stopped = matches!(&result.outcome, TrialOutcome::Failed(r) if r == "stopped");
-        if revoked[i].load(Ordering::Relaxed) && stopped {
-            tracing::info!(trial_id = %h.id, "lease revoked; result dropped");
-        } else if stopping && stopped {
-            hand_back.push(h.id.0.clone());
-        } else {
-            report.push((h, result));
+    for (i, (h, end)) in pack.iter().zip(ends).enumerate() {
+        match end {
+            TrialEnd::Finished(result) => report.push((h, result)),
+            TrialEnd::Stopped { .. } if revoked[i].load(Ordering::Relaxed) => {
+                tracing::info!(trial_id = %h.id, "lease revoked; result dropped");
+            }
+            // stopped unfinished (the worker is stopping): the coordinator leases it again
+            TrialEnd::Stopped { .. } => hand_back.push(h.id.0.clone()),
         }
     }
     let mut next = None;

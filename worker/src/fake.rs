@@ -1,7 +1,7 @@
 //! A fake trainer for scheduler and fault tests: no libtorch, controllable duration, failures
 //! and divergence, and an optional log of every execution (to count re-runs).
 
-use crate::trainer::{Control, Trainer};
+use crate::trainer::{Control, Trainer, TrialEnd};
 use cbsweep_common::{EpochRecord, TrialOutcome, TrialResult, TrialSpec};
 use std::io::Write;
 use std::path::PathBuf;
@@ -40,6 +40,13 @@ impl FakeTrainer {
     }
 }
 
+/// How a fake trial ended.
+#[derive(Clone, Debug)]
+enum Ending {
+    Outcome(TrialOutcome),
+    Stopped,
+}
+
 /// A deterministic curve: level rises every second epoch, faster for the CB-RNN.
 fn fake_epoch(t: &TrialSpec, epoch: u32, level: u32) -> EpochRecord {
     let solved = (epoch + t.seed.0 as u32 + u32::from(t.arch == cbsweep_common::Arch::Cbrnn)).is_multiple_of(2);
@@ -56,30 +63,30 @@ fn fake_epoch(t: &TrialSpec, epoch: u32, level: u32) -> EpochRecord {
 }
 
 impl Trainer for FakeTrainer {
-    fn train_pack(&mut self, pack: &[TrialSpec], on_epoch: &mut dyn FnMut(usize, &EpochRecord) -> Control) -> Vec<TrialResult> {
+    fn train_pack(&mut self, pack: &[TrialSpec], on_epoch: &mut dyn FnMut(usize, &EpochRecord) -> Control) -> Vec<TrialEnd> {
         let start = Instant::now();
         for t in pack {
             self.log(&t.id().0);
         }
         let mut curves: Vec<Vec<EpochRecord>> = vec![Vec::new(); pack.len()];
-        let mut outcome: Vec<Option<TrialOutcome>> = vec![None; pack.len()];
+        let mut ending: Vec<Option<Ending>> = vec![None; pack.len()];
         let mut levels: Vec<u32> = pack.iter().map(|t| t.budget.start_level).collect();
         let epochs = pack.first().map(|t| t.budget.epochs).unwrap_or(0);
         'epochs: for epoch in 1..=epochs {
             std::thread::sleep(Duration::from_millis(self.cfg.epoch_ms));
             for (i, t) in pack.iter().enumerate() {
-                if outcome[i].is_some() {
+                if ending[i].is_some() {
                     continue;
                 }
                 if self.cfg.fail_seeds.contains(&t.seed.0) {
-                    outcome[i] = Some(TrialOutcome::Failed(format!("fake failure for seed {}", t.seed)));
+                    ending[i] = Some(Ending::Outcome(TrialOutcome::Failed(format!("fake failure for seed {}", t.seed))));
                     continue;
                 }
                 let mut rec = fake_epoch(t, epoch, levels[i]);
                 if epoch > 1 && self.cfg.diverge_seeds.contains(&t.seed.0) {
                     rec.train_loss = f64::NAN;
                     curves[i].push(rec);
-                    outcome[i] = Some(TrialOutcome::Diverged);
+                    ending[i] = Some(Ending::Outcome(TrialOutcome::Diverged));
                     continue;
                 }
                 if rec.solved {
@@ -88,10 +95,10 @@ impl Trainer for FakeTrainer {
                 curves[i].push(rec);
                 match on_epoch(i, &rec) {
                     Control::Continue => {}
-                    Control::StopTrial => outcome[i] = Some(TrialOutcome::Failed("stopped".into())),
+                    Control::StopTrial => ending[i] = Some(Ending::Stopped),
                     Control::StopAll => {
-                        for o in outcome.iter_mut().filter(|o| o.is_none()) {
-                            *o = Some(TrialOutcome::Failed("stopped".into()));
+                        for o in ending.iter_mut().filter(|o| o.is_none()) {
+                            *o = Some(Ending::Stopped);
                         }
                         break 'epochs;
                     }
@@ -101,20 +108,23 @@ impl Trainer for FakeTrainer {
         let wall = start.elapsed().as_millis() as u64;
         pack.iter()
             .zip(curves)
-            .zip(outcome)
+            .zip(ending)
             .map(|((t, curve), o)| {
-                let outcome = o.unwrap_or(TrialOutcome::Completed);
+                let outcome = match o.unwrap_or(Ending::Outcome(TrialOutcome::Completed)) {
+                    Ending::Outcome(outcome) => outcome,
+                    Ending::Stopped => return TrialEnd::Stopped { curve },
+                };
                 if outcome == TrialOutcome::Completed {
                     self.log(&format!("{} done", t.id().0));
                 }
-                TrialResult {
+                TrialEnd::Finished(TrialResult {
                     outcome,
                     curve,
                     wall_time_ms: wall,
                     device: "fake".into(),
                     pack_size: pack.len() as u32,
                     analyses: Vec::new(),
-                }
+                })
             })
             .collect()
     }

@@ -2,19 +2,30 @@
 //! three curriculum tasks, and the training of a pack of same-shape trials as one batched
 //! computation on one device.
 //!
-//! Owns: task data generation from each trial's own seed (`tasks`), the packed models
-//! (`model`), the optimiser, regimes and curriculum (`train`), and the analyses and saved
-//! weights at each checkpoint (`analysis`). This is the only module of the worker that knows tch
-//! (the benches aside); everything else sees `crate::trainer::Trainer`.
+//! Layers, each using only those below it: `tasks` (data from each trial's own seed), `input`
+//! (host batches packed into tensors), `model` (the packed models), `regime` (which modules
+//! learn), `error`; the engines behind the `engine` seam (`engine::cpu` over `fused`,
+//! `engine::libtorch`); the analyses at each checkpoint (`analysis`); a trial's curriculum
+//! (`trial`) and a pack's epoch loop (`run`); and `train`, the `Trainer` that picks each pack's
+//! engine. This is the only module of the worker that knows tch (the benches aside); everything
+//! else sees `crate::trainer::Trainer`.
 
 mod analysis;
 pub mod cuda;
+mod engine;
+mod error;
 mod fused;
+mod input;
 mod model;
+mod regime;
+mod run;
 mod tasks;
 mod train;
+mod trial;
 
 pub use train::{Engine, TorchTrainer};
 
+#[cfg(test)]
+mod testing;
 #[cfg(test)]
 mod tests;

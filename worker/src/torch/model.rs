@@ -4,8 +4,11 @@
 //!
 //! Weights are drawn per trial from the trial's own seeded Rust RNG (`tasks::Stream::Weights`)
 //! and copied into the packed tensors, so a trial starts from the same numbers whatever pack it
-//! is in.
+//! is in. Also here: the per-trial loss and correct counts of a pack's logits, and its test
+//! accuracy in passes (`count_correct`), which the libtorch engine and the ablation share.
+//! Tests against the PyTorch reference live in `model/tests.rs`.
 
+use super::input::{Batches, PackedInput, host_tensor, in_passes};
 use super::tasks::{self, Stream};
 use cbsweep_common::{Arch, TrialSpec};
 use rand::Rng;
@@ -68,6 +71,13 @@ pub(crate) struct Step<'a> {
     pub(crate) activity: [Option<&'a Tensor>; 4],
 }
 
+/// What a time loop calls with every step's activity.
+pub(crate) type Observe<'o> = dyn FnMut(Step<'_>) -> Result<(), TchError> + 'o;
+
+/// A time loop over a packed model with `PackedModel::unroll`'s contract; the analyses' long
+/// drives run on the one the engine offers (`PackEngine::unroll`).
+pub(crate) type Unroll<'u> = dyn Fn(&PackedModel, &PackedInput, CbOutput, &mut Observe<'_>) -> Result<Tensor, TchError> + 'u;
+
 /// The tensor shapes shared by every trial of a pack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Dims {
@@ -99,19 +109,6 @@ pub(crate) struct ParamSpec {
     /// Shape of one trial's tensor (the packed tensor has M in front).
     pub(crate) shape: Vec<i64>,
     pub(crate) init: Init,
-}
-
-/// The inputs of one packed forward pass. Padding past a sequence's own length is ignored.
-#[derive(Debug)]
-pub(crate) struct PackedInput {
-    /// Bits as numbers, [T, M, B]; T is the longest length in the pack.
-    pub(crate) x: Tensor,
-    /// Each sequence's own length, [M, B] (int64).
-    pub(crate) lengths: Tensor,
-    /// The shortest length in `lengths`: steps before it need no masking.
-    pub(crate) min_len: i64,
-    /// Initial state, [M, B, H].
-    pub(crate) h0: Tensor,
 }
 
 /// The parameters of M trials of one shape, each with the pack axis in front, in the order of
@@ -239,30 +236,6 @@ fn draw_init(rng: &mut impl Rng, p: &ParamSpec) -> Vec<f64> {
     }
 }
 
-/// A host vector as a tensor of `kind` on `device` with the given shape.
-pub(crate) fn host_tensor(values: &[f64], shape: &[i64], kind: Kind, device: Device) -> Result<Tensor, TchError> {
-    let t = if kind == Kind::Float {
-        let narrow: Vec<f32> = values.iter().map(|&v| v as f32).collect();
-        Tensor::f_from_slice(&narrow)?
-    } else {
-        Tensor::f_from_slice(values)?.f_to_kind(kind)?
-    };
-    to_device(t.f_reshape(shape)?, device)
-}
-
-/// A host tensor moved to `device` without holding the host up: onto a GPU it goes through
-/// pinned memory as an asynchronous copy queued on the stream, where a copy from pageable
-/// memory would first wait for every kernel already queued (a host-device round trip per step).
-/// libtorch's pinned-memory cache keeps the staging block until its copy has run.
-pub(crate) fn to_device(t: Tensor, device: Device) -> Result<Tensor, TchError> {
-    match device {
-        // `_pin_memory`: what `pin_memory` calls, without its warning (on every call) that the
-        // device argument, which tch always passes, is deprecated
-        Device::Cuda(_) => t.f_internal_pin_memory(device)?.f_to_device_(device, t.kind(), true, false),
-        _ => t.f_to_device(device),
-    }
-}
-
 impl PackedModel {
     /// The models of `trials` (all of shape `dims`) packed along a leading axis, each with the
     /// weights its own seed gives.
@@ -321,12 +294,7 @@ impl PackedModel {
     /// Runs the time loop from `input.h0` and returns the final states, [M, B, H]; `observe`
     /// sees every step's activity (the state recorded past a sequence's own length is its
     /// frozen final state).
-    pub(crate) fn unroll(
-        &self,
-        input: &PackedInput,
-        cb: CbOutput,
-        observe: &mut dyn FnMut(Step<'_>) -> Result<(), TchError>,
-    ) -> Result<Tensor, TchError> {
+    pub(crate) fn unroll(&self, input: &PackedInput, cb: CbOutput, observe: &mut Observe<'_>) -> Result<Tensor, TchError> {
         let (t_max, _m, _b) = input.x.size3()?;
         let h = self.dims.hidden;
         let g = self.dims.granule;
@@ -402,134 +370,21 @@ pub(crate) fn correct_counts(logits: &Tensor, labels: &Tensor) -> Result<Tensor,
     predicted.f_eq_tensor(labels)?.f_sum_dim_intlist(Some([1i64].as_slice()), false, Kind::Int64)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::torch::tasks::{draw_batch, draw_h0};
-    use crate::torch::tests::small_spec;
-    use crate::torch::train::pack_batches;
-    use cbsweep_common::{Regime, Seed, Task, model_size};
-    use std::path::{Path, PathBuf};
-    use std::process::Command;
-
-    #[test]
-    fn built_models_have_the_trial_spec_parameter_count() {
-        let mut cb = small_spec(1, Task::Dms, Arch::Cbrnn, Regime::Simult);
-        (cb.hidden, cb.granule, cb.purkinje) = (64, 256, 64);
-        let rnn = TrialSpec { arch: Arch::Rnn, hidden: model_size::matched_rnn_hidden(64, 256, 64), ..cb.clone() };
-        for (spec, expected) in [(&cb, 41_922), (&rnn, 41_816)] {
-            let dims = Dims::of(spec);
-            assert_eq!(spec.param_count(), expected);
-            assert_eq!(dims.param_count(), expected as i64);
-            let pack = [spec.clone(), TrialSpec { seed: Seed(2), ..spec.clone() }];
-            let model = PackedModel::new(dims, &pack, Kind::Float, Device::Cpu).unwrap();
-            let numel: usize = model.params().iter().map(Tensor::numel).sum();
-            assert_eq!(numel as u64, 2 * expected, "{}", spec.arch);
-        }
-    }
-
-    #[test]
-    fn initial_weights_follow_the_spec() {
-        let spec = small_spec(9, Task::Dms, Arch::Cbrnn, Regime::Simult);
-        let dims = Dims::of(&spec);
-        let init = init_trial(&dims, &spec);
-        assert_eq!(init, init_trial(&dims, &spec), "the weights follow from the seed");
-        for (p, values) in dims.param_specs().iter().zip(&init) {
-            let n = values.len() as f64;
-            match p.init {
-                Init::Uniform { bound } => assert!(values.iter().all(|v| v.abs() <= bound), "{}", p.name),
-                Init::Zeros => assert!(values.iter().all(|&v| v == 0.0), "{}", p.name),
-                Init::Normal { std } => {
-                    let sd = (values.iter().map(|v| v * v).sum::<f64>() / n).sqrt();
-                    assert!((sd / std - 1.0).abs() < 0.2, "{}: sd {sd} for {std}", p.name);
-                }
-            }
-        }
-        assert_eq!(dims.param_specs()[0].init, Init::Uniform { bound: 1.0 });
-        assert_eq!(dims.param_specs()[2].init, Init::Uniform { bound: 0.25 });
-    }
-
-    /// The project's Python (scripts/setup.sh makes it).
-    fn venv_python() -> PathBuf {
-        let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-        assert!(python.exists(), "{} is missing: run scripts/setup.sh", python.display());
-        python
-    }
-
-    fn write_npy(t: &Tensor, dir: &Path, name: &str) {
-        t.contiguous().write_npy(dir.join(format!("{name}.npy"))).unwrap();
-    }
-
-    fn assert_close(ours: &Tensor, reference: &Tensor, what: &str) {
-        assert_eq!(ours.size(), reference.size(), "{what}: shape");
-        let diff = (ours - reference).abs().max().double_value(&[]);
-        let scale = reference.abs().max().double_value(&[]).max(1.0);
-        assert!(diff <= 1e-9 * scale, "{what}: max difference {diff} against the reference (scale {scale})");
-    }
-
-    /// Runs one pack through our forward and backward and through the Python reference, and
-    /// compares logits and (with the module on) every parameter's gradient.
-    fn crosscheck(arch: Arch, cb: CbOutput) {
-        crate::torch::tests::one_thread();
-        let dims = Dims { arch, hidden: 12, granule: 20, purkinje: 7 };
-        let specs: Vec<TrialSpec> = (21..24).map(|s| small_spec(s, Task::Dms, arch, Regime::Simult)).collect();
-        let model = crate::torch::tests::model_with_active_module(dims, &specs, 99);
-        // trial m: two batches of three sequences at level 2 + m, so lengths differ within and
-        // between trials
-        let per_row: Vec<Vec<_>> = (0..3u32)
-            .map(|m| {
-                let mut rng = tasks::stream(Seed(100 + u64::from(m)), Stream::TrainData);
-                (0..2).map(|_| (draw_batch(&mut rng, Task::Parity, 2 + m, 3), draw_h0(&mut rng, 3, 12))).collect()
-            })
-            .collect();
-        let (input, labels) = pack_batches(&per_row, dims.hidden, Kind::Double, Device::Cpu).unwrap();
-        let logits = model.forward(&input, cb).unwrap();
-        let loss = cross_entropy(&logits, &labels).unwrap().sum(None::<Kind>);
-        let grads = Tensor::run_backward(&[loss], model.params(), false, false);
-
-        let dir = tempfile::tempdir().unwrap();
-        for (p, t) in dims.param_specs().iter().zip(model.params()) {
-            write_npy(&t.detach(), dir.path(), &format!("param_{}", p.name));
-        }
-        write_npy(&input.x, dir.path(), "x");
-        write_npy(&input.lengths, dir.path(), "lengths");
-        write_npy(&input.h0, dir.path(), "h0");
-        write_npy(&labels, dir.path(), "labels");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/torch_crosscheck.py");
-        let with_grads = if cb == CbOutput::On { "grads" } else { "nograds" };
-        let cb_arg = if cb == CbOutput::On { "on" } else { "off" };
-        let out = Command::new(venv_python())
-            .arg(&script)
-            .args([dir.path().to_str().unwrap(), &arch.to_string(), cb_arg, with_grads])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "reference failed: {}", String::from_utf8_lossy(&out.stderr));
-
-        let read = |name: &str| Tensor::read_npy(dir.path().join(format!("{name}.npy"))).unwrap();
-        assert_close(&logits.detach(), &read("logits"), "logits");
-        if cb == CbOutput::On {
-            for (p, g) in dims.param_specs().iter().zip(&grads) {
-                assert_close(g, &read(&format!("grad_{}", p.name)), &format!("gradient of {}", p.name));
-            }
-        } else {
-            let on = model.forward(&input, CbOutput::On).unwrap();
-            let moved = (on - &logits).abs().max().double_value(&[]);
-            assert!(arch == Arch::Rnn || moved > 1e-3, "switching the module off changes the logits ({moved})");
-        }
-    }
-
-    #[test]
-    fn cbrnn_matches_an_independent_pytorch_reference() {
-        crosscheck(Arch::Cbrnn, CbOutput::On);
-    }
-
-    #[test]
-    fn cbrnn_without_its_module_matches_the_reference_ablation() {
-        crosscheck(Arch::Cbrnn, CbOutput::Off);
-    }
-
-    #[test]
-    fn rnn_matches_an_independent_pytorch_reference() {
-        crosscheck(Arch::Rnn, CbOutput::On);
-    }
+/// Correct answers per row, [M] (int64), of `model` on each row's batches (every row the same
+/// number), under no_grad.
+pub(crate) fn count_correct(model: &PackedModel, drawn: Batches, cb: CbOutput, kind: Kind, device: Device) -> Result<Tensor, TchError> {
+    let _no_grad = tch::no_grad_guard();
+    let mut correct = Tensor::f_zeros([drawn.len() as i64], (Kind::Int64, device))?;
+    // test batches evaluated together in one forward pass (sorted by length, so little
+    // padding); the memory model sizes packs for this many
+    let per_pass = cbsweep_common::memory::TEST_BATCHES_PER_PASS as usize;
+    in_passes(drawn, per_pass, model.dims().hidden, kind, device, &mut |input, labels| {
+        let logits = model.forward(input, cb)?; // [M, B', 2]
+        correct = correct.f_add(&correct_counts(&logits, labels)?)?;
+        Ok(())
+    })?;
+    Ok(correct)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,94 +1,20 @@
-//! Tests of the libtorch trainer as its callers see it, on the CPU with small budgets, and the
-//! helpers that build small trial specs for the module tests.
+//! Tests of the libtorch trainer as its callers see it, on the CPU with small budgets (packed
+//! equals one by one, the CPU engine against libtorch over whole trainings, stops, analyses),
+//! and of the engine seam under the run loop (freeze semantics, state written and read back).
 
-use super::TorchTrainer;
-use super::model::{Dims, Module, PackedModel, init_trial};
-use super::tasks::{self, Stream};
-use crate::trainer::{Control, Trainer};
-use cbsweep_common::{
-    AnalysisPlan, Arch, EpochRecord, FreezePoint, Regime, Seed, SweepId, Task, TrainBudget, TrialOutcome, TrialResult, TrialSpec,
-};
-use rand::Rng;
+use super::engine::PackState;
+use super::model::Module;
+use super::regime::Learning;
+use super::run::PackRun;
+use super::testing::{analysis_plan, one_thread, small_budget, small_spec};
+use super::train::build_engine;
+use super::trial::TrialRun;
+use super::{Engine, TorchTrainer};
+use crate::trainer::{Control, Trainer, TrialEnd};
+use cbsweep_common::{AnalysisPlan, Arch, EpochRecord, FreezePoint, Regime, Seed, Task, TrainBudget, TrialOutcome, TrialResult, TrialSpec};
 use std::path::Path;
-use tch::{Device, Kind};
-
-/// A budget that runs in well under a second per trial on one CPU core.
-pub(crate) fn small_budget() -> TrainBudget {
-    TrainBudget {
-        epochs: 6,
-        steps_per_epoch: 10,
-        test_batches: 3,
-        batch_size: 16,
-        start_level: 2,
-        max_level: 4,
-        solve_threshold: 0.6,
-        momentum: 0.1,
-        clip_norm: 7.5,
-    }
-}
-
-/// A small CB-RNN (H = 16, G = 32, P = 8) or the plain RNN of the same pack shape.
-pub(crate) fn small_spec(seed: u64, task: Task, arch: Arch, regime: Regime) -> TrialSpec {
-    TrialSpec {
-        sweep: SweepId::from("torch-tests"),
-        task,
-        arch,
-        hidden: 16,
-        granule: 32,
-        purkinje: 8,
-        seed: Seed(seed),
-        regime,
-        lr_core: 0.05,
-        lr_cb: 0.05,
-        lr_readout: 0.05,
-        core_plasticity: 1.0,
-        budget: small_budget(),
-        analysis: AnalysisPlan { every_levels: 0, ..AnalysisPlan::study() },
-    }
-}
-
-/// A float64 pack of `specs` (shapes `dims`) whose cerebellar weights are drawn from
-/// U(-0.3, 0.3) on weight stream `seed`: the module starts near zero, and larger values make it
-/// matter in a comparison of forward and backward passes.
-pub(crate) fn model_with_active_module(dims: Dims, specs: &[TrialSpec], seed: u64) -> PackedModel {
-    let mut rng = tasks::stream(Seed(seed), Stream::Weights);
-    let inits: Vec<Vec<Vec<f64>>> = specs
-        .iter()
-        .map(|s| {
-            let mut init = init_trial(&dims, s);
-            for (p, values) in dims.param_specs().iter().zip(init.iter_mut()) {
-                if p.module == Module::Cb {
-                    values.iter_mut().for_each(|v| *v = 0.6 * rng.random::<f64>() - 0.3);
-                }
-            }
-            init
-        })
-        .collect();
-    PackedModel::from_host(dims, &inits, Kind::Double, Device::Cpu).unwrap()
-}
-
-/// Every analysis at every solved level, at sizes that take a fraction of a second for the
-/// small models; no saved weights.
-pub(crate) fn analysis_plan() -> AnalysisPlan {
-    AnalysisPlan {
-        every_levels: 1,
-        ablation_batches: 2,
-        dimensionality_batches: 2,
-        timescale_steps: 700,
-        timescale_trials: 2,
-        timescale_burn_in: 100,
-        timescale_max_lag: 40,
-        timescale_fit_lags: 10,
-        save_checkpoints: false,
-    }
-}
-
-/// One intra-op thread for the calling test thread: the test harness already runs tests in
-/// parallel, and OpenMP threads spinning against each other on a busy machine cost far more than
-/// they bring at these sizes.
-pub(crate) fn one_thread() {
-    tch::set_num_threads(1);
-}
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
 
 /// Trains `pack` on the CPU, collecting the records reported through `on_epoch` per trial.
 fn train(pack: &[TrialSpec]) -> (Vec<TrialResult>, Vec<Vec<EpochRecord>>) {
@@ -104,7 +30,17 @@ fn train_saving(pack: &[TrialSpec], dir: Option<&Path>) -> (Vec<TrialResult>, Ve
         reported[i].push(*r);
         Control::Continue
     });
-    (results, reported)
+    (finished(results), reported)
+}
+
+/// The results of trials none of which was stopped.
+fn finished(ends: Vec<TrialEnd>) -> Vec<TrialResult> {
+    ends.into_iter()
+        .map(|end| match end {
+            TrialEnd::Finished(result) => result,
+            TrialEnd::Stopped { .. } => panic!("a trial was stopped"),
+        })
+        .collect()
 }
 
 fn assert_same_curve(packed: &TrialResult, alone: &TrialResult, what: &str) {
@@ -184,9 +120,9 @@ fn the_cpu_engine_trains_as_libtorch_does() {
     for pack in [pack, rnn] {
         let run = |engine| {
             let mut trainer = TorchTrainer::new(Device::Cpu).with_engine(engine);
-            trainer.train_pack(&pack, &mut |_, _| Control::Continue)
+            finished(trainer.train_pack(&pack, &mut |_, _| Control::Continue))
         };
-        let (fused, libtorch) = (run(super::Engine::Fused), run(super::Engine::Libtorch));
+        let (fused, libtorch) = (run(Engine::Fused), run(Engine::Libtorch));
         for (i, (f, l)) in fused.iter().zip(&libtorch).enumerate() {
             assert_same_curve(f, l, &format!("{} trial {i}", pack[i].arch));
         }
@@ -306,24 +242,24 @@ fn control_stops_one_trial_or_the_whole_pack() {
     let mut spec = small_spec(0, Task::Dms, Arch::Cbrnn, Regime::Simult);
     spec.budget.solve_threshold = 1.01; // never solved: every trial runs all its epochs
     let pack: Vec<TrialSpec> = (0..3).map(|s| TrialSpec { seed: Seed(s), ..spec.clone() }).collect();
-    let stopped = TrialOutcome::Failed("stopped".into());
+    let stopped = |end: &TrialEnd| matches!(end, TrialEnd::Stopped { .. });
 
     one_thread();
     let results = TorchTrainer::new(Device::Cpu).train_pack(&pack, &mut |i, r| {
         if i == 1 && r.epoch == 2 { Control::StopTrial } else { Control::Continue }
     });
-    assert_eq!(results[1].outcome, stopped);
-    assert_eq!(results[1].curve.len(), 2);
+    assert!(stopped(&results[1]));
+    assert_eq!(results[1].curve().len(), 2);
     for i in [0, 2] {
-        assert_eq!(results[i].outcome, TrialOutcome::Completed);
-        assert_eq!(results[i].curve.len(), 6);
+        assert_eq!(results[i].result().map(|r| &r.outcome), Some(&TrialOutcome::Completed));
+        assert_eq!(results[i].curve().len(), 6);
     }
 
     let results = TorchTrainer::new(Device::Cpu).train_pack(&pack, &mut |i, r| {
         if i == 0 && r.epoch == 3 { Control::StopAll } else { Control::Continue }
     });
-    assert!(results.iter().all(|r| r.outcome == stopped));
-    assert_eq!(results.iter().map(|r| r.curve.len()).collect::<Vec<_>>(), [3, 2, 2]);
+    assert!(results.iter().all(stopped));
+    assert_eq!(results.iter().map(|r| r.curve().len()).collect::<Vec<_>>(), [3, 2, 2]);
 }
 
 #[test]
@@ -359,5 +295,94 @@ fn cbrnn_epoch_timing() {
         let took = started.elapsed().as_secs_f64();
         assert!(results.0.iter().all(|r| r.outcome == TrialOutcome::Completed));
         println!("pack of {m}: one epoch in {took:.2} s ({:.2} s per trial)", took / m as f64);
+    }
+}
+
+/// Copies of one row's parameters and momentum buffers of `module`.
+fn row_state(state: &PackState, row: i64, module: Module) -> Vec<Tensor> {
+    let specs = state.model.dims().param_specs();
+    let params = state.model.params().iter().zip(&state.momentum).zip(&specs);
+    params.filter(|(_, s)| s.module == module).flat_map(|((p, b), _)| [p.get(row).copy(), b.get(row).copy()]).collect()
+}
+
+fn identical(a: &[Tensor], b: &[Tensor]) -> bool {
+    a.iter().zip(b).all(|(x, y)| x.equal(y))
+}
+
+fn steps(run: &mut PackRun, trials: &mut [TrialRun], n: usize) {
+    for _ in 0..n {
+        run.train_step(trials).unwrap();
+    }
+}
+
+#[test]
+fn frozen_modules_stay_bit_identical_momentum_included() {
+    one_thread();
+    let specs = [
+        small_spec(1, Task::Dms, Arch::Cbrnn, Regime::Reservoir { freeze: FreezePoint::Step(100) }),
+        small_spec(2, Task::Parity, Arch::Cbrnn, Regime::Simult),
+    ];
+    for engine in [Engine::Fused, Engine::Libtorch] {
+        let started = Instant::now();
+        let mut trials: Vec<TrialRun> = specs.iter().map(|s| TrialRun::new(s, started)).collect();
+        let engine = build_engine(engine, &specs, Kind::Float, Device::Cpu).unwrap();
+        let mut run = PackRun::new(&specs, engine, Kind::Float, Device::Cpu).unwrap();
+        let snapshot = |run: &PackRun, row| {
+            let state = run.state().unwrap();
+            Module::ALL.map(|m| row_state(&state, row, m))
+        };
+
+        let start = [snapshot(&run, 0), snapshot(&run, 1)];
+        steps(&mut run, &mut trials, 100);
+        let mid = [snapshot(&run, 0), snapshot(&run, 1)];
+        assert_eq!(trials[0].learning, Learning { core: true, cb: false });
+        steps(&mut run, &mut trials, 100);
+        let end = [snapshot(&run, 0), snapshot(&run, 1)];
+        assert_eq!(trials[0].learning, Learning { core: false, cb: true });
+
+        let (core, readout, cb) = (Module::Core.index(), Module::Readout.index(), Module::Cb.index());
+        // the reservoir trial: module frozen before the freeze point, core after it
+        assert!(identical(&start[0][cb], &mid[0][cb]), "the module is untouched before the freeze point");
+        assert!(!identical(&start[0][core], &mid[0][core]) && !identical(&start[0][readout], &mid[0][readout]));
+        assert!(identical(&mid[0][core], &end[0][core]), "the core is untouched after the freeze point");
+        assert!(!identical(&mid[0][cb], &end[0][cb]) && !identical(&mid[0][readout], &end[0][readout]));
+        // its pack mate learns everything throughout
+        for module in [core, readout, cb] {
+            assert!(!identical(&start[1][module], &mid[1][module]) && !identical(&mid[1][module], &end[1][module]));
+        }
+    }
+}
+
+/// A state written into either engine reads back as written, and both engines then train on
+/// from it alike.
+#[test]
+fn a_state_written_into_either_engine_reads_back_and_trains_on_alike() {
+    one_thread();
+    let specs: Vec<TrialSpec> = (1..4).map(|s| small_spec(s, Task::Dms, Arch::Cbrnn, Regime::Simult)).collect();
+    let other: Vec<TrialSpec> = (11..14).map(|s| small_spec(s, Task::Dms, Arch::Cbrnn, Regime::Simult)).collect();
+    let written = PackState::initial(&other, Kind::Float, Device::Cpu).unwrap();
+    let momentum: Vec<Tensor> = written.momentum.iter().map(|b| b.rand_like() * 0.01).collect();
+    let written = PackState { momentum, ..written };
+    let mut after = Vec::new();
+    for choice in [Engine::Fused, Engine::Libtorch] {
+        let mut engine = build_engine(choice, &specs, Kind::Float, Device::Cpu).unwrap();
+        engine.set_state(&written).unwrap();
+        let read = engine.state().unwrap();
+        for (a, b) in read.model.params().iter().chain(&read.momentum).zip(written.model.params().iter().chain(&written.momentum)) {
+            assert!(a.equal(b), "{choice:?}: read back as written");
+        }
+        let started = Instant::now();
+        let mut trials: Vec<TrialRun> = specs.iter().map(|s| TrialRun::new(s, started)).collect();
+        let mut run = PackRun::new(&specs, engine, Kind::Float, Device::Cpu).unwrap();
+        steps(&mut run, &mut trials, 5);
+        after.push(run.state().unwrap());
+    }
+    for (f, l) in after[0].model.params().iter().zip(after[1].model.params()) {
+        let diff = (f - l).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "the engines differ by {diff} after five steps from the written state");
+    }
+    let wrong = PackState::initial(&specs[..2], Kind::Float, Device::Cpu).unwrap();
+    for choice in [Engine::Fused, Engine::Libtorch] {
+        assert!(build_engine(choice, &specs, Kind::Float, Device::Cpu).unwrap().set_state(&wrong).is_err(), "{choice:?}: rows must match");
     }
 }

@@ -1,0 +1,39 @@
+//! The cerebellar output's ablation: accuracy on fixed batches with the module's output on and
+//! off (CB-RNN only), and the drop.
+
+use crate::torch::input::Batches;
+use crate::torch::model::{CbOutput, PackedModel, count_correct};
+use cbsweep_common::Arch;
+use tch::{Device, Kind, TchError};
+
+/// Accuracy with the cerebellar output on and off (CB-RNN only) and the drop, on each row's
+/// `batches` (every row the same number of sequences); `push(row, population, metric, value)`.
+pub(super) fn ablation(
+    model: &PackedModel,
+    batches: Batches,
+    kind: Kind,
+    device: Device,
+    push: &mut dyn FnMut(usize, &str, &str, f64),
+) -> Result<(), TchError> {
+    if batches.first().is_none_or(Vec::is_empty) {
+        return Ok(());
+    }
+    let sequences = batches[0].iter().map(|(b, _)| b.labels.len()).sum::<usize>() as f64;
+    let accuracy = |batches, cb| -> Result<Vec<f64>, TchError> {
+        let correct = count_correct(model, batches, cb, kind, device)?.f_to_device(Device::Cpu)?;
+        Ok(Vec::<i64>::try_from(&correct)?.into_iter().map(|c| c as f64 / sequences).collect())
+    };
+    let off = match model.dims().arch {
+        Arch::Cbrnn => Some(accuracy(batches.clone(), CbOutput::Off)?),
+        Arch::Rnn => None,
+    };
+    let on = accuracy(batches, CbOutput::On)?;
+    for (row, &on) in on.iter().enumerate() {
+        push(row, "network", "accuracy_cb_on", on);
+        if let Some(off) = &off {
+            push(row, "network", "accuracy_cb_off", off[row]);
+            push(row, "network", "ablation_drop", on - off[row]);
+        }
+    }
+    Ok(())
+}

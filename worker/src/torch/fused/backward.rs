@@ -1,0 +1,159 @@
+//! The CPU engine's backward pass through time, written by hand: the cross-entropy's gradient
+//! at the readout, per step back through time only the state's gradient (three products), and
+//! the weight gradients of all steps as three large products at the end (K = T x rows).
+
+use super::forward::{Job, NEGATIVE_SLOPE, Prepared, Scratch, forward, readout, sized};
+use super::matmul::{Mat, Real, matmul};
+use crate::torch::model::{self, ALPHA, CbOutput};
+
+/// Forward and backward of one job: adds the gradient of (sum of its sequences' losses) x
+/// `job.scale` to `grads` (a trial's flat layout) and returns the summed loss.
+pub(super) fn train_job<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut Scratch<T>, grads: &mut [T]) -> f64 {
+    let h = w.dims.hidden as usize;
+    let b = job.rows;
+    let last = forward(w, job, CbOutput::On, true, s);
+    readout(w, b, last, s);
+    let layout = w.layout;
+
+    // cross-entropy of the final logits, and its gradient
+    let scale = T::of(job.scale);
+    let mut loss = 0.0;
+    let dlogits: Vec<T> = {
+        let mut d = vec![T::zero(); b * 2];
+        for i in 0..b {
+            let l = &s.logits[i * 2..i * 2 + 2];
+            let top = l[0].max(l[1]);
+            let sum = (l[0] - top).exp() + (l[1] - top).exp();
+            let label = job.label(i);
+            loss += (sum.ln() + top - l[label]).to_f64().unwrap_or(f64::NAN);
+            for k in 0..2 {
+                let softmax = (l[k] - top).exp() / sum;
+                let target = if k == label { T::one() } else { T::zero() };
+                d[i * 2 + k] = (softmax - target) * scale;
+            }
+        }
+        d
+    };
+    let h_last = &s.hs[last * b * h..(last + 1) * b * h];
+    matmul(layout.get_mut(grads, model::W_O), h, Mat::new(&dlogits, b, 2).t(), Mat::new(h_last, b, h), true);
+    add_column_sums(layout.get_mut(grads, model::B_O), &dlogits, 2);
+    matmul(sized(&mut s.dh, b * h), h, Mat::new(&dlogits, b, 2), Mat::new(w.w(model::W_O), 2, h), false);
+
+    backward_steps(w, job, s);
+    weight_grads(w, job, s, grads);
+    loss * job.scale
+}
+
+/// Back through time from the state's gradient in `s.dh`: per step the gradients of the core's
+/// and granule layer's pre-activations (`s.dz`) and of the Purkinje layer's (`s.dp`).
+#[inline(never)]
+pub(super) fn backward_steps<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut Scratch<T>) {
+    let (h, g, p) = (w.dims.hidden as usize, w.dims.granule as usize, w.dims.purkinje as usize);
+    let b = job.rows;
+    let t_len = job.batch.len;
+    let module = w.module_on(CbOutput::On);
+    let n_rec = w.n_rec(CbOutput::On);
+    // back through time: per step, the state's gradient only; weight gradients come after
+    let dz = sized(&mut s.dz, t_len * b * n_rec);
+    let dp_all = sized(&mut s.dp, if module { t_len * b * p } else { 0 });
+    let dh = &mut s.dh[..b * h];
+    let dh_next = sized(&mut s.dh_next, b * h);
+    let (alpha, keep, slope) = (T::of(ALPHA), T::one() - T::of(ALPHA), T::of(NEGATIVE_SLOPE));
+    let w_rec = Mat::new(&w.w_rec[..n_rec * h], n_rec, h);
+    let mut dh: &mut [T] = dh;
+    let mut dh_next: &mut [T] = dh_next;
+    for t in (0..t_len).rev() {
+        let at = &s.a[t * b * h..(t + 1) * b * h];
+        let dzt = &mut dz[t * b * n_rec..(t + 1) * b * n_rec];
+        for ((dzi, ai), dhi) in dzt.chunks_mut(n_rec).zip(at.chunks(h)).zip(dh.chunks(h)) {
+            for ((d, &a), &x) in dzi[..h].iter_mut().zip(ai).zip(dhi) {
+                let scaled = x * alpha;
+                *d = if a > T::zero() { scaled } else { scaled * slope };
+            }
+        }
+        if module {
+            let (gt, pt) = (&s.g[t * b * g..(t + 1) * b * g], &s.p[t * b * p..(t + 1) * b * p]);
+            let dpt = &mut dp_all[t * b * p..(t + 1) * b * p];
+            matmul(dpt, p, Mat::strided(dzt, b, h, n_rec), Mat::new(w.w(model::W_DCN), h, p), false);
+            dpt.iter_mut().zip(pt).for_each(|(d, &v)| *d = if v > T::zero() { *d } else { T::zero() });
+            let (_, dg) = dzt.split_at_mut(h);
+            matmul(dg, n_rec, Mat::new(dpt, b, p), Mat::new(w.w(model::W_PC), p, g), false);
+            for (dgi, gi) in dg.chunks_mut(n_rec).zip(gt.chunks(g)) {
+                for (d, &v) in dgi[..g].iter_mut().zip(gi) {
+                    *d = if v > T::zero() { *d } else { T::zero() };
+                }
+            }
+        }
+        dh_next.iter_mut().zip(dh.iter()).for_each(|(n, &d)| *n = d * keep);
+        matmul(dh_next, h, Mat::new(dzt, b, n_rec), w_rec, true);
+        std::mem::swap(&mut dh, &mut dh_next);
+    }
+}
+
+/// Every step's contribution to the weight gradients, as one product over T x rows each.
+#[inline(never)]
+pub(super) fn weight_grads<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut Scratch<T>, grads: &mut [T]) {
+    let (h, g, p) = (w.dims.hidden as usize, w.dims.granule as usize, w.dims.purkinje as usize);
+    let b = job.rows;
+    let t_len = job.batch.len;
+    let module = w.module_on(CbOutput::On);
+    let n_rec = w.n_rec(CbOutput::On);
+    let layout = w.layout;
+    // weight gradients: every step's contribution in one product over T x rows
+    let k = t_len * b;
+    let dz = &s.dz[..k * n_rec];
+    let h_prev = &s.hs[..k * h];
+    matmul(layout.get_mut(grads, model::W_H), h, Mat::strided(dz, k, h, n_rec).t(), Mat::new(h_prev, k, h), true);
+    let mut d_wx = vec![T::zero(); h];
+    let mut d_bias = vec![T::zero(); h];
+    let mut d_gx = vec![T::zero(); if module { g } else { 0 }];
+    let mut d_bgc = vec![T::zero(); if module { g } else { 0 }];
+    for t in 0..t_len {
+        for i in 0..b {
+            let x = job.bit(t, i);
+            let row = &dz[(t * b + i) * n_rec..(t * b + i + 1) * n_rec];
+            for j in 0..h {
+                d_bias[j] += row[j];
+                if x {
+                    d_wx[j] += row[j];
+                }
+            }
+            for j in 0..d_gx.len() {
+                d_bgc[j] += row[h + j];
+                if x {
+                    d_gx[j] += row[h + j];
+                }
+            }
+        }
+    }
+    add(layout.get_mut(grads, model::W_X), &d_wx);
+    add(layout.get_mut(grads, model::B_X), &d_bias);
+    add(layout.get_mut(grads, model::B_H), &d_bias);
+    if module {
+        let w_gc = layout.get_mut(grads, model::W_GC);
+        matmul(w_gc, h + 1, Mat::strided(&dz[h..], k, g, n_rec).t(), Mat::new(h_prev, k, h), true);
+        for j in 0..g {
+            w_gc[j * (h + 1) + h] += d_gx[j];
+        }
+        add(layout.get_mut(grads, model::B_GC), &d_bgc);
+        let dp = &s.dp[..k * p];
+        matmul(layout.get_mut(grads, model::W_PC), g, Mat::new(dp, k, p).t(), Mat::new(&s.g[..k * g], k, g), true);
+        add_column_sums(layout.get_mut(grads, model::B_PC), dp, p);
+        let d_a = Mat::strided(dz, k, h, n_rec).t();
+        matmul(layout.get_mut(grads, model::W_DCN), p, d_a, Mat::new(&s.p[..k * p], k, p), true);
+        add(layout.get_mut(grads, model::B_DCN), &d_bias);
+    }
+}
+
+pub(super) fn add<T: Real>(dst: &mut [T], src: &[T]) {
+    dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
+}
+
+/// Adds the column sums of row-major `m` (`cols` wide) to `dst`.
+fn add_column_sums<T: Real>(dst: &mut [T], m: &[T], cols: usize) {
+    let mut sums = vec![T::zero(); cols];
+    for row in m.chunks(cols) {
+        add(&mut sums, row);
+    }
+    add(dst, &sums);
+}

@@ -1,0 +1,251 @@
+//! The CPU engine's forward pass: a trial's weights laid out for the time loop (`Prepared`),
+//! the jobs a pack's batches split into, and the time loop of one job with the readout, keeping
+//! every step's activity in the job's `Scratch` when a backward pass follows.
+
+use super::layout::Layout;
+use super::matmul::{Mat, Real, matmul};
+use crate::torch::model::{self, ALPHA, CbOutput, Dims};
+use crate::torch::tasks::TaskBatch;
+use cbsweep_common::Arch;
+
+/// Sequences per job: the study's whole batch of 64. Halving it kept two cores busy on a pack
+/// of one trial but cost about 1.3x per trial-step (smaller products); packs fill the cores.
+pub(super) const CHUNK: usize = 64;
+
+/// LeakyReLU's negative slope (libtorch's default, as in `model`).
+pub(super) const NEGATIVE_SLOPE: f64 = 0.01;
+
+/// Buffers one job works in, reused from job to job (page faults of fresh megabyte buffers
+/// would cost more than the arithmetic).
+#[derive(Default)]
+pub(super) struct Scratch<T> {
+    /// States h_0 .. h_T, [T + 1, rows, H] (two slots when nothing is stored).
+    pub(super) hs: Vec<T>,
+    /// The core's input to LeakyReLU, [T, rows, H].
+    pub(super) a: Vec<T>,
+    /// Granule and Purkinje activity, [T, rows, G] and [T, rows, P].
+    pub(super) g: Vec<T>,
+    pub(super) p: Vec<T>,
+    /// Recurrent products [rows, H (+ G)], module output [T, rows, H], logits [rows, 2].
+    pub(super) z: Vec<T>,
+    pub(super) c: Vec<T>,
+    pub(super) logits: Vec<T>,
+    /// Gradients: of [a | granule pre-activation] per step [T, rows, H (+ G)], of the Purkinje
+    /// pre-activation [T, rows, P], and of the state (two buffers).
+    pub(super) dz: Vec<T>,
+    pub(super) dp: Vec<T>,
+    pub(super) dh: Vec<T>,
+    pub(super) dh_next: Vec<T>,
+}
+
+pub(super) fn sized<T: Real>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+    if v.len() < n {
+        v.resize(n, T::zero());
+    }
+    &mut v[..n]
+}
+
+/// A trial's weights laid out for the time loop: the core's and the granule layer's recurrent
+/// weights stacked, [W_h; W_gc[:, :H]] ([H + G, H]), every forward weight also transposed (the
+/// kernels run fastest on a row-major right operand), and the constant drives of the core and
+/// the granule layer for an input bit of 0 and of 1 (the input's product is a select).
+pub(super) struct Prepared<'a, T> {
+    pub(super) dims: Dims,
+    pub(super) layout: &'a Layout,
+    pub(super) params: &'a [T],
+    /// [H + G, H] and its transpose [H, H + G] (the RNN: W_h and its transpose).
+    pub(super) w_rec: Vec<T>,
+    pub(super) w_rec_t: Vec<T>,
+    /// W_pc^T [G, P], W_dcn^T [P, H], W_o^T [H, 2].
+    pub(super) w_pc_t: Vec<T>,
+    pub(super) w_dcn_t: Vec<T>,
+    pub(super) w_o_t: Vec<T>,
+    /// b_x + b_h (+ W_x for a 1 bit), [H] each.
+    pub(super) core_drive: [Vec<T>; 2],
+    /// b_gc (+ W_gc[:, H] for a 1 bit), [G] each.
+    pub(super) granule_drive: [Vec<T>; 2],
+}
+
+fn transpose<T: Copy>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
+    (0..cols).flat_map(|j| (0..rows).map(move |i| m[i * cols + j])).collect()
+}
+
+impl<'a, T: Real> Prepared<'a, T> {
+    pub(super) fn new(dims: Dims, layout: &'a Layout, params: &'a [T]) -> Self {
+        let (h, g, p) = (dims.hidden as usize, dims.granule as usize, dims.purkinje as usize);
+        let w = |i| layout.get(params, i);
+        let mut w_rec = w(model::W_H).to_vec();
+        let cb = dims.arch == Arch::Cbrnn;
+        if cb {
+            for row in w(model::W_GC).chunks(h + 1) {
+                w_rec.extend_from_slice(&row[..h]);
+            }
+        }
+        let n_rec = w_rec.len() / h;
+        let w_rec_t = transpose(&w_rec, n_rec, h);
+        let core_bias: Vec<T> = w(model::B_X).iter().zip(w(model::B_H)).map(|(&a, &b)| a + b).collect();
+        let core_one = core_bias.iter().zip(w(model::W_X)).map(|(&b, &x)| b + x).collect();
+        let (w_pc_t, w_dcn_t, granule_drive) = if cb {
+            let b_gc = w(model::B_GC).to_vec();
+            let one = b_gc.iter().zip(w(model::W_GC).chunks(h + 1)).map(|(&b, row)| b + row[h]).collect();
+            (transpose(w(model::W_PC), p, g), transpose(w(model::W_DCN), h, p), [b_gc, one])
+        } else {
+            (Vec::new(), Vec::new(), [Vec::new(), Vec::new()])
+        };
+        Prepared {
+            dims,
+            layout,
+            params,
+            w_rec,
+            w_rec_t,
+            w_pc_t,
+            w_dcn_t,
+            w_o_t: transpose(w(model::W_O), 2, h),
+            core_drive: [core_bias, core_one],
+            granule_drive,
+        }
+    }
+
+    pub(super) fn w(&self, param: usize) -> &'a [T] {
+        self.layout.get(self.params, param)
+    }
+
+    /// Units of the stacked recurrent product with the module `cb`.
+    pub(super) fn n_rec(&self, cb: CbOutput) -> usize {
+        let h = self.dims.hidden as usize;
+        if self.module_on(cb) { h + self.dims.granule as usize } else { h }
+    }
+
+    pub(super) fn module_on(&self, cb: CbOutput) -> bool {
+        self.dims.arch == Arch::Cbrnn && cb == CbOutput::On
+    }
+}
+
+/// One job: sequences `start .. start + rows` of one batch of one trial (row of the pack).
+pub(super) struct Job<'a> {
+    pub(super) row: usize,
+    pub(super) batch: &'a TaskBatch,
+    pub(super) h0: &'a [f64],
+    pub(super) start: usize,
+    pub(super) rows: usize,
+    /// 1 / (sequences of the trial in this call): the loss is a mean over them.
+    pub(super) scale: f64,
+}
+
+impl Job<'_> {
+    fn width(&self) -> usize {
+        self.batch.labels.len()
+    }
+
+    pub(super) fn bit(&self, t: usize, i: usize) -> bool {
+        self.batch.bits[t * self.width() + self.start + i] != 0
+    }
+
+    pub(super) fn label(&self, i: usize) -> usize {
+        self.batch.labels[self.start + i] as usize
+    }
+}
+
+pub(super) fn jobs(per_row: &[Vec<(TaskBatch, Vec<f64>)>]) -> Vec<Job<'_>> {
+    let mut out = Vec::new();
+    for (row, batches) in per_row.iter().enumerate() {
+        let n: usize = batches.iter().map(|(b, _)| b.labels.len()).sum();
+        for (batch, h0) in batches {
+            let width = batch.labels.len();
+            let hidden = h0.len() / width.max(1);
+            for start in (0..width).step_by(CHUNK) {
+                let rows = CHUNK.min(width - start);
+                let h0 = &h0[start * hidden..(start + rows) * hidden];
+                out.push(Job { row, batch, h0, start, rows, scale: 1.0 / n as f64 });
+            }
+        }
+    }
+    out
+}
+
+/// Runs the time loop of `job` and leaves the final state in `s.hs` (slot `final_slot`); with
+/// `store`, every step's activity is kept for the backward pass.
+#[inline(never)]
+pub(super) fn forward<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, cb: CbOutput, store: bool, s: &mut Scratch<T>) -> usize {
+    let (h, g, p) = (w.dims.hidden as usize, w.dims.granule as usize, w.dims.purkinje as usize);
+    let b = job.rows;
+    let t_len = job.batch.len;
+    let module = w.module_on(cb);
+    let n_rec = w.n_rec(cb);
+    let steps = if store { t_len } else { 1 };
+    let (hs_slots, slot) = if store { (t_len + 1, 1) } else { (2, 0) };
+    let hs = sized(&mut s.hs, hs_slots * b * h);
+    let a_all = sized(&mut s.a, steps * b * h);
+    let g_all = sized(&mut s.g, if module { steps * b * g } else { 0 });
+    let p_all = sized(&mut s.p, if module { steps * b * p } else { 0 });
+    let z = sized(&mut s.z, b * n_rec);
+    let c_all = sized(&mut s.c, if module { steps * b * h } else { 0 });
+    for (dst, src) in hs[..b * h].iter_mut().zip(job.h0) {
+        *dst = T::of(*src);
+    }
+    // the stacked product's columns: all of [H + G] with the module, the core's H without it
+    let w_rec_t = Mat::strided(&w.w_rec_t, h, n_rec, w.w_rec_t.len() / h);
+    let (keep, slope) = (T::one() - T::of(ALPHA), T::of(NEGATIVE_SLOPE));
+    for t in 0..t_len {
+        let (cur, next) = if store { (t, t + 1) } else { (t % 2, (t + 1) % 2) };
+        let step = t * slot;
+        let (h_prev, h_next) = if cur < next {
+            let (lo, hi) = hs.split_at_mut(next * b * h);
+            (&lo[cur * b * h..], &mut hi[..b * h])
+        } else {
+            let (lo, hi) = hs.split_at_mut(cur * b * h);
+            (&hi[..b * h], &mut lo[next * b * h..(next + 1) * b * h])
+        };
+        matmul(z, n_rec, Mat::new(h_prev, b, h), w_rec_t, false);
+        if module {
+            let gt = &mut g_all[step * b * g..(step + 1) * b * g];
+            for (i, (zi, gi)) in z.chunks(n_rec).zip(gt.chunks_mut(g)).enumerate() {
+                let drive = &w.granule_drive[usize::from(job.bit(t, i))];
+                for ((out, &rec), &d) in gi.iter_mut().zip(&zi[h..]).zip(drive) {
+                    *out = (rec + d).max(T::zero());
+                }
+            }
+            let pt = &mut p_all[step * b * p..(step + 1) * b * p];
+            let b_pc = w.w(model::B_PC);
+            pt.chunks_mut(p).for_each(|r| r.copy_from_slice(b_pc));
+            matmul(pt, p, Mat::new(gt, b, g), Mat::new(&w.w_pc_t, g, p), true);
+            pt.iter_mut().for_each(|v| *v = v.max(T::zero()));
+            let b_dcn = w.w(model::B_DCN);
+            let c = &mut c_all[step * b * h..(step + 1) * b * h];
+            c.chunks_mut(h).for_each(|r| r.copy_from_slice(b_dcn));
+            matmul(c, h, Mat::new(pt, b, p), Mat::new(&w.w_dcn_t, p, h), true);
+        }
+        let at = &mut a_all[step * b * h..(step + 1) * b * h];
+        for i in 0..b {
+            let drive = &w.core_drive[usize::from(job.bit(t, i))][..h];
+            let (zi, ai) = (&z[i * n_rec..i * n_rec + h], &mut at[i * h..(i + 1) * h]);
+            let (prev, next) = (&h_prev[i * h..(i + 1) * h], &mut h_next[i * h..(i + 1) * h]);
+            if module {
+                let ci = &c_all[(step * b + i) * h..(step * b + i + 1) * h];
+                for ((a, &zv), (&d, &cv)) in ai.iter_mut().zip(zi).zip(drive.iter().zip(ci)) {
+                    *a = zv + d + cv;
+                }
+            } else {
+                for ((a, &zv), &d) in ai.iter_mut().zip(zi).zip(drive) {
+                    *a = zv + d;
+                }
+            }
+            for ((n, &pre), &old) in next.iter_mut().zip(ai.iter()).zip(prev) {
+                let act = if pre > T::zero() { pre } else { pre * slope };
+                // libtorch's lerp for a weight >= 0.5: end - (end - start) (1 - weight)
+                *n = act - (act - old) * keep;
+            }
+        }
+    }
+    if store { t_len } else { t_len % 2 }
+}
+
+/// Logits of the final states in slot `last` of `s.hs`, into `s.logits` [rows, 2].
+pub(super) fn readout<T: Real>(w: &Prepared<'_, T>, rows: usize, last: usize, s: &mut Scratch<T>) {
+    let h = w.dims.hidden as usize;
+    let state = &s.hs[last * rows * h..(last + 1) * rows * h];
+    let logits = sized(&mut s.logits, rows * 2);
+    let b_o = w.w(model::B_O);
+    logits.chunks_mut(2).for_each(|r| r.copy_from_slice(b_o));
+    matmul(logits, 2, Mat::new(state, rows, h), Mat::new(&w.w_o_t, h, 2), true);
+}

@@ -1,0 +1,79 @@
+//! `PackedModel::unroll` on the CPU engine, for the analyses' long drives (the timescales'
+//! thousands of steps): the time loop of every row on host memory, each step's activity handed
+//! to the observer as libtorch tensors.
+
+use super::FusedPack;
+use super::forward::{Job, Prepared, Scratch, forward};
+use crate::torch::input::PackedInput;
+use crate::torch::model::{self, CbOutput, Observe, PackedModel};
+use crate::torch::tasks::TaskBatch;
+use cbsweep_common::Arch;
+use rayon::prelude::*;
+
+/// `PackedModel::unroll` on the CPU engine: runs the time loop of every row of the pack on host
+/// memory and hands `observe` each step's activity, as libtorch tensors [M, B, units]. Only for
+/// a float32 pack on the CPU and an input without padding (every sequence as long as the
+/// input); returns None otherwise, having observed nothing. The analyses' long drives (the
+/// timescales' thousands of steps) take this path.
+pub(crate) fn unroll(
+    model: &PackedModel,
+    input: &PackedInput,
+    cb: CbOutput,
+    observe: &mut Observe<'_>,
+) -> Result<Option<tch::Tensor>, tch::TchError> {
+    use tch::{Device, Kind, Tensor};
+    let (t_len, m, b) = input.x.size3()?;
+    let first = model.params().first();
+    if first.map(Tensor::kind) != Some(Kind::Float) || first.map(Tensor::device) != Some(Device::Cpu) || input.min_len < t_len {
+        return Ok(None);
+    }
+    let dims = *model.dims();
+    let (t_len, m, b, h) = (t_len as usize, m as usize, b as usize, dims.hidden as usize);
+    let (g, p) = (dims.granule as usize, dims.purkinje as usize);
+    let pack = FusedPack::<f32>::from_tensors(dims, model.params(), model.params(), &vec![[0.0; 3]; m])?;
+    let x = Vec::<f32>::try_from(&input.x.f_flatten(0, -1)?)?; // [T, M, B]
+    let h0 = Vec::<f64>::try_from(&input.h0.f_to_kind(Kind::Double)?.f_flatten(0, -1)?)?; // [M, B, H]
+    let batches: Vec<TaskBatch> = (0..m)
+        .map(|row| TaskBatch {
+            len: t_len,
+            bits: (0..t_len).flat_map(|t| x[(t * m + row) * b..(t * m + row + 1) * b].iter().map(|&v| u8::from(v != 0.0))).collect(),
+            labels: vec![0; b],
+        })
+        .collect();
+    let runs: Vec<Scratch<f32>> = (0..m)
+        .into_par_iter()
+        .map(|row| {
+            let w = Prepared::new(dims, &pack.layout, &pack.rows[row].params);
+            let job = Job { row, batch: &batches[row], h0: &h0[row * b * h..(row + 1) * b * h], start: 0, rows: b, scale: 1.0 };
+            let mut s = Scratch::default();
+            forward(&w, &job, cb, true, &mut s);
+            s
+        })
+        .collect();
+    let module = dims.arch == Arch::Cbrnn && cb == CbOutput::On;
+    // rows' slices of one step, stacked [M, B, units]
+    let stacked = |part: &dyn Fn(&Scratch<f32>) -> &[f32], units: usize| -> Result<Tensor, tch::TchError> {
+        let values: Vec<f32> = runs.iter().flat_map(|s| part(s).iter().copied()).collect();
+        Tensor::f_from_slice(&values)?.f_view([m as i64, b as i64, units as i64])
+    };
+    for t in 0..t_len {
+        let (at, n) = ((t + 1) * b * h, b * h);
+        let hidden = stacked(&|s| &s.hs[at..at + n], h)?;
+        let module_parts = if module {
+            Some([
+                stacked(&|s| &s.g[t * b * g..(t + 1) * b * g], g)?,
+                stacked(&|s| &s.p[t * b * p..(t + 1) * b * p], p)?,
+                stacked(&|s| &s.c[t * b * h..(t + 1) * b * h], h)?,
+            ])
+        } else {
+            None
+        };
+        let [granule, purkinje, output] = match &module_parts {
+            Some([g, p, c]) => [Some(g), Some(p), Some(c)],
+            None => [None; 3],
+        };
+        observe(model::Step { t: t as i64, activity: [Some(&hidden), granule, purkinje, output] })?;
+    }
+    let last = t_len * b * h;
+    Ok(Some(stacked(&|s| &s.hs[last..last + b * h], h)?))
+}

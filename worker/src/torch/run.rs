@@ -1,0 +1,210 @@
+//! Training a pack of trials together (cb-rnn-spec.md, "Training" and "Regimes"): the epoch
+//! loop over one `PackEngine`, each trial's curriculum and freeze rules, what is reported after
+//! every epoch, the checkpoint analyses and saved weights, and dropping the rows of ended
+//! trials. Every per-trial quantity lives on its own row of the pack, so a trial's numbers do
+//! not depend on the others it trains with. Knows no particular engine.
+
+use super::analysis::{self, Checkpoint};
+use super::engine::{PackEngine, PackState};
+use super::error::{TrainError, error_chain};
+use super::model::Unroll;
+use super::trial::{DataSplit, TrialRun, draw_rows};
+use crate::trainer::Control;
+use cbsweep_common::{AnalysisPlan, EpochRecord, TrainBudget, TrialOutcome, TrialSpec};
+use std::path::Path;
+use std::time::Instant;
+use tch::{Device, Kind, TchError, Tensor};
+
+/// A pack in training: its engine and which trial each of the engine's rows belongs to.
+pub(crate) struct PackRun {
+    budget: TrainBudget,
+    hidden: usize,
+    kind: Kind,
+    device: Device,
+    engine: Box<dyn PackEngine>,
+    /// Row r of the engine belongs to trial `rows[r]`; rows of ended trials are dropped.
+    rows: Vec<usize>,
+    steps_done: u64,
+}
+
+/// A trial's checkpoint found in an epoch: its pack row, index in the pack, level and epoch.
+#[derive(Clone, Copy, Debug)]
+struct Due {
+    row: usize,
+    trial: usize,
+    level: u32,
+    epoch: u32,
+}
+
+impl PackRun {
+    /// A run of `pack` (of `kind` on `device`) on `engine`, whose rows are the pack's trials.
+    pub(crate) fn new(pack: &[TrialSpec], engine: Box<dyn PackEngine>, kind: Kind, device: Device) -> Result<Self, TrainError> {
+        let Some(first) = pack.first() else {
+            return Err(TrainError::EmptyPack);
+        };
+        Ok(PackRun {
+            budget: first.budget,
+            hidden: first.hidden as usize,
+            kind,
+            device,
+            engine,
+            rows: (0..pack.len()).collect(),
+            steps_done: 0,
+        })
+    }
+
+    /// Trains to the end of the budget (or until every trial has ended), reporting each epoch
+    /// of each trial through `on_epoch` and saving checkpoint weights under `checkpoint_dir`.
+    pub(crate) fn run(
+        mut self,
+        trials: &mut [TrialRun],
+        on_epoch: &mut dyn FnMut(usize, &EpochRecord) -> Control,
+        checkpoint_dir: Option<&Path>,
+    ) -> Result<(), TrainError> {
+        let budget = self.budget;
+        let steps = budget.steps_per_epoch.max(1);
+        let tested = f64::from(budget.test_batches.max(1)) * f64::from(budget.batch_size.max(1));
+        for epoch in 1..=budget.epochs {
+            if self.rows.is_empty() {
+                break;
+            }
+            for _ in 0..budget.steps_per_epoch {
+                self.train_step(trials)?;
+            }
+            let tests = draw_rows(trials, &self.rows, DataSplit::Test, budget.test_batches as usize, self.hidden);
+            let totals = self.engine.end_epoch(tests)?;
+
+            let mut stop_all = false;
+            let mut due = Vec::new();
+            for (row, &i) in self.rows.iter().enumerate() {
+                let t = &mut trials[i];
+                let train_loss = totals.loss[row] / f64::from(steps);
+                let grad_norm = totals.grad_norm[row] / f64::from(steps);
+                if stop_all {
+                    t.stop();
+                    continue;
+                }
+                if !train_loss.is_finite() || !grad_norm.is_finite() {
+                    t.finish(TrialOutcome::Diverged);
+                    continue;
+                }
+                let test_accuracy = totals.correct[row] / tested;
+                let solved = test_accuracy >= budget.solve_threshold;
+                let record = EpochRecord {
+                    epoch,
+                    level: t.level,
+                    train_loss,
+                    test_accuracy,
+                    solved,
+                    grad_norm,
+                    core_learning: t.learning.core,
+                    cb_learning: t.learning.cb,
+                };
+                t.curve.push(record);
+                t.epochs_done = epoch;
+                match on_epoch(i, &record) {
+                    Control::Continue => {}
+                    Control::StopTrial => {
+                        t.stop();
+                        continue;
+                    }
+                    Control::StopAll => {
+                        stop_all = true;
+                        continue;
+                    }
+                }
+                if solved {
+                    if t.solve_level() {
+                        due.push(Due { row, trial: i, level: t.level, epoch });
+                    }
+                    if t.level >= budget.max_level {
+                        t.finish(TrialOutcome::Completed);
+                        continue;
+                    }
+                    t.level += 1;
+                }
+                if epoch == budget.epochs {
+                    t.finish(TrialOutcome::Completed);
+                }
+            }
+            if stop_all {
+                for &i in &self.rows {
+                    trials[i].stop();
+                }
+            } else if !due.is_empty() {
+                let state = self.engine.state()?;
+                self.checkpoints(&state, trials, &due, checkpoint_dir)?;
+                due.iter().for_each(|d| trials[d.trial].restamp_end());
+            }
+            self.drop_ended(trials)?;
+        }
+        Ok(())
+    }
+
+    /// One SGD step of every trial in the pack, each on a fresh batch at its own level.
+    pub(crate) fn train_step(&mut self, trials: &mut [TrialRun]) -> Result<(), TrainError> {
+        let flags: Vec<_> = self.rows.iter().map(|&i| trials[i].learning_at(self.steps_done)).collect();
+        for (&i, &f) in self.rows.iter().zip(&flags) {
+            trials[i].learning = f;
+        }
+        let batches = draw_rows(trials, &self.rows, DataSplit::Train, 1, self.hidden);
+        self.engine.train_step(&batches, &flags)?;
+        self.steps_done += 1;
+        Ok(())
+    }
+
+    /// The engine's state now (weights and momentum of the running trials' rows).
+    #[cfg(test)]
+    pub(crate) fn state(&self) -> Result<PackState, TchError> {
+        self.engine.state()
+    }
+
+    /// Runs the analyses of the checkpoints `due` on `state`'s weights, batched over the trials
+    /// that share an analysis plan, and saves their weights where asked. A save that fails is a
+    /// warning.
+    fn checkpoints(&self, state: &PackState, trials: &mut [TrialRun], due: &[Due], dir: Option<&Path>) -> Result<(), TchError> {
+        let _no_grad = tch::no_grad_guard();
+        let mut groups: Vec<(AnalysisPlan, Vec<Due>)> = Vec::new();
+        for d in due {
+            let plan = trials[d.trial].spec.analysis;
+            match groups.iter_mut().find(|(p, _)| *p == plan) {
+                Some((_, group)) => group.push(*d),
+                None => groups.push((plan, vec![*d])),
+            }
+        }
+        let unroll: &Unroll<'_> = &|model, input, cb, observe| self.engine.unroll(model, input, cb, observe);
+        for (plan, group) in groups {
+            let started = Instant::now();
+            let rows: Vec<i64> = group.iter().map(|d| d.row as i64).collect();
+            let model = state.model.select(&Tensor::f_from_slice(&rows)?.f_to_device(self.device)?)?;
+            let points: Vec<Checkpoint> =
+                group.iter().map(|d| Checkpoint { spec: trials[d.trial].spec, level: d.level, epoch: d.epoch }).collect();
+            let records = analysis::analyse(&model, &points, self.kind, self.device, unroll)?;
+            let wall_time_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            for (r, (point, records)) in points.iter().zip(records).enumerate() {
+                let trial_id = point.spec.id();
+                let (level, epoch) = (point.level, point.epoch);
+                tracing::debug!(%trial_id, level, epoch, wall_time_ms, "checkpoint analysed");
+                if let (true, Some(dir)) = (plan.save_checkpoints, dir) {
+                    let path = analysis::checkpoint_path(dir, point.spec, point.level);
+                    if let Err(e) = analysis::save_checkpoint(&model, r as i64, &path) {
+                        let reason = error_chain(&e);
+                        tracing::warn!(%trial_id, level, reason = %reason, "checkpoint not saved");
+                    }
+                }
+                trials[group[r].trial].analyses.extend(records);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the rows of trials that have ended from the engine.
+    fn drop_ended(&mut self, trials: &[TrialRun]) -> Result<(), TchError> {
+        let keep: Vec<usize> = (0..self.rows.len()).filter(|&r| trials[self.rows[r]].running()).collect();
+        if keep.len() == self.rows.len() {
+            return Ok(());
+        }
+        self.rows = keep.iter().map(|&r| self.rows[r]).collect();
+        self.engine.keep(&keep)
+    }
+}

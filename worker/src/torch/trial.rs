@@ -1,0 +1,157 @@
+//! The host-side state of one trial of a pack: its place in the curriculum (level, epochs,
+//! levels solved), its random streams, its curve and analyses, and how it ended. Knows no
+//! engine: rows of the pack map to trials in `run`.
+
+use super::input::Batches;
+use super::regime::{self, Learning};
+use super::tasks::{self, Stream, TaskBatch};
+use crate::trainer::TrialEnd;
+use cbsweep_common::{AnalysisRecord, Arch, EpochRecord, TrialOutcome, TrialResult, TrialSpec};
+use rand_chacha::ChaCha8Rng;
+use std::time::Instant;
+
+/// The host-side state of one trial: curriculum, random streams, curve and how it ended.
+pub(crate) struct TrialRun<'a> {
+    pub(crate) spec: &'a TrialSpec,
+    started: Instant,
+    pub(crate) level: u32,
+    pub(crate) epochs_done: u32,
+    train_data: ChaCha8Rng,
+    train_h0: ChaCha8Rng,
+    test_data: ChaCha8Rng,
+    test_h0: ChaCha8Rng,
+    /// The modules that learned in the latest step.
+    pub(crate) learning: Learning,
+    /// Levels solved so far.
+    levels_solved: u32,
+    pub(crate) curve: Vec<EpochRecord>,
+    /// Checkpoint analyses, in the order taken.
+    pub(crate) analyses: Vec<AnalysisRecord>,
+    end: Option<Ending>,
+}
+
+/// How a trial's training ended.
+enum Ending {
+    /// With an outcome, `wall_time_ms` after the pack started.
+    Outcome { outcome: TrialOutcome, wall_time_ms: u64 },
+    /// Stopped through `Control`.
+    Stopped,
+}
+
+/// Which of a trial's streams a batch comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DataSplit {
+    Train,
+    Test,
+}
+
+impl<'a> TrialRun<'a> {
+    pub(crate) fn new(spec: &'a TrialSpec, started: Instant) -> Self {
+        TrialRun {
+            spec,
+            started,
+            level: spec.budget.start_level,
+            epochs_done: 0,
+            train_data: tasks::stream(spec.seed, Stream::TrainData),
+            train_h0: tasks::stream(spec.seed, Stream::TrainH0),
+            test_data: tasks::stream(spec.seed, Stream::TestData),
+            test_h0: tasks::stream(spec.seed, Stream::TestH0),
+            learning: Learning { core: false, cb: false },
+            levels_solved: 0,
+            curve: Vec::new(),
+            analyses: Vec::new(),
+            end: None,
+        }
+    }
+
+    pub(crate) fn running(&self) -> bool {
+        self.end.is_none()
+    }
+
+    /// Ends the trial with `outcome`, unless it has ended already.
+    pub(crate) fn finish(&mut self, outcome: TrialOutcome) {
+        if self.end.is_none() {
+            let wall_time_ms = self.elapsed_ms();
+            tracing::debug!(seed = self.spec.seed.0, outcome = outcome.status(), level = self.level, "trial ended");
+            self.end = Some(Ending::Outcome { outcome, wall_time_ms });
+        }
+    }
+
+    /// Ends the trial as stopped through `Control`, unless it has ended already.
+    pub(crate) fn stop(&mut self) {
+        if self.end.is_none() {
+            tracing::debug!(seed = self.spec.seed.0, level = self.level, "trial stopped");
+            self.end = Some(Ending::Stopped);
+        }
+    }
+
+    /// Counts the analyses of a trial's last epoch, which run after it ended, in its wall time.
+    pub(crate) fn restamp_end(&mut self) {
+        let now = self.elapsed_ms();
+        if let Some(Ending::Outcome { wall_time_ms, .. }) = &mut self.end {
+            *wall_time_ms = now;
+        }
+    }
+
+    /// Milliseconds since the pack started.
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Counts a solved level; true when it is one to analyse: the 1st, (1 + k)th, (1 + 2k)th
+    /// ... solved level for `every_levels` = k > 0.
+    pub(crate) fn solve_level(&mut self) -> bool {
+        let every = self.spec.analysis.every_levels;
+        let due = every > 0 && self.levels_solved.is_multiple_of(every);
+        self.levels_solved += 1;
+        due
+    }
+
+    /// The modules that learn in the pack's SGD step `steps_done` (the plain RNN has no module).
+    pub(crate) fn learning_at(&self, steps_done: u64) -> Learning {
+        let l = regime::learning(self.spec.regime, self.spec.budget.start_level, self.level, self.epochs_done, steps_done);
+        Learning { core: l.core, cb: l.cb && self.spec.arch == Arch::Cbrnn }
+    }
+
+    /// The next batch of `data` at the trial's level, with its initial states.
+    pub(crate) fn draw(&mut self, data: DataSplit, hidden: usize) -> (TaskBatch, Vec<f64>) {
+        let batch = self.spec.budget.batch_size as usize;
+        let (data_rng, h0_rng) = match data {
+            DataSplit::Train => (&mut self.train_data, &mut self.train_h0),
+            DataSplit::Test => (&mut self.test_data, &mut self.test_h0),
+        };
+        let b = tasks::draw_batch(data_rng, self.spec.task, self.level, batch);
+        let h0 = tasks::draw_h0(h0_rng, batch, hidden);
+        (b, h0)
+    }
+
+    /// The next `n` batches of `data` (as one row of a pack's `Batches`).
+    pub(crate) fn draw_n(&mut self, data: DataSplit, n: usize, hidden: usize) -> Vec<(TaskBatch, Vec<f64>)> {
+        (0..n).map(|_| self.draw(data, hidden)).collect()
+    }
+
+    /// How the trial ended: a trial still running when the pack stopped completed, or failed
+    /// with the pack's `failure`.
+    pub(crate) fn into_end(self, failure: Option<&str>, device: &str, pack_size: usize) -> TrialEnd {
+        let now = self.elapsed_ms();
+        let (outcome, wall_time_ms) = match (self.end, failure) {
+            (Some(Ending::Stopped), _) => return TrialEnd::Stopped { curve: self.curve },
+            (Some(Ending::Outcome { outcome, wall_time_ms }), _) => (outcome, wall_time_ms),
+            (None, Some(reason)) => (TrialOutcome::Failed(reason.to_string()), now),
+            (None, None) => (TrialOutcome::Completed, now),
+        };
+        TrialEnd::Finished(TrialResult {
+            outcome,
+            curve: self.curve,
+            wall_time_ms,
+            device: device.to_string(),
+            pack_size: u32::try_from(pack_size).unwrap_or(u32::MAX),
+            analyses: self.analyses,
+        })
+    }
+}
+
+/// One row per trial: `n` batches each from `data`.
+pub(crate) fn draw_rows(trials: &mut [TrialRun], rows: &[usize], data: DataSplit, n: usize, hidden: usize) -> Batches {
+    rows.iter().map(|&i| trials[i].draw_n(data, n, hidden)).collect()
+}
