@@ -1,127 +1,18 @@
-//! The scheduler: the one owner of sweep state. It runs on its own thread (SQLite calls block),
-//! receives `Command`s over a channel and answers each on a oneshot; nothing else touches the
-//! store for writing. Handlers (gRPC, the local runner) hold a cheap `SchedulerHandle`.
-//! Commands that queue up while one is handled share its transaction (group commit); their
-//! replies and events leave only after that commit, so nothing acknowledged is ever lost.
+//! The scheduler thread: it owns the store, handles the commands of a batch in one
+//! transaction, answers them and sends their events once that transaction is committed, and on
+//! every tick expires leases and writes the workers' last-seen times.
 
-use crate::store::{self, Leased, Store, StoreError, SweepRow, TrialLease};
+use super::api::{
+    Command, Counters, Event, LeaseGrant, Reply, SchedError, SchedulerOptions, StatusReport, SubmitOutcome, SweepStatus, WorkerHello,
+    WorkerStatus,
+};
+use crate::store::{self, Store, StoreError, SweepRow, TrialLease};
 use cbsweep_common::{Attempt, EpochRecord, SweepId, SweepSpec, SweepState, TrialId, TrialOutcome, TrialResult, TrialState, WorkerId};
-use cbsweep_results::ConditionTally;
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU64;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, oneshot};
-
-/// Why the scheduler refused a command. The gRPC layer maps these to statuses in one place.
-#[derive(Debug, thiserror::Error)]
-pub enum SchedError {
-    #[error("unknown sweep {0}")]
-    UnknownSweep(SweepId),
-    #[error("unknown trial {0}")]
-    UnknownTrial(TrialId),
-    #[error("unknown worker {0}: register first")]
-    UnknownWorker(WorkerId),
-    #[error("stale attempt {attempt} of trial {trial}: the current attempt is {current}")]
-    StaleAttempt { trial: TrialId, attempt: u32, current: u32 },
-    #[error("trial {0} belongs to a cancelled sweep")]
-    Cancelled(TrialId),
-    #[error("sweep {sweep} already has cells whose meaning this spec changes:\n{diff}")]
-    Conflict { sweep: SweepId, diff: String },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("the scheduler has stopped")]
-    Stopped,
-}
-
-/// Something that happened, for progress displays and exporters.
-#[derive(Clone, Debug)]
-pub enum Event {
-    TrialLeased {
-        sweep: SweepId,
-        trial: TrialId,
-        worker: WorkerId,
-    },
-    TrialFinished {
-        sweep: SweepId,
-        trial: TrialId,
-        cell: String,
-        state: TrialState,
-        outcome: String,
-        max_level: u32,
-        error: Option<String>,
-    },
-    TrialRetry {
-        sweep: SweepId,
-        trial: TrialId,
-        error: String,
-    },
-    Epoch {
-        sweep: SweepId,
-        trial: TrialId,
-        record: EpochRecord,
-    },
-    SweepFinished {
-        sweep: SweepId,
-    },
-}
-
-#[derive(Clone, Debug)]
-pub struct SubmitOutcome {
-    pub sweep: SweepId,
-    pub total: u32,
-    pub new: u32,
-}
-
-#[derive(Clone, Debug)]
-pub struct WorkerHello {
-    pub hostname: String,
-    pub device: String,
-    pub pid: u32,
-}
-
-#[derive(Clone, Debug)]
-pub struct LeaseGrant {
-    pub trials: Vec<Leased>,
-    /// No running sweep has work left, now or later.
-    pub drained: bool,
-}
-
-#[derive(Clone, Debug)]
-pub struct SweepStatus {
-    pub sweep: SweepId,
-    pub state: SweepState,
-    pub total: u32,
-    pub counts: Vec<(TrialState, u32)>,
-    /// Per condition, in the order of the condition strings (the full condition, not shortened).
-    pub conditions: Vec<ConditionTally>,
-    pub trials_per_minute: f64,
-    pub eta_seconds: f64,
-}
-
-#[derive(Clone, Debug)]
-pub struct WorkerStatus {
-    pub id: String,
-    pub hostname: String,
-    pub device: String,
-    pub leased: u32,
-    pub last_seen_ms_ago: i64,
-}
-
-#[derive(Clone, Debug)]
-pub struct StatusReport {
-    pub sweeps: Vec<SweepStatus>,
-    pub workers: Vec<WorkerStatus>,
-}
-
-type Reply<T> = oneshot::Sender<Result<T, SchedError>>;
-
-/// A lease asked for with a completion: at most `max` trials within `memory_budget` bytes.
-#[derive(Clone, Copy, Debug)]
-pub struct NextLease {
-    pub max: u32,
-    pub memory_budget: Option<NonZeroU64>,
-}
+use tokio::sync::broadcast;
 
 /// Sends a command's reply once its batch is committed; given the commit's error if it failed.
 type Answer = Box<dyn FnOnce(Option<&str>)>;
@@ -152,211 +43,39 @@ fn answer<T: 'static>(reply: Reply<T>, result: Result<T, SchedError>) -> Answer 
     })
 }
 
-enum Command {
-    Submit {
-        spec: SweepSpec,
-        path: String,
-        reply: Reply<SubmitOutcome>,
-    },
-    Register {
-        hello: WorkerHello,
-        reply: Reply<WorkerId>,
-    },
-    Lease {
-        worker: WorkerId,
-        max: u32,
-        memory_budget: Option<NonZeroU64>,
-        reply: Reply<LeaseGrant>,
-    },
-    Heartbeat {
-        worker: WorkerId,
-        held: Vec<(TrialId, Attempt)>,
-        reply: Reply<Vec<TrialId>>,
-    },
-    Progress {
-        worker: WorkerId,
-        items: Vec<(TrialId, Attempt, EpochRecord)>,
-        reply: Reply<Vec<TrialId>>,
-    },
-    Complete {
-        worker: WorkerId,
-        trial: TrialId,
-        attempt: Attempt,
-        result: TrialResult,
-        next: Option<NextLease>,
-        reply: Reply<(bool, Option<LeaseGrant>)>,
-    },
-    Release {
-        worker: WorkerId,
-        trials: Vec<TrialId>,
-        reply: Reply<u32>,
-    },
-    Status {
-        sweep: Option<SweepId>,
-        reply: Reply<StatusReport>,
-    },
-    Cancel {
-        sweep: SweepId,
-        reply: Reply<u32>,
-    },
-    RetryFailed {
-        sweep: SweepId,
-        reply: Reply<u32>,
-    },
-    Spec {
-        sweep: SweepId,
-        reply: Reply<SweepRow>,
-    },
-    Counters {
-        reply: Reply<Counters>,
-    },
-}
-
-/// Monotonic counters since the scheduler started, for /metrics.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Counters {
-    pub lease_requests: u64,
-    pub trials_leased: u64,
-    pub trials_finished: u64,
-    pub attempts_failed: u64,
-}
-
-/// A cheap, cloneable handle to the scheduler thread.
-#[derive(Clone)]
-pub struct SchedulerHandle {
-    tx: mpsc::Sender<Command>,
-    events: broadcast::Sender<Event>,
-    heartbeat: Duration,
-}
-
-/// Options of a scheduler.
-#[derive(Clone, Debug)]
-pub struct SchedulerOptions {
-    /// How often leases are checked for expiry.
-    pub tick: Duration,
-    /// Interval workers are told to heartbeat at.
-    pub heartbeat: Duration,
-    /// Put every lease back into the queue at start (an embedded coordinator whose local workers
-    /// died with it).
-    pub reclaim_leases_at_start: bool,
-}
-
-impl Default for SchedulerOptions {
-    fn default() -> Self {
-        SchedulerOptions { tick: Duration::from_millis(500), heartbeat: Duration::from_secs(5), reclaim_leases_at_start: false }
-    }
-}
-
-impl SchedulerHandle {
-    /// Opens the store in `state_dir` and starts the scheduler thread.
-    pub fn start(state_dir: &std::path::Path, opts: SchedulerOptions) -> Result<SchedulerHandle, SchedError> {
-        let store = Store::open(state_dir)?;
-        if opts.reclaim_leases_at_start {
-            let n = store.reclaim_all_leases()?;
-            if n > 0 {
-                tracing::info!(trials = n, "reclaimed leases of a previous run");
-            }
+/// Opens the store in `state_dir` and starts the scheduler thread; returns its command channel
+/// and its event channel.
+pub(super) fn spawn(
+    state_dir: &std::path::Path,
+    opts: SchedulerOptions,
+) -> Result<(mpsc::Sender<Command>, broadcast::Sender<Event>), SchedError> {
+    let store = Store::open(state_dir)?;
+    if opts.reclaim_leases_at_start {
+        let n = store.reclaim_all_leases()?;
+        if n > 0 {
+            tracing::info!(trials = n, "reclaimed leases of a previous run");
         }
-        let (tx, rx) = mpsc::channel();
-        let (events, _) = broadcast::channel(4096);
-        let workers = store.workers()?.into_iter().map(|(id, last_seen_ms)| (id, Seen { last_seen_ms, written: true })).collect();
-        let checkpointer = store.checkpoint_in_background(CHECKPOINT_EVERY)?;
-        let mut sched = Scheduler {
-            store,
-            events: events.clone(),
-            opts: opts.clone(),
-            live: HashMap::new(),
-            finished_at: BTreeMap::new(),
-            counters: Counters::default(),
-            workers,
-            outbox: Vec::new(),
-            _checkpointer: checkpointer,
-        };
-        std::thread::Builder::new()
-            .name("cbsweep-scheduler".into())
-            .spawn(move || sched.run(rx))
-            .map_err(|e| SchedError::Store(StoreError::Corrupt { what: "scheduler thread", detail: e.to_string() }))?;
-        Ok(SchedulerHandle { tx, events, heartbeat: opts.heartbeat })
     }
-
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.events.subscribe()
-    }
-
-    /// The interval workers are told to heartbeat at (`SchedulerOptions::heartbeat`).
-    pub fn heartbeat_interval(&self) -> Duration {
-        self.heartbeat
-    }
-
-    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, SchedError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(make(reply)).map_err(|_| SchedError::Stopped)?;
-        rx.await.map_err(|_| SchedError::Stopped)?
-    }
-
-    pub async fn submit(&self, spec: SweepSpec, path: String) -> Result<SubmitOutcome, SchedError> {
-        self.call(|reply| Command::Submit { spec, path, reply }).await
-    }
-
-    pub async fn register(&self, hello: WorkerHello) -> Result<WorkerId, SchedError> {
-        self.call(|reply| Command::Register { hello, reply }).await
-    }
-
-    /// Leases a pack of at most `max` trials, no more than fit in `memory_budget` bytes by
-    /// `cbsweep_common::memory` (but at least one); None: no budget.
-    pub async fn lease(&self, worker: WorkerId, max: u32, memory_budget: Option<NonZeroU64>) -> Result<LeaseGrant, SchedError> {
-        self.call(|reply| Command::Lease { worker, max, memory_budget, reply }).await
-    }
-
-    pub async fn heartbeat(&self, worker: WorkerId, held: Vec<(TrialId, Attempt)>) -> Result<Vec<TrialId>, SchedError> {
-        self.call(|reply| Command::Heartbeat { worker, held, reply }).await
-    }
-
-    pub async fn progress(&self, worker: WorkerId, items: Vec<(TrialId, Attempt, EpochRecord)>) -> Result<Vec<TrialId>, SchedError> {
-        self.call(|reply| Command::Progress { worker, items, reply }).await
-    }
-
-    pub async fn complete(&self, worker: WorkerId, trial: TrialId, attempt: Attempt, result: TrialResult) -> Result<bool, SchedError> {
-        Ok(self.complete_and_lease(worker, trial, attempt, result, None).await?.0)
-    }
-
-    /// Records a result and then, when `next` is given, leases the worker's next pack in the
-    /// same batch: whether the result was new, and the grant.
-    pub async fn complete_and_lease(
-        &self,
-        worker: WorkerId,
-        trial: TrialId,
-        attempt: Attempt,
-        result: TrialResult,
-        next: Option<NextLease>,
-    ) -> Result<(bool, Option<LeaseGrant>), SchedError> {
-        self.call(|reply| Command::Complete { worker, trial, attempt, result, next, reply }).await
-    }
-
-    pub async fn release(&self, worker: WorkerId, trials: Vec<TrialId>) -> Result<u32, SchedError> {
-        self.call(|reply| Command::Release { worker, trials, reply }).await
-    }
-
-    pub async fn status(&self, sweep: Option<SweepId>) -> Result<StatusReport, SchedError> {
-        self.call(|reply| Command::Status { sweep, reply }).await
-    }
-
-    pub async fn cancel(&self, sweep: SweepId) -> Result<u32, SchedError> {
-        self.call(|reply| Command::Cancel { sweep, reply }).await
-    }
-
-    pub async fn retry_failed(&self, sweep: SweepId) -> Result<u32, SchedError> {
-        self.call(|reply| Command::RetryFailed { sweep, reply }).await
-    }
-
-    pub async fn counters(&self) -> Result<Counters, SchedError> {
-        self.call(|reply| Command::Counters { reply }).await
-    }
-
-    /// The stored row of a sweep (its spec text, for resume).
-    pub async fn sweep_row(&self, sweep: SweepId) -> Result<SweepRow, SchedError> {
-        self.call(|reply| Command::Spec { sweep, reply }).await
-    }
+    let (tx, rx) = mpsc::channel();
+    let (events, _) = broadcast::channel(4096);
+    let workers = store.workers()?.into_iter().map(|(id, last_seen_ms)| (id, Seen { last_seen_ms, written: true })).collect();
+    let checkpointer = store.checkpoint_in_background(CHECKPOINT_EVERY)?;
+    let mut sched = Scheduler {
+        store,
+        events: events.clone(),
+        opts: opts.clone(),
+        live: HashMap::new(),
+        finished_at: BTreeMap::new(),
+        counters: Counters::default(),
+        workers,
+        outbox: Vec::new(),
+        _checkpointer: checkpointer,
+    };
+    std::thread::Builder::new()
+        .name("cbsweep-scheduler".into())
+        .spawn(move || sched.run(rx))
+        .map_err(|e| SchedError::Store(StoreError::Corrupt { what: "scheduler thread", detail: e.to_string() }))?;
+    Ok((tx, events))
 }
 
 struct Scheduler {

@@ -1,0 +1,120 @@
+//! The scheduler: the one owner of sweep state. It runs on its own thread (SQLite calls block),
+//! receives `Command`s over a channel and answers each on a oneshot; nothing else touches the
+//! store for writing. Handlers (gRPC, the local runner) hold a cheap `SchedulerHandle`.
+//! Commands that queue up while one is handled share its transaction (group commit); their
+//! replies and events leave only after that commit, so nothing acknowledged is ever lost.
+//!
+//! This file is the handle (the async API); `api.rs` holds the types commands and replies are
+//! made of; `state.rs` the thread that owns the store and handles each command. This file uses
+//! both, `state.rs` uses `api.rs`, and neither uses this file.
+
+mod api;
+mod state;
+
+pub use api::{
+    Counters, Event, LeaseGrant, NextLease, SchedError, SchedulerOptions, StatusReport, SubmitOutcome, SweepStatus, WorkerHello,
+    WorkerStatus,
+};
+
+use crate::store::SweepRow;
+use api::{Command, Reply};
+use cbsweep_common::{Attempt, EpochRecord, SweepId, SweepSpec, TrialId, TrialResult, WorkerId};
+use std::num::NonZeroU64;
+use std::sync::mpsc;
+use std::time::Duration;
+use tokio::sync::{broadcast, oneshot};
+
+/// A cheap, cloneable handle to the scheduler thread.
+#[derive(Clone)]
+pub struct SchedulerHandle {
+    tx: mpsc::Sender<Command>,
+    events: broadcast::Sender<Event>,
+    heartbeat: Duration,
+}
+
+impl SchedulerHandle {
+    /// Opens the store in `state_dir` and starts the scheduler thread.
+    pub fn start(state_dir: &std::path::Path, opts: SchedulerOptions) -> Result<SchedulerHandle, SchedError> {
+        let (tx, events) = state::spawn(state_dir, opts.clone())?;
+        Ok(SchedulerHandle { tx, events, heartbeat: opts.heartbeat })
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// The interval workers are told to heartbeat at (`SchedulerOptions::heartbeat`).
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, SchedError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).map_err(|_| SchedError::Stopped)?;
+        rx.await.map_err(|_| SchedError::Stopped)?
+    }
+
+    pub async fn submit(&self, spec: SweepSpec, path: String) -> Result<SubmitOutcome, SchedError> {
+        self.call(|reply| Command::Submit { spec, path, reply }).await
+    }
+
+    pub async fn register(&self, hello: WorkerHello) -> Result<WorkerId, SchedError> {
+        self.call(|reply| Command::Register { hello, reply }).await
+    }
+
+    /// Leases a pack of at most `max` trials, no more than fit in `memory_budget` bytes by
+    /// `cbsweep_common::memory` (but at least one); None: no budget.
+    pub async fn lease(&self, worker: WorkerId, max: u32, memory_budget: Option<NonZeroU64>) -> Result<LeaseGrant, SchedError> {
+        self.call(|reply| Command::Lease { worker, max, memory_budget, reply }).await
+    }
+
+    pub async fn heartbeat(&self, worker: WorkerId, held: Vec<(TrialId, Attempt)>) -> Result<Vec<TrialId>, SchedError> {
+        self.call(|reply| Command::Heartbeat { worker, held, reply }).await
+    }
+
+    pub async fn progress(&self, worker: WorkerId, items: Vec<(TrialId, Attempt, EpochRecord)>) -> Result<Vec<TrialId>, SchedError> {
+        self.call(|reply| Command::Progress { worker, items, reply }).await
+    }
+
+    pub async fn complete(&self, worker: WorkerId, trial: TrialId, attempt: Attempt, result: TrialResult) -> Result<bool, SchedError> {
+        Ok(self.complete_and_lease(worker, trial, attempt, result, None).await?.0)
+    }
+
+    /// Records a result and then, when `next` is given, leases the worker's next pack in the
+    /// same batch: whether the result was new, and the grant.
+    pub async fn complete_and_lease(
+        &self,
+        worker: WorkerId,
+        trial: TrialId,
+        attempt: Attempt,
+        result: TrialResult,
+        next: Option<NextLease>,
+    ) -> Result<(bool, Option<LeaseGrant>), SchedError> {
+        self.call(|reply| Command::Complete { worker, trial, attempt, result, next, reply }).await
+    }
+
+    pub async fn release(&self, worker: WorkerId, trials: Vec<TrialId>) -> Result<u32, SchedError> {
+        self.call(|reply| Command::Release { worker, trials, reply }).await
+    }
+
+    pub async fn status(&self, sweep: Option<SweepId>) -> Result<StatusReport, SchedError> {
+        self.call(|reply| Command::Status { sweep, reply }).await
+    }
+
+    pub async fn cancel(&self, sweep: SweepId) -> Result<u32, SchedError> {
+        self.call(|reply| Command::Cancel { sweep, reply }).await
+    }
+
+    pub async fn retry_failed(&self, sweep: SweepId) -> Result<u32, SchedError> {
+        self.call(|reply| Command::RetryFailed { sweep, reply }).await
+    }
+
+    pub async fn counters(&self) -> Result<Counters, SchedError> {
+        self.call(|reply| Command::Counters { reply }).await
+    }
+
+    /// The stored row of a sweep (its spec text, for resume).
+    pub async fn sweep_row(&self, sweep: SweepId) -> Result<SweepRow, SchedError> {
+        self.call(|reply| Command::Spec { sweep, reply }).await
+    }
+}
