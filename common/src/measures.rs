@@ -1,7 +1,7 @@
 //! The per-trial learning measures, one definition each, taken from a trial's curve (its
 //! `EpochRecord`s in epoch order). The worker logs them, the store records `max_level` and
 //! `final_level` with every result, and the results tables and statistics compute the rest:
-//! all through these functions (cb-rnn-spec.md, "Statistics across seeds"; docs/results.md).
+//! all through these functions (docs/science.md#learning-measures; docs/results.md).
 //!
 //! - max level: the highest level solved (0 if none).
 //! - final level: the level the trial was working on when it stopped (the last epoch's level,

@@ -26,6 +26,11 @@ fn required<'a>(field: &'static str, v: &'a str) -> Result<&'a str, Status> {
     if v.is_empty() { Err(Status::invalid_argument(format!("missing field `{field}`"))) } else { Ok(v) }
 }
 
+/// A reported epoch, its numbers checked (a non-finite one is the peer's fault: INVALID_ARGUMENT).
+fn c_epoch(e: v1::EpochRecord) -> Result<cbsweep_common::EpochRecord, Status> {
+    e.try_into().map_err(|e: cbsweep_proto::ConvertError| Status::invalid_argument(format!("progress.epoch: {e}")))
+}
+
 fn lease_response(grant: LeaseGrant) -> v1::LeaseResponse {
     let trials = grant
         .trials
@@ -88,7 +93,8 @@ impl v1::worker_service_server::WorkerService for WorkerApi {
         let mut items = Vec::with_capacity(r.progress.len());
         for p in r.progress {
             let epoch = p.epoch.ok_or_else(|| Status::invalid_argument("missing field `progress.epoch`"))?;
-            items.push((TrialId(required("progress.trial_id", &p.trial_id)?.to_string()), Attempt(p.attempt), epoch.into()));
+            let epoch = c_epoch(epoch)?;
+            items.push((TrialId(required("progress.trial_id", &p.trial_id)?.to_string()), Attempt(p.attempt), epoch));
         }
         let revoked = self.sched.progress(worker, items).await.map_err(status_of)?;
         Ok(Response::new(v1::ProgressResponse { revoked_trial_ids: revoked.into_iter().map(|t| t.0).collect() }))

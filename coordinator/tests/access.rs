@@ -145,3 +145,23 @@ async fn a_malformed_message_is_refused_and_nothing_panics() {
     assert!(e.message().contains("decode"), "{}", e.message());
     still_serving(&url).await;
 }
+
+#[tokio::test]
+async fn a_non_finite_number_in_a_curve_is_refused_as_invalid_naming_the_field() {
+    let (_dir, url, _srv) = start().await;
+    let mut c = worker_client(&url, TOKEN).await.unwrap();
+    let worker_id = c.register(hello(PROTOCOL_VERSION)).await.unwrap().into_inner().worker_id;
+    let epoch = v1::EpochRecord { epoch: 1, level: 2, train_loss: f64::NAN, test_accuracy: 0.5, grad_norm: 1.0, ..Default::default() };
+    let progress = v1::TrialProgress { trial_id: "t".into(), attempt: 1, epoch: Some(epoch) };
+    let e = c.report_progress(v1::ProgressRequest { worker_id: worker_id.clone(), progress: vec![progress] }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert!(e.message().contains("train_loss"), "{}", e.message());
+    let result = v1::TrialResult { outcome: v1::OutcomeKind::Diverged.into(), curve: vec![epoch], ..Default::default() };
+    let e = c
+        .complete(v1::CompleteRequest { worker_id, trial_id: "t".into(), attempt: 1, result: Some(result), next: None })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert!(e.message().contains("train_loss"), "{}", e.message());
+    still_serving(&url).await;
+}

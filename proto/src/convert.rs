@@ -232,9 +232,17 @@ impl From<&c::EpochRecord> for v1::EpochRecord {
     }
 }
 
-impl From<v1::EpochRecord> for c::EpochRecord {
-    fn from(e: v1::EpochRecord) -> Self {
-        c::EpochRecord {
+/// A curve's numbers must be finite: a trial whose loss turns NaN ends `Diverged` with the curve
+/// up to then, so a non-finite value on the wire is a peer's fault, refused naming the field.
+impl TryFrom<v1::EpochRecord> for c::EpochRecord {
+    type Error = ConvertError;
+    fn try_from(e: v1::EpochRecord) -> Result<Self, ConvertError> {
+        for (field, v) in [("train_loss", e.train_loss), ("test_accuracy", e.test_accuracy), ("grad_norm", e.grad_norm)] {
+            if !v.is_finite() {
+                return Err(ConvertError::Invalid { field, value: format!("{v} at epoch {}", e.epoch) });
+            }
+        }
+        Ok(c::EpochRecord {
             epoch: e.epoch,
             level: e.level,
             train_loss: e.train_loss,
@@ -243,7 +251,7 @@ impl From<v1::EpochRecord> for c::EpochRecord {
             grad_norm: e.grad_norm,
             core_learning: e.core_learning,
             cb_learning: e.cb_learning,
-        }
+        })
     }
 }
 
@@ -275,7 +283,7 @@ impl TryFrom<v1::TrialResult> for c::TrialResult {
             Ok(v1::OutcomeKind::Failed) => c::TrialOutcome::Failed(r.error),
             _ => return Err(ConvertError::Invalid { field: "outcome", value: r.outcome.to_string() }),
         };
-        let curve: Vec<c::EpochRecord> = r.curve.into_iter().map(Into::into).collect();
+        let curve = r.curve.into_iter().map(c::EpochRecord::try_from).collect::<Result<Vec<_>, _>>()?;
         if curve.windows(2).any(|w| w[1].epoch != w[0].epoch + 1) {
             return Err(ConvertError::Invalid { field: "curve", value: "epochs not consecutive".into() });
         }
@@ -288,6 +296,18 @@ impl TryFrom<v1::TrialResult> for c::TrialResult {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn a_curve_with_a_non_finite_number_is_refused_naming_the_field() {
+        let rec =
+            |loss: f64| v1::EpochRecord { epoch: 1, level: 2, train_loss: loss, test_accuracy: 0.5, grad_norm: 1.0, ..Default::default() };
+        assert!(c::EpochRecord::try_from(rec(0.7)).is_ok());
+        let e = c::EpochRecord::try_from(rec(f64::NAN)).unwrap_err().to_string();
+        assert!(e.contains("train_loss") && e.contains("NaN"), "{e}");
+        let result = v1::TrialResult { outcome: v1::OutcomeKind::Diverged.into(), curve: vec![rec(f64::INFINITY)], ..Default::default() };
+        let e = c::TrialResult::try_from(result).unwrap_err().to_string();
+        assert!(e.contains("train_loss") && e.contains("inf"), "{e}");
+    }
 
     #[test]
     fn trial_specs_round_trip_through_the_wire() {

@@ -1,4 +1,4 @@
-//! stats.parquet: statistics across seeds (cb-rnn-spec.md, "Statistics across seeds").
+//! stats.parquet: statistics across seeds (docs/science.md#statistics).
 //!
 //! Per-trial learning measures are taken from the trial's curve (`crate::measures`, each defined
 //! once in `cbsweep_common::measures`), then summarised per condition

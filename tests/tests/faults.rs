@@ -95,3 +95,27 @@ fn killed_run_resumes_without_rerunning_finished_trials() {
     }
     assert_eq!(dones.len(), 12);
 }
+
+#[test]
+fn a_diverged_trial_is_recorded_as_a_result_with_its_curve_up_to_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), "dv.toml", &spec_text("dv", 2, 4, 1, 5));
+    let out = dir.path().join("out");
+    let o = std::process::Command::new(cbsweep_tests::bin("cbsweep"))
+        .args(["run", spec.to_str().unwrap(), "--workers", "1", "--trainer", "fake", "--out", out.to_str().unwrap()])
+        .args(["--worker-arg=--fake-epoch-ms=10", "--worker-arg=--fake-diverge-seeds=1"])
+        .env("CBSWEEP_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let rows = duckdb(&format!(
+        "SELECT seed, status, outcome, epochs_run FROM '{}' ORDER BY seed, task, arch",
+        out.join("dv/trials.parquet").display()
+    ));
+    assert_eq!(rows.len(), 8, "{rows:?}");
+    for r in &rows {
+        assert_eq!(r["status"], "done", "{r}");
+        let (outcome, epochs) = if r["seed"] == 1 { ("diverged", 1) } else { ("completed", 4) };
+        assert_eq!((r["outcome"].as_str(), r["epochs_run"].as_u64()), (Some(outcome), Some(epochs)), "{r}");
+    }
+}

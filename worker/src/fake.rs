@@ -82,10 +82,10 @@ impl Trainer for FakeTrainer {
                     ending[i] = Some(Ending::Outcome(TrialOutcome::Failed(format!("fake failure for seed {}", t.seed))));
                     continue;
                 }
-                let mut rec = fake_epoch(t, epoch, levels[i]);
+                let rec = fake_epoch(t, epoch, levels[i]);
                 if epoch > 1 && self.cfg.diverge_seeds.contains(&t.seed.0) {
-                    rec.train_loss = f64::NAN;
-                    curves[i].push(rec);
+                    // As the real trainer: the epoch whose loss turned NaN ends the trial and is
+                    // not part of its curve (the curve up to then is kept).
                     ending[i] = Some(Ending::Outcome(TrialOutcome::Diverged));
                     continue;
                 }

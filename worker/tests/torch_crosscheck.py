@@ -1,4 +1,4 @@
-"""Independent PyTorch reference for the worker's packed CB-RNN / RNN (cb-rnn-spec.md, "Models").
+"""Independent PyTorch reference for the worker's packed CB-RNN / RNN (docs/science.md#models).
 
 Called by the worker's crosscheck test with a directory holding, as .npy files, one pack's
 weights (param_<name>.npy, shaped [M, ...]) and inputs (x [T, M, B], lengths [M, B], h0 [M, B, H],

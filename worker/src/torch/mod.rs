@@ -1,4 +1,4 @@
-//! The libtorch trainer: the CB-RNN and its parameter-matched plain RNN (cb-rnn-spec.md), the
+//! The libtorch trainer: the CB-RNN and its parameter-matched plain RNN (docs/science.md), the
 //! three curriculum tasks, and the training of a pack of same-shape trials as one batched
 //! computation on one device.
 //!

@@ -1,4 +1,4 @@
-//! The leaky Elman RNN and the CB-RNN (cb-rnn-spec.md, "Models") for a pack of M trials: every
+//! The leaky Elman RNN and the CB-RNN (docs/science.md#models) for a pack of M trials: every
 //! parameter carries a leading pack axis M and every product is a batched matmul, so M trials
 //! with equal shapes run as one computation. M = 1 is not a special case.
 //!
@@ -49,7 +49,7 @@ pub(crate) enum CbOutput {
     Off,
 }
 
-/// The populations of units whose activity the analyses read (cb-rnn-spec.md, "Analyses").
+/// The populations of units whose activity the analyses read (docs/science.md#analyses).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Population {
     /// The core's state h_t.

@@ -1,4 +1,4 @@
-//! Which modules of a trial learn in an SGD step (cb-rnn-spec.md, "Regimes"): the `Learning`
+//! Which modules of a trial learn in an SGD step (docs/science.md#regimes): the `Learning`
 //! flags the engines apply as freeze masks, and the regimes' rule that sets them from a trial's
 //! place in its curriculum. Knows no engine.
 

@@ -1,4 +1,4 @@
-//! Training a pack of trials together (cb-rnn-spec.md, "Training" and "Regimes"): the epoch
+//! Training a pack of trials together (docs/science.md#training and #regimes): the epoch
 //! loop over one `PackEngine`, each trial's curriculum and freeze rules, what is reported after
 //! every epoch, the checkpoint analyses and saved weights, and dropping the rows of ended
 //! trials. Every per-trial quantity lives on its own row of the pack, so a trial's numbers do

@@ -1,4 +1,4 @@
-//! The three memory tasks as pure-Rust data generation (cb-rnn-spec.md, "Tasks"), and the
+//! The three memory tasks as pure-Rust data generation (docs/science.md#tasks), and the
 //! per-trial random streams every draw of a trial follows from. No torch RNG is used anywhere:
 //! what a trial sees depends on its seed alone, never on which trials share its pack.
 

@@ -1,4 +1,4 @@
-//! The checkpoint analyses (cb-rnn-spec.md, "Analyses, at each solved level"): the cerebellar
+//! The checkpoint analyses (docs/science.md#analyses): the cerebellar
 //! output's ablation, PCA dimensionality and timescales per population, and the checkpoint's
 //! weights as safetensors.
 //!

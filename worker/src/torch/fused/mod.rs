@@ -1,5 +1,5 @@
 //! The CPU engine: the forward pass and a hand-written backward pass through time of one trial's
-//! model (cb-rnn-spec.md, "Models"), on host memory, with `gemm`'s AVX-512/AVX2 kernels.
+//! model (docs/science.md#models), on host memory, with `gemm`'s AVX-512/AVX2 kernels.
 //!
 //! Why it exists: on a CPU the cost of these small networks is per-operation overhead and small
 //! matrix products, not arithmetic (issue 7). libtorch's autograd records ~40 operations per time
