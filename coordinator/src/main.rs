@@ -12,13 +12,13 @@ use std::process::ExitCode;
 
 /// Named exit codes.
 mod exit {
-    pub const FAILURE: u8 = 1;
+    pub(crate) const FAILURE: u8 = 1;
     /// Bad input: an invalid spec, a conflicting resubmission.
-    pub const BAD_INPUT: u8 = 2;
+    pub(crate) const BAD_INPUT: u8 = 2;
     /// The coordinator could not be reached.
-    pub const UNAVAILABLE: u8 = 69;
+    pub(crate) const UNAVAILABLE: u8 = 69;
     /// Stopped by Ctrl-C; the state is saved and the sweep can be resumed.
-    pub const INTERRUPTED: u8 = 130;
+    pub(crate) const INTERRUPTED: u8 = 130;
 }
 
 /// cbsweep: hyperparameter sweeps of CB-RNN versus parameter-matched RNN experiments.

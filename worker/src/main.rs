@@ -13,9 +13,9 @@ use std::time::Duration;
 
 /// Named exit codes.
 mod exit {
-    pub const SUCCESS: u8 = 0;
-    pub const FAILURE: u8 = 1;
-    pub const BAD_INPUT: u8 = 2;
+    pub(crate) const SUCCESS: u8 = 0;
+    pub(crate) const FAILURE: u8 = 1;
+    pub(crate) const BAD_INPUT: u8 = 2;
 }
 
 /// cbsweep-worker: leases trials from a cbsweep coordinator and trains them.
