@@ -6,7 +6,8 @@
 //! step and runs every weight-gradient product once per step with 64 rows. Here a time step is
 //! three products forward and three backward; the input bit is a select, not a product; bias,
 //! activation and leak are one pass; and the weight gradients of all T steps are three large
-//! products at the end (K = T x 32 instead of 32).
+//! products at the end (K = T x rows, the job's rows being at most `CHUNK` = 64 sequences,
+//! instead of K = rows once per step).
 //!
 //! Work is split into jobs of one trial, one batch and at most `CHUNK` sequences, spread over the
 //! rayon pool. Job sizes depend on neither the pack nor the thread count, and the per-trial sums
