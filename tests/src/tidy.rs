@@ -146,32 +146,44 @@ pub fn layering_violations(meta: &serde_json::Value) -> Vec<String> {
 }
 
 /// Paths in backquotes in `markdown` (ARCHITECTURE.md) that exist nowhere they could mean. A
-/// path is resolved against the root, and under a `### crate` heading also against that
-/// crate's folder, its src/ and its tests/. Placeholders (a segment in capitals, as in
+/// path is resolved against the root; under a `### crate` heading also against that crate's
+/// folder, its src/ and its tests/; and against the folders named earlier in the same top-level
+/// bullet or paragraph (`src/store/` then `mod.rs`). Placeholders (a segment in capitals, as in
 /// OUT/SWEEP/logs), commands (a space), URL paths (a leading slash) and Rust paths (`::`) are
 /// not paths.
 pub fn missing_paths(root: &Path, markdown: &str) -> Vec<String> {
     let mut wrong = Vec::new();
-    let mut section_dir: Option<PathBuf> = None;
+    let mut section: Vec<PathBuf> = Vec::new();
+    let mut context: Vec<PathBuf> = Vec::new();
     for (n, line) in markdown.lines().enumerate() {
-        if let Some(h) = line.strip_prefix("### ") {
-            let first = h.split(|c: char| c == ' ' || c == ',').next().unwrap_or("");
-            section_dir = Some(root.join(first)).filter(|d| !first.is_empty() && d.is_dir());
+        if line.starts_with('#') {
+            section.clear();
+            context.clear();
+            if let Some(h) = line.strip_prefix("### ") {
+                let first = h.split([' ', ',']).next().unwrap_or("");
+                let dir = root.join(first);
+                if !first.is_empty() && dir.is_dir() {
+                    section = vec![dir.clone(), dir.join("src"), dir.join("tests")];
+                }
+            }
             continue;
         }
-        if line.starts_with("## ") || line.starts_with("# ") {
-            section_dir = None;
+        if line.trim().is_empty() || line.starts_with("- ") {
+            context.clear();
         }
         for (i, token) in line.split('`').enumerate() {
             if i % 2 == 0 || !looks_like_path(token) {
                 continue;
             }
-            let mut bases = vec![root.to_path_buf()];
-            if let Some(d) = &section_dir {
-                bases.extend([d.clone(), d.join("src"), d.join("tests")]);
-            }
-            if !bases.iter().any(|b| b.join(token).exists()) {
-                wrong.push(format!("ARCHITECTURE.md:{}: `{token}` does not exist", n + 1));
+            let found = std::iter::once(root.to_path_buf())
+                .chain(section.iter().cloned())
+                .chain(context.iter().cloned())
+                .map(|b| b.join(token))
+                .find(|p| p.exists());
+            match found {
+                Some(p) if p.is_dir() => context.push(p),
+                Some(_) => {}
+                None => wrong.push(format!("ARCHITECTURE.md:{}: `{token}` does not exist", n + 1)),
             }
         }
     }
