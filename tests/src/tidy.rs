@@ -213,8 +213,11 @@ pub fn unformatted(files: &[PathBuf], config: &Path) -> Vec<String> {
             .expect("rustfmt runs (rustup component add rustfmt)");
         if !out.status.success() {
             let text = String::from_utf8_lossy(&out.stdout);
-            let files: BTreeSet<&str> =
-                text.lines().filter_map(|l| l.strip_prefix("Diff in ")).map(|l| l.rsplit_once(':').map_or(l, |(f, _)| f)).collect();
+            let files: BTreeSet<&str> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("Diff in "))
+                .map(|l| l.trim_end_matches(':').rsplit_once(':').map_or(l, |(f, _)| f))
+                .collect();
             let what = if files.is_empty() { String::from_utf8_lossy(&out.stderr).into_owned() } else { format!("{files:?}") };
             wrong.push(format!("not rustfmt-formatted (run `cargo fmt --all`): {what}"));
         }
