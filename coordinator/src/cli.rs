@@ -110,7 +110,7 @@ pub fn print_summary(s: &RunSummary) {
     }
     println!("{table}");
     println!("sweep {}: {} trials, {} done, {} failed", s.sweep, s.total, s.done, s.failed);
-    println!("results: {}/{{trials,curves}}.parquet", s.results_dir.display());
+    println!("results: {}/{{trials,curves,levels,analyses,stats}}.parquet", s.results_dir.display());
     println!("query:   duckdb -c \"SELECT arch, task, avg(max_level) FROM '{}/trials.parquet' GROUP BY ALL\"", s.results_dir.display());
 }
 

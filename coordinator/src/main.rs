@@ -15,6 +15,9 @@ mod exit {
     pub(crate) const FAILURE: u8 = 1;
     /// Bad input: an invalid spec, a conflicting resubmission.
     pub(crate) const BAD_INPUT: u8 = 2;
+    /// `run` or `resume` finished, and at least one trial ended failed (out of attempts): its
+    /// error is in trials.parquet; `cbsweep retry-failed` or a new `run` queues it again.
+    pub(crate) const TRIALS_FAILED: u8 = 3;
     /// The coordinator could not be reached.
     pub(crate) const UNAVAILABLE: u8 = 69;
     /// Stopped by Ctrl-C; the state is saved and the sweep can be resumed.
@@ -327,10 +330,35 @@ fn exit_code(e: &CliError) -> u8 {
     }
 }
 
-async fn dispatch(cmd: Command) -> Result<(), CliError> {
+/// The exit code of a sweep that ran to its end: non-zero when a trial ended failed, so Slurm
+/// and scripts see it.
+fn finished(summary: &cbsweep_coordinator::local::RunSummary) -> u8 {
+    if summary.failed == 0 {
+        return 0;
+    }
+    eprintln!(
+        "cbsweep: {} of {} trials of sweep {} failed (their errors: the `error` column of {}/trials.parquet); exit code {}",
+        summary.failed,
+        summary.total,
+        summary.sweep,
+        summary.results_dir.display(),
+        exit::TRIALS_FAILED
+    );
+    exit::TRIALS_FAILED
+}
+
+/// Runs a command; Ok carries the exit code of a command that ran to its end.
+async fn dispatch(cmd: Command) -> Result<u8, CliError> {
     match cmd {
-        Command::Run { spec, args } => cli::run(&spec, args.options()).await.map(|_| ()),
-        Command::Resume { sweep, args } => cli::resume(&SweepId(sweep), args.options()).await.map(|_| ()),
+        Command::Run { spec, args } => cli::run(&spec, args.options()).await.map(|s| finished(&s)),
+        Command::Resume { sweep, args } => cli::resume(&SweepId(sweep), args.options()).await.map(|s| finished(&s)),
+        other => dispatch_other(other).await.map(|()| 0),
+    }
+}
+
+async fn dispatch_other(cmd: Command) -> Result<(), CliError> {
+    match cmd {
+        Command::Run { .. } | Command::Resume { .. } => unreachable!("handled by dispatch"),
         Command::Validate { spec } => cli::validate(&spec),
         Command::Coordinator { listen, http_listen, state, out, token_file, tls_cert, tls_key } => {
             let out = out.unwrap_or_else(|| state.join("results"));
@@ -346,7 +374,7 @@ async fn dispatch(cmd: Command) -> Result<(), CliError> {
         Command::Export { sweep, state, out } => {
             let state = state.unwrap_or_else(|| out.join(cbsweep_coordinator::local::STATE_DIR));
             let dir = cli::export(&state, &SweepId(sweep), &out)?;
-            println!("wrote {}/{{trials,curves}}.parquet", dir.display());
+            println!("wrote {}/{{trials,curves,levels,analyses,stats}}.parquet", dir.display());
             Ok(())
         }
         Command::Stats { sweep, state, out } => {
@@ -392,7 +420,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(dispatch(cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("cbsweep: {e}");
             ExitCode::from(exit_code(&e))

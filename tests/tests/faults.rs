@@ -119,3 +119,23 @@ fn a_diverged_trial_is_recorded_as_a_result_with_its_curve_up_to_then() {
         assert_eq!((r["outcome"].as_str(), r["epochs_run"].as_u64()), (Some(outcome), Some(epochs)), "{r}");
     }
 }
+
+#[test]
+fn a_run_whose_trials_failed_exits_with_its_own_code_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), "fl.toml", &spec_text("fl", 2, 2, 1, 5).replace("max_attempts = 5", "max_attempts = 2"));
+    let out = dir.path().join("out");
+    let run = |fail: &str| {
+        std::process::Command::new(cbsweep_tests::bin("cbsweep"))
+            .args(["run", spec.to_str().unwrap(), "--workers", "1", "--trainer", "fake", "--out", out.to_str().unwrap()])
+            .args(["--worker-arg=--fake-epoch-ms=5", fail])
+            .env("CBSWEEP_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let o = run("--worker-arg=--fake-fail-seeds=1");
+    assert_eq!(o.status.code(), Some(3), "failed trials give exit code 3: {}", text(&o));
+    assert!(text(&o).contains("4 of 8 trials of sweep fl failed") && text(&o).contains("trials.parquet"), "{}", text(&o));
+    let failed = duckdb(&format!("SELECT count(*) AS n FROM '{}' WHERE status = 'failed'", out.join("fl/trials.parquet").display()));
+    assert_eq!(failed[0]["n"].as_u64(), Some(4), "{failed:?}");
+}
