@@ -48,6 +48,16 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CliError {
     move |source| CliError::Io { what, source }
 }
 
+/// Writes `text` and a newline to standard output. A reader that went away (`cbsweep validate
+/// SPEC | head`) is no error: the rest of the output is simply not wanted.
+fn print_out(text: impl std::fmt::Display) -> Result<(), CliError> {
+    use std::io::Write;
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.map_err(io("standard output")),
+    }
+}
+
 /// `cbsweep validate SPEC`: load, validate, describe.
 pub fn validate(spec_path: &Path) -> Result<(), CliError> {
     let spec = load_spec(spec_path)?;
@@ -55,15 +65,20 @@ pub fn validate(spec_path: &Path) -> Result<(), CliError> {
     for t in &spec.trials {
         *conditions.entry(t.condition()).or_default() += 1;
     }
-    println!("{}: sweep {} is valid: {} trials in {} conditions", spec_path.display(), spec.id, spec.trials.len(), conditions.len());
+    print_out(format_args!(
+        "{}: sweep {} is valid: {} trials in {} conditions",
+        spec_path.display(),
+        spec.id,
+        spec.trials.len(),
+        conditions.len()
+    ))?;
     let mut table = Table::new();
     table.load_preset(UTF8_BORDERS_ONLY).set_header(["condition", "seeds", "params"]);
     for (c, n) in &conditions {
         let params = spec.trials.iter().find(|t| &t.condition() == c).map(|t| t.param_count()).unwrap_or(0);
         table.add_row([c.clone(), n.to_string(), params.to_string()]);
     }
-    println!("{table}");
-    Ok(())
+    print_out(table)
 }
 
 /// `cbsweep run SPEC`.

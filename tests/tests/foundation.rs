@@ -144,3 +144,23 @@ fn same_trial_run_twice_gives_the_same_curve() {
     assert_eq!(curves[0].len(), 3);
     assert_eq!(curves[0], curves[1], "same seed, same trial, same numbers");
 }
+
+#[test]
+fn validate_into_a_reader_that_went_away_exits_quietly() {
+    let mut child = std::process::Command::new(cbsweep_tests::bin("cbsweep"))
+        .args(["validate", cbsweep_tests::root().join("sweeps/paper.toml").to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `| head` that has read what it wanted: the pipe's reading end is closed before the output.
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("panicked"), "{}", text(&o));
+}
+
+#[test]
+fn absurd_values_are_refused_before_anything_runs_naming_the_bound() {
+    refused("absurd.toml", &TINY.replace("batch_size = 16", "batch_size = 1000000000"), &["train.batch_size = 1000000000", "at most 4096"]);
+}
