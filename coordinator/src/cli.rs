@@ -167,6 +167,9 @@ pub fn plot(state: &Path, sweep: &SweepId, out: &Path) -> Result<Vec<PathBuf>, C
 /// The token a coordinator serves with: the file, the environment, or a new one written to
 /// STATE/token (mode 0600) for workers and clients to read.
 fn coordinator_token(token_file: Option<&Path>, state: &Path) -> Result<Token, CliError> {
+    if let Some(f) = token_file {
+        warn_if_loose(f);
+    }
     if let Some(t) = client::read_token(token_file).map_err(io("token"))? {
         return Ok(Token(t));
     }
@@ -174,16 +177,43 @@ fn coordinator_token(token_file: Option<&Path>, state: &Path) -> Result<Token, C
     if let Ok(t) = std::fs::read_to_string(&path)
         && !t.trim().is_empty()
     {
+        warn_if_loose(&path);
         eprintln!("cbsweep coordinator: using the token in {}", path.display());
         return Ok(Token(t.trim().to_string()));
     }
     std::fs::create_dir_all(state).map_err(io(format!("cannot create {}", state.display())))?;
     let t = format!("{:032x}", rand::random::<u128>());
-    std::fs::write(&path, &t).map_err(io(format!("cannot write {}", path.display())))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io(format!("cannot restrict {}", path.display())))?;
+    write_private(&path, &t).map_err(io(format!("cannot write {}", path.display())))?;
     eprintln!("cbsweep coordinator: wrote a new token to {} (give it to workers with --token-file)", path.display());
     Ok(Token(t))
+}
+
+/// Writes a secret to a new file that only its owner can read from the moment it exists
+/// (created with mode 0600, not chmod'ed afterwards); an old file of that name is replaced.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Says so when a token file can be read by others than its owner.
+fn warn_if_loose(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path).map(|m| m.permissions().mode())
+        && m & 0o077 != 0
+    {
+        eprintln!(
+            "cbsweep: warning: token file {} is readable by others (mode {:o}): anyone who reads it can submit and cancel sweeps; run `chmod 600 {}`",
+            path.display(),
+            m & 0o777,
+            path.display()
+        );
+    }
 }
 
 /// `cbsweep coordinator`: serve until Ctrl-C or SIGTERM; export each sweep when it finishes.
@@ -250,6 +280,9 @@ pub async fn coordinator(
 }
 
 async fn sweep_client(url: &str, token_file: Option<&Path>) -> Result<client::SweepClient, CliError> {
+    if let Some(f) = token_file {
+        warn_if_loose(f);
+    }
     let token = client::read_token(token_file).map_err(io("token"))?.ok_or(CliError::NoToken)?;
     Ok(client::sweep_client(url, &token).await?)
 }

@@ -1,5 +1,6 @@
 //! gRPC over TLS (rustls): a coordinator serving a certificate signed by a test CA, a worker and
-//! the CLI connecting over https:// with that CA; a client without it is refused.
+//! the CLI connecting over https:// with that CA; a client without it is refused. And the
+//! bearer token's file: written owner-only, a loose one warned about.
 
 use cbsweep_tests::{Proc, bin, duckdb, free_port, text, wait_until, write_spec};
 use std::path::Path;
@@ -120,4 +121,34 @@ fn a_sweep_runs_over_tls_and_a_client_without_the_ca_is_refused() {
     assert_eq!(rows[0]["n"], 4);
     let ok = cli(&["status", "tls"], true);
     assert!(ok.status.success() && text(&ok).contains("4 done"), "{}", text(&ok));
+}
+
+#[test]
+fn a_new_token_file_is_owner_only_and_a_loose_one_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let port = cbsweep_tests::free_port();
+    let mut coord = cbsweep_tests::Proc::spawn(
+        std::process::Command::new(cbsweep_tests::bin("cbsweep"))
+            .args(["coordinator", "--listen", &format!("127.0.0.1:{port}"), "--state", state.to_str().unwrap()])
+            .env_remove("CBSWEEP_TOKEN")
+            .env("CBSWEEP_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    let token = state.join("token");
+    cbsweep_tests::wait_until(20, "the coordinator to write its token", || token.is_file() && std::fs::metadata(&token).unwrap().len() > 0);
+    assert_eq!(std::fs::metadata(&token).unwrap().permissions().mode() & 0o777, 0o600, "the token is its owner's alone");
+    coord.kill9();
+
+    let loose = dir.path().join("loose-token");
+    std::fs::write(&loose, "t0ken").unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = std::process::Command::new(cbsweep_tests::bin("cbsweep"))
+        .args(["status", "--coordinator", &format!("http://127.0.0.1:{port}"), "--token-file", loose.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let msg = cbsweep_tests::text(&o);
+    assert!(msg.contains("readable by others (mode 644)") && msg.contains("chmod 600"), "{msg}");
 }
