@@ -26,6 +26,17 @@ fn required<'a>(field: &'static str, v: &'a str) -> Result<&'a str, Status> {
     if v.is_empty() { Err(Status::invalid_argument(format!("missing field `{field}`"))) } else { Ok(v) }
 }
 
+/// A name a worker gives (its host, its device): it goes into worker ids, logs and the status
+/// table, so it must be short and printable (a newline would forge a log line).
+fn printable(field: &'static str, v: &str) -> Result<String, Status> {
+    const MAX: usize = 255;
+    if v.len() > MAX || v.chars().any(char::is_control) {
+        let shown: String = v.chars().take(40).flat_map(char::escape_default).collect();
+        return Err(Status::invalid_argument(format!("field `{field}` = \"{shown}\" must be at most {MAX} printable characters")));
+    }
+    Ok(v.to_string())
+}
+
 /// A reported epoch, its numbers checked (a non-finite one is the peer's fault: INVALID_ARGUMENT).
 fn c_epoch(e: v1::EpochRecord) -> Result<cbsweep_common::EpochRecord, Status> {
     e.try_into().map_err(|e: cbsweep_proto::ConvertError| Status::invalid_argument(format!("progress.epoch: {e}")))
@@ -63,7 +74,11 @@ impl v1::worker_service_server::WorkerService for WorkerApi {
                 r.protocol_version
             )));
         }
-        let hello = WorkerHello { hostname: required("hostname", &r.hostname)?.to_string(), device: r.device, pid: r.pid };
+        let hello = WorkerHello {
+            hostname: printable("hostname", required("hostname", &r.hostname)?)?,
+            device: printable("device", &r.device)?,
+            pid: r.pid,
+        };
         let id = self.sched.register(hello).await.map_err(status_of)?;
         Ok(Response::new(v1::RegisterResponse {
             worker_id: id.0,

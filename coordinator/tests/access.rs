@@ -165,3 +165,16 @@ async fn a_non_finite_number_in_a_curve_is_refused_as_invalid_naming_the_field()
     assert!(e.message().contains("train_loss"), "{}", e.message());
     still_serving(&url).await;
 }
+
+#[tokio::test]
+async fn a_hostname_that_would_forge_a_log_line_is_refused() {
+    let (_dir, url, _srv) = start().await;
+    let mut c = worker_client(&url, TOKEN).await.unwrap();
+    let forged = v1::RegisterRequest { hostname: "node1\nERROR forged line".into(), ..hello(PROTOCOL_VERSION) };
+    let e = c.register(forged).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert!(e.message().contains("hostname") && e.message().contains("node1\\nERROR"), "{}", e.message());
+    let long = v1::RegisterRequest { hostname: "h".repeat(300), ..hello(PROTOCOL_VERSION) };
+    assert_eq!(c.register(long).await.unwrap_err().code(), Code::InvalidArgument);
+    still_serving(&url).await;
+}
