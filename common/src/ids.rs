@@ -34,6 +34,23 @@ string_id!(
     /// A sweep's name from its spec (`[sweep] name`); results land in OUT/<sweep id>/.
     SweepId
 );
+impl SweepId {
+    /// The longest sweep name (it names the results folder and every log line).
+    pub const MAX_LEN: usize = 64;
+
+    /// Why `name` cannot name a sweep, or Ok: 1 to `MAX_LEN` letters, digits, '-' and '_', so
+    /// that OUT/<name>/ is one folder inside OUT (no '/', no '..').
+    pub fn check(name: &str) -> Result<(), String> {
+        if name.len() > Self::MAX_LEN {
+            return Err(format!("must be at most {} characters", Self::MAX_LEN));
+        }
+        if name.is_empty() || !name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
+            return Err("must be non-empty and use only letters, digits, '-' and '_' (it names the results folder)".into());
+        }
+        Ok(())
+    }
+}
+
 string_id!(
     /// Content hash of a trial's full spec and the code version (see `TrialSpec::id`).
     TrialId

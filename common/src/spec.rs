@@ -295,9 +295,6 @@ pub const UPPER_BOUNDS: &[(&str, f64)] = &[
 /// The most trials one sweep may expand to.
 pub const MAX_TRIALS: usize = 1_000_000;
 
-/// The longest sweep name (it names the results folder and every log line).
-pub const MAX_NAME_LEN: usize = 64;
-
 struct Checker<'a> {
     path: &'a Path,
 }
@@ -345,16 +342,7 @@ impl Checker<'_> {
 fn validate(raw: RawSpec, path: &Path, resolved: String, overrides: Vec<SpecOverride>) -> Result<SweepSpec, SpecError> {
     let c = Checker { path };
     let name = raw.sweep.name.trim();
-    if name.len() > MAX_NAME_LEN {
-        return Err(c.invalid("sweep.name", format!("{:?}", raw.sweep.name), &format!("must be at most {MAX_NAME_LEN} characters")));
-    }
-    if name.is_empty() || !name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
-        return Err(c.invalid(
-            "sweep.name",
-            format!("{:?}", raw.sweep.name),
-            "must be non-empty and use only letters, digits, '-' and '_' (it names the results folder)",
-        ));
-    }
+    SweepId::check(name).map_err(|why| c.invalid("sweep.name", format!("{:?}", raw.sweep.name), &why))?;
     let g = &raw.grid;
     let tasks: Vec<Task> = c.parse_each("grid.task", &g.task)?;
     let archs: Vec<Arch> = c.parse_each("grid.arch", &g.arch)?;

@@ -5,6 +5,7 @@ use anyhow::Context;
 use cbsweep_common::SweepId;
 use cbsweep_coordinator::cli::{self, CliError, DEFAULT_COORDINATOR};
 use cbsweep_coordinator::local::{LocalError, RunOptions};
+use cbsweep_results::ResultsError;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -321,6 +322,7 @@ async fn slurm(cmd: SlurmCommand) -> Result<(), CliError> {
 fn exit_code(e: &CliError) -> u8 {
     match e {
         CliError::Spec(_) | CliError::Local(LocalError::Spec(_)) | CliError::UnknownSweep { .. } | CliError::Slurm(_) => exit::BAD_INPUT,
+        CliError::Results(ResultsError::UnknownSweep(_) | ResultsError::BadSweepName(..)) => exit::BAD_INPUT,
         CliError::Local(LocalError::Sched(cbsweep_coordinator::scheduler::SchedError::Conflict { .. })) => exit::BAD_INPUT,
         CliError::Rpc(s) if s.code() == tonic::Code::InvalidArgument || s.code() == tonic::Code::AlreadyExists => exit::BAD_INPUT,
         CliError::Client(_) => exit::UNAVAILABLE,

@@ -1,6 +1,7 @@
 //! The results crate's one error type: reading the coordinator's state through a
 //! `ResultsSource`, or writing a table.
 
+use cbsweep_common::SweepId;
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +15,12 @@ pub enum ResultsError {
     Parquet { path: PathBuf, source: parquet::errors::ParquetError },
     #[error("cannot build the {table} table: {source}")]
     Arrow { table: &'static str, source: arrow_schema::ArrowError },
+    /// Nothing was written: the tables of a sweep the state does not hold would be empty ones
+    /// over good ones.
+    #[error("sweep {0} is not in the coordinator's state: nothing exported (`cbsweep status` lists its sweeps)")]
+    UnknownSweep(SweepId),
+    #[error("{0:?} is not a sweep name: it {1}")]
+    BadSweepName(String, String),
 }
 
 impl ResultsError {

@@ -22,9 +22,11 @@ struct Broken;
 impl ResultsSource for Memory {
     type Error = Broken;
 
-    fn sweep(&self, _: &SweepId) -> Result<Option<SweepMeta>, Broken> {
+    fn sweep(&self, sweep: &SweepId) -> Result<Option<SweepMeta>, Broken> {
         if self.broken {
             Err(Broken)
+        } else if sweep.as_str() != "m" {
+            Ok(None)
         } else {
             Ok(Some(SweepMeta { spec_hash: "from-the-source".into(), spec_overrides: "train.epochs=6".into() }))
         }
@@ -109,4 +111,21 @@ fn a_sources_error_comes_back_as_it_is() {
     assert!(matches!(err, ResultsError::Source(_)), "{err:?}");
     assert_eq!(err.to_string(), "the memory source is broken");
     assert!(!out.path().join("m").exists(), "nothing written");
+}
+
+#[test]
+fn a_sweep_the_source_does_not_hold_or_a_path_for_a_name_writes_nothing() {
+    let out = tempfile::tempdir().unwrap();
+    let good = export(&memory(), &"m".into(), out.path()).unwrap();
+    let before = std::fs::read(good.join("trials.parquet")).unwrap();
+    let e = export(&memory(), &"nosuch".into(), out.path()).unwrap_err();
+    assert!(matches!(e, ResultsError::UnknownSweep(_)), "{e}");
+    assert!(e.to_string().contains("sweep nosuch is not in the coordinator's state"), "{e}");
+    assert!(!out.path().join("nosuch").exists(), "no empty tables were written");
+    for name in ["../../x", "a/b", ".."] {
+        let e = export(&memory(), &name.into(), out.path()).unwrap_err();
+        assert!(matches!(e, ResultsError::BadSweepName(..)), "{name}: {e}");
+    }
+    assert!(!out.path().parent().unwrap().join("x").exists());
+    assert_eq!(std::fs::read(good.join("trials.parquet")).unwrap(), before, "the good tables are untouched");
 }

@@ -139,3 +139,25 @@ fn a_run_whose_trials_failed_exits_with_its_own_code_naming_them() {
     let failed = duckdb(&format!("SELECT count(*) AS n FROM '{}' WHERE status = 'failed'", out.join("fl/trials.parquet").display()));
     assert_eq!(failed[0]["n"].as_u64(), Some(4), "{failed:?}");
 }
+
+#[test]
+fn export_of_a_sweep_the_state_does_not_hold_or_of_a_path_is_refused_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), "ex.toml", &spec_text("ex", 1, 1, 1, 5));
+    let out = dir.path().join("out");
+    let o = std::process::Command::new(cbsweep_tests::bin("cbsweep"))
+        .args(["run", spec.to_str().unwrap(), "--workers", "1", "--trainer", "fake", "--out", out.to_str().unwrap()])
+        .args(["--worker-arg=--fake-epoch-ms=5"])
+        .env("CBSWEEP_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let good = std::fs::read(out.join("ex/trials.parquet")).unwrap();
+    for (sweep, says) in [("nosuch", "sweep nosuch is not in the coordinator's state"), ("../../x", "is not a sweep name")] {
+        let o = cbsweep_tests::cbsweep(&["export", sweep, "--out", out.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{sweep}: {}", text(&o));
+        assert!(text(&o).contains(says), "{sweep}: {}", text(&o));
+    }
+    assert!(!out.join("nosuch").exists() && !dir.path().parent().unwrap().join("x").exists(), "nothing was written");
+    assert_eq!(std::fs::read(out.join("ex/trials.parquet")).unwrap(), good, "the good tables are untouched");
+}
