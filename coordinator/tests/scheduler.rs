@@ -238,3 +238,57 @@ async fn a_result_can_carry_the_next_lease_and_a_refused_one_leases_nothing() {
     let grant = grant.unwrap();
     assert!(grant.trials.is_empty() && grant.drained, "{grant:?}");
 }
+
+#[tokio::test]
+async fn attempt_numbers_only_grow_so_a_handed_back_attempts_late_result_stays_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SchedulerHandle::start(dir.path(), opts()).unwrap();
+    // One trial, so that every lease below is of it.
+    let text = "[sweep]\nname = \"s\"\n[grid]\ntask = [\"dms\"]\narch = [\"rnn\"]\nseed = [0]\n[train]\nepochs = 2\n\
+                [run]\nlease_seconds = 1\npack_size = 1\nmax_attempts = 2\n";
+    s.submit(parse_spec(text, Path::new("s.toml")).unwrap(), "s.toml".into()).await.unwrap();
+    let (a, b) = (worker(&s, "a").await, worker(&s, "b").await);
+    let first = s.lease(a.clone(), 1, None).await.unwrap().trials.remove(0);
+    assert_eq!(first.attempt, Attempt(1));
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // Expired; b leases it as attempt 2 and hands it back (a preempted job).
+    let mut second = None;
+    for _ in 0..20 {
+        if let Some(t) = s.lease(b.clone(), 1, None).await.unwrap().trials.into_iter().find(|t| t.id == first.id) {
+            second = Some(t);
+            break;
+        }
+    }
+    let second = second.expect("the expired trial is leased again");
+    assert_eq!(second.attempt, Attempt(2));
+    assert_eq!(s.release(b.clone(), vec![second.id.clone()]).await.unwrap(), 1);
+    // The late result of attempt 1 must not become current again.
+    let late = s.complete(a.clone(), first.id.clone(), first.attempt, result(TrialOutcome::Completed)).await;
+    assert!(matches!(late, Err(SchedError::StaleAttempt { attempt: 1, current: 2, .. })), "{late:?}");
+    // Handed-back attempts do not use up max_attempts: many releases, then a real failure
+    // still leaves attempts to run.
+    let mut last = second;
+    for _ in 0..4 {
+        last = s.lease(b.clone(), 1, None).await.unwrap().trials.remove(0);
+        s.release(b.clone(), vec![last.id.clone()]).await.unwrap();
+    }
+    assert_eq!(last.attempt, Attempt(6), "every lease a new attempt number");
+    let t = s.lease(b.clone(), 1, None).await.unwrap().trials.remove(0);
+    assert_eq!(t.attempt, Attempt(7));
+    assert!(s.complete(b.clone(), t.id.clone(), t.attempt, result(TrialOutcome::Failed("boom".into()))).await.unwrap());
+    // Attempt 1 expired and attempt 7 failed: 2 of 2 counted, so the trial has failed for good.
+    let status = s.status(None).await.unwrap();
+    assert_eq!(
+        status.sweeps[0].counts.iter().find(|(st, _)| *st == TrialState::Failed).map(|c| c.1),
+        Some(1),
+        "{:?}",
+        status.sweeps[0].counts
+    );
+    // retry-failed queues it again with a fresh count, and the attempt number still grows.
+    assert_eq!(s.retry_failed("s".into()).await.unwrap(), 1);
+    let again = s.lease(b.clone(), 1, None).await.unwrap().trials.remove(0);
+    assert_eq!(again.attempt, Attempt(8));
+    let stale = s.complete(b.clone(), t.id.clone(), t.attempt, result(TrialOutcome::Completed)).await;
+    assert!(matches!(stale, Err(SchedError::StaleAttempt { attempt: 7, current: 8, .. })), "{stale:?}");
+    assert!(s.complete(b.clone(), again.id.clone(), again.attempt, result(TrialOutcome::Completed)).await.unwrap());
+}

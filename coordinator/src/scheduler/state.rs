@@ -312,7 +312,7 @@ impl Scheduler {
                 self.finished(trial, lease, TrialState::Done, result.outcome.status(), result.max_level(), None)?;
             }
             TrialOutcome::Failed(error) => {
-                let terminal = lease.attempt >= lease.max_attempts;
+                let terminal = lease.counted >= lease.max_attempts;
                 self.counters.attempts_failed += 1;
                 self.store.record_failure(trial, error, terminal)?;
                 tracing::warn!(trial_id = %trial, worker_id = %worker, attempt = lease.attempt, terminal, error = %error, "trial attempt failed");
@@ -366,8 +366,8 @@ impl Scheduler {
 
     fn expire_leases(&mut self) -> Result<(), SchedError> {
         let now = store::now_ms();
-        for (trial, attempt, max_attempts) in self.store.expired(now)? {
-            let terminal = attempt >= max_attempts;
+        for (trial, attempt, counted, max_attempts) in self.store.expired(now)? {
+            let terminal = counted >= max_attempts;
             let error = format!("lease of attempt {attempt} expired (worker lost or too slow to heartbeat)");
             self.store.record_failure(&trial, &error, terminal)?;
             self.live.remove(&trial);

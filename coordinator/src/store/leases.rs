@@ -98,14 +98,18 @@ impl Store {
         let row = self
             .conn
             .prepare_cached(
-                "SELECT t.state, t.attempt, t.worker_id, t.sweep_id, s.max_attempts, t.cell_key FROM trials t JOIN sweeps s ON s.sweep_id = t.sweep_id WHERE t.trial_id = ?1",
+                "SELECT t.state, t.attempt, t.worker_id, t.sweep_id, s.max_attempts, t.cell_key, t.attempt - t.uncounted
+                 FROM trials t JOIN sweeps s ON s.sweep_id = t.sweep_id WHERE t.trial_id = ?1",
             )?
             .query_row(params![id.as_str()], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?, r.get::<_, Option<String>>(2)?, r.get::<_, String>(3)?, r.get::<_, u32>(4)?, r.get::<_, String>(5)?))
+                Ok((
+                    (r.get::<_, String>(0)?, r.get::<_, u32>(1)?, r.get::<_, Option<String>>(2)?),
+                    (r.get::<_, String>(3)?, r.get::<_, u32>(4)?, r.get::<_, String>(5)?, r.get::<_, u32>(6)?),
+                ))
             })
             .optional()?;
-        row.map(|(state, attempt, worker, sweep, max_attempts, cell)| {
-            Ok(TrialLease { state: parse_state(&state)?, attempt, worker, sweep: SweepId(sweep), max_attempts, cell })
+        row.map(|((state, attempt, worker), (sweep, max_attempts, cell, counted))| {
+            Ok(TrialLease { state: parse_state(&state)?, attempt, counted, worker, sweep: SweepId(sweep), max_attempts, cell })
         })
         .transpose()
     }
@@ -182,7 +186,10 @@ impl Store {
         let tx = self.conn.savepoint()?;
         let mut n = 0;
         {
-            let mut upd = tx.prepare_cached(sql("UPDATE trials SET state = {pending}, attempt = attempt - 1, lease_expires_ms = NULL
+            // The attempt number stays (a fencing token only grows: the handed-back attempt's
+            // late result stays stale); the attempt just does not count toward max_attempts.
+            let mut upd = tx
+                .prepare_cached(sql("UPDATE trials SET state = {pending}, uncounted = uncounted + 1, lease_expires_ms = NULL
                  WHERE trial_id = ?1 AND worker_id = ?2 AND state = {leased}"))?;
             for id in ids {
                 n += upd.execute(params![id.as_str(), worker.as_str()])? as u32;
@@ -192,13 +199,14 @@ impl Store {
         Ok(n)
     }
 
-    /// Leases past their expiry: (trial, attempt, max_attempts).
-    pub fn expired(&self, now: i64) -> Result<Vec<(TrialId, u32, u32)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(sql("SELECT t.trial_id, t.attempt, s.max_attempts FROM trials t JOIN sweeps s ON s.sweep_id = t.sweep_id
-             WHERE t.state = {leased} AND t.lease_expires_ms < ?1"))?;
-        let rows = stmt.query_map(params![now], |r| Ok((TrialId(r.get(0)?), r.get(1)?, r.get(2)?)))?.collect::<Result<Vec<_>, _>>()?;
+    /// Leases past their expiry: (trial, attempt, the attempts that count, max_attempts).
+    pub fn expired(&self, now: i64) -> Result<Vec<(TrialId, u32, u32, u32)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql(
+            "SELECT t.trial_id, t.attempt, t.attempt - t.uncounted, s.max_attempts FROM trials t JOIN sweeps s ON s.sweep_id = t.sweep_id
+             WHERE t.state = {leased} AND t.lease_expires_ms < ?1",
+        ))?;
+        let rows =
+            stmt.query_map(params![now], |r| Ok((TrialId(r.get(0)?), r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 

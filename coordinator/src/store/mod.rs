@@ -68,6 +68,8 @@ CREATE TABLE IF NOT EXISTS trials(
   spec_json TEXT NOT NULL,
   state TEXT NOT NULL,
   attempt INTEGER NOT NULL DEFAULT 0,
+  -- attempts that do not count toward max_attempts: leases handed back, attempts before a retry
+  uncounted INTEGER NOT NULL DEFAULT 0,
   worker_id TEXT,
   lease_expires_ms INTEGER,
   last_error TEXT,
@@ -154,7 +156,11 @@ pub type LiveWorker = (String, String, String, u32, i64);
 #[derive(Clone, Debug)]
 pub struct TrialLease {
     pub state: TrialState,
+    /// The current attempt, the fencing token: it only ever grows.
     pub attempt: u32,
+    /// The attempts that count toward `max_attempts` (not those handed back, nor those before a
+    /// retry-failed).
+    pub counted: u32,
     pub worker: Option<String>,
     pub sweep: SweepId,
     pub max_attempts: u32,
@@ -263,6 +269,9 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     };
     if !has("sweeps", "overrides")? {
         conn.execute_batch("ALTER TABLE sweeps ADD COLUMN overrides TEXT NOT NULL DEFAULT ''")?;
+    }
+    if !has("trials", "uncounted")? {
+        conn.execute_batch("ALTER TABLE trials ADD COLUMN uncounted INTEGER NOT NULL DEFAULT 0")?;
     }
     Ok(())
 }

@@ -159,7 +159,7 @@ impl Store {
     /// Failed and cancelled trials of a sweep go back to the queue with fresh attempts.
     pub fn requeue_failed(&self, sweep: &SweepId) -> Result<u32, StoreError> {
         Ok(self.conn.execute(
-            sql("UPDATE trials SET state = {pending}, attempt = 0, outcome = NULL, completed_ms = NULL WHERE sweep_id = ?1 AND state IN ({failed}, {cancelled})"),
+            sql("UPDATE trials SET state = {pending}, uncounted = attempt, outcome = NULL, completed_ms = NULL WHERE sweep_id = ?1 AND state IN ({failed}, {cancelled})"),
             params![sweep.as_str()],
         )? as u32)
     }
