@@ -15,7 +15,9 @@ fn status_of(e: SchedError) -> Status {
     let msg = e.to_string();
     match e {
         SchedError::UnknownSweep(_) | SchedError::UnknownTrial(_) | SchedError::UnknownWorker(_) => Status::not_found(msg),
-        SchedError::StaleAttempt { .. } | SchedError::Cancelled(_) => Status::failed_precondition(msg),
+        SchedError::StaleAttempt { .. } | SchedError::NotLeased { .. } | SchedError::NotOwner { .. } | SchedError::Cancelled(_) => {
+            Status::failed_precondition(msg)
+        }
         SchedError::Conflict { .. } => Status::already_exists(msg),
         SchedError::Store(_) => Status::internal(msg),
         SchedError::Stopped => Status::unavailable(msg),

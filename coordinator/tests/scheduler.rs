@@ -292,3 +292,30 @@ async fn attempt_numbers_only_grow_so_a_handed_back_attempts_late_result_stays_s
     assert!(matches!(stale, Err(SchedError::StaleAttempt { attempt: 7, current: 8, .. })), "{stale:?}");
     assert!(s.complete(b.clone(), again.id.clone(), again.attempt, result(TrialOutcome::Completed)).await.unwrap());
 }
+
+#[tokio::test]
+async fn a_result_counts_only_from_the_registered_worker_holding_that_attempts_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SchedulerHandle::start(dir.path(), opts()).unwrap();
+    s.submit(spec("[0]", "[run]\nlease_seconds = 1\npack_size = 1\n"), "s.toml".into()).await.unwrap();
+    let (owner, intruder) = (worker(&s, "owner").await, worker(&s, "intruder").await);
+    let t = s.lease(owner.clone(), 1, None).await.unwrap().trials.remove(0);
+    let other = s.lease(owner.clone(), 1, None).await.unwrap().trials.remove(0);
+    // Another registered worker, an unregistered one, and attempt 0 are all refused.
+    let r = s.complete(intruder.clone(), t.id.clone(), t.attempt, result(TrialOutcome::Completed)).await;
+    assert!(matches!(r, Err(SchedError::NotOwner { .. })), "{r:?}");
+    let r = s.complete("ghost-1-0000".into(), t.id.clone(), t.attempt, result(TrialOutcome::Completed)).await;
+    assert!(matches!(r, Err(SchedError::UnknownWorker(_))), "{r:?}");
+    let r = s.complete(owner.clone(), t.id.clone(), Attempt(0), result(TrialOutcome::Completed)).await;
+    assert!(matches!(r, Err(SchedError::StaleAttempt { attempt: 0, .. })), "{r:?}");
+    // The owner's result counts.
+    assert!(s.complete(owner.clone(), t.id.clone(), t.attempt, result(TrialOutcome::Completed)).await.unwrap());
+    // After its lease expired, even the owner's late result is refused (the trial runs again).
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let _ = s.status(None).await.unwrap();
+    let r = s.complete(owner.clone(), other.id.clone(), other.attempt, result(TrialOutcome::Completed)).await;
+    assert!(matches!(r, Err(SchedError::NotLeased { attempt: 1, .. })), "{r:?}");
+    let again = s.lease(intruder.clone(), 1, None).await.unwrap().trials.remove(0);
+    assert_eq!((again.id.clone(), again.attempt), (other.id.clone(), Attempt(2)));
+    assert!(s.complete(intruder.clone(), again.id, again.attempt, result(TrialOutcome::Completed)).await.unwrap());
+}

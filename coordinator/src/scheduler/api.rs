@@ -20,6 +20,10 @@ pub enum SchedError {
     UnknownWorker(WorkerId),
     #[error("stale attempt {attempt} of trial {trial}: the current attempt is {current}")]
     StaleAttempt { trial: TrialId, attempt: u32, current: u32 },
+    #[error("attempt {attempt} of trial {trial} no longer holds a lease (it expired or was handed back)")]
+    NotLeased { trial: TrialId, attempt: u32 },
+    #[error("trial {trial} is leased to another worker than {worker}")]
+    NotOwner { trial: TrialId, worker: WorkerId },
     #[error("trial {0} belongs to a cancelled sweep")]
     Cancelled(TrialId),
     #[error("sweep {sweep} already has cells whose meaning this spec changes:\n{diff}")]

@@ -295,14 +295,21 @@ impl Scheduler {
     }
 
     fn complete(&mut self, worker: &WorkerId, trial: &TrialId, attempt: Attempt, result: TrialResult) -> Result<bool, SchedError> {
+        // Fencing: a result counts only from the registered worker that holds this attempt's
+        // lease now. A repeat of a recorded attempt is acknowledged without change.
+        self.known(worker)?;
         let lease = self.store.trial_lease(trial)?.ok_or_else(|| SchedError::UnknownTrial(trial.clone()))?;
-        if attempt.0 != lease.attempt {
+        if attempt.0 == 0 || attempt.0 != lease.attempt {
             return Err(SchedError::StaleAttempt { trial: trial.clone(), attempt: attempt.0, current: lease.attempt });
         }
         match lease.state {
             TrialState::Done | TrialState::Failed => return Ok(false),
             TrialState::Cancelled => return Err(SchedError::Cancelled(trial.clone())),
-            TrialState::Pending | TrialState::Leased => {}
+            TrialState::Pending => return Err(SchedError::NotLeased { trial: trial.clone(), attempt: attempt.0 }),
+            TrialState::Leased if lease.worker.as_deref() != Some(worker.as_str()) => {
+                return Err(SchedError::NotOwner { trial: trial.clone(), worker: worker.clone() });
+            }
+            TrialState::Leased => {}
         }
         self.live.remove(trial);
         match &result.outcome {
