@@ -105,7 +105,12 @@ pub async fn run(spec: SweepSpec, spec_path: &Path, opts: RunOptions) -> Result<
         let mut children = Vec::new();
         for i in 0..opts.workers {
             let log_path = logs.join(format!("worker-{i}.log"));
-            let log = std::fs::File::create(&log_path).map_err(io(format!("cannot create {}", log_path.display())))?;
+            // Appended to: a resumed run keeps the earlier runs' lines.
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .map_err(io(format!("cannot open {}", log_path.display())))?;
             let err = log.try_clone().map_err(io("cannot duplicate a log handle"))?;
             let child = Command::new(&bin)
                 .args(["--coordinator", &url, "--device", &opts.device, "--threads", &threads.to_string()])

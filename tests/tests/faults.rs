@@ -161,3 +161,33 @@ fn export_of_a_sweep_the_state_does_not_hold_or_of_a_path_is_refused_and_writes_
     assert!(!out.join("nosuch").exists() && !dir.path().parent().unwrap().join("x").exists(), "nothing was written");
     assert_eq!(std::fs::read(out.join("ex/trials.parquet")).unwrap(), good, "the good tables are untouched");
 }
+
+#[test]
+fn a_second_coordinator_or_run_on_the_same_state_is_refused_naming_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let state = out.join(".cbsweep");
+    let (port, token) = (free_port(), "t0ken-lock");
+    let mut first = coordinator(&state, port, token);
+    wait_until(20, "the first coordinator to take the state", || state.join("lock").is_file());
+    let o = std::process::Command::new(cbsweep_tests::bin("cbsweep"))
+        .args(["coordinator", "--listen", &format!("127.0.0.1:{}", free_port()), "--state", state.to_str().unwrap()])
+        .env("CBSWEEP_TOKEN", token)
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    let msg = text(&o);
+    assert!(msg.contains("is in use by") && msg.contains(&format!("pid {}", first.pid())), "names the holder: {msg}");
+    // `cbsweep run` on that OUT is refused the same way, before any worker starts.
+    let spec = write_spec(dir.path(), "lk.toml", &spec_text("lk", 1, 1, 1, 5));
+    let o = std::process::Command::new(cbsweep_tests::bin("cbsweep"))
+        .args(["run", spec.to_str().unwrap(), "--trainer", "fake", "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && text(&o).contains("is in use by"), "{}", text(&o));
+    assert!(!out.join("lk/logs").exists(), "no worker started");
+    // Once the first is gone (even by SIGKILL) the state is free.
+    first.kill9();
+    let _second = coordinator(&state, port, token);
+    submit(port, token, &spec);
+}

@@ -27,6 +27,15 @@ use std::path::{Path, PathBuf};
 /// The database file inside a coordinator's state directory.
 pub const DB_FILE: &str = "cbsweep.sqlite";
 
+/// The lock file inside a state directory: held (flock, exclusive) by the one process that
+/// writes the state, and naming it, so a second coordinator or `cbsweep run` on the same
+/// folder is refused instead of reclaiming the first one's leases.
+pub const LOCK_FILE: &str = "lock";
+
+/// How long `Store::open` waits for the lock before refusing: long enough for a process that
+/// is just letting go of the same state (a restart), far shorter than any real run.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Prepared statements kept per connection (more than the store has).
 const STATEMENT_CACHE: usize = 64;
 
@@ -43,6 +52,10 @@ pub enum StoreError {
     Commit(String),
     #[error("cannot start the checkpoint thread: {0}")]
     Thread(std::io::Error),
+    #[error("coordinator state {} is in use by {holder}: stop it first, or give this one another --state (or --out)", dir.display())]
+    Locked { dir: PathBuf, holder: String },
+    #[error("cannot lock coordinator state {}: {source}", path.display())]
+    Lock { path: PathBuf, source: std::io::Error },
 }
 
 const SCHEMA: &str = "
@@ -171,6 +184,8 @@ pub struct TrialLease {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// The state folder's lock, held while this store may write (None when read-only).
+    _lock: Option<nix::fcntl::Flock<std::fs::File>>,
 }
 
 pub fn now_ms() -> i64 {
@@ -211,6 +226,7 @@ impl Store {
         let path = state_dir.join(DB_FILE);
         let open_err = |source| StoreError::Open { path: path.clone(), source };
         std::fs::create_dir_all(state_dir).map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        let lock = lock_state(state_dir)?;
         let conn = Connection::open(&path).map_err(open_err)?;
         // WAL + NORMAL: a committed transaction survives a killed process (it is in the WAL,
         // which the OS holds); only a power loss could drop the last few.
@@ -224,7 +240,7 @@ impl Store {
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         conn.execute_batch(sql(SCHEMA)).map_err(open_err)?;
         migrate(&conn).map_err(open_err)?;
-        Ok(Store { conn, path })
+        Ok(Store { conn, path, _lock: Some(lock) })
     }
 
     /// Opens the database read-only, for exports beside a running scheduler.
@@ -233,7 +249,7 @@ impl Store {
         let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|source| StoreError::Open { path: path.clone(), source })?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        Ok(Store { conn, path })
+        Ok(Store { conn, path, _lock: None })
     }
 
     pub fn path(&self) -> &Path {
@@ -256,6 +272,43 @@ impl Store {
     pub fn rollback_batch(&self) {
         if !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+/// Takes the state folder's exclusive lock (waiting up to `LOCK_WAIT`) and writes who holds it
+/// into the lock file; refuses, naming the holder, when another process keeps it.
+fn lock_state(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, StoreError> {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::io::Write;
+    let path = state_dir.join(LOCK_FILE);
+    let lock_err = |source| StoreError::Lock { path: path.clone(), source };
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(lock_err)?;
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                let holder = format!(
+                    "pid {} on {} ({})",
+                    std::process::id(),
+                    host.trim(),
+                    std::env::args().collect::<Vec<_>>().join(" ").chars().take(200).collect::<String>()
+                );
+                lock.set_len(0).map_err(lock_err)?;
+                (&*lock).write_all(holder.as_bytes()).map_err(lock_err)?;
+                return Ok(lock);
+            }
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                file = f;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                let holder =
+                    std::fs::read_to_string(&path).ok().filter(|h| !h.trim().is_empty()).unwrap_or_else(|| "another process".into());
+                return Err(StoreError::Locked { dir: state_dir.to_owned(), holder: holder.trim().to_string() });
+            }
+            Err((_, e)) => return Err(lock_err(std::io::Error::from(e))),
         }
     }
 }
