@@ -191,3 +191,34 @@ fn a_second_coordinator_or_run_on_the_same_state_is_refused_naming_the_first() {
     let _second = coordinator(&state, port, token);
     submit(port, token, &spec);
 }
+
+/// Whether process `pid` is alive (a zombie is not).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+}
+
+#[test]
+fn the_workers_of_a_killed_run_stop_within_a_second_or_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), "orphan.toml", &spec_text("orphan", 4, 50, 1, 30));
+    let out = dir.path().join("out");
+    let log = dir.path().join("exec.log");
+    let mut run = Proc::spawn(
+        std::process::Command::new(cbsweep_tests::bin("cbsweep"))
+            .args(["run", spec.to_str().unwrap(), "--workers", "2", "--trainer", "fake", "--out", out.to_str().unwrap()])
+            .args(["--worker-arg=--fake-epoch-ms=100", &format!("--worker-arg=--fake-execution-log={}", log.display())])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    wait_until(60, "both workers to train", || executions(&log).len() >= 2);
+    let children: Vec<i32> = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", run.pid()))
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(children.len(), 2, "two worker processes: {children:?}");
+    run.kill9();
+    let gone = std::time::Instant::now();
+    wait_until(5, "the orphaned workers to exit", || !children.iter().any(|&p| alive(p)));
+    assert!(gone.elapsed() < std::time::Duration::from_millis(2500), "they stopped after {:?}", gone.elapsed());
+}

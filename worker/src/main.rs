@@ -16,6 +16,9 @@ mod exit {
     pub(crate) const SUCCESS: u8 = 0;
     pub(crate) const FAILURE: u8 = 1;
     pub(crate) const BAD_INPUT: u8 = 2;
+    /// The process that started this worker (`cbsweep run`, whose embedded coordinator it
+    /// served) is gone.
+    pub(crate) const PARENT_GONE: u8 = 3;
 }
 
 /// cbsweep-worker: leases trials from a cbsweep coordinator and trains them.
@@ -53,8 +56,10 @@ struct Args {
     /// Exit when the coordinator has no running sweep left (default: wait for more work).
     #[arg(long)]
     exit_when_drained: bool,
-    /// Stop (handing leases back) when the process that started this worker goes away; used by
-    /// `cbsweep run` so that killing it never leaves orphan workers training.
+    /// Exit within a second when the process that started this worker goes away; used by
+    /// `cbsweep run`, whose embedded coordinator dies with it (there is no one to hand leases
+    /// back to: the next `run` or `resume` reclaims them), so that killing it never leaves
+    /// orphan workers training.
     #[arg(long)]
     exit_with_parent: bool,
     /// Give up when the coordinator stays unreachable this many seconds.
@@ -159,14 +164,12 @@ async fn run(args: Args, trainer: Box<dyn Trainer>) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if args.exit_with_parent {
         let parent = nix::unistd::getppid();
-        let stop = stop_tx.clone();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 if nix::unistd::getppid() != parent {
-                    tracing::warn!("the parent process is gone; stopping");
-                    let _ = stop.send(true);
-                    return;
+                    tracing::warn!("the parent process is gone, and its coordinator with it; exiting");
+                    leave(exit::PARENT_GONE);
                 }
             }
         });
@@ -192,14 +195,19 @@ async fn run(args: Args, trainer: Box<dyn Trainer>) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let code = worker();
-    // Every result is with the coordinator and every file this process wrote is closed: skip
-    // libtorch's static destructors, which take about 0.2 s at exit, and leave at once.
+    leave(worker())
+}
+
+/// Ends the process at once with `code`. At the end of `worker()` every result is with the
+/// coordinator and every file this process wrote is closed, and when the parent is gone there
+/// is nobody left to report to: skip libtorch's static destructors, which take about 0.2 s at
+/// exit (and must not run under a training thread), and leave.
+fn leave(code: u8) -> ! {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
-    // SAFETY: _exit ends the process at once and runs nothing; the async runtime is gone and
-    // the compute threads left (rayon's, libtorch's) are idle.
+    // SAFETY: _exit ends the process at once and runs nothing, so no destructor can race a
+    // thread that is still computing; the kernel closes the files and frees the memory.
     #[allow(unsafe_code)]
     unsafe {
         libc::_exit(i32::from(code))
