@@ -149,6 +149,25 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Copy a coordinator's state to FILE, consistently, while it runs (SQLite's online backup).
+    Backup {
+        file: PathBuf,
+        /// The coordinator's state folder (for `run`: OUT/.cbsweep).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+    },
+    /// Put a backup made by `cbsweep backup` in place as a state folder's state (refused while
+    /// a coordinator or `run` holds the folder).
+    Restore {
+        file: PathBuf,
+        /// The coordinator's state folder (for `run`: OUT/.cbsweep).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+    },
     /// Write a sweep's Parquet tables from a coordinator's state.
     Export {
         sweep: String,
@@ -373,6 +392,18 @@ async fn dispatch_other(cmd: Command) -> Result<(), CliError> {
         }
         Command::Cancel { sweep, client } => cli::cancel(&client.coordinator, client.token_file.as_deref(), &sweep).await,
         Command::RetryFailed { sweep, client } => cli::retry_failed(&client.coordinator, client.token_file.as_deref(), &sweep).await,
+        Command::Backup { file, state, out } => {
+            let state = state.unwrap_or_else(|| out.join(cbsweep_coordinator::local::STATE_DIR));
+            cbsweep_coordinator::store::Store::open_read_only(&state)?.backup_to(&file)?;
+            println!("backed up {} to {}", state.display(), file.display());
+            Ok(())
+        }
+        Command::Restore { file, state, out } => {
+            let state = state.unwrap_or_else(|| out.join(cbsweep_coordinator::local::STATE_DIR));
+            cbsweep_coordinator::store::Store::restore_from(&state, &file)?;
+            println!("restored {} into {}", file.display(), state.display());
+            Ok(())
+        }
         Command::Export { sweep, state, out } => {
             let state = state.unwrap_or_else(|| out.join(cbsweep_coordinator::local::STATE_DIR));
             let dir = cli::export(&state, &SweepId(sweep), &out)?;

@@ -14,6 +14,7 @@
 //! `read.rs` (what the results read), `checkpoint.rs` (the WAL checkpoint thread). The
 //! children use this file; it uses none of them.
 
+mod backup;
 pub mod checkpoint;
 mod leases;
 mod read;
@@ -56,6 +57,13 @@ pub enum StoreError {
     Locked { dir: PathBuf, holder: String },
     #[error("cannot lock coordinator state {}: {source}", path.display())]
     Lock { path: PathBuf, source: std::io::Error },
+    /// The state file is missing, empty or damaged in a folder that held a state before.
+    #[error("coordinator state {} {what}: restore a backup with `cbsweep restore --state {} FILE`, or move the folder away to start anew", path.display(), path.parent().unwrap_or(Path::new(".")).display())]
+    Damaged { path: PathBuf, what: String },
+    #[error("cannot back up or restore coordinator state {}: {source}", path.display())]
+    Backup { path: PathBuf, source: rusqlite::Error },
+    #[error("{}: {source}", path.display())]
+    File { path: PathBuf, source: std::io::Error },
 }
 
 const SCHEMA: &str = "
@@ -226,8 +234,18 @@ impl Store {
         let path = state_dir.join(DB_FILE);
         let open_err = |source| StoreError::Open { path: path.clone(), source };
         std::fs::create_dir_all(state_dir).map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        // A folder that held a state before (a store left its lock file there; a token alone
+        // says nothing, scripts write it before the first start) whose database is gone or
+        // empty lost every sweep: refuse rather than start anew over it.
+        let used_before = state_dir.join(LOCK_FILE).exists();
         let lock = lock_state(state_dir)?;
+        let size = std::fs::metadata(&path).map(|m| m.len()).ok();
+        if used_before && size.unwrap_or(0) == 0 {
+            let what = if size.is_none() { "is missing" } else { "is empty (0 bytes)" };
+            return Err(StoreError::Damaged { path, what: format!("{what}, but this folder held a coordinator's state before") });
+        }
         let conn = Connection::open(&path).map_err(open_err)?;
+        check_integrity(&conn, &path)?;
         // WAL + NORMAL: a committed transaction survives a killed process (it is in the WAL,
         // which the OS holds); only a power loss could drop the last few.
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
@@ -274,6 +292,20 @@ impl Store {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
     }
+}
+
+/// SQLite's quick check of every page: a damaged file is refused at start, naming it, instead of
+/// failing call after call later.
+fn check_integrity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let damaged = |what: String| StoreError::Damaged { path: path.to_owned(), what };
+    let verdict: Vec<String> = conn
+        .prepare("PRAGMA quick_check(5)")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .map_err(|e| damaged(format!("cannot be read ({e})")))?;
+    if verdict != ["ok"] {
+        return Err(damaged(format!("is damaged ({})", verdict.join("; "))));
+    }
+    Ok(())
 }
 
 /// Takes the state folder's exclusive lock (waiting up to `LOCK_WAIT`) and writes who holds it
