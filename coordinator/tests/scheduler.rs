@@ -35,6 +35,21 @@ async fn worker(s: &SchedulerHandle, name: &str) -> cbsweep_common::WorkerId {
     s.register(WorkerHello { hostname: name.into(), device: "test".into(), pid: 1 }).await.unwrap()
 }
 
+/// Leases (up to `max` at a time) until `worker` gets trial `id` again, once its lease expired.
+async fn lease_again(
+    s: &SchedulerHandle,
+    worker: &cbsweep_common::WorkerId,
+    id: &cbsweep_common::TrialId,
+    max: u32,
+) -> cbsweep_coordinator::store::Leased {
+    for _ in 0..20 {
+        if let Some(t) = s.lease(worker.clone(), max, None).await.unwrap().trials.into_iter().find(|t| &t.id == id) {
+            return t;
+        }
+    }
+    panic!("the expired trial {id} is leased again");
+}
+
 #[tokio::test]
 async fn late_completion_from_an_expired_lease_is_rejected_and_keeps_the_newer_result() {
     let dir = tempfile::tempdir().unwrap();
@@ -45,15 +60,7 @@ async fn late_completion_from_an_expired_lease_is_rejected_and_keeps_the_newer_r
     assert_eq!(first.attempt, Attempt(1));
     tokio::time::sleep(Duration::from_millis(1300)).await;
     // The lease expired: the trial goes back to the queue, and b gets it under attempt 2.
-    let mut second = None;
-    for _ in 0..20 {
-        let g = s.lease(b.clone(), 4, None).await.unwrap();
-        if let Some(t) = g.trials.into_iter().find(|t| t.id == first.id) {
-            second = Some(t);
-            break;
-        }
-    }
-    let second = second.expect("the expired trial is leased again");
+    let second = lease_again(&s, &b, &first.id, 4).await;
     assert_eq!(second.attempt, Attempt(2));
     let mut good = result(TrialOutcome::Completed);
     good.device = "b".into();
@@ -252,14 +259,7 @@ async fn attempt_numbers_only_grow_so_a_handed_back_attempts_late_result_stays_s
     assert_eq!(first.attempt, Attempt(1));
     tokio::time::sleep(Duration::from_millis(1300)).await;
     // Expired; b leases it as attempt 2 and hands it back (a preempted job).
-    let mut second = None;
-    for _ in 0..20 {
-        if let Some(t) = s.lease(b.clone(), 1, None).await.unwrap().trials.into_iter().find(|t| t.id == first.id) {
-            second = Some(t);
-            break;
-        }
-    }
-    let second = second.expect("the expired trial is leased again");
+    let second = lease_again(&s, &b, &first.id, 1).await;
     assert_eq!(second.attempt, Attempt(2));
     assert_eq!(s.release(b.clone(), vec![second.id.clone()]).await.unwrap(), 1);
     // The late result of attempt 1 must not become current again.
