@@ -108,6 +108,8 @@ struct RawRun {
     max_attempts: i64,
     pack_size: i64,
     lease_seconds: i64,
+    checkpoint_every: i64,
+    checkpoint_seconds: i64,
 }
 
 /// How the sweep is run; not part of any trial's identity.
@@ -116,6 +118,11 @@ pub struct RunPolicy {
     pub max_attempts: u32,
     pub pack_size: u32,
     pub lease_seconds: u32,
+    /// Save each running trial's whole training state every this many epochs (0: never) ...
+    pub checkpoint_every: u32,
+    /// ... or once this many seconds have passed since its last save (0: no time limit),
+    /// whichever comes first.
+    pub checkpoint_seconds: u32,
 }
 
 /// A validated sweep: its name, its policy and the trials of its grid, in grid order.
@@ -290,6 +297,8 @@ pub const UPPER_BOUNDS: &[(&str, f64)] = &[
     ("run.max_attempts", 100.0),
     ("run.pack_size", 4_096.0),
     ("run.lease_seconds", 86_400.0),
+    ("run.checkpoint_every", 100_000.0),
+    ("run.checkpoint_seconds", 86_400.0),
 ];
 
 /// The most trials one sweep may expand to.
@@ -441,6 +450,8 @@ fn validate(raw: RawSpec, path: &Path, resolved: String, overrides: Vec<SpecOver
         max_attempts: c.positive("run.max_attempts", raw.run.max_attempts)?,
         pack_size: c.positive("run.pack_size", raw.run.pack_size)?,
         lease_seconds: c.positive("run.lease_seconds", raw.run.lease_seconds)?,
+        checkpoint_every: c.nonneg("run.checkpoint_every", raw.run.checkpoint_every)?,
+        checkpoint_seconds: c.nonneg("run.checkpoint_seconds", raw.run.checkpoint_seconds)?,
     };
 
     let id = SweepId(name.to_string());

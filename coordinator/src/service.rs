@@ -4,8 +4,11 @@
 
 use crate::scheduler::{LeaseGrant, NextLease, SchedError, SchedulerHandle, WorkerHello};
 use cbsweep_common::{Attempt, SweepId, TrialId, TrialResult, TrialState, WorkerId};
-use cbsweep_proto::{PROTOCOL_VERSION, v1};
+use cbsweep_proto::{CHECKPOINT_CHUNK_BYTES, MAX_CHECKPOINT_BYTES, PROTOCOL_VERSION, v1};
+use sha2::{Digest, Sha256};
 use std::path::Path;
+use std::pin::Pin;
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 /// Largest message the coordinator accepts (a full 1000-epoch curve is ~60 KB).
@@ -45,6 +48,7 @@ fn c_epoch(e: v1::EpochRecord) -> Result<cbsweep_common::EpochRecord, Status> {
 }
 
 fn lease_response(grant: LeaseGrant) -> v1::LeaseResponse {
+    let (checkpoint_every_epochs, checkpoint_every_seconds) = grant.trials.first().map_or((0, 0), |t| t.cadence);
     let trials = grant
         .trials
         .into_iter()
@@ -53,9 +57,11 @@ fn lease_response(grant: LeaseGrant) -> v1::LeaseResponse {
             trial_id: t.id.0,
             attempt: t.attempt.0,
             lease_expires_unix_ms: t.expires_ms as u64,
+            checkpoint_epochs: t.resume.map_or(0, |(epochs, _)| epochs),
+            checkpoint_bytes: t.resume.map_or(0, |(_, bytes)| bytes),
         })
         .collect();
-    v1::LeaseResponse { trials, drained: grant.drained, retry_after_ms: 500 }
+    v1::LeaseResponse { trials, drained: grant.drained, retry_after_ms: 500, checkpoint_every_epochs, checkpoint_every_seconds }
 }
 
 pub struct WorkerApi {
@@ -66,8 +72,81 @@ pub struct SweepApi {
     pub sched: SchedulerHandle,
 }
 
+/// A checkpoint's chunks, as `FetchCheckpoint` streams them.
+type Chunks = Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::CheckpointChunk, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl v1::worker_service_server::WorkerService for WorkerApi {
+    type FetchCheckpointStream = Chunks;
+
+    async fn save_checkpoint(
+        &self,
+        req: Request<tonic::Streaming<v1::CheckpointChunk>>,
+    ) -> Result<Response<v1::SaveCheckpointResponse>, Status> {
+        let mut chunks = req.into_inner();
+        let first = chunks.message().await?.ok_or_else(|| Status::invalid_argument("an empty checkpoint stream"))?;
+        let h = first.header.ok_or_else(|| Status::invalid_argument("missing field `header` on the first checkpoint chunk"))?;
+        let worker = WorkerId(required("header.worker_id", &h.worker_id)?.to_string());
+        let trial = TrialId(required("header.trial_id", &h.trial_id)?.to_string());
+        if h.size_bytes > MAX_CHECKPOINT_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "checkpoint of trial {trial}: header.size_bytes = {} exceeds the {MAX_CHECKPOINT_BYTES} bytes a coordinator takes",
+                h.size_bytes
+            )));
+        }
+        let mut data = Vec::with_capacity(h.size_bytes as usize);
+        data.extend_from_slice(&first.data);
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            if data.len() + chunk.data.len() > h.size_bytes as usize {
+                return Err(Status::invalid_argument(format!(
+                    "checkpoint of trial {trial}: more data than header.size_bytes = {}",
+                    h.size_bytes
+                )));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        if data.len() as u64 != h.size_bytes {
+            return Err(Status::invalid_argument(format!(
+                "checkpoint of trial {trial}: {} bytes arrived, header.size_bytes = {} (the stream was cut?)",
+                data.len(),
+                h.size_bytes
+            )));
+        }
+        let sha256 = hex::encode(Sha256::digest(&data));
+        if sha256 != h.sha256 {
+            return Err(Status::invalid_argument(format!(
+                "checkpoint of trial {trial}: SHA-256 {sha256} differs from header.sha256 = {}",
+                h.sha256
+            )));
+        }
+        self.sched.save_checkpoint(worker, trial, Attempt(h.attempt), h.epochs_done, sha256, data).await.map_err(status_of)?;
+        Ok(Response::new(v1::SaveCheckpointResponse {}))
+    }
+
+    async fn fetch_checkpoint(&self, req: Request<v1::FetchCheckpointRequest>) -> Result<Response<Chunks>, Status> {
+        let r = req.into_inner();
+        let worker = WorkerId(required("worker_id", &r.worker_id)?.to_string());
+        let trial = TrialId(required("trial_id", &r.trial_id)?.to_string());
+        let saved = self.sched.fetch_checkpoint(worker, trial.clone(), Attempt(r.attempt)).await.map_err(status_of)?;
+        let saved = saved.ok_or_else(|| Status::not_found(format!("trial {trial} has no checkpoint")))?;
+        let header = v1::CheckpointHeader {
+            worker_id: String::new(),
+            trial_id: trial.0,
+            attempt: saved.attempt,
+            epochs_done: saved.epochs_done,
+            size_bytes: saved.data.len() as u64,
+            sha256: saved.sha256,
+        };
+        let mut chunks: Vec<Result<v1::CheckpointChunk, Status>> =
+            saved.data.chunks(CHECKPOINT_CHUNK_BYTES).map(|c| Ok(v1::CheckpointChunk { header: None, data: c.to_vec() })).collect();
+        match chunks.first_mut() {
+            Some(Ok(first)) => first.header = Some(header),
+            _ => chunks.push(Ok(v1::CheckpointChunk { header: Some(header), data: Vec::new() })),
+        }
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
     async fn register(&self, req: Request<v1::RegisterRequest>) -> Result<Response<v1::RegisterResponse>, Status> {
         let r = req.into_inner();
         if r.protocol_version != PROTOCOL_VERSION {
@@ -182,6 +261,13 @@ impl v1::sweep_service_server::SweepService for SweepApi {
                     trials_per_minute: s.trials_per_minute,
                     eta_seconds: s.eta_seconds,
                     results_dir: String::new(),
+                    epochs_lost: s.resumes.epochs_lost,
+                    resumes: s.resumes.resumes,
+                    oldest_checkpoint_age_s: s
+                        .resumes
+                        .oldest_checkpoint_ms
+                        .map_or(f64::NAN, |ms| (crate::store::now_ms() - ms).max(0) as f64 / 1000.0),
+                    running_without_checkpoint: s.resumes.running_without_checkpoint,
                 })
                 .collect(),
             workers: report

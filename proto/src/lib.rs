@@ -16,5 +16,12 @@ mod convert;
 
 pub use convert::ConvertError;
 
+/// Most bytes of checkpoint data one `CheckpointChunk` carries (the messages stay far under the
+/// 4 MiB cap whatever a checkpoint's size).
+pub const CHECKPOINT_CHUNK_BYTES: usize = 1 << 20;
+
+/// The largest checkpoint a coordinator takes (a study-sized trial's is ~0.5 MB).
+pub const MAX_CHECKPOINT_BYTES: u64 = 256 << 20;
+
 /// Protocol version a worker must speak to be accepted by the coordinator.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -106,9 +106,21 @@ pub fn executions(log: &Path) -> Vec<(String, bool)> {
         .lines()
         .map(|l| match l.strip_suffix(" done") {
             Some(id) => (id.to_string(), true),
-            None => (l.to_string(), false),
+            // "ID resumed N": a start, from a checkpoint of N epochs
+            None => (l.split(" resumed ").next().unwrap_or(l).to_string(), false),
         })
         .collect()
+}
+
+/// The epochs each resumed start of a trial began from, per trial id, in the log's order.
+pub fn resumed_from(log: &Path) -> HashMap<String, Vec<u32>> {
+    let mut out: HashMap<String, Vec<u32>> = HashMap::new();
+    for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+        if let Some((id, epochs)) = line.split_once(" resumed ") {
+            out.entry(id.to_string()).or_default().push(epochs.parse().unwrap_or(0));
+        }
+    }
+    out
 }
 
 /// Whether RESULTS/trials.parquet holds `cells` rows, all done. The coordinator also exports

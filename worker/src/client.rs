@@ -3,17 +3,40 @@
 //! coordinator that goes away for a while (retries with backoff) and hands its leases back
 //! when told to stop.
 
-use crate::trainer::{Control, Trainer, TrialEnd};
+use crate::trainer::{Cadence, Control, PackEvents, PackTrial, Saved, Trainer, TrialEnd};
 use cbsweep_common::{Attempt, EpochRecord, TrialId, TrialOutcome, TrialResult, TrialSpec};
 use cbsweep_proto::client::{self, ClientError, WorkerClient};
-use cbsweep_proto::{PROTOCOL_VERSION, v1};
+use cbsweep_proto::{CHECKPOINT_CHUNK_BYTES, PROTOCOL_VERSION, v1};
+use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
-use tokio::sync::watch;
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, watch};
 use tonic::{Code, Status};
+
+/// What the worker has been told to do about its work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Shutdown {
+    /// Keep working.
+    No,
+    /// Stop at the current step: each unfinished trial goes back with its checkpoint of the
+    /// latest epoch boundary (SIGTERM, SIGINT, SIGUSR1).
+    Checkpoint,
+    /// Hand every lease back now, with no checkpoint (a second signal).
+    Now,
+}
+
+/// Why the worker's loop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// No work left (`exit_when_drained`) or told to stop.
+    Done,
+    /// Its allocation's end came near (`WorkerConfig::deadline`): its trials went back with
+    /// their checkpoints, and the sweep may still have work.
+    Deadline,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -25,6 +48,8 @@ pub enum WorkerError {
     GaveUp { what: &'static str, secs: u64 },
     #[error("the training thread died: {0}")]
     TrainerPanicked(String),
+    #[error("stopped by a second signal; the leases went back without checkpoints")]
+    Interrupted,
 }
 
 /// How a worker connects and behaves.
@@ -41,6 +66,8 @@ pub struct WorkerConfig {
     /// Give up when the coordinator stays unreachable this long.
     pub give_up_after: Duration,
     pub hostname: String,
+    /// When to checkpoint, hand the trials back and stop (the allocation's end less a margin).
+    pub deadline: Option<SystemTime>,
 }
 
 /// Codes worth retrying: the coordinator is away or restarting.
@@ -54,7 +81,9 @@ struct Session {
     worker_id: String,
     heartbeat: Duration,
     device: String,
-    shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<Shutdown>,
+    /// Whether the deadline has come (the loop then ends `Ended::Deadline`).
+    deadline_hit: bool,
 }
 
 impl Session {
@@ -111,11 +140,12 @@ impl Session {
     }
 }
 
-/// One trial of the pack in hand.
+/// One trial of the pack in hand, with the checkpoint it resumes from.
 struct Held {
     id: TrialId,
     attempt: Attempt,
     spec: TrialSpec,
+    resume: Option<Vec<u8>>,
 }
 
 async fn connect(cfg: &WorkerConfig) -> Result<WorkerClient, WorkerError> {
@@ -134,23 +164,28 @@ async fn connect(cfg: &WorkerConfig) -> Result<WorkerClient, WorkerError> {
     }
 }
 
-/// Runs the worker until drained (with `exit_when_drained`) or until `shutdown` turns true.
-pub async fn run(cfg: WorkerConfig, mut trainer: Box<dyn Trainer>, shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+/// Runs the worker until drained (with `exit_when_drained`), until `shutdown` says stop, or
+/// until its deadline.
+pub async fn run(cfg: WorkerConfig, mut trainer: Box<dyn Trainer>, shutdown: watch::Receiver<Shutdown>) -> Result<Ended, WorkerError> {
     let client = connect(&cfg).await?;
     let device = trainer.device();
-    let mut s = Session { cfg, client, worker_id: String::new(), heartbeat: Duration::from_secs(5), device, shutdown };
+    let mut s = Session { cfg, client, worker_id: String::new(), heartbeat: Duration::from_secs(5), device, shutdown, deadline_hit: false };
     s.register().await?;
     // the next pack, when it came with the last result
     let mut next: Option<v1::LeaseResponse> = None;
     loop {
-        if *s.shutdown.borrow() {
+        if past(s.cfg.deadline) && !s.deadline_hit {
+            tracing::info!("the allocation's end is near: leasing no more work");
+            s.deadline_hit = true;
+        }
+        if *s.shutdown.borrow() != Shutdown::No || s.deadline_hit {
             if let Some(lease) = next.take() {
                 let trial_ids: Vec<String> = lease.trials.into_iter().map(|t| t.trial_id).collect();
                 if !trial_ids.is_empty() {
                     release(&mut s, trial_ids).await?;
                 }
             }
-            return Ok(());
+            return Ok(if s.deadline_hit { Ended::Deadline } else { Ended::Done });
         }
         let lease = match next.take() {
             Some(lease) => lease,
@@ -166,7 +201,7 @@ pub async fn run(cfg: WorkerConfig, mut trainer: Box<dyn Trainer>, shutdown: wat
         if lease.trials.is_empty() {
             if lease.drained && s.cfg.exit_when_drained {
                 tracing::info!("no work left; exiting");
-                return Ok(());
+                return Ok(Ended::Done);
             }
             let mut sd = s.shutdown.clone();
             tokio::select! {
@@ -175,18 +210,106 @@ pub async fn run(cfg: WorkerConfig, mut trainer: Box<dyn Trainer>, shutdown: wat
             }
             continue;
         }
+        let cadence = Cadence {
+            epochs: lease.checkpoint_every_epochs,
+            time: (lease.checkpoint_every_seconds > 0).then(|| Duration::from_secs(u64::from(lease.checkpoint_every_seconds))),
+        };
         let mut pack = Vec::new();
         for t in lease.trials {
             let (id, attempt) = (TrialId(t.trial_id), Attempt(t.attempt));
             match t.spec.ok_or(cbsweep_proto::ConvertError::Missing("spec")).and_then(TrialSpec::try_from) {
-                Ok(spec) => pack.push(Held { id, attempt, spec }),
+                Ok(spec) => {
+                    let resume = if t.checkpoint_epochs > 0 { fetch_checkpoint(&mut s, &id, attempt).await? } else { None };
+                    pack.push(Held { id, attempt, spec, resume });
+                }
                 Err(e) => {
                     let result = failed(format!("unusable trial spec from the coordinator: {e}"), &s.device, 1);
                     complete(&mut s, &id, attempt, &result, false).await?;
                 }
             }
         }
-        (trainer, next) = train(&mut s, trainer, pack).await?;
+        (trainer, next) = train(&mut s, trainer, pack, cadence).await?;
+    }
+}
+
+/// Whether `deadline` has passed.
+fn past(deadline: Option<SystemTime>) -> bool {
+    deadline.is_some_and(|d| SystemTime::now() >= d)
+}
+
+/// The trial's latest checkpoint from the coordinator, checked against its header's size and
+/// SHA-256; None (start afresh, with a warning) when it has none after all or it arrived
+/// damaged.
+async fn fetch_checkpoint(s: &mut Session, id: &TrialId, attempt: Attempt) -> Result<Option<Vec<u8>>, WorkerError> {
+    let fetched = s
+        .retry("fetch a checkpoint", |mut c, worker_id| {
+            let req = v1::FetchCheckpointRequest { worker_id, trial_id: id.0.clone(), attempt: attempt.0 };
+            async move {
+                let mut stream = c.fetch_checkpoint(req).await?.into_inner();
+                let mut header = None;
+                let mut data = Vec::new();
+                while let Some(chunk) = stream.message().await? {
+                    header = header.or(chunk.header);
+                    data.extend_from_slice(&chunk.data);
+                }
+                Ok((header, data))
+            }
+        })
+        .await;
+    let (header, data) = match fetched {
+        Ok(v) => v,
+        Err(WorkerError::Refused { status, .. }) if matches!(status.code(), Code::NotFound | Code::FailedPrecondition) => {
+            tracing::warn!(trial_id = %id, reason = %status.message(), "no checkpoint to resume from; starting afresh");
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let sha256 = hex::encode(Sha256::digest(&data));
+    match header {
+        Some(h) if h.size_bytes == data.len() as u64 && h.sha256 == sha256 => {
+            tracing::info!(trial_id = %id, epochs_done = h.epochs_done, bytes = data.len(), "checkpoint fetched");
+            Ok(Some(data))
+        }
+        _ => {
+            tracing::warn!(trial_id = %id, bytes = data.len(), "the checkpoint arrived damaged (size or SHA-256); starting afresh");
+            Ok(None)
+        }
+    }
+}
+
+/// Sends a trial's checkpoint to the coordinator in chunks; false when the coordinator refused
+/// it (the lease is no longer this worker's).
+async fn save_checkpoint(s: &mut Session, id: &TrialId, attempt: Attempt, saved: &Saved) -> Result<bool, WorkerError> {
+    let sha256 = hex::encode(Sha256::digest(&saved.bytes));
+    let r = s
+        .retry("save a checkpoint", |mut c, worker_id| {
+            let header = v1::CheckpointHeader {
+                worker_id,
+                trial_id: id.0.clone(),
+                attempt: attempt.0,
+                epochs_done: saved.epochs_done,
+                size_bytes: saved.bytes.len() as u64,
+                sha256: sha256.clone(),
+            };
+            let mut chunks: Vec<v1::CheckpointChunk> =
+                saved.bytes.chunks(CHECKPOINT_CHUNK_BYTES).map(|d| v1::CheckpointChunk { header: None, data: d.to_vec() }).collect();
+            match chunks.first_mut() {
+                Some(first) => first.header = Some(header),
+                None => chunks.push(v1::CheckpointChunk { header: Some(header), data: Vec::new() }),
+            }
+            async move { c.save_checkpoint(tokio_stream::iter(chunks)).await.map(|_| ()) }
+        })
+        .await;
+    match r {
+        Ok(()) => {
+            tracing::debug!(trial_id = %id, epochs_done = saved.epochs_done, bytes = saved.bytes.len(), "checkpoint saved");
+            Ok(true)
+        }
+        Err(WorkerError::Refused { status, .. }) if matches!(status.code(), Code::FailedPrecondition | Code::NotFound) => {
+            tracing::warn!(trial_id = %id, reason = %status.message(), "checkpoint refused");
+            Ok(false)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -241,45 +364,84 @@ async fn complete(
     }
 }
 
-/// Trains `pack` on a blocking thread (meanwhile heartbeats, progress and revocations), reports
-/// its results and hands back what a stop left unfinished; returns the trainer and the next
-/// pack when it came with the last result.
+/// What the training thread tells the loop.
+enum FromTrainer {
+    Epoch(usize, EpochRecord),
+    Checkpoint(usize, Saved),
+}
+
+/// The loop's side of a pack in training, as the trainer sees it (`PackEvents`).
+struct Events {
+    tx: mpsc::UnboundedSender<FromTrainer>,
+    revoked: Arc<Vec<AtomicBool>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl PackEvents for Events {
+    fn epoch(&mut self, index: usize, record: &EpochRecord) -> Control {
+        let _ = self.tx.send(FromTrainer::Epoch(index, *record));
+        if self.revoked[index].load(Ordering::Relaxed) { Control::StopTrial } else { Control::Continue }
+    }
+
+    fn checkpoint(&mut self, index: usize, saved: Saved) {
+        let _ = self.tx.send(FromTrainer::Checkpoint(index, saved));
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    fn stops(&self) -> bool {
+        true
+    }
+}
+
+/// Trains `pack` on a blocking thread (meanwhile heartbeats, progress, checkpoints and
+/// revocations), reports its results and hands back what a stop left unfinished, each trial
+/// with its checkpoint; returns the trainer and the next pack when it came with the last
+/// result.
 async fn train(
     s: &mut Session,
     mut trainer: Box<dyn Trainer>,
     pack: Vec<Held>,
+    cadence: Cadence,
 ) -> Result<(Box<dyn Trainer>, Option<v1::LeaseResponse>), WorkerError> {
     let n = pack.len();
     let revoked: Arc<Vec<AtomicBool>> = Arc::new((0..n).map(|_| AtomicBool::new(false)).collect());
-    let stop_all = Arc::new(AtomicBool::new(false));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, EpochRecord)>();
-    let specs: Vec<TrialSpec> = pack.iter().map(|h| h.spec.clone()).collect();
-    let (rv, sa) = (revoked.clone(), stop_all.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, mut rx) = mpsc::unbounded_channel::<FromTrainer>();
+    let trials: Vec<PackTrial> = pack.iter().map(|h| PackTrial { spec: h.spec.clone(), resume: h.resume.clone() }).collect();
     for h in &pack {
-        tracing::info!(trial_id = %h.id, attempt = h.attempt.0, cell = %h.spec.cell_key(), "training");
+        tracing::info!(trial_id = %h.id, attempt = h.attempt.0, cell = %h.spec.cell_key(), resumed = h.resume.is_some(), "training");
     }
+    let mut events = Events { tx, revoked: revoked.clone(), stop: stop.clone() };
     let mut task = tokio::task::spawn_blocking(move || {
-        let mut on_epoch = |i: usize, rec: &EpochRecord| {
-            let _ = tx.send((i, *rec));
-            if sa.load(Ordering::Relaxed) {
-                Control::StopAll
-            } else if rv[i].load(Ordering::Relaxed) {
-                Control::StopTrial
-            } else {
-                Control::Continue
-            }
-        };
-        let ends = trainer.train_pack(&specs, &mut on_epoch);
+        let ends = trainer.train(&trials, cadence, &mut events);
         (trainer, ends)
     });
     let mut pending: Vec<(usize, EpochRecord)> = Vec::new();
     let mut flush = tokio::time::interval(Duration::from_secs(1));
     let mut beat = tokio::time::interval(s.heartbeat);
     let mut sd = s.shutdown.clone();
+    let deadline = s.cfg.deadline;
+    let until_deadline = async move {
+        match deadline {
+            Some(d) => tokio::time::sleep(d.duration_since(SystemTime::now()).unwrap_or_default()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(until_deadline);
     let (trainer, ends) = loop {
         tokio::select! {
             joined = &mut task => break joined.map_err(|e| WorkerError::TrainerPanicked(e.to_string()))?,
-            Some(p) = rx.recv() => pending.push(p),
+            Some(msg) = rx.recv() => match msg {
+                FromTrainer::Epoch(i, e) => pending.push((i, e)),
+                FromTrainer::Checkpoint(i, saved) => {
+                    if !revoked[i].load(Ordering::Relaxed) && !save_checkpoint(s, &pack[i].id, pack[i].attempt, &saved).await? {
+                        revoked[i].store(true, Ordering::Relaxed);
+                    }
+                }
+            },
             _ = flush.tick() => {
                 if pending.is_empty() { continue; }
                 let progress: Vec<v1::TrialProgress> = pending
@@ -309,15 +471,39 @@ async fn train(
                     .await?;
                 mark_revoked(&pack, &revoked, &gone);
             }
+            () = &mut until_deadline, if !stop.load(Ordering::Relaxed) => {
+                tracing::info!("the allocation's end is near: the pack's trials go back to the coordinator with their checkpoints");
+                s.deadline_hit = true;
+                stop.store(true, Ordering::Relaxed);
+            }
             _ = sd.changed() => {
-                if *sd.borrow() {
-                    tracing::info!("stopping: the pack's unfinished trials go back to the coordinator");
-                    stop_all.store(true, Ordering::Relaxed);
+                let now = *sd.borrow();
+                if now == Shutdown::Now {
+                    // a second signal: hand back at once, without waiting for the trainer
+                    let ids: Vec<String> = pack.iter().enumerate().filter(|(i, _)| !revoked[*i].load(Ordering::Relaxed)).map(|(_, h)| h.id.0.clone()).collect();
+                    tracing::warn!(trials = ids.len(), "stopping now: the pack's trials go back without checkpoints");
+                    release(s, ids).await?;
+                    return Err(WorkerError::Interrupted);
+                }
+                if now == Shutdown::Checkpoint {
+                    tracing::info!("stopping: the pack's unfinished trials go back to the coordinator with their checkpoints");
+                    stop.store(true, Ordering::Relaxed);
                 }
             }
         }
     };
-    let stopping = stop_all.load(Ordering::Relaxed);
+    // what the trainer sent last: progress and checkpoints before the results
+    while let Ok(msg) = rx.try_recv() {
+        match msg {
+            FromTrainer::Epoch(i, e) => pending.push((i, e)),
+            FromTrainer::Checkpoint(i, saved) => {
+                if !revoked[i].load(Ordering::Relaxed) && !save_checkpoint(s, &pack[i].id, pack[i].attempt, &saved).await? {
+                    revoked[i].store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    let stopping = stop.load(Ordering::Relaxed);
     let mut hand_back = Vec::new();
     let mut report = Vec::new();
     for (i, (h, end)) in pack.iter().zip(ends).enumerate() {
@@ -326,8 +512,16 @@ async fn train(
             TrialEnd::Stopped { .. } if revoked[i].load(Ordering::Relaxed) => {
                 tracing::info!(trial_id = %h.id, "lease revoked; result dropped");
             }
-            // stopped unfinished (the worker is stopping): the coordinator leases it again
-            TrialEnd::Stopped { .. } => hand_back.push(h.id.0.clone()),
+            // stopped unfinished (the worker is stopping): it goes back with its checkpoint,
+            // and the coordinator leases it again
+            TrialEnd::Stopped { checkpoint, .. } => {
+                if let Some(saved) = &checkpoint
+                    && !save_checkpoint(s, &h.id, h.attempt, saved).await?
+                {
+                    continue;
+                }
+                hand_back.push(h.id.0.clone());
+            }
         }
     }
     let mut next = None;
@@ -335,7 +529,7 @@ async fn train(
     for (k, (h, result)) in report.into_iter().enumerate() {
         tracing::info!(trial_id = %h.id, outcome = result.outcome.status(), max_level = result.max_level(), "finished");
         // the last result asks for the next pack, unless this worker is stopping
-        let lease_next = k + 1 == last && !stopping && !*s.shutdown.borrow();
+        let lease_next = k + 1 == last && !stopping && *s.shutdown.borrow() == Shutdown::No && !past(s.cfg.deadline);
         next = complete(s, &h.id, h.attempt, &result, lease_next).await?;
     }
     if !hand_back.is_empty() {

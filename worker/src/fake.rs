@@ -1,8 +1,12 @@
 //! A fake trainer for scheduler and fault tests: no libtorch, controllable duration, failures
-//! and divergence, and an optional log of every execution (to count re-runs).
+//! and divergence, and an optional log of every execution (to count re-runs). It checkpoints
+//! and resumes as the real one does (its state is its level and curve), so the fault tests can
+//! count the epochs an interruption costs.
 
-use crate::trainer::{Control, Trainer, TrialEnd};
+use crate::trainer::{Cadence, Control, PackEvents, PackTrial, Saved, Trainer, TrialEnd};
 use cbsweep_common::{EpochRecord, TrialOutcome, TrialResult, TrialSpec};
+use cbsweep_proto::v1;
+use prost::Message;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -44,7 +48,7 @@ impl FakeTrainer {
 #[derive(Clone, Debug)]
 enum Ending {
     Outcome(TrialOutcome),
-    Stopped,
+    Stopped(Option<Saved>),
 }
 
 /// A deterministic curve: level rises every second epoch, faster for the CB-RNN.
@@ -62,19 +66,60 @@ fn fake_epoch(t: &TrialSpec, epoch: u32, level: u32) -> EpochRecord {
     }
 }
 
+/// A fake trial's checkpoint: its level and curve, as a `v1::TrialCheckpoint`.
+fn fake_checkpoint(t: &TrialSpec, level: u32, curve: &[EpochRecord]) -> Saved {
+    let message = v1::TrialCheckpoint {
+        format: 1,
+        trial_id: t.id().0,
+        epochs_done: curve.len() as u32,
+        level,
+        curve: curve.iter().map(Into::into).collect(),
+        kind: "fake".into(),
+        ..Default::default()
+    };
+    Saved { epochs_done: curve.len() as u32, bytes: message.encode_to_vec() }
+}
+
+/// The level and curve of a fake checkpoint of `t`; None for anything else.
+fn read_checkpoint(t: &TrialSpec, bytes: &[u8]) -> Option<(u32, Vec<EpochRecord>)> {
+    let c = v1::TrialCheckpoint::decode(bytes).ok().filter(|c| c.kind == "fake" && c.trial_id == t.id().0)?;
+    let curve = c.curve.into_iter().map(EpochRecord::try_from).collect::<Result<Vec<_>, _>>().ok()?;
+    Some((c.level, curve))
+}
+
 impl Trainer for FakeTrainer {
-    fn train_pack(&mut self, pack: &[TrialSpec], on_epoch: &mut dyn FnMut(usize, &EpochRecord) -> Control) -> Vec<TrialEnd> {
+    fn train(&mut self, pack: &[PackTrial], cadence: Cadence, events: &mut dyn PackEvents) -> Vec<TrialEnd> {
         let start = Instant::now();
-        for t in pack {
-            self.log(&t.id().0);
-        }
         let mut curves: Vec<Vec<EpochRecord>> = vec![Vec::new(); pack.len()];
+        let mut levels: Vec<u32> = pack.iter().map(|p| p.spec.budget.start_level).collect();
+        for (i, p) in pack.iter().enumerate() {
+            let resumed = p.resume.as_deref().and_then(|b| read_checkpoint(&p.spec, b));
+            match resumed {
+                Some((level, curve)) => {
+                    self.log(&format!("{} resumed {}", p.spec.id().0, curve.len()));
+                    (levels[i], curves[i]) = (level, curve);
+                }
+                None => self.log(&p.spec.id().0),
+            }
+        }
         let mut ending: Vec<Option<Ending>> = vec![None; pack.len()];
-        let mut levels: Vec<u32> = pack.iter().map(|t| t.budget.start_level).collect();
-        let epochs = pack.first().map(|t| t.budget.epochs).unwrap_or(0);
-        'epochs: for epoch in 1..=epochs {
+        let mut saved: Vec<(usize, Instant)> = curves.iter().map(|c| (c.len(), Instant::now())).collect();
+        let epochs = pack.first().map(|p| p.spec.budget.epochs as usize).unwrap_or(0);
+        loop {
+            if events.stop_requested() {
+                for (i, o) in ending.iter_mut().enumerate().filter(|(_, o)| o.is_none()) {
+                    let newer = curves[i].len() > saved[i].0;
+                    *o = Some(Ending::Stopped(newer.then(|| fake_checkpoint(&pack[i].spec, levels[i], &curves[i]))));
+                }
+                break;
+            }
+            if ending.iter().all(Option::is_some) {
+                break;
+            }
             std::thread::sleep(Duration::from_millis(self.cfg.epoch_ms));
-            for (i, t) in pack.iter().enumerate() {
+            let mut stop_all = false;
+            for (i, p) in pack.iter().enumerate() {
+                let t = &p.spec;
                 if ending[i].is_some() {
                     continue;
                 }
@@ -82,6 +127,7 @@ impl Trainer for FakeTrainer {
                     ending[i] = Some(Ending::Outcome(TrialOutcome::Failed(format!("fake failure for seed {}", t.seed))));
                     continue;
                 }
+                let epoch = curves[i].len() as u32 + 1;
                 let rec = fake_epoch(t, epoch, levels[i]);
                 if epoch > 1 && self.cfg.diverge_seeds.contains(&t.seed.0) {
                     // As the real trainer: the epoch whose loss turned NaN ends the trial and is
@@ -93,29 +139,41 @@ impl Trainer for FakeTrainer {
                     levels[i] = (levels[i] + 1).min(t.budget.max_level);
                 }
                 curves[i].push(rec);
-                match on_epoch(i, &rec) {
+                match events.epoch(i, &rec) {
                     Control::Continue => {}
-                    Control::StopTrial => ending[i] = Some(Ending::Stopped),
-                    Control::StopAll => {
-                        for o in ending.iter_mut().filter(|o| o.is_none()) {
-                            *o = Some(Ending::Stopped);
-                        }
-                        break 'epochs;
+                    Control::StopTrial => {
+                        ending[i] = Some(Ending::Stopped(None));
+                        continue;
                     }
+                    Control::StopAll => stop_all = true,
                 }
+                if curves[i].len() >= epochs {
+                    ending[i] = Some(Ending::Outcome(TrialOutcome::Completed));
+                } else if stop_all {
+                    ending[i] = Some(Ending::Stopped(Some(fake_checkpoint(t, levels[i], &curves[i]))));
+                } else if cadence.due((curves[i].len() - saved[i].0) as u32, saved[i].1.elapsed()) {
+                    events.checkpoint(i, fake_checkpoint(t, levels[i], &curves[i]));
+                    saved[i] = (curves[i].len(), Instant::now());
+                }
+            }
+            if stop_all {
+                for (i, o) in ending.iter_mut().enumerate().filter(|(_, o)| o.is_none()) {
+                    *o = Some(Ending::Stopped(Some(fake_checkpoint(&pack[i].spec, levels[i], &curves[i]))));
+                }
+                break;
             }
         }
         let wall = start.elapsed().as_millis() as u64;
         pack.iter()
             .zip(curves)
             .zip(ending)
-            .map(|((t, curve), o)| {
+            .map(|((p, curve), o)| {
                 let outcome = match o.unwrap_or(Ending::Outcome(TrialOutcome::Completed)) {
                     Ending::Outcome(outcome) => outcome,
-                    Ending::Stopped => return TrialEnd::Stopped { curve },
+                    Ending::Stopped(checkpoint) => return TrialEnd::Stopped { curve, checkpoint },
                 };
                 if outcome == TrialOutcome::Completed {
-                    self.log(&format!("{} done", t.id().0));
+                    self.log(&format!("{} done", p.spec.id().0));
                 }
                 TrialEnd::Finished(TrialResult {
                     outcome,

@@ -6,6 +6,7 @@
 //! binary's device flag) and a fake trainer for scheduler tests (`fake`). Must not know how the
 //! coordinator stores or schedules trials.
 
+pub mod allocation;
 pub mod budget;
 pub mod client;
 pub mod fake;

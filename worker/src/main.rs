@@ -2,7 +2,7 @@
 //! and device, and the exit codes. The loop itself is `client`; only this file uses anyhow.
 
 use anyhow::Context;
-use cbsweep_worker::client::{self, WorkerConfig};
+use cbsweep_worker::client::{self, Ended, Shutdown, WorkerConfig};
 use cbsweep_worker::fake::{FakeConfig, FakeTrainer};
 use cbsweep_worker::trainer::Trainer;
 use clap::Parser;
@@ -19,6 +19,12 @@ mod exit {
     /// The process that started this worker (`cbsweep run`, whose embedded coordinator it
     /// served) is gone.
     pub(crate) const PARENT_GONE: u8 = 3;
+    /// Its deadline came (`--deadline`, or the Slurm job's end): its trials went back with
+    /// their checkpoints and the sweep may have work left. deploy/slurm requeues the job on it
+    /// (EX_TEMPFAIL).
+    pub(crate) const DEADLINE: u8 = 75;
+    /// A second signal: the leases went back at once, without checkpoints.
+    pub(crate) const INTERRUPTED: u8 = 130;
 }
 
 /// cbsweep-worker: leases trials from a cbsweep coordinator and trains them.
@@ -49,7 +55,8 @@ struct Args {
     #[arg(long)]
     max_pack: Option<u32>,
     /// Memory a pack may take, e.g. 8GiB, 512MiB or bytes (0: no limit); the coordinator leases
-    /// no more trials than fit by its memory model. Default: half of MemTotal on the CPU, 40 GiB
+    /// no more trials than fit by its memory model. Default: on the CPU half of the smaller of
+    /// MemTotal and the process's cgroup memory limit (Slurm --mem, Kubernetes limits); 40 GiB
     /// on a GPU (libtorch does not tell the free device memory).
     #[arg(long, env = "CBSWEEP_MEMORY_BUDGET", value_parser = cbsweep_common::memory::parse_bytes)]
     memory_budget: Option<u64>,
@@ -62,6 +69,16 @@ struct Args {
     /// orphan workers training.
     #[arg(long)]
     exit_with_parent: bool,
+    /// When this worker's allocation ends: RFC 3339 ("2026-12-01T23:00:00Z"), unix seconds
+    /// ("@1796166000") or from now ("+2h", "+90m"). Before it (less --deadline-margin-s) the
+    /// worker checkpoints its trials, hands them back and exits with code 75. Default: the
+    /// Slurm job's end time when run in a Slurm job with a time limit; else none.
+    #[arg(long, env = "CBSWEEP_DEADLINE")]
+    deadline: Option<String>,
+    /// Seconds before the deadline to stop at: time for the checkpoints' upload and the
+    /// hand-back before Slurm's SIGTERM and SIGKILL.
+    #[arg(long, default_value_t = cbsweep_worker::allocation::DEFAULT_HAND_BACK_MARGIN.as_secs())]
+    deadline_margin_s: u64,
     /// Give up when the coordinator stays unreachable this many seconds.
     #[arg(long, default_value_t = 600)]
     give_up_after_s: u64,
@@ -143,7 +160,19 @@ fn cores() -> usize {
     std::thread::available_parallelism().map(std::num::NonZero::get).unwrap_or(1)
 }
 
-async fn run(args: Args, trainer: Box<dyn Trainer>) -> anyhow::Result<()> {
+/// When the worker must stop: from --deadline, else the Slurm job's end, less the margin.
+fn deadline(args: &Args) -> anyhow::Result<Option<std::time::SystemTime>> {
+    let end = match &args.deadline {
+        Some(text) => Some(
+            cbsweep_worker::allocation::parse_deadline(text, std::time::SystemTime::now())
+                .map_err(|e| anyhow::anyhow!("--deadline: {e}"))?,
+        ),
+        None => cbsweep_worker::allocation::slurm_end_time_now(),
+    };
+    Ok(end.map(|end| cbsweep_worker::allocation::hand_back_at(end, Duration::from_secs(args.deadline_margin_s))))
+}
+
+async fn run(args: Args, trainer: Box<dyn Trainer>, deadline: Option<std::time::SystemTime>) -> anyhow::Result<Ended> {
     let on_cpu = trainer.device() == "cpu";
     let threads = if args.threads > 0 { args.threads } else { cores() as u32 };
     let token = cbsweep_proto::client::read_token(args.token_file.as_deref())?
@@ -154,14 +183,22 @@ async fn run(args: Args, trainer: Box<dyn Trainer>) -> anyhow::Result<()> {
         max_pack: args.max_pack.unwrap_or(if on_cpu { threads } else { 64 }).max(1),
         memory_budget: match args.memory_budget {
             Some(bytes) => NonZeroU64::new(bytes),
-            None => cbsweep_worker::budget::default_budget(&trainer.device()),
+            None => cbsweep_worker::budget::default_budget_explained(&trainer.device()).map(|b| {
+                tracing::info!(bytes = b.bytes.get(), source = %b.source, "default memory budget");
+                b.bytes
+            }),
         },
         exit_when_drained: args.exit_when_drained,
         give_up_after: Duration::from_secs(args.give_up_after_s),
         hostname: hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "unknown".into()),
+        deadline,
     };
+    if let Some(d) = deadline {
+        let in_s = d.duration_since(std::time::SystemTime::now()).map_or(0, |left| left.as_secs());
+        tracing::info!(hand_back_in_s = in_s, "deadline: the trials go back with their checkpoints before the allocation ends");
+    }
     tracing::info!(max_pack = cfg.max_pack, memory_budget_bytes = cfg.memory_budget.map_or(0, NonZeroU64::get), "pack limits");
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(Shutdown::No);
     if args.exit_with_parent {
         let parent = nix::unistd::getppid();
         tokio::spawn(async move {
@@ -174,7 +211,8 @@ async fn run(args: Args, trainer: Box<dyn Trainer>) -> anyhow::Result<()> {
             }
         });
     }
-    // SIGTERM, SIGINT and SIGUSR1 (Slurm's pre-emption warning) all mean: hand leases back, exit.
+    // SIGTERM, SIGINT and SIGUSR1 (Slurm's pre-emption warning) all mean: stop at the current
+    // step, hand the leases back with their checkpoints, exit. A second one: hand back now.
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let (Ok(mut term), Ok(mut int), Ok(mut usr1)) =
@@ -182,16 +220,22 @@ async fn run(args: Args, trainer: Box<dyn Trainer>) -> anyhow::Result<()> {
         else {
             return;
         };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-            _ = usr1.recv() => {}
+        for level in [Shutdown::Checkpoint, Shutdown::Now] {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+                _ = usr1.recv() => {}
+            }
+            match level {
+                Shutdown::Checkpoint => {
+                    tracing::info!("signal received: checkpointing and handing the trials back (a second signal: at once)")
+                }
+                _ => tracing::warn!("second signal: handing the trials back now"),
+            }
+            let _ = stop_tx.send(level);
         }
-        tracing::info!("signal received; finishing up");
-        let _ = stop_tx.send(true);
     });
-    client::run(cfg, trainer, stop_rx).await?;
-    Ok(())
+    Ok(client::run(cfg, trainer, stop_rx).await?)
 }
 
 fn main() -> ExitCode {
@@ -238,9 +282,22 @@ fn worker() -> u8 {
             return exit::FAILURE;
         }
     };
+    let deadline = match deadline(&args) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("cbsweep-worker: {e:#}");
+            return exit::BAD_INPUT;
+        }
+    };
     // the runtime is dropped before the return: its tasks and threads end first
-    match runtime.block_on(run(args, trainer)) {
-        Ok(()) => exit::SUCCESS,
+    match runtime.block_on(run(args, trainer, deadline)) {
+        Ok(Ended::Done) => exit::SUCCESS,
+        Ok(Ended::Deadline) => exit::DEADLINE,
+        Err(e) if matches!(e.downcast_ref(), Some(client::WorkerError::Interrupted)) => {
+            eprintln!("cbsweep-worker: {e:#}");
+            // now, not after the runtime's drop, which would wait for the training thread
+            leave(exit::INTERRUPTED)
+        }
         Err(e) => {
             eprintln!("cbsweep-worker: {e:#}");
             exit::FAILURE

@@ -2,7 +2,7 @@
 //! what comes back (grants, outcomes, the status report), what it refuses (`SchedError`), what
 //! it tells listeners (`Event`), and its options and counters.
 
-use crate::store::{Leased, StoreError, SweepRow};
+use crate::store::{Leased, ResumeTally, StoreError, StoredCheckpoint, SweepRow};
 use cbsweep_common::{Attempt, EpochRecord, SweepId, SweepSpec, SweepState, TrialId, TrialResult, TrialState, WorkerId};
 use cbsweep_results::ConditionTally;
 use std::num::NonZeroU64;
@@ -97,6 +97,8 @@ pub struct SweepStatus {
     pub conditions: Vec<ConditionTally>,
     pub trials_per_minute: f64,
     pub eta_seconds: f64,
+    /// What interruptions have cost it (epochs trained again, resumes, checkpoint ages).
+    pub resumes: ResumeTally,
 }
 
 #[derive(Clone, Debug)]
@@ -162,6 +164,21 @@ pub(super) enum Command {
         trials: Vec<TrialId>,
         reply: Reply<u32>,
     },
+    SaveCheckpoint {
+        worker: WorkerId,
+        trial: TrialId,
+        attempt: Attempt,
+        epochs_done: u32,
+        sha256: String,
+        data: Vec<u8>,
+        reply: Reply<bool>,
+    },
+    FetchCheckpoint {
+        worker: WorkerId,
+        trial: TrialId,
+        attempt: Attempt,
+        reply: Reply<Option<StoredCheckpoint>>,
+    },
     Status {
         sweep: Option<SweepId>,
         reply: Reply<StatusReport>,
@@ -190,6 +207,8 @@ pub struct Counters {
     pub trials_leased: u64,
     pub trials_finished: u64,
     pub attempts_failed: u64,
+    pub checkpoints_saved: u64,
+    pub checkpoint_bytes_saved: u64,
 }
 
 /// Options of a scheduler.

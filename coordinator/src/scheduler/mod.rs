@@ -16,7 +16,7 @@ pub use api::{
     WorkerStatus,
 };
 
-use crate::store::SweepRow;
+use crate::store::{StoredCheckpoint, SweepRow};
 use api::{Command, Reply};
 use cbsweep_common::{Attempt, EpochRecord, SweepId, SweepSpec, TrialId, TrialResult, WorkerId};
 use std::num::NonZeroU64;
@@ -95,6 +95,30 @@ impl SchedulerHandle {
 
     pub async fn release(&self, worker: WorkerId, trials: Vec<TrialId>) -> Result<u32, SchedError> {
         self.call(|reply| Command::Release { worker, trials, reply }).await
+    }
+
+    /// Stores a trial's checkpoint, sent by the worker holding attempt `attempt`'s lease;
+    /// answered once committed. False: the store holds a later one.
+    pub async fn save_checkpoint(
+        &self,
+        worker: WorkerId,
+        trial: TrialId,
+        attempt: Attempt,
+        epochs_done: u32,
+        sha256: String,
+        data: Vec<u8>,
+    ) -> Result<bool, SchedError> {
+        self.call(|reply| Command::SaveCheckpoint { worker, trial, attempt, epochs_done, sha256, data, reply }).await
+    }
+
+    /// A trial's latest checkpoint, for the worker holding attempt `attempt`'s lease.
+    pub async fn fetch_checkpoint(
+        &self,
+        worker: WorkerId,
+        trial: TrialId,
+        attempt: Attempt,
+    ) -> Result<Option<StoredCheckpoint>, SchedError> {
+        self.call(|reply| Command::FetchCheckpoint { worker, trial, attempt, reply }).await
     }
 
     pub async fn status(&self, sweep: Option<SweepId>) -> Result<StatusReport, SchedError> {

@@ -202,6 +202,12 @@ impl Scheduler {
             Command::Release { worker, trials, reply } => {
                 answer(reply, self.known(&worker).and_then(|()| Ok(self.store.release(&worker, &trials)?)))
             }
+            Command::SaveCheckpoint { worker, trial, attempt, epochs_done, sha256, data, reply } => {
+                answer(reply, self.save_checkpoint(&worker, &trial, attempt, epochs_done, &sha256, &data))
+            }
+            Command::FetchCheckpoint { worker, trial, attempt, reply } => {
+                answer(reply, self.holds(&worker, &trial, attempt).and_then(|_| Ok(self.store.checkpoint(&trial)?)))
+            }
             Command::Status { sweep, reply } => answer(reply, self.status(sweep)),
             Command::Cancel { sweep, reply } => answer(reply, self.cancel(&sweep)),
             Command::RetryFailed { sweep, reply } => answer(reply, self.retry_failed(&sweep)),
@@ -249,6 +255,8 @@ impl Scheduler {
             state: SweepState::Running,
             created_ms,
             finished_ms: None,
+            checkpoint_every: spec.run.checkpoint_every,
+            checkpoint_seconds: spec.run.checkpoint_seconds,
         };
         self.store.upsert_sweep(&row, &new)?;
         tracing::info!(sweep = %spec.id, total = existing.len() + new.len(), new = new.len(), "sweep submitted");
@@ -289,9 +297,50 @@ impl Scheduler {
             if let Some(lease) = self.store.trial_lease(&trial)? {
                 self.emit(Event::Epoch { sweep: lease.sweep, trial: trial.clone(), record });
             }
+            let attempt = held.iter().find(|(t, _)| *t == trial).map_or(Attempt(0), |(_, a)| *a);
+            self.store.note_progress(&trial, attempt, record.epoch)?;
             self.live.insert(trial, record);
         }
         Ok(revoked)
+    }
+
+    /// The lease of `trial` when `worker` (registered) holds its attempt `attempt` now; else
+    /// the refusal that says why.
+    fn holds(&mut self, worker: &WorkerId, trial: &TrialId, attempt: Attempt) -> Result<TrialLease, SchedError> {
+        self.known(worker)?;
+        let lease = self.store.trial_lease(trial)?.ok_or_else(|| SchedError::UnknownTrial(trial.clone()))?;
+        if attempt.0 == 0 || attempt.0 != lease.attempt {
+            return Err(SchedError::StaleAttempt { trial: trial.clone(), attempt: attempt.0, current: lease.attempt });
+        }
+        match lease.state {
+            TrialState::Leased if lease.worker.as_deref() == Some(worker.as_str()) => Ok(lease),
+            TrialState::Leased => Err(SchedError::NotOwner { trial: trial.clone(), worker: worker.clone() }),
+            TrialState::Cancelled => Err(SchedError::Cancelled(trial.clone())),
+            TrialState::Pending | TrialState::Done | TrialState::Failed => {
+                Err(SchedError::NotLeased { trial: trial.clone(), attempt: attempt.0 })
+            }
+        }
+    }
+
+    /// Stores a checkpoint from the lease's holder (fenced as a result is); the lease is
+    /// renewed with it.
+    fn save_checkpoint(
+        &mut self,
+        worker: &WorkerId,
+        trial: &TrialId,
+        attempt: Attempt,
+        epochs_done: u32,
+        sha256: &str,
+        data: &[u8],
+    ) -> Result<bool, SchedError> {
+        self.holds(worker, trial, attempt)?;
+        let stored = self.store.save_checkpoint(trial, attempt, epochs_done, sha256, data)?;
+        self.store.renew(worker, &[(trial.clone(), attempt)])?;
+        self.store.note_progress(trial, attempt, epochs_done)?;
+        self.counters.checkpoints_saved += u64::from(stored);
+        self.counters.checkpoint_bytes_saved += if stored { data.len() as u64 } else { 0 };
+        tracing::debug!(trial_id = %trial, attempt = attempt.0, epochs_done, bytes = data.len(), stored, "checkpoint");
+        Ok(stored)
     }
 
     fn complete(&mut self, worker: &WorkerId, trial: &TrialId, attempt: Attempt, result: TrialResult) -> Result<bool, SchedError> {
@@ -420,6 +469,7 @@ impl Scheduler {
                 conditions,
                 trials_per_minute: per_min,
                 eta_seconds: eta,
+                resumes: self.store.resume_tally(&row.id)?,
             });
         }
         let workers = self

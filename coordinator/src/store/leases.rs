@@ -16,24 +16,25 @@ impl Store {
         let now = now_ms();
         let tx = self.conn.savepoint()?;
         // Oldest running sweep first, then its oldest pending cell: each step an index lookup.
-        let running: Vec<(String, u32, u32)> = {
+        let running: Vec<(String, u32, u32, (u32, u32))> = {
             let mut stmt = tx.prepare_cached(sql(
-                "SELECT sweep_id, pack_size, lease_seconds FROM sweeps WHERE state = {sweep_running} ORDER BY created_ms",
+                "SELECT sweep_id, pack_size, lease_seconds, checkpoint_every, checkpoint_seconds FROM sweeps WHERE state = {sweep_running}
+                 ORDER BY created_ms",
             ))?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<Vec<_>, _>>()?
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, (r.get(3)?, r.get(4)?))))?.collect::<Result<Vec<_>, _>>()?
         };
         let mut head = None;
-        for (sweep, pack_size, lease_seconds) in running {
+        for (sweep, pack_size, lease_seconds, cadence) in running {
             let key: Option<String> = tx
                 .prepare_cached(sql("SELECT pack_key FROM trials WHERE state = {pending} AND sweep_id = ?1 ORDER BY cell_index LIMIT 1"))?
                 .query_row(params![sweep], |r| r.get(0))
                 .optional()?;
             if let Some(key) = key {
-                head = Some((sweep, key, pack_size, lease_seconds));
+                head = Some((sweep, key, pack_size, lease_seconds, cadence));
                 break;
             }
         }
-        let Some((sweep, pack_key, pack_size, lease_seconds)) = head else {
+        let Some((sweep, pack_key, pack_size, lease_seconds, cadence)) = head else {
             tx.commit()?;
             return Ok(Vec::new());
         };
@@ -58,12 +59,20 @@ impl Store {
                 }
                 picked.truncate(usize::try_from(fit).unwrap_or(usize::MAX).max(1));
             }
-            let mut upd = tx.prepare_cached(sql(
-                "UPDATE trials SET state = {leased}, attempt = ?2, worker_id = ?3, lease_expires_ms = ?4 WHERE trial_id = ?1",
-            ))?;
+            // An attempt resumes from the trial's checkpoint, if it has one: the epochs an
+            // earlier attempt reported past it are lost (trained again).
+            let mut upd =
+                tx.prepare_cached(sql("UPDATE trials SET state = {leased}, attempt = ?2, worker_id = ?3, lease_expires_ms = ?4,
+                   epochs_lost = epochs_lost + MAX(progress_epoch - ?5, 0), progress_epoch = ?5, resumes = resumes + ?6
+                 WHERE trial_id = ?1"))?;
+            let mut saved = tx.prepare_cached("SELECT epochs_done, length(data) FROM trial_checkpoints WHERE trial_id = ?1")?;
             for (id, attempt, json) in picked {
-                upd.execute(params![id, attempt + 1, worker.as_str(), expires])?;
-                out.push(Leased { id: TrialId(id), attempt: Attempt(attempt + 1), spec: parse_spec(&json)?, expires_ms: expires });
+                let resume: Option<(u32, u64)> =
+                    saved.query_row(params![id], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64))).optional()?;
+                let from = resume.map_or(0, |(epochs, _)| epochs);
+                upd.execute(params![id, attempt + 1, worker.as_str(), expires, from, u32::from(resume.is_some())])?;
+                let (id, attempt, spec) = (TrialId(id), Attempt(attempt + 1), parse_spec(&json)?);
+                out.push(Leased { id, attempt, spec, expires_ms: expires, resume, cadence });
             }
         }
         tx.commit()?;
@@ -147,6 +156,7 @@ impl Store {
                 ins.execute(params![id.as_str(), a.level, a.epoch, a.population, a.metric, a.value])?;
             }
         }
+        tx.prepare_cached("DELETE FROM trial_checkpoints WHERE trial_id = ?1")?.execute(params![id.as_str()])?;
         tx.prepare_cached(sql(
             "UPDATE trials SET state = {done}, outcome = ?2, max_level = ?3, final_level = ?4, epochs_run = ?5, wall_time_ms = ?6,
                device = ?7, pack_size = ?8, completed_ms = ?9, lease_expires_ms = NULL, last_error = NULL WHERE trial_id = ?1",

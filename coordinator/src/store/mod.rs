@@ -11,13 +11,15 @@
 //!
 //! This file: opening (schema, migration of older state files), batches, the row types and the
 //! helpers the others share; `sweeps.rs` (sweeps, workers), `leases.rs` (the trial queue),
-//! `read.rs` (what the results read), `checkpoint.rs` (the WAL checkpoint thread). The
+//! `read.rs` (what the results read), `resume.rs` (trials' checkpoints and what interruptions
+//! cost), `checkpoint.rs` (the WAL checkpoint thread, unrelated to trials' checkpoints). The
 //! children use this file; it uses none of them.
 
 mod backup;
 pub mod checkpoint;
 mod leases;
 mod read;
+mod resume;
 mod sweeps;
 
 use cbsweep_common::{Attempt, SweepId, SweepState, TrialId, TrialSpec, TrialState};
@@ -78,7 +80,9 @@ CREATE TABLE IF NOT EXISTS sweeps(
   lease_seconds INTEGER NOT NULL,
   state TEXT NOT NULL,
   created_ms INTEGER NOT NULL,
-  finished_ms INTEGER);
+  finished_ms INTEGER,
+  checkpoint_every INTEGER NOT NULL DEFAULT 10,
+  checkpoint_seconds INTEGER NOT NULL DEFAULT 300);
 CREATE TABLE IF NOT EXISTS trials(
   trial_id TEXT PRIMARY KEY,
   sweep_id TEXT NOT NULL REFERENCES sweeps(sweep_id),
@@ -102,6 +106,11 @@ CREATE TABLE IF NOT EXISTS trials(
   device TEXT,
   pack_size INTEGER,
   completed_ms INTEGER,
+  -- the latest epoch an attempt reported; epochs trained again after an interruption (past
+  -- the checkpoint the next attempt resumed from); attempts that resumed from a checkpoint
+  progress_epoch INTEGER NOT NULL DEFAULT 0,
+  epochs_lost INTEGER NOT NULL DEFAULT 0,
+  resumes INTEGER NOT NULL DEFAULT 0,
   UNIQUE(sweep_id, cell_key));
 -- Grid order over immutable columns: a lease or a completion never writes this index. The
 -- queue indexes are partial, so that a lease moves a trial from two small pending indexes to
@@ -133,6 +142,15 @@ CREATE TABLE IF NOT EXISTS analyses(
   metric TEXT NOT NULL,
   value REAL NOT NULL,
   PRIMARY KEY(trial_id, level, population, metric));
+-- The latest checkpoint of each unfinished trial (its whole training state, as the worker
+-- wrote it); dropped once the trial is done.
+CREATE TABLE IF NOT EXISTS trial_checkpoints(
+  trial_id TEXT PRIMARY KEY REFERENCES trials(trial_id),
+  attempt INTEGER NOT NULL,
+  epochs_done INTEGER NOT NULL,
+  sha256 TEXT NOT NULL,
+  saved_ms INTEGER NOT NULL,
+  data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS workers(
   worker_id TEXT PRIMARY KEY,
   hostname TEXT NOT NULL,
@@ -159,6 +177,9 @@ pub struct SweepRow {
     pub state: SweepState,
     pub created_ms: i64,
     pub finished_ms: Option<i64>,
+    /// The checkpoint cadence (`RunPolicy::checkpoint_every`, `checkpoint_seconds`).
+    pub checkpoint_every: u32,
+    pub checkpoint_seconds: u32,
 }
 
 /// A trial handed to a worker.
@@ -168,6 +189,30 @@ pub struct Leased {
     pub attempt: Attempt,
     pub spec: TrialSpec,
     pub expires_ms: i64,
+    /// The checkpoint this attempt resumes from: (epochs done, bytes); None: from scratch.
+    pub resume: Option<(u32, u64)>,
+    /// Its sweep's checkpoint cadence: (epochs, seconds).
+    pub cadence: (u32, u32),
+}
+
+/// A trial's stored checkpoint.
+#[derive(Clone, Debug)]
+pub struct StoredCheckpoint {
+    pub attempt: u32,
+    pub epochs_done: u32,
+    pub sha256: String,
+    pub saved_ms: i64,
+    pub data: Vec<u8>,
+}
+
+/// What a sweep's interruptions cost, for its status: epochs trained again, attempts resumed,
+/// and of its running trials the oldest latest checkpoint's time and how many have none.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ResumeTally {
+    pub epochs_lost: u64,
+    pub resumes: u32,
+    pub oldest_checkpoint_ms: Option<i64>,
+    pub running_without_checkpoint: u32,
 }
 
 /// A worker seen lately: (id, hostname, device, trials it holds, milliseconds since seen).
@@ -355,8 +400,18 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if !has("sweeps", "overrides")? {
         conn.execute_batch("ALTER TABLE sweeps ADD COLUMN overrides TEXT NOT NULL DEFAULT ''")?;
     }
-    if !has("trials", "uncounted")? {
-        conn.execute_batch("ALTER TABLE trials ADD COLUMN uncounted INTEGER NOT NULL DEFAULT 0")?;
+    let added = [
+        ("trials", "uncounted", "INTEGER NOT NULL DEFAULT 0"),
+        ("trials", "progress_epoch", "INTEGER NOT NULL DEFAULT 0"),
+        ("trials", "epochs_lost", "INTEGER NOT NULL DEFAULT 0"),
+        ("trials", "resumes", "INTEGER NOT NULL DEFAULT 0"),
+        ("sweeps", "checkpoint_every", "INTEGER NOT NULL DEFAULT 10"),
+        ("sweeps", "checkpoint_seconds", "INTEGER NOT NULL DEFAULT 300"),
+    ];
+    for (table, column, decl) in added {
+        if !has(table, column)? {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+        }
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ impl Store {
         Ok(self
             .conn
             .query_row(
-                "SELECT sweep_id, description, spec_toml, spec_path, overrides, max_attempts, pack_size, lease_seconds, state, created_ms, finished_ms FROM sweeps WHERE sweep_id = ?1",
+                "SELECT sweep_id, description, spec_toml, spec_path, overrides, max_attempts, pack_size, lease_seconds, state, created_ms, finished_ms, checkpoint_every, checkpoint_seconds FROM sweeps WHERE sweep_id = ?1",
                 params![id.as_str()],
                 sweep_row,
             )
@@ -20,7 +20,7 @@ impl Store {
 
     pub fn sweeps(&self) -> Result<Vec<SweepRow>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT sweep_id, description, spec_toml, spec_path, overrides, max_attempts, pack_size, lease_seconds, state, created_ms, finished_ms FROM sweeps ORDER BY created_ms",
+            "SELECT sweep_id, description, spec_toml, spec_path, overrides, max_attempts, pack_size, lease_seconds, state, created_ms, finished_ms, checkpoint_every, checkpoint_seconds FROM sweeps ORDER BY created_ms",
         )?;
         let rows = stmt.query_map([], sweep_row)?.collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
@@ -39,10 +39,12 @@ impl Store {
     pub fn upsert_sweep(&mut self, row: &SweepRow, new_trials: &[(u32, TrialSpec)]) -> Result<(), StoreError> {
         let tx = self.conn.savepoint()?;
         tx.execute(
-            "INSERT INTO sweeps(sweep_id, description, spec_toml, spec_path, max_attempts, pack_size, lease_seconds, state, created_ms, finished_ms, overrides)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10)
+            "INSERT INTO sweeps(sweep_id, description, spec_toml, spec_path, max_attempts, pack_size, lease_seconds, state, created_ms, finished_ms,
+               overrides, checkpoint_every, checkpoint_seconds)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10, ?11, ?12)
              ON CONFLICT(sweep_id) DO UPDATE SET description = ?2, spec_toml = ?3, spec_path = ?4, max_attempts = ?5,
-               pack_size = ?6, lease_seconds = ?7, state = ?8, finished_ms = NULL, overrides = ?10",
+               pack_size = ?6, lease_seconds = ?7, state = ?8, finished_ms = NULL, overrides = ?10, checkpoint_every = ?11,
+               checkpoint_seconds = ?12",
             params![
                 row.id.as_str(),
                 row.description,
@@ -53,7 +55,9 @@ impl Store {
                 row.lease_seconds,
                 row.state.as_str(),
                 row.created_ms,
-                row.overrides
+                row.overrides,
+                row.checkpoint_every,
+                row.checkpoint_seconds
             ],
         )?;
         {
@@ -180,5 +184,7 @@ fn sweep_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SweepRow> {
         })?,
         created_ms: r.get(9)?,
         finished_ms: r.get(10)?,
+        checkpoint_every: r.get(11)?,
+        checkpoint_seconds: r.get(12)?,
     })
 }

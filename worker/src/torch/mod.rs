@@ -6,7 +6,7 @@
 //! (host batches packed into tensors), `model` (the packed models), `regime` (which modules
 //! learn), `error`; the engines behind the `engine` seam (`engine::cpu` over `fused`,
 //! `engine::libtorch`); the analyses at each checkpoint (`analysis`); a trial's curriculum
-//! (`trial`) and a pack's epoch loop (`run`); and `train`, the `Trainer` that picks each pack's
+//! (`trial`), its checkpoint to resume from (`resume`) and a pack's epoch loop (`run`); and `train`, the `Trainer` that picks each pack's
 //! engine. This is the only module of the worker that knows tch (the benches aside); everything
 //! else sees `crate::trainer::Trainer`.
 
@@ -18,6 +18,7 @@ mod fused;
 mod input;
 mod model;
 mod regime;
+mod resume;
 mod run;
 mod tasks;
 mod train;

@@ -1,15 +1,16 @@
 //! Training a pack of trials together (docs/science.md#training and #regimes): the epoch
 //! loop over one `PackEngine`, each trial's curriculum and freeze rules, what is reported after
-//! every epoch, the checkpoint analyses and saved weights, and dropping the rows of ended
-//! trials. Every per-trial quantity lives on its own row of the pack, so a trial's numbers do
+//! every epoch, the checkpoint analyses and saved weights, the trials' checkpoints (`resume`)
+//! on the sweep's cadence and at a stop, and dropping the rows of ended trials. Every per-trial quantity lives on its own row of the pack, so a trial's numbers do
 //! not depend on the others it trains with. Knows no particular engine.
 
 use super::analysis::{self, Checkpoint};
 use super::engine::{PackEngine, PackState};
 use super::error::{TrainError, error_chain};
 use super::model::Unroll;
-use super::trial::{DataSplit, TrialRun, draw_rows};
-use crate::trainer::Control;
+use super::resume;
+use super::trial::{DataSplit, Mark, TrialRun, draw_rows};
+use crate::trainer::{Cadence, Control, PackEvents, Saved};
 use cbsweep_common::{AnalysisPlan, EpochRecord, TrainBudget, TrialOutcome, TrialSpec};
 use std::path::Path;
 use std::time::Instant;
@@ -24,7 +25,6 @@ pub(crate) struct PackRun {
     engine: Box<dyn PackEngine>,
     /// Row r of the engine belongs to trial `rows[r]`; rows of ended trials are dropped.
     rows: Vec<usize>,
-    steps_done: u64,
 }
 
 /// A trial's checkpoint found in an epoch: its pack row, index in the pack, level and epoch.
@@ -42,33 +42,35 @@ impl PackRun {
         let Some(first) = pack.first() else {
             return Err(TrainError::EmptyPack);
         };
-        Ok(PackRun {
-            budget: first.budget,
-            hidden: first.hidden as usize,
-            kind,
-            device,
-            engine,
-            rows: (0..pack.len()).collect(),
-            steps_done: 0,
-        })
+        Ok(PackRun { budget: first.budget, hidden: first.hidden as usize, kind, device, engine, rows: (0..pack.len()).collect() })
     }
 
     /// Trains to the end of the budget (or until every trial has ended), reporting each epoch
-    /// of each trial through `on_epoch` and saving checkpoint weights under `checkpoint_dir`.
+    /// of each trial through `events`, handing over checkpoints on `cadence`, and saving
+    /// checkpoint weights under `checkpoint_dir`. Each trial counts its own epochs: a resumed
+    /// trial goes on from its checkpoint's, beside trials that start at epoch 1. A stop that
+    /// `events` asks for before a step ends every running trial with its checkpoint of the
+    /// latest epoch boundary.
     pub(crate) fn run(
         mut self,
         trials: &mut [TrialRun],
-        on_epoch: &mut dyn FnMut(usize, &EpochRecord) -> Control,
+        events: &mut dyn PackEvents,
+        cadence: Cadence,
         checkpoint_dir: Option<&Path>,
     ) -> Result<(), TrainError> {
         let budget = self.budget;
         let steps = budget.steps_per_epoch.max(1);
         let tested = f64::from(budget.test_batches.max(1)) * f64::from(budget.batch_size.max(1));
-        for epoch in 1..=budget.epochs {
-            if self.rows.is_empty() {
-                break;
-            }
+        // per trial: the epochs of the latest checkpoint its caller holds, and when it came
+        let mut saved: Vec<(u32, Instant)> = trials.iter().map(|t| (t.epochs_done, Instant::now())).collect();
+        // The pack's state and the trials' marks at the latest epoch boundary, kept when a stop
+        // may come (None before the first: each trial's state then is one its caller has).
+        let mut boundary: Option<(PackState, Vec<Mark>)> = None;
+        while !self.rows.is_empty() {
             for _ in 0..budget.steps_per_epoch {
+                if events.stop_requested() {
+                    return self.stop_all(trials, boundary.as_ref(), &saved);
+                }
                 self.train_step(trials)?;
             }
             let tests = draw_rows(trials, &self.rows, DataSplit::Test, budget.test_batches as usize, self.hidden);
@@ -78,12 +80,9 @@ impl PackRun {
             let mut due = Vec::new();
             for (row, &i) in self.rows.iter().enumerate() {
                 let t = &mut trials[i];
+                let epoch = t.epochs_done + 1;
                 let train_loss = totals.loss[row] / f64::from(steps);
                 let grad_norm = totals.grad_norm[row] / f64::from(steps);
-                if stop_all {
-                    t.stop();
-                    continue;
-                }
                 if !train_loss.is_finite() || !grad_norm.is_finite() {
                     t.finish(TrialOutcome::Diverged);
                     continue;
@@ -102,16 +101,14 @@ impl PackRun {
                 };
                 t.curve.push(record);
                 t.epochs_done = epoch;
-                match on_epoch(i, &record) {
+                match events.epoch(i, &record) {
                     Control::Continue => {}
                     Control::StopTrial => {
-                        t.stop();
+                        t.stop(None);
                         continue;
                     }
-                    Control::StopAll => {
-                        stop_all = true;
-                        continue;
-                    }
+                    // this epoch ends for every trial as usual; the pack stops at its end
+                    Control::StopAll => stop_all = true,
                 }
                 if solved {
                     if t.solve_level() {
@@ -123,33 +120,81 @@ impl PackRun {
                     }
                     t.level += 1;
                 }
-                if epoch == budget.epochs {
+                if epoch >= budget.epochs {
                     t.finish(TrialOutcome::Completed);
                 }
             }
-            if stop_all {
-                for &i in &self.rows {
-                    trials[i].stop();
-                }
-            } else if !due.is_empty() {
+            if !due.is_empty() {
                 let state = self.engine.state()?;
                 self.checkpoints(&state, trials, &due, checkpoint_dir)?;
                 due.iter().for_each(|d| trials[d.trial].restamp_end());
             }
             self.drop_ended(trials)?;
+            if self.rows.is_empty() {
+                break;
+            }
+            let keep = stop_all || events.stops();
+            let checkpoint: Vec<usize> = (0..self.rows.len())
+                .filter(|&r| {
+                    let (at, when) = saved[self.rows[r]];
+                    cadence.due(trials[self.rows[r]].epochs_done - at, when.elapsed())
+                })
+                .collect();
+            if !keep && checkpoint.is_empty() {
+                continue;
+            }
+            let state = self.engine.state()?;
+            let marks: Vec<Mark> = self.rows.iter().map(|&i| trials[i].mark()).collect();
+            for r in checkpoint {
+                let i = self.rows[r];
+                let bytes = resume::encode(&trials[i], &marks[r], &state, r, self.kind)?;
+                let epochs_done = trials[i].epochs_done;
+                tracing::debug!(trial_id = %trials[i].spec.id(), epochs_done, bytes = bytes.len(), "checkpoint");
+                events.checkpoint(i, Saved { epochs_done, bytes });
+                saved[i] = (epochs_done, Instant::now());
+            }
+            if keep {
+                boundary = Some((state, marks));
+            }
+            if stop_all {
+                return self.stop_all(trials, boundary.as_ref(), &saved);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every running trial, each with its checkpoint of `boundary` (the latest epoch
+    /// boundary) where that is newer than the one its caller holds (`saved`).
+    fn stop_all(
+        &self,
+        trials: &mut [TrialRun],
+        boundary: Option<&(PackState, Vec<Mark>)>,
+        saved: &[(u32, Instant)],
+    ) -> Result<(), TrainError> {
+        for (r, &i) in self.rows.iter().enumerate() {
+            let checkpoint = match boundary {
+                Some((state, marks)) if trials[i].epochs_done > saved[i].0 => {
+                    let bytes = resume::encode(&trials[i], &marks[r], state, r, self.kind)?;
+                    Some(Saved { epochs_done: trials[i].epochs_done, bytes })
+                }
+                _ => None,
+            };
+            trials[i].stop(checkpoint);
         }
         Ok(())
     }
 
     /// One SGD step of every trial in the pack, each on a fresh batch at its own level.
     pub(crate) fn train_step(&mut self, trials: &mut [TrialRun]) -> Result<(), TrainError> {
-        let flags: Vec<_> = self.rows.iter().map(|&i| trials[i].learning_at(self.steps_done)).collect();
+        let flags: Vec<_> = self.rows.iter().map(|&i| trials[i].learning_next()).collect();
         for (&i, &f) in self.rows.iter().zip(&flags) {
             trials[i].learning = f;
         }
         let batches = draw_rows(trials, &self.rows, DataSplit::Train, 1, self.hidden);
         self.engine.train_step(&batches, &flags)?;
-        self.steps_done += 1;
+        for &i in &self.rows {
+            trials[i].steps_done += 1;
+        }
         Ok(())
     }
 

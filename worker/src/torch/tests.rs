@@ -258,8 +258,13 @@ fn control_stops_one_trial_or_the_whole_pack() {
     let results = TorchTrainer::new(Device::Cpu).train_pack(&pack, &mut |i, r| {
         if i == 0 && r.epoch == 3 { Control::StopAll } else { Control::Continue }
     });
+    // the epoch ends for every trial; each hands back its checkpoint of that epoch's end
     assert!(results.iter().all(stopped));
-    assert_eq!(results.iter().map(|r| r.curve().len()).collect::<Vec<_>>(), [3, 2, 2]);
+    assert_eq!(results.iter().map(|r| r.curve().len()).collect::<Vec<_>>(), [3, 3, 3]);
+    for r in &results {
+        let TrialEnd::Stopped { checkpoint: Some(saved), .. } = r else { panic!("a checkpoint with a stopped trial") };
+        assert_eq!(saved.epochs_done, 3);
+    }
 }
 
 #[test]

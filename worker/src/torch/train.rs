@@ -7,10 +7,12 @@ use super::engine::cpu::CpuEngine;
 use super::engine::libtorch::LibtorchEngine;
 use super::engine::{self, PackEngine, PackState};
 use super::error::{TrainError, error_chain};
+use super::model::Dims;
+use super::resume;
 use super::run::PackRun;
 use super::trial::TrialRun;
-use crate::trainer::{Control, Trainer, TrialEnd};
-use cbsweep_common::{EpochRecord, TrialSpec};
+use crate::trainer::{Cadence, PackEvents, PackTrial, Trainer, TrialEnd};
+use cbsweep_common::TrialSpec;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -74,16 +76,40 @@ impl TorchTrainer {
 }
 
 impl Trainer for TorchTrainer {
-    fn train_pack(&mut self, pack: &[TrialSpec], on_epoch: &mut dyn FnMut(usize, &EpochRecord) -> Control) -> Vec<TrialEnd> {
-        if pack.is_empty() {
+    fn train(&mut self, pack: &[PackTrial], cadence: Cadence, events: &mut dyn PackEvents) -> Vec<TrialEnd> {
+        let Some(first) = pack.first() else {
             return Vec::new();
-        }
-        let _span = tracing::info_span!("pack", size = pack.len(), key = %pack[0].pack_key().0).entered();
+        };
+        let _span = tracing::info_span!("pack", size = pack.len(), key = %first.spec.pack_key().0).entered();
         let started = Instant::now();
-        let mut trials: Vec<TrialRun> = pack.iter().map(|spec| TrialRun::new(spec, started)).collect();
+        let specs: Vec<TrialSpec> = pack.iter().map(|p| p.spec.clone()).collect();
+        let dims = Dims::of(&first.spec);
+        let mut trials: Vec<TrialRun> = Vec::with_capacity(pack.len());
+        let mut checkpoints = Vec::new();
+        for (row, p) in pack.iter().enumerate() {
+            let resumed = p.resume.as_deref().map(|bytes| {
+                let c = resume::decode(bytes, &p.spec, &dims, self.kind)?;
+                Ok::<_, String>((TrialRun::resumed(&p.spec, started, &c)?, c))
+            });
+            match resumed {
+                Some(Ok((trial, c))) => {
+                    tracing::info!(trial_id = %p.spec.id(), epochs_done = c.epochs_done, level = c.level, "resuming from its checkpoint");
+                    trials.push(trial);
+                    checkpoints.push((row, c));
+                }
+                Some(Err(why)) => {
+                    tracing::warn!(trial_id = %p.spec.id(), reason = %why, "checkpoint not usable; the trial starts afresh");
+                    trials.push(TrialRun::new(&p.spec, started));
+                }
+                None => trials.push(TrialRun::new(&p.spec, started)),
+            }
+        }
         let run = catch_unwind(AssertUnwindSafe(|| {
-            let engine = build_engine(self.engine(), pack, self.kind, self.device)?;
-            PackRun::new(pack, engine, self.kind, self.device)?.run(&mut trials, on_epoch, self.checkpoint_dir.as_deref())
+            let state = PackState::initial(&specs, self.kind, self.device)?;
+            let rows: Vec<_> = checkpoints.iter().map(|(row, c)| (*row, c)).collect();
+            resume::write_rows(&state, &rows)?;
+            let engine = engine_from(self.engine(), &specs, state, self.kind, self.device)?;
+            PackRun::new(&specs, engine, self.kind, self.device)?.run(&mut trials, events, cadence, self.checkpoint_dir.as_deref())
         }));
         let failure = match run {
             Ok(Ok(())) => None,
@@ -109,8 +135,19 @@ impl Trainer for TorchTrainer {
 
 /// The engine of `choice` for `pack` (of `kind` on `device`), starting from the pack's initial
 /// state: the one place that knows the engines. `Engine::Fused` needs float32 on the CPU.
+#[cfg(test)]
 pub(crate) fn build_engine(choice: Engine, pack: &[TrialSpec], kind: Kind, device: Device) -> Result<Box<dyn PackEngine>, TrainError> {
-    let state = PackState::initial(pack, kind, device)?;
+    engine_from(choice, pack, PackState::initial(pack, kind, device)?, kind, device)
+}
+
+/// The engine of `choice` for `pack`, starting from `state`.
+fn engine_from(
+    choice: Engine,
+    pack: &[TrialSpec],
+    state: PackState,
+    kind: Kind,
+    device: Device,
+) -> Result<Box<dyn PackEngine>, TrainError> {
     let rates = engine::module_rates(pack);
     let budget = pack[0].budget;
     Ok(match choice {

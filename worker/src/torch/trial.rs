@@ -5,8 +5,9 @@
 use super::input::Batches;
 use super::regime::{self, Learning};
 use super::tasks::{self, Stream, TaskBatch};
-use crate::trainer::TrialEnd;
+use crate::trainer::{Saved, TrialEnd};
 use cbsweep_common::{AnalysisRecord, Arch, EpochRecord, TrialOutcome, TrialResult, TrialSpec};
+use cbsweep_proto::v1;
 use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
 
@@ -14,8 +15,12 @@ use std::time::Instant;
 pub(crate) struct TrialRun<'a> {
     pub(crate) spec: &'a TrialSpec,
     started: Instant,
+    /// Training time of earlier attempts (a resumed trial's checkpoint holds it).
+    earlier_ms: u64,
     pub(crate) level: u32,
     pub(crate) epochs_done: u32,
+    /// SGD steps this trial has done, over all its attempts.
+    pub(crate) steps_done: u64,
     train_data: ChaCha8Rng,
     train_h0: ChaCha8Rng,
     test_data: ChaCha8Rng,
@@ -34,8 +39,23 @@ pub(crate) struct TrialRun<'a> {
 enum Ending {
     /// With an outcome, `wall_time_ms` after the pack started.
     Outcome { outcome: TrialOutcome, wall_time_ms: u64 },
-    /// Stopped through `Control`.
-    Stopped,
+    /// Stopped through `Control` or a stop of the pack, with the checkpoint to hand back with
+    /// it (None: nothing newer than the coordinator's).
+    Stopped(Option<Saved>),
+}
+
+/// Where a trial's streams and step count stood at an epoch boundary: with the pack's state at
+/// that boundary, all a checkpoint needs that the trial's host state no longer shows once the
+/// next epoch has begun (its curve, level and epochs change only at epoch ends).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Mark {
+    /// Word positions of the training data, training h0, test data and test h0 streams.
+    pub(crate) words: [u128; Mark::STREAMS],
+    pub(crate) steps_done: u64,
+}
+
+impl Mark {
+    pub(crate) const STREAMS: usize = 4;
 }
 
 /// Which of a trial's streams a batch comes from.
@@ -50,8 +70,10 @@ impl<'a> TrialRun<'a> {
         TrialRun {
             spec,
             started,
+            earlier_ms: 0,
             level: spec.budget.start_level,
             epochs_done: 0,
+            steps_done: 0,
             train_data: tasks::stream(spec.seed, Stream::TrainData),
             train_h0: tasks::stream(spec.seed, Stream::TrainH0),
             test_data: tasks::stream(spec.seed, Stream::TestData),
@@ -62,6 +84,35 @@ impl<'a> TrialRun<'a> {
             analyses: Vec::new(),
             end: None,
         }
+    }
+
+    /// The trial as its checkpoint `c` (read with `resume::decode`) left it: curriculum, streams,
+    /// curve and analyses; its weights go into the pack's state with `resume::write_rows`.
+    pub(crate) fn resumed(spec: &'a TrialSpec, started: Instant, c: &v1::TrialCheckpoint) -> Result<Self, String> {
+        let mut t = TrialRun::new(spec, started);
+        t.earlier_ms = c.wall_time_ms;
+        t.level = c.level;
+        t.epochs_done = c.epochs_done;
+        t.steps_done = c.steps_done;
+        t.levels_solved = c.levels_solved;
+        for (k, rng) in [&mut t.train_data, &mut t.train_h0, &mut t.test_data, &mut t.test_h0].into_iter().enumerate() {
+            rng.set_word_pos(u128::from(c.stream_words[2 * k]) | (u128::from(c.stream_words[2 * k + 1]) << 64));
+        }
+        t.curve = c.curve.iter().cloned().map(EpochRecord::try_from).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+        t.analyses = c.analyses.iter().cloned().map(Into::into).collect();
+        Ok(t)
+    }
+
+    /// Where its streams and steps stand now (take it at an epoch boundary).
+    pub(crate) fn mark(&self) -> Mark {
+        Mark {
+            words: [&self.train_data, &self.train_h0, &self.test_data, &self.test_h0].map(ChaCha8Rng::get_word_pos),
+            steps_done: self.steps_done,
+        }
+    }
+
+    pub(crate) fn levels_solved(&self) -> u32 {
+        self.levels_solved
     }
 
     pub(crate) fn running(&self) -> bool {
@@ -77,11 +128,11 @@ impl<'a> TrialRun<'a> {
         }
     }
 
-    /// Ends the trial as stopped through `Control`, unless it has ended already.
-    pub(crate) fn stop(&mut self) {
+    /// Ends the trial as stopped, handing back `checkpoint` with it, unless it has ended already.
+    pub(crate) fn stop(&mut self, checkpoint: Option<Saved>) {
         if self.end.is_none() {
             tracing::debug!(seed = self.spec.seed.0, level = self.level, "trial stopped");
-            self.end = Some(Ending::Stopped);
+            self.end = Some(Ending::Stopped(checkpoint));
         }
     }
 
@@ -93,9 +144,9 @@ impl<'a> TrialRun<'a> {
         }
     }
 
-    /// Milliseconds since the pack started.
-    fn elapsed_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    /// Milliseconds of training: since the pack started, and in earlier attempts.
+    pub(crate) fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX).saturating_add(self.earlier_ms)
     }
 
     /// Counts a solved level; true when it is one to analyse: the 1st, (1 + k)th, (1 + 2k)th
@@ -107,9 +158,9 @@ impl<'a> TrialRun<'a> {
         due
     }
 
-    /// The modules that learn in the pack's SGD step `steps_done` (the plain RNN has no module).
-    pub(crate) fn learning_at(&self, steps_done: u64) -> Learning {
-        let l = regime::learning(self.spec.regime, self.spec.budget.start_level, self.level, self.epochs_done, steps_done);
+    /// The modules that learn in the trial's next SGD step (the plain RNN has no module).
+    pub(crate) fn learning_next(&self) -> Learning {
+        let l = regime::learning(self.spec.regime, self.spec.budget.start_level, self.level, self.epochs_done, self.steps_done);
         Learning { core: l.core, cb: l.cb && self.spec.arch == Arch::Cbrnn }
     }
 
@@ -135,7 +186,7 @@ impl<'a> TrialRun<'a> {
     pub(crate) fn into_end(self, failure: Option<&str>, device: &str, pack_size: usize) -> TrialEnd {
         let now = self.elapsed_ms();
         let (outcome, wall_time_ms) = match (self.end, failure) {
-            (Some(Ending::Stopped), _) => return TrialEnd::Stopped { curve: self.curve },
+            (Some(Ending::Stopped(checkpoint)), _) => return TrialEnd::Stopped { curve: self.curve, checkpoint },
             (Some(Ending::Outcome { outcome, wall_time_ms }), _) => (outcome, wall_time_ms),
             (None, Some(reason)) => (TrialOutcome::Failed(reason.to_string()), now),
             (None, None) => (TrialOutcome::Completed, now),
