@@ -29,6 +29,8 @@ pub(crate) fn bench_results(rows: usize) -> anyhow::Result<()> {
         device: None,
         pack_size: None,
         completed_ms: None,
+        resumes: 0,
+        epochs_lost: 0,
     };
     let curves: Vec<(TrialId, EpochRecord)> = (0..rows)
         .map(|i| {

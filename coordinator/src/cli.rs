@@ -312,6 +312,7 @@ pub async fn status(url: &str, token_file: Option<&Path>, sweep: Option<&str>) -
         let rate = if s.trials_per_minute.is_finite() { format!("{:.1} trials/min", s.trials_per_minute) } else { "rate n/a".into() };
         let eta = if s.eta_seconds.is_finite() { format!("eta {}", human_secs(s.eta_seconds)) } else { String::new() };
         println!("sweep {} [{}]: {} trials: {counts}  {rate} {eta}", s.sweep_id, s.state, s.total);
+        println!("  {}", resume_line(s));
         let mut table = Table::new();
         table.load_preset(UTF8_BORDERS_ONLY).set_header(["condition", "done/total", "failed", "mean max level"]);
         for c in &s.conditions {
@@ -352,6 +353,20 @@ pub async fn retry_failed(url: &str, token_file: Option<&Path>, sweep: &str) -> 
     let r = c.retry_failed(v1::RetryFailedRequest { sweep_id: sweep.into() }).await?.into_inner();
     println!("sweep {sweep}: {} trials back in the queue", r.requeued_trials);
     Ok(())
+}
+
+/// What interruptions have cost a sweep, and how fresh its running trials' checkpoints are.
+fn resume_line(s: &v1::SweepSummary) -> String {
+    let running = s.counts.iter().find(|c| c.state == cbsweep_common::TrialState::Leased.as_str()).map_or(0, |c| c.count);
+    let ages = if running == 0 {
+        String::new()
+    } else if s.oldest_checkpoint_age_s.is_finite() {
+        let with = running.saturating_sub(s.running_without_checkpoint);
+        format!("; running: oldest checkpoint {} old ({with} of {running} have one)", human_secs(s.oldest_checkpoint_age_s))
+    } else {
+        format!("; running: no checkpoint yet ({running})")
+    };
+    format!("work lost to interruptions: {} epochs re-trained, {} resumes from checkpoints{ages}", s.epochs_lost, s.resumes)
 }
 
 fn human_secs(s: f64) -> String {

@@ -77,8 +77,14 @@ pub fn render(report: &crate::scheduler::StatusReport, c: &crate::scheduler::Cou
         ("cbsweep_trials_leased_total", "Trials handed out (attempts started).", c.trials_leased),
         ("cbsweep_trials_finished_total", "Trials that reached a final state.", c.trials_finished),
         ("cbsweep_attempts_failed_total", "Attempts that reported a failure.", c.attempts_failed),
+        ("cbsweep_checkpoints_saved_total", "Trial checkpoints stored.", c.checkpoints_saved),
+        ("cbsweep_checkpoint_bytes_saved_total", "Bytes of trial checkpoints stored.", c.checkpoint_bytes_saved),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+    }
+    let _ = writeln!(out, "# HELP cbsweep_epochs_lost Epochs trained again after interruptions.\n# TYPE cbsweep_epochs_lost gauge");
+    for s in &report.sweeps {
+        let _ = writeln!(out, "cbsweep_epochs_lost{{sweep=\"{}\"}} {}", s.sweep, s.resumes.epochs_lost);
     }
     for s in &report.sweeps {
         if s.trials_per_minute.is_finite() {

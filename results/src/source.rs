@@ -51,4 +51,8 @@ pub struct TrialRow {
     pub device: Option<String>,
     pub pack_size: Option<u32>,
     pub completed_ms: Option<i64>,
+    /// Attempts that resumed from a checkpoint.
+    pub resumes: u32,
+    /// Epochs trained again because an interruption lost them.
+    pub epochs_lost: u32,
 }

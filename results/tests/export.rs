@@ -81,6 +81,8 @@ fn memory() -> Memory {
             device: None,
             pack_size: Some(1),
             completed_ms: None,
+            resumes: 0,
+            epochs_lost: 0,
             spec: s,
         });
     }

@@ -98,6 +98,8 @@ fn sweep() -> Sweep {
             device: Some("synthetic".into()),
             pack_size: Some(1),
             completed_ms: None,
+            resumes: 0,
+            epochs_lost: 0,
             spec: s,
         });
     }

@@ -11,8 +11,8 @@
 use cbsweep_common::SweepId;
 use cbsweep_coordinator::slurm::{self, Coordinator, CoordinatorAddr, CoordinatorJob, Plan, Resources, Sbatch, Submitted, Workers};
 use cbsweep_tests::{
-    Proc, bin, coordinator, counts, find_program, free_port, http_get, is_root, results_once, skipped, submit, sweep_done, wait_until,
-    write_spec,
+    Proc, bin, coordinator, counts, duckdb, fake_worker, find_program, free_port, http_get, is_root, results_once, resumed_from, skipped,
+    submit, sweep_done, wait_until, write_spec,
 };
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -183,8 +183,17 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 
     /// A field of `scontrol show job` (for an array task: `ID_N`), e.g. JobState.
     fn job(&self, job: &str, field: &str) -> String {
+        job_field(&self.output("scontrol", &["-o", "show", "job", job]), field)
+    }
+
+    /// Lets a requeued job start now: Slurm holds one back for about two minutes (its
+    /// StartTime; the reason says BeginTime), longer than a test should wait.
+    fn release_held(&self, job: &str) {
         let text = self.output("scontrol", &["-o", "show", "job", job]);
-        text.split_whitespace().find_map(|kv| kv.strip_prefix(field).and_then(|v| v.strip_prefix('='))).unwrap_or("").to_string()
+        if job_field(&text, "JobState") == "PENDING" && job_field(&text, "Reason") == "BeginTime" {
+            // it may have started in between: a refusal then is no failure
+            let _ = self.output("scontrol", &["update", &format!("JobId={job}"), "StartTime=now"]);
+        }
     }
 
     fn wait_for_state(&self, job: &str, state: &str, secs: u64) {
@@ -234,6 +243,11 @@ impl Drop for Cluster {
     }
 }
 
+/// `field`'s value in one line of `scontrol -o show job`.
+fn job_field(text: &str, field: &str) -> String {
+    text.split_whitespace().find_map(|kv| kv.strip_prefix(field).and_then(|v| v.strip_prefix('='))).unwrap_or("").to_string()
+}
+
 fn log_file(dir: &Path, name: &str) -> std::fs::File {
     std::fs::OpenOptions::new().create(true).append(true).open(dir.join(name)).expect("log file")
 }
@@ -259,6 +273,37 @@ fn spec_text(name: &str, seeds: usize, epochs: u32) -> String {
         "[sweep]\nname = \"{name}\"\n[grid]\ntask = [\"dms\", \"parity\"]\narch = [\"cbrnn\", \"rnn\"]\nseed = [{}]\n[train]\nepochs = {epochs}\n[run]\npack_size = 1\nlease_seconds = 10\nmax_attempts = 5\n",
         seeds.join(", ")
     )
+}
+
+/// Two trials (seeds 0 and 1 of one condition), checkpointed after every epoch (so a hand-back
+/// keeps every epoch trained), one at a time: two trials finishing at one moment start two
+/// exports of the sweep at once, which the coordinator does not order (a stale one may land
+/// last).
+fn one_by_one_spec_text(name: &str, epochs: u32) -> String {
+    format!(
+        "[sweep]\nname = \"{name}\"\n[grid]\ntask = [\"dms\"]\narch = [\"cbrnn\"]\nseed = [0, 1]\n[train]\nepochs = {epochs}\n[run]\npack_size = 1\ncheckpoint_every = 1\nlease_seconds = 10\nmax_attempts = 5\n"
+    )
+}
+
+/// RESULTS/curves.parquet read by DuckDB in a fixed order, less sweep_id and trial_id (a
+/// trial's id hashes its sweep's name): comparable between sweeps of one grid.
+fn curves(results: &Path) -> Vec<serde_json::Value> {
+    duckdb(&format!("SELECT * EXCLUDE (sweep_id, trial_id) FROM '{}' ORDER BY ALL", results.join("curves.parquet").display()))
+}
+
+/// The curves of `spec`'s sweep trained without any time limit: by a coordinator and a
+/// fake-trainer worker of their own, outside Slurm, at 25 ms an epoch (the fake's curves do
+/// not depend on its speed).
+fn curves_without_limits(name: &str, spec: &str, cells: usize, epochs: u32) -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, token) = (free_port(), format!("t0ken-{name}"));
+    let state = dir.path().join("state");
+    let _coordinator = coordinator(&state, port, &token);
+    submit(port, &token, &write_spec(dir.path(), &format!("{name}.toml"), spec));
+    let _worker = fake_worker(port, &token, &dir.path().join("exec.log"), 25, &[]);
+    let results = state.join("results").join(name);
+    results_once(&results, cells, epochs);
+    curves(&results)
 }
 
 /// Workers that train with the fake trainer and log each execution to `exec_log`.
@@ -294,44 +339,45 @@ struct Run {
 
 impl Run {
     /// A coordinator on loopback (outside Slurm, as on a login node) with `name`'s sweep
-    /// submitted, its URL and token in files on the "shared filesystem" the way worker.sbatch
-    /// finds them, and `workers` fake-trainer workers submitted as an array.
+    /// (`spec_text`) submitted, and two fake-trainer workers submitted as an array.
     fn with_running_coordinator(cluster: &Cluster, name: &str, seeds: usize, epochs: u32, epoch_ms: u64) -> Run {
+        Run::with_coordinator_serving(cluster, name, &spec_text(name, seeds, epochs), |exec_log| fake_workers(2, epoch_ms, exec_log))
+    }
+
+    /// A coordinator on loopback with the sweep `name` of `spec` submitted, its URL and token in
+    /// files on the "shared filesystem" the way worker.sbatch finds them, and the array that
+    /// `workers` makes (given the execution log) submitted.
+    fn with_coordinator_serving(cluster: &Cluster, name: &str, spec: &str, workers: impl FnOnce(&Path) -> Workers) -> Run {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let (port, token) = (free_port(), format!("t0ken-{name}"));
         let state = d.join("state");
         let proc = coordinator(&state, port, &token);
-        let spec = write_spec(d, &format!("{name}.toml"), &spec_text(name, seeds, epochs));
+        let spec = write_spec(d, &format!("{name}.toml"), spec);
         submit(port, &token, &spec);
         let url_file = d.join("coordinator.url");
         std::fs::write(&url_file, format!("http://127.0.0.1:{port}\n")).unwrap();
         let token_file = d.join("token");
         std::fs::write(&token_file, &token).unwrap();
         let coordinator = Coordinator::Running { addr: CoordinatorAddr::File(url_file), token_file };
-        Run::submit(cluster, dir, spec, coordinator, &state, epoch_ms, Some(proc))
+        Run::submit(cluster, dir, spec, coordinator, &state, workers, Some(proc))
     }
 
-    /// Two fake-trainer workers for the sweep in `spec` (named as its file), submitted as an
-    /// array through `slurm::submit`, with a coordinator job first if `coordinator` is one.
+    /// The workers that `workers` makes (given the execution log) for the sweep in `spec`
+    /// (named as its file), submitted as an array through `slurm::submit`, with a coordinator
+    /// job first if `coordinator` is one.
     fn submit(
         cluster: &Cluster,
         dir: tempfile::TempDir,
         spec: PathBuf,
         coordinator: Coordinator,
         state: &Path,
-        epoch_ms: u64,
+        workers: impl FnOnce(&Path) -> Workers,
         proc: Option<Proc>,
     ) -> Run {
         let name = spec.file_stem().unwrap().to_str().unwrap().to_string();
         let exec_log = dir.path().join("exec.log");
-        let plan = Plan {
-            sweep: SweepId(name.clone()),
-            spec,
-            coordinator,
-            workers: fake_workers(2, epoch_ms, &exec_log),
-            log_dir: dir.path().join("logs"),
-        };
+        let plan = Plan { sweep: SweepId(name.clone()), spec, coordinator, workers: workers(&exec_log), log_dir: dir.path().join("logs") };
         let submitted = slurm::submit(&plan, &cluster.sbatch()).expect("sbatch accepts the rendered scripts");
         Run { results: state.join("results").join(name), _dir: dir, exec_log, plan, submitted, _coordinator: proc }
     }
@@ -356,9 +402,15 @@ impl Run {
     /// Every cell done exactly once in the export (DuckDB). Fails early, with what the jobs and
     /// daemons said, when the worker tasks are all gone without that.
     fn results_once(&self, cluster: &Cluster, cells: usize, epochs: u32) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        self.results_once_within(cluster, cells, epochs, 90, || {});
+    }
+
+    /// `results_once` within `secs`, calling `each_poll` every half second while it waits.
+    fn results_once_within(&self, cluster: &Cluster, cells: usize, epochs: u32, secs: u64, mut each_poll: impl FnMut()) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
         let mut gone_at: Option<std::time::Instant> = None;
         while !sweep_done(&self.results, cells) {
+            each_poll();
             let gone = cluster.output("squeue", &["-h", "-o", "%i", "-j", &self.submitted.workers.to_string()]).trim().is_empty();
             gone_at = if gone { gone_at.or_else(|| Some(std::time::Instant::now())) } else { None };
             let export_late = gone_at.is_some_and(|t| t.elapsed() > Duration::from_secs(10));
@@ -466,7 +518,7 @@ fn coordinator_job_submits_the_spec_and_its_workers_follow_it() {
         },
     }));
     let spec = write_spec(dir.path(), "slurmjob.toml", &spec_text("slurmjob", 2, 8));
-    let run = Run::submit(&cluster, dir, spec, coordinator, &state, 40, None);
+    let run = Run::submit(&cluster, dir, spec, coordinator, &state, |exec_log| fake_workers(2, 40, exec_log), None);
     let coord = run.submitted.coordinator.expect("a coordinator job").to_string();
     let workers_script = std::fs::read_to_string(&run.submitted.scripts[1]).unwrap();
     assert!(workers_script.contains(&format!("#SBATCH --dependency=after:{coord}\n")), "{workers_script}");
@@ -487,4 +539,53 @@ fn coordinator_job_submits_the_spec_and_its_workers_follow_it() {
     cluster.wait_for_state(&coord, "CANCELLED", 30);
     let log = std::fs::read_to_string(run.plan.log_dir.join(format!("cbsweep-slurmjob-coordinator-{coord}.out"))).unwrap_or_default();
     assert!(log.contains("ready: workers read") && log.contains("state is saved"), "{log}");
+}
+
+#[test]
+fn trials_longer_than_the_jobs_time_limit_finish_across_requeued_jobs_once_with_unchanged_curves() {
+    let Some(cluster) = Cluster::start("trials_longer_than_the_jobs_time_limit_finish_across_requeued_jobs_once_with_unchanged_curves")
+    else {
+        return;
+    };
+    // At 500 ms an epoch a job trains ~28 epochs before its hand-back: each trial needs two
+    // jobs, the sweep three.
+    const EPOCHS: u32 = 40;
+    let expected = curves_without_limits("slurmlimitref", &one_by_one_spec_text("slurmlimitref", EPOCHS), 2, EPOCHS);
+    let run = Run::with_coordinator_serving(&cluster, "slurmlimit", &one_by_one_spec_text("slurmlimit", EPOCHS), |exec_log| {
+        let mut w = fake_workers(1, 500, exec_log);
+        // Slurm's shortest limit; the worker stops 45 s before the job's end, ~15 s into it.
+        w.resources.time = "00:01:00".into();
+        w.worker_args.extend(["--deadline-margin-s", "45"].map(String::from));
+        // No USR1 (--signal=B:USR1@0 sends none): only the worker's own deadline stops a job.
+        w.warning_s = 0;
+        w
+    });
+    let task = run.task(0);
+    run.results_once_within(&cluster, 2, EPOCHS, 150, || cluster.release_held(&task));
+    wait_until(60, "the last job to find the sweep drained and complete", || {
+        cluster.release_held(&task);
+        cluster.job(&task, "JobState") == "COMPLETED"
+    });
+    let out = run.task_output(0);
+    assert_eq!(cluster.job(&task, "ExitCode"), "0:0", "{out}");
+    let restarts: usize = cluster.job(&task, "Restarts").parse().unwrap_or(0);
+    assert!(restarts >= 1, "the task was requeued (Restarts={restarts}):\n{out}");
+    assert!(
+        out.contains("the allocation's end is near") && out.contains("the job's time limit is near; requeueing job "),
+        "the worker stopped at its deadline and the script requeued the task:\n{out}"
+    );
+    assert!(!out.contains("got SIGUSR1"), "no USR1 came; the deadline alone stopped each job:\n{out}");
+    let (starts, dones) = counts(&run.exec_log);
+    let resumed = resumed_from(&run.exec_log);
+    assert!(dones.len() == 2 && dones.values().all(|&n| n == 1), "each trial finished once: {dones:?}");
+    for (id, from) in &resumed {
+        assert!(from.windows(2).all(|w| w[0] < w[1]) && from.iter().all(|&e| e > 0 && e < EPOCHS), "{id} resumed from {from:?}");
+        assert_eq!(starts[id], 1 + from.len(), "{id}: one fresh start, the rest resumed: {starts:?} {resumed:?}");
+        assert!(from.len() <= restarts, "{id} resumed in requeued jobs only: {from:?}, Restarts={restarts}");
+    }
+    assert!(resumed.len() == 2, "each trial resumed from a checkpoint: {resumed:?}");
+    let trials =
+        duckdb(&format!("SELECT seed, resumes, epochs_lost FROM '{}' ORDER BY seed", run.results.join("trials.parquet").display()));
+    assert!(trials.iter().all(|t| t["resumes"].as_u64() >= Some(1) && t["epochs_lost"].as_u64() == Some(0)), "{trials:?}");
+    assert_eq!(curves(&run.results), expected, "the curves equal those of a run without limits");
 }

@@ -11,7 +11,7 @@ impl Store {
     pub fn trials(&self, sweep: &SweepId) -> Result<Vec<TrialRow>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT trial_id, sweep_id, cell_index, condition, spec_json, state, attempt, worker_id, last_error, outcome, max_level,
-                    final_level, epochs_run, wall_time_ms, device, pack_size, completed_ms
+                    final_level, epochs_run, wall_time_ms, device, pack_size, completed_ms, resumes, epochs_lost
              FROM trials WHERE sweep_id = ?1 ORDER BY cell_index",
         )?;
         let raw = stmt
@@ -26,7 +26,7 @@ impl Store {
                         r.get::<_, String>(5)?,
                     ),
                     (r.get::<_, u32>(6)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?),
-                    (r.get(12)?, r.get::<_, Option<i64>>(13)?, r.get(14)?, r.get(15)?, r.get(16)?),
+                    (r.get(12)?, r.get::<_, Option<i64>>(13)?, r.get(14)?, r.get(15)?, r.get(16)?, r.get(17)?, r.get(18)?),
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -35,7 +35,7 @@ impl Store {
                 |(
                     (id, sweep, cell_index, condition, json, state),
                     (attempt, worker, last_error, outcome, max_level, final_level),
-                    (epochs_run, wall, device, pack_size, completed_ms),
+                    (epochs_run, wall, device, pack_size, completed_ms, resumes, epochs_lost),
                 )| {
                     Ok(TrialRow {
                         id: TrialId(id),
@@ -55,6 +55,8 @@ impl Store {
                         device,
                         pack_size,
                         completed_ms,
+                        resumes,
+                        epochs_lost,
                     })
                 },
             )

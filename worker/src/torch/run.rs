@@ -124,10 +124,22 @@ impl PackRun {
                     t.finish(TrialOutcome::Completed);
                 }
             }
-            if !due.is_empty() {
+            // trials that ended with an outcome this epoch and keep their weights
+            let finals: Vec<usize> = match checkpoint_dir {
+                Some(_) => (0..self.rows.len())
+                    .filter(|&r| trials[self.rows[r]].has_outcome() && trials[self.rows[r]].spec.analysis.save_checkpoints)
+                    .collect(),
+                None => Vec::new(),
+            };
+            if !due.is_empty() || !finals.is_empty() {
                 let state = self.engine.state()?;
-                self.checkpoints(&state, trials, &due, checkpoint_dir)?;
-                due.iter().for_each(|d| trials[d.trial].restamp_end());
+                if !due.is_empty() {
+                    self.checkpoints(&state, trials, &due, checkpoint_dir)?;
+                    due.iter().for_each(|d| trials[d.trial].restamp_end());
+                }
+                if let Some(dir) = checkpoint_dir {
+                    save_finals(&state, trials, &self.rows, &finals, dir);
+                }
             }
             self.drop_ended(trials)?;
             if self.rows.is_empty() {
@@ -251,5 +263,17 @@ impl PackRun {
         }
         self.rows = keep.iter().map(|&r| self.rows[r]).collect();
         self.engine.keep(&keep)
+    }
+}
+
+/// Saves the final weights of the trials at pack rows `finals` (`rows[r]` is row r's trial) as
+/// DIR/<trial id>/final.safetensors. A save that fails is a warning.
+fn save_finals(state: &PackState, trials: &[TrialRun], rows: &[usize], finals: &[usize], dir: &Path) {
+    for &r in finals {
+        let spec = trials[rows[r]].spec;
+        let path = dir.join(spec.id().as_str()).join("final.safetensors");
+        if let Err(e) = analysis::save_checkpoint(&state.model, r as i64, &path) {
+            tracing::warn!(trial_id = %spec.id(), reason = %error_chain(&e), "final weights not saved");
+        }
     }
 }

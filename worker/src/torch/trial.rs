@@ -115,6 +115,11 @@ impl<'a> TrialRun<'a> {
         self.levels_solved
     }
 
+    /// Whether it has ended with an outcome (not stopped).
+    pub(crate) fn has_outcome(&self) -> bool {
+        matches!(self.end, Some(Ending::Outcome { .. }))
+    }
+
     pub(crate) fn running(&self) -> bool {
         self.end.is_none()
     }
