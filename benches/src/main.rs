@@ -3,16 +3,18 @@
 //!
 //!   cbsweep-bench train     trial-steps/s of packed training vs the study's way (benches/baseline.py)
 //!   cbsweep-bench lease     coordinator leases/s and p99 latency, 64 simulated gRPC workers in another process
+//!   cbsweep-bench checkpoint  trial checkpoints the coordinator commits, MB/s, vs fsynced files
 //!   cbsweep-bench results   Parquet rows/s vs writing the same rows as CSV
 //!   cbsweep-bench e2e       `cbsweep run`'s wall time vs the trainers' own time, and where the rest went
 //!   cbsweep-bench memory    peak resident memory per packed trial vs the memory model's estimate
 //!   cbsweep-bench all       all of the above (`make bench`)
 //!
 //! This file is the command line and its dispatch only. Each benchmark is a module of its own
-//! (`train`, `lease`, `results`, `e2e`, `memory`) and none imports another; below them, `peak`
+//! (`train`, `lease`, `checkpoint`, `results`, `e2e`, `memory`) and none imports another; below them, `peak`
 //! (the CPU's measured fp32 peak, for `train`) and `shared` (the trial `train` and `memory`
 //! build their packs from) import nothing of this crate.
 
+mod checkpoint;
 mod e2e;
 mod lease;
 mod memory;
@@ -21,6 +23,7 @@ mod results;
 mod shared;
 mod train;
 
+use checkpoint::CheckpointBench;
 use clap::{Parser, Subcommand};
 use lease::{LeaseBench, Load};
 use std::path::PathBuf;
@@ -80,6 +83,9 @@ enum What {
         #[arg(long)]
         two_calls: bool,
     },
+    /// Trial checkpoints the coordinator commits (MB/s) against the same checkpoints written
+    /// as fsynced files by as many writers.
+    Checkpoint(CheckpointBench),
     /// Parquet write throughput.
     Results {
         #[arg(long, default_value_t = 1_000_000)]
@@ -130,6 +136,9 @@ fn main() -> anyhow::Result<()> {
     if let What::Lease(o) = what {
         return rt.block_on(lease::bench_lease(o));
     }
+    if let What::Checkpoint(o) = what {
+        return rt.block_on(checkpoint::bench_checkpoint(o));
+    }
     if let What::LeaseClients { url, load, first, workers, per_connection, rate, two_calls } = &what {
         return lease::clients_process(url, *load, *first, *workers, *per_connection, *rate, *two_calls);
     }
@@ -153,6 +162,7 @@ fn main() -> anyhow::Result<()> {
     }
     if all {
         rt.block_on(lease::bench_lease(LeaseBench::default()))?;
+        rt.block_on(checkpoint::bench_checkpoint(CheckpointBench::default()))?;
         results::bench_results(1_000_000)?;
         e2e::bench_e2e(None, 2)?;
         train::bench_train(&[1, 8, 32, 128], 10, "cpu", 256, 0, &["fused".into(), "libtorch".into()], 35)?;
