@@ -217,9 +217,11 @@ fn warn_if_loose(path: &Path) {
 }
 
 /// `cbsweep coordinator`: serve until Ctrl-C or SIGTERM; export each sweep when it finishes.
+/// `metrics`: who may read /metrics on `http_listen`.
 pub async fn coordinator(
     listen: SocketAddr,
     http_listen: Option<SocketAddr>,
+    metrics: crate::http::MetricsAccess,
     state: &Path,
     out: &Path,
     token_file: Option<&Path>,
@@ -237,8 +239,14 @@ pub async fn coordinator(
     let mut events = sched.subscribe();
     let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(addr) = http_listen {
-        let (local, _) = crate::http::serve(addr, sched.clone(), ready.clone()).await.map_err(io(format!("cannot listen on {addr}")))?;
-        eprintln!("cbsweep coordinator: health and metrics on http://{local}/metrics");
+        let (local, _) = crate::http::serve(addr, sched.clone(), ready.clone(), metrics, token.clone())
+            .await
+            .map_err(io(format!("cannot listen on {addr}")))?;
+        let access = match metrics {
+            crate::http::MetricsAccess::Open => "open to anyone who reaches it: keep this address internal",
+            crate::http::MetricsAccess::Token => "the coordinator's bearer token required",
+        };
+        eprintln!("cbsweep coordinator: health and metrics on http://{local}/metrics ({access})");
     }
     let running = server::serve_with(listen, sched.clone(), token, tls).await.map_err(io(format!("cannot serve on {listen}")))?;
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -248,9 +256,22 @@ pub async fn coordinator(
     // Tables are rewritten whole (and atomically) when a sweep finishes, and at most every
     // EXPORT_EVERY while it runs, so users can look at partial results.
     const EXPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+    // A failed export (a full or read-only results disk) is shown by status and tried again
+    // this often until it succeeds.
+    const EXPORT_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
     let mut last_export: std::collections::HashMap<SweepId, std::time::Instant> = Default::default();
+    let mut retry = tokio::time::interval(EXPORT_RETRY);
     loop {
         tokio::select! {
+            _ = retry.tick() => {
+                for sweep in crate::export::failed_sweeps() {
+                    let (s, o) = (state.to_owned(), out.to_owned());
+                    tokio::task::spawn_blocking(move || match crate::export::export(&s, &sweep, &o) {
+                        Ok(dir) => eprintln!("cbsweep coordinator: export of sweep {sweep} succeeded on retry; results in {}", dir.display()),
+                        Err(e) => tracing::warn!(sweep = %sweep, error = %e, "export failed again; retrying"),
+                    });
+                }
+            }
             e = events.recv() => {
                 let (sweep, finished) = match e {
                     Ok(Event::SweepFinished { sweep }) => (sweep, true),
@@ -266,7 +287,7 @@ pub async fn coordinator(
                 tokio::task::spawn_blocking(move || match crate::export::export(&s, &sweep, &o) {
                     Ok(dir) if finished => eprintln!("cbsweep coordinator: sweep {sweep} finished; results in {}", dir.display()),
                     Ok(_) => {}
-                    Err(e) => tracing::error!(sweep = %sweep, error = %e, "export failed"),
+                    Err(e) => tracing::error!(sweep = %sweep, error = %e, "export failed; status shows it, and it is tried again every 5 s"),
                 });
             }
             _ = tokio::signal::ctrl_c() => break,
@@ -313,6 +334,9 @@ pub async fn status(url: &str, token_file: Option<&Path>, sweep: Option<&str>) -
         let eta = if s.eta_seconds.is_finite() { format!("eta {}", human_secs(s.eta_seconds)) } else { String::new() };
         println!("sweep {} [{}]: {} trials: {counts}  {rate} {eta}", s.sweep_id, s.state, s.total);
         println!("  {}", resume_line(s));
+        if !s.export_error.is_empty() {
+            println!("  export FAILED (tried again every few seconds): {}", s.export_error);
+        }
         let mut table = Table::new();
         table.load_preset(UTF8_BORDERS_ONLY).set_header(["condition", "done/total", "failed", "mean max level"]);
         for c in &s.conditions {

@@ -1,41 +1,76 @@
 //! The coordinator's plain-HTTP side: liveness (/healthz), readiness (/readyz) and Prometheus
-//! metrics (/metrics), for Kubernetes probes and scrapers.
+//! metrics (/metrics), for Kubernetes probes and scrapers. The probes answer anyone; /metrics
+//! answers anyone who reaches the address (`MetricsAccess::Open`, for an address only the
+//! cluster's network reaches) or only callers with the coordinator's bearer token
+//! (`MetricsAccess::Token`, compared in constant time as the gRPC side does). A scrape is
+//! answered from the counts the scheduler keeps in memory and reads no trial row, so scrapers
+//! cannot slow the scheduler down however many trials there are.
 
-use crate::scheduler::SchedulerHandle;
+use crate::scheduler::{MetricsReport, SchedulerHandle};
+use crate::server::Token;
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use subtle::ConstantTimeEq;
+
+/// Who may read /metrics (the probes answer everyone).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum MetricsAccess {
+    /// Anyone who reaches the HTTP address: keep that address internal (a pod or cluster network,
+    /// not the internet).
+    #[default]
+    Open,
+    /// Only requests with the coordinator's token (`Authorization: Bearer TOKEN`); others get 401.
+    Token,
+}
+
+/// /metrics' access with the token it checks.
+#[derive(Clone)]
+enum Gate {
+    Open,
+    Token(Token),
+}
 
 #[derive(Clone)]
 struct Ctx {
     sched: SchedulerHandle,
     ready: Arc<AtomicBool>,
+    gate: Gate,
 }
 
-/// Serves the HTTP endpoints on `addr`; `ready` turns true once gRPC serves.
+/// Serves the HTTP endpoints on `addr`; `ready` turns true once gRPC serves. `token` is the
+/// coordinator's, checked on /metrics when `metrics` is `MetricsAccess::Token`.
 pub async fn serve(
     addr: SocketAddr,
     sched: SchedulerHandle,
     ready: Arc<AtomicBool>,
+    metrics: MetricsAccess,
+    token: Token,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let gate = match metrics {
+        MetricsAccess::Open => Gate::Open,
+        MetricsAccess::Token => Gate::Token(token),
+    };
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(Ctx { sched, ready });
+        .route("/metrics", get(scrape))
+        .with_state(Ctx { sched, ready, gate });
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "http endpoint stopped");
         }
     });
-    tracing::info!(addr = %local, "http endpoint listening");
+    tracing::info!(addr = %local, metrics = ?metrics, "http endpoint listening");
     Ok((local, task))
 }
 
@@ -43,15 +78,27 @@ async fn readyz(State(ctx): State<Ctx>) -> (StatusCode, &'static str) {
     if ctx.ready.load(Ordering::Relaxed) { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "starting\n") }
 }
 
-async fn metrics(State(ctx): State<Ctx>) -> Result<String, (StatusCode, String)> {
-    let unavailable = |e: crate::scheduler::SchedError| (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"));
-    let report = ctx.sched.status(None).await.map_err(unavailable)?;
-    let counters = ctx.sched.counters().await.map_err(unavailable)?;
-    Ok(render(&report, &counters))
+async fn scrape(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+    if let Gate::Token(token) = &ctx.gate
+        && !bearer_matches(&headers, token)
+    {
+        let refusal = "/metrics needs the coordinator's token: Authorization: Bearer TOKEN\n";
+        return (StatusCode::UNAUTHORIZED, [(WWW_AUTHENTICATE, "Bearer")], refusal).into_response();
+    }
+    match ctx.sched.metrics().await {
+        Ok(report) => render(&report).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    }
 }
 
-/// Prometheus text exposition of a status report and the scheduler's counters.
-pub fn render(report: &crate::scheduler::StatusReport, c: &crate::scheduler::Counters) -> String {
+/// Whether the request carries `Authorization: Bearer <token>` (constant-time comparison).
+fn bearer_matches(headers: &HeaderMap, token: &Token) -> bool {
+    let given = headers.get(AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")).unwrap_or(b"");
+    !given.is_empty() && bool::from(given.ct_eq(token.0.as_bytes()))
+}
+
+/// Prometheus text exposition of the scheduler's metrics report.
+pub fn render(report: &MetricsReport) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# HELP cbsweep_trials Trials per sweep and state.\n# TYPE cbsweep_trials gauge");
     let mut leased = 0;
@@ -70,8 +117,9 @@ pub fn render(report: &crate::scheduler::StatusReport, c: &crate::scheduler::Cou
     let _ = writeln!(
         out,
         "# HELP cbsweep_workers_live Workers seen in the last minute.\n# TYPE cbsweep_workers_live gauge\ncbsweep_workers_live {}",
-        report.workers.len()
+        report.workers_live
     );
+    let c = &report.counters;
     for (name, help, v) in [
         ("cbsweep_lease_requests_total", "Lease calls answered.", c.lease_requests),
         ("cbsweep_trials_leased_total", "Trials handed out (attempts started).", c.trials_leased),
@@ -79,12 +127,13 @@ pub fn render(report: &crate::scheduler::StatusReport, c: &crate::scheduler::Cou
         ("cbsweep_attempts_failed_total", "Attempts that reported a failure.", c.attempts_failed),
         ("cbsweep_checkpoints_saved_total", "Trial checkpoints stored.", c.checkpoints_saved),
         ("cbsweep_checkpoint_bytes_saved_total", "Bytes of trial checkpoints stored.", c.checkpoint_bytes_saved),
+        ("cbsweep_trial_rows_read_total", "Trial rows the scheduler read to tally whole sweeps (status requests).", c.trial_rows_read),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
     }
     let _ = writeln!(out, "# HELP cbsweep_epochs_lost Epochs trained again after interruptions.\n# TYPE cbsweep_epochs_lost gauge");
     for s in &report.sweeps {
-        let _ = writeln!(out, "cbsweep_epochs_lost{{sweep=\"{}\"}} {}", s.sweep, s.resumes.epochs_lost);
+        let _ = writeln!(out, "cbsweep_epochs_lost{{sweep=\"{}\"}} {}", s.sweep, s.epochs_lost);
     }
     for s in &report.sweeps {
         if s.trials_per_minute.is_finite() {

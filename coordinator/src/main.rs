@@ -104,9 +104,16 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "0.0.0.0:50051")]
         listen: SocketAddr,
-        /// Also serve /healthz, /readyz and /metrics (Prometheus) over HTTP on this address.
+        /// Also serve /healthz, /readyz and /metrics (Prometheus) over HTTP on this address: an
+        /// internal one (pod or cluster network), as /metrics is open there by default.
         #[arg(long)]
         http_listen: Option<SocketAddr>,
+        /// Who may read /metrics on --http-listen: open (anyone who reaches that address; keep
+        /// it internal) or token (only with the coordinator's token as `Authorization: Bearer
+        /// TOKEN`, e.g. Prometheus' `authorization.credentials_file`). /healthz and /readyz stay
+        /// open for probes.
+        #[arg(long, value_enum, default_value_t = cbsweep_coordinator::http::MetricsAccess::Open)]
+        metrics_access: cbsweep_coordinator::http::MetricsAccess,
         /// Folder for the durable state (SQLite database, token).
         #[arg(long, default_value = "cbsweep-state")]
         state: PathBuf,
@@ -381,10 +388,10 @@ async fn dispatch_other(cmd: Command) -> Result<(), CliError> {
     match cmd {
         Command::Run { .. } | Command::Resume { .. } => unreachable!("handled by dispatch"),
         Command::Validate { spec } => cli::validate(&spec),
-        Command::Coordinator { listen, http_listen, state, out, token_file, tls_cert, tls_key } => {
+        Command::Coordinator { listen, http_listen, metrics_access, state, out, token_file, tls_cert, tls_key } => {
             let out = out.unwrap_or_else(|| state.join("results"));
             let tls = tls_cert.as_deref().zip(tls_key.as_deref());
-            cli::coordinator(listen, http_listen, &state, &out, token_file.as_deref(), tls).await
+            cli::coordinator(listen, http_listen, metrics_access, &state, &out, token_file.as_deref(), tls).await
         }
         Command::Submit { spec, client } => cli::submit(&client.coordinator, client.token_file.as_deref(), &spec).await,
         Command::Status { sweep, client } => {

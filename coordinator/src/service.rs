@@ -22,6 +22,11 @@ fn status_of(e: SchedError) -> Status {
             Status::failed_precondition(msg)
         }
         SchedError::Conflict { .. } => Status::already_exists(msg),
+        // a full disk or an I/O error: nothing of the call took effect, and it may pass; the
+        // workers retry such a status, keeping their results
+        SchedError::Store(e) if e.retryable() => Status::unavailable(format!(
+            "{msg} (the coordinator cannot write its state: is its disk full? it keeps serving; retry once there is space)"
+        )),
         SchedError::Store(_) => Status::internal(msg),
         SchedError::Stopped => Status::unavailable(msg),
     }
@@ -238,7 +243,8 @@ impl v1::sweep_service_server::SweepService for SweepApi {
             sweeps: report
                 .sweeps
                 .into_iter()
-                .map(|s| v1::SweepSummary {
+                .map(|s| (crate::export::failure(&s.sweep).unwrap_or_default(), s))
+                .map(|(export_error, s)| v1::SweepSummary {
                     sweep_id: s.sweep.0,
                     state: s.state.to_string(),
                     total: s.total,
@@ -268,6 +274,7 @@ impl v1::sweep_service_server::SweepService for SweepApi {
                         .oldest_checkpoint_ms
                         .map_or(f64::NAN, |ms| (crate::store::now_ms() - ms).max(0) as f64 / 1000.0),
                     running_without_checkpoint: s.resumes.running_without_checkpoint,
+                    export_error,
                 })
                 .collect(),
             workers: report

@@ -1,6 +1,6 @@
 //! The scheduler's vocabulary: what a command asks (`Command`, answered on a oneshot `Reply`),
-//! what comes back (grants, outcomes, the status report), what it refuses (`SchedError`), what
-//! it tells listeners (`Event`), and its options and counters.
+//! what comes back (grants, outcomes, the status report, the metrics report), what it refuses
+//! (`SchedError`), what it tells listeners (`Event`), and its options and counters.
 
 use crate::store::{Leased, ResumeTally, StoreError, StoredCheckpoint, SweepRow};
 use cbsweep_common::{Attempt, EpochRecord, SweepId, SweepSpec, SweepState, TrialId, TrialResult, TrialState, WorkerId};
@@ -116,6 +116,28 @@ pub struct StatusReport {
     pub workers: Vec<WorkerStatus>,
 }
 
+/// What /metrics reports: the counts the scheduler keeps in memory, so that a scrape reads no
+/// trial row (unlike `StatusReport`, which tallies every trial of every sweep).
+#[derive(Clone, Debug)]
+pub struct MetricsReport {
+    /// Oldest sweep first.
+    pub sweeps: Vec<SweepMetrics>,
+    /// Workers seen in the last minute.
+    pub workers_live: u32,
+    pub counters: Counters,
+}
+
+#[derive(Clone, Debug)]
+pub struct SweepMetrics {
+    pub sweep: SweepId,
+    /// Every state, in `TrialState::ALL`'s order.
+    pub counts: Vec<(TrialState, u32)>,
+    /// Epochs trained again after interruptions (`ResumeTally::epochs_lost`).
+    pub epochs_lost: u64,
+    /// Completions per minute this run; NaN until two trials finished, or once none is open.
+    pub trials_per_minute: f64,
+}
+
 pub(super) type Reply<T> = oneshot::Sender<Result<T, SchedError>>;
 
 /// A lease asked for with a completion: at most `max` trials within `memory_budget` bytes.
@@ -195,8 +217,8 @@ pub(super) enum Command {
         sweep: SweepId,
         reply: Reply<SweepRow>,
     },
-    Counters {
-        reply: Reply<Counters>,
+    Metrics {
+        reply: Reply<MetricsReport>,
     },
 }
 
@@ -209,6 +231,9 @@ pub struct Counters {
     pub attempts_failed: u64,
     pub checkpoints_saved: u64,
     pub checkpoint_bytes_saved: u64,
+    /// Trial rows read to tally whole sweeps (each status request, the counts' start): what
+    /// `cbsweep status` callers cost this thread. /metrics adds nothing to it.
+    pub trial_rows_read: u64,
 }
 
 /// Options of a scheduler.

@@ -50,9 +50,10 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("coordinator state holds an unreadable {what}: {detail}")]
     Corrupt { what: &'static str, detail: String },
-    /// The commit of a batch failed: none of its commands took effect.
-    #[error("coordinator state: commit failed: {0}")]
-    Commit(String),
+    /// The commit of a batch failed: none of its commands took effect. `retryable`: it may pass
+    /// once the disk has room again (see `StoreError::retryable`).
+    #[error("coordinator state: commit failed: {detail}")]
+    Commit { detail: String, retryable: bool },
     #[error("cannot start the checkpoint thread: {0}")]
     Thread(std::io::Error),
     #[error("coordinator state {} is in use by {holder}: stop it first, or give this one another --state (or --out)", dir.display())]
@@ -66,6 +67,22 @@ pub enum StoreError {
     Backup { path: PathBuf, source: rusqlite::Error },
     #[error("{}: {source}", path.display())]
     File { path: PathBuf, source: std::io::Error },
+}
+
+impl StoreError {
+    /// Whether the error may pass by itself, the state untouched: a full disk (or quota), an
+    /// I/O error, a lock held a moment. The caller should retry (the workers do, keeping their
+    /// results); nothing of the failed call took effect.
+    pub fn retryable(&self) -> bool {
+        use rusqlite::ErrorCode as C;
+        match self {
+            StoreError::Sql(rusqlite::Error::SqliteFailure(e, _)) => {
+                matches!(e.code, C::DiskFull | C::SystemIoFailure | C::DatabaseBusy | C::DatabaseLocked | C::OutOfMemory)
+            }
+            StoreError::Commit { retryable, .. } => *retryable,
+            _ => false,
+        }
+    }
 }
 
 const SCHEMA: &str = "

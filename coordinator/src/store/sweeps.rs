@@ -1,9 +1,9 @@
 //! Sweeps and workers in the store: a sweep's row (its validated spec, overrides and state),
-//! its cells, its state changes (done, cancelled, failed trials queued again) and the workers'
-//! registrations and last-seen times.
+//! its cells, its state changes (done, cancelled, failed trials queued again), the counts the
+//! scheduler starts its own from, and the workers' registrations and last-seen times.
 
-use super::{LiveWorker, Store, StoreError, SweepRow, now_ms, parse_spec, sql};
-use cbsweep_common::{SweepId, SweepState, TrialId, TrialSpec, WorkerId};
+use super::{LiveWorker, Store, StoreError, SweepRow, now_ms, parse_spec, parse_state, sql};
+use cbsweep_common::{SweepId, SweepState, TrialId, TrialSpec, TrialState, WorkerId};
 use rusqlite::{OptionalExtension, params};
 
 impl Store {
@@ -72,6 +72,46 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Every sweep, oldest first, with its creation time and how many of its trials are in each
+    /// state (states without trials left out). Reads every trial row: the scheduler calls it
+    /// once at start and keeps the counts itself from then on.
+    pub fn trial_counts(&self) -> Result<Vec<(SweepId, i64, Vec<(TrialState, u32)>)>, StoreError> {
+        let mut out: Vec<(SweepId, i64, Vec<(TrialState, u32)>)> = {
+            let mut stmt = self.conn.prepare_cached("SELECT sweep_id, created_ms FROM sweeps ORDER BY created_ms")?;
+            stmt.query_map([], |r| Ok((SweepId(r.get(0)?), r.get(1)?, Vec::new())))?.collect::<Result<_, _>>()?
+        };
+        let mut stmt = self.conn.prepare_cached("SELECT sweep_id, state, COUNT(*) FROM trials GROUP BY sweep_id, state")?;
+        let rows =
+            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?)))?.collect::<Result<Vec<_>, _>>()?;
+        for (sweep, state, n) in rows {
+            let state = parse_state(&state)?;
+            if let Some((_, _, counts)) = out.iter_mut().find(|(id, _, _)| id.as_str() == sweep) {
+                counts.push((state, n));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The trials that have lost epochs to interruptions, with their sweep and how many. Reads
+    /// every trial row (once, at the scheduler's start).
+    pub fn epochs_lost_by_trial(&self) -> Result<Vec<(TrialId, SweepId, u64)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached("SELECT trial_id, sweep_id, epochs_lost FROM trials WHERE epochs_lost > 0")?;
+        let rows = stmt
+            .query_map([], |r| Ok((TrialId(r.get(0)?), SweepId(r.get(1)?), r.get::<_, i64>(2)?.max(0) as u64)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// A trial's epochs lost so far (a key lookup; 0 for an unknown trial).
+    pub fn trial_epochs_lost(&self, id: &TrialId) -> Result<u64, StoreError> {
+        let lost: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT epochs_lost FROM trials WHERE trial_id = ?1")?
+            .query_row(params![id.as_str()], |r| r.get(0))
+            .optional()?;
+        Ok(lost.unwrap_or(0).max(0) as u64)
     }
 
     pub fn set_sweep_state(&self, sweep: &SweepId, state: SweepState, finished: Option<i64>) -> Result<(), StoreError> {

@@ -1,0 +1,165 @@
+//! Full disks: a coordinator whose state disk fills answers with a retryable status and keeps
+//! serving, its workers keep their results and retry, and nothing is lost once there is room;
+//! a results disk that fills makes the export fail visibly (status says why), leaves no partial
+//! file, and the export is tried again until it lands. Real processes with the fake trainer on
+//! small tmpfs mounts, so as root only (CI); elsewhere they print `skipped: ...` and pass.
+
+use cbsweep_tests::{Proc, bin, free_port, is_root, results_once, skipped, submit, sweep_done, wait_until, write_spec};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A tmpfs of `size` mounted at `dir`, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).ok()?;
+        let ok = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).status().ok()?.success();
+        ok.then(|| Tmpfs(dir.to_owned()))
+    }
+
+    /// Fills the mount to the last byte with FILLER; returns its path.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.0.join("FILLER");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let block = vec![7u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.flush();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn spec_text(name: &str, seeds: usize, epochs: u32) -> String {
+    let seeds: Vec<String> = (0..seeds).map(|s| s.to_string()).collect();
+    format!(
+        "[sweep]\nname = \"{name}\"\n[grid]\ntask = [\"dms\", \"parity\"]\narch = [\"cbrnn\", \"rnn\"]\nseed = [{}]\n[train]\nepochs = {epochs}\n[run]\npack_size = 1\nlease_seconds = 30\nmax_attempts = 3\n",
+        seeds.join(", ")
+    )
+}
+
+/// A coordinator with its results in `out`, its log in `log`.
+fn coordinator_out(state: &Path, out: &Path, port: u16, token: &str, log: &Path) -> Proc {
+    Proc::spawn(
+        Command::new(bin("cbsweep"))
+            .args([
+                "coordinator",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--state",
+                state.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .env("CBSWEEP_TOKEN", token)
+            .env("CBSWEEP_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap()),
+    )
+}
+
+/// A fake-trainer worker logging to `log`.
+fn worker(port: u16, token: &str, epoch_ms: u64, log: &Path) -> Proc {
+    Proc::spawn(
+        Command::new(bin("cbsweep-worker"))
+            .args(["--coordinator", &format!("http://127.0.0.1:{port}"), "--trainer", "fake", "--exit-when-drained"])
+            .args(["--fake-epoch-ms", &epoch_ms.to_string(), "--give-up-after-s", "120"])
+            .env("CBSWEEP_TOKEN", token)
+            .env("CBSWEEP_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap()),
+    )
+}
+
+/// `cbsweep status`'s output.
+fn status(port: u16, token: &str) -> String {
+    let o = Command::new(bin("cbsweep"))
+        .args(["status", "--coordinator", &format!("http://127.0.0.1:{port}")])
+        .env("CBSWEEP_TOKEN", token)
+        .output()
+        .unwrap();
+    cbsweep_tests::text(&o)
+}
+
+/// Files under `dir` whose name ends in .tmp.
+fn tmp_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(tmp_files(&p));
+        } else if p.extension().is_some_and(|x| x == "tmp") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_full_state_disk_is_a_retryable_status_and_no_result_is_lost() {
+    let test = "a_full_state_disk_is_a_retryable_status_and_no_result_is_lost";
+    if !is_root() {
+        return skipped(test, "mounting a tmpfs needs root");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(&dir.path().join("state"), "4m") else { return skipped(test, "cannot mount a tmpfs") };
+    let (port, token) = (free_port(), "t0ken-full-state");
+    let (out, coord_log, worker_log) = (dir.path().join("out"), dir.path().join("coordinator.log"), dir.path().join("worker.log"));
+    let _coord = coordinator_out(&disk.0, &out, port, token, &coord_log);
+    submit(port, token, &write_spec(dir.path(), "full.toml", &spec_text("fullstate", 30, 4)));
+    let mut w = worker(port, token, 20, &worker_log);
+    wait_until(60, "a few trials recorded", || status(port, token).contains("done"));
+    let filler = disk.fill();
+    let told = (0..600).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::fs::read_to_string(&worker_log).unwrap_or_default().contains("coordinator unavailable; retrying")
+    });
+    assert!(
+        told,
+        "the worker was told to retry:\n{}\n{}",
+        std::fs::read_to_string(&worker_log).unwrap_or_default(),
+        std::fs::read_to_string(&coord_log).unwrap_or_default()
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(w.0.try_wait().unwrap(), None, "the worker keeps its result and waits for the coordinator");
+    let coordinator_said = std::fs::read_to_string(&coord_log).unwrap();
+    assert!(coordinator_said.contains("disk full"), "the coordinator says what is wrong:\n{coordinator_said}");
+    std::fs::remove_file(filler).unwrap();
+    assert_eq!(w.wait_for(120), Some(0), "the worker finishes once there is room: {}", std::fs::read_to_string(&worker_log).unwrap());
+    wait_until(30, "the export", || sweep_done(&out.join("fullstate"), 120));
+    results_once(&out.join("fullstate"), 120, 4);
+}
+
+#[test]
+fn a_failed_export_shows_in_status_leaves_no_partial_file_and_lands_once_there_is_room() {
+    let test = "a_failed_export_shows_in_status_leaves_no_partial_file_and_lands_once_there_is_room";
+    if !is_root() {
+        return skipped(test, "mounting a tmpfs needs root");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(&dir.path().join("out"), "1m") else { return skipped(test, "cannot mount a tmpfs") };
+    let filler = disk.fill();
+    let (port, token) = (free_port(), "t0ken-full-out");
+    let state = dir.path().join("state");
+    let _coord = coordinator_out(&state, &disk.0, port, token, &dir.path().join("coordinator.log"));
+    submit(port, token, &write_spec(dir.path(), "export.toml", &spec_text("fullout", 2, 3)));
+    let mut w = worker(port, token, 20, &dir.path().join("worker.log"));
+    assert_eq!(w.wait_for(120), Some(0));
+    wait_until(30, "status to show the failed export", || status(port, token).contains("export FAILED"));
+    let said = status(port, token);
+    assert!(
+        said.contains("[done]") && said.to_lowercase().contains("no space"),
+        "status names the sweep done and why its export failed:\n{said}"
+    );
+    assert_eq!(tmp_files(&disk.0), Vec::<PathBuf>::new(), "no partial table is left behind");
+    std::fs::remove_file(filler).unwrap();
+    wait_until(30, "the export to land on retry", || sweep_done(&disk.0.join("fullout"), 8));
+    results_once(&disk.0.join("fullout"), 8, 3);
+    wait_until(10, "status to clear the failure", || !status(port, token).contains("export FAILED"));
+}
