@@ -132,6 +132,16 @@ pub fn sweep_done(results: &Path, cells: usize) -> bool {
             == Some(cells as u64)
 }
 
+/// Whether RESULTS/trials.parquet holds `cells` rows none of which is pending or leased.
+pub fn sweep_done_any(results: &Path, cells: usize) -> bool {
+    let trials = results.join("trials.parquet");
+    trials.exists()
+        && duckdb(&format!("SELECT count(*) FILTER (WHERE status NOT IN ('pending', 'leased')) AS ended FROM '{}'", trials.display()))[0]
+            ["ended"]
+            .as_u64()
+            == Some(cells as u64)
+}
+
 /// Every cell of a finished sweep exactly once, read back by DuckDB: `cells` rows in
 /// RESULTS/trials.parquet, all done, distinct trial ids, and `epochs` curve rows per trial.
 pub fn results_once(results: &Path, cells: usize, epochs: u32) {

@@ -224,3 +224,26 @@ fn the_workers_of_a_killed_run_stop_within_a_second_or_two() {
     wait_until(10, "the orphaned workers to exit", || !children.iter().any(|&p| alive(p)));
     assert!(gone.elapsed() < std::time::Duration::from_secs(4), "they stopped after {:?}", gone.elapsed());
 }
+
+#[test]
+fn a_trial_larger_than_every_workers_memory_budget_fails_as_data_naming_the_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, token) = (free_port(), "t0ken-too-big");
+    let state = dir.path().join("state");
+    let log = dir.path().join("exec.log");
+    let _coord = coordinator(&state, port, token);
+    let text = spec_text("toobig", 1, 2, 1, 30).replace("max_attempts = 5", "max_attempts = 2");
+    submit(port, token, &write_spec(dir.path(), "big.toml", &text));
+    // a budget no trial of the grid fits in
+    let mut w = fake_worker(port, token, &log, 10, &["--memory-budget", "64KiB"]);
+    assert_eq!(w.wait_for(60), Some(0), "the worker refuses the trials as data and drains the sweep");
+    assert!(executions(&log).is_empty(), "no trial was trained: {:?}", executions(&log));
+    cbsweep_tests::wait_until(20, "the export", || cbsweep_tests::sweep_done_any(&state.join("results/toobig"), 4));
+    let rows = duckdb(&format!("SELECT status, attempts, error FROM '{}'", state.join("results/toobig/trials.parquet").display()));
+    assert_eq!(rows.len(), 4);
+    for r in &rows {
+        assert_eq!((r["status"].as_str(), r["attempts"].as_u64()), (Some("failed"), Some(2)), "{r}");
+        let e = r["error"].as_str().unwrap();
+        assert!(e.contains("memory model") && e.contains("64.0 KiB") && e.contains("--memory-budget"), "{e}");
+    }
+}

@@ -219,6 +219,22 @@ pub async fn run(cfg: WorkerConfig, mut trainer: Box<dyn Trainer>, shutdown: wat
             let (id, attempt) = (TrialId(t.trial_id), Attempt(t.attempt));
             match t.spec.ok_or(cbsweep_proto::ConvertError::Missing("spec")).and_then(TrialSpec::try_from) {
                 Ok(spec) => {
+                    // A trial the memory model says this worker's budget cannot hold would die on
+                    // its allocations (and take the worker with it): it fails as data instead,
+                    // so a worker with more memory may take it, or it ends failed with the reason.
+                    let needs = cbsweep_common::memory::trial_memory_bytes(&spec);
+                    if let Some(budget) = s.cfg.memory_budget.filter(|b| needs > b.get()) {
+                        use cbsweep_common::memory::format_bytes;
+                        let reason = format!(
+                            "the trial needs {} by the memory model, more than this worker's budget of {}: give workers a larger --memory-budget, or make the model or batch smaller",
+                            format_bytes(needs),
+                            format_bytes(budget.get())
+                        );
+                        tracing::warn!(trial_id = %id, reason = %reason, "trial refused");
+                        let result = failed(reason, &s.device, 1);
+                        complete(&mut s, &id, attempt, &result, false).await?;
+                        continue;
+                    }
                     let resume = if t.checkpoint_epochs > 0 { fetch_checkpoint(&mut s, &id, attempt).await? } else { None };
                     pack.push(Held { id, attempt, spec, resume });
                 }
@@ -227,6 +243,9 @@ pub async fn run(cfg: WorkerConfig, mut trainer: Box<dyn Trainer>, shutdown: wat
                     complete(&mut s, &id, attempt, &result, false).await?;
                 }
             }
+        }
+        if pack.is_empty() {
+            continue;
         }
         (trainer, next) = train(&mut s, trainer, pack, cadence).await?;
     }
