@@ -373,7 +373,10 @@ async fn complete(
         })
         .await;
     match r {
-        Ok(r) => Ok(r.next),
+        Ok(r) => {
+            tracing::info!(trial_id = %id, attempt = attempt.0, new = r.recorded, "result recorded");
+            Ok(r.next)
+        }
         // A newer attempt owns the trial (our lease expired): the result is not ours to record.
         Err(WorkerError::Refused { status, .. }) if status.code() == Code::FailedPrecondition => {
             tracing::warn!(trial_id = %id, reason = %status.message(), "result refused");

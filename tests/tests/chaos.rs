@@ -1,0 +1,199 @@
+//! A seeded chaos test over real processes with the fake trainer: for many rounds, kill -9
+//! workers and the coordinator at random moments, stop workers (they hand their leases back
+//! with checkpoints), let leases expire, restart everything, and (as root) fill the state's
+//! small tmpfs for a while. At the end every cell is recorded exactly once, every result a
+//! coordinator acknowledged is the one in the tables, and no trial's attempt number ever went
+//! down. The seed is printed; CBSWEEP_CHAOS_SEED replays a run.
+
+use cbsweep_tests::{Proc, bin, free_port, is_root, results_once, submit, sweep_done, wait_until, write_spec};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// A small deterministic generator (splitmix64): the same seed, the same rounds.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn spawn_coordinator(state: &Path, out: &Path, port: u16, token: &str, log: &Path) -> Proc {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    Proc::spawn(
+        Command::new(bin("cbsweep"))
+            .args([
+                "coordinator",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--state",
+                state.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .env("CBSWEEP_TOKEN", token)
+            .env("CBSWEEP_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log),
+    )
+}
+
+fn spawn_worker(port: u16, token: &str, log: &Path) -> Proc {
+    Proc::spawn(
+        Command::new(bin("cbsweep-worker"))
+            .args(["--coordinator", &format!("http://127.0.0.1:{port}"), "--trainer", "fake", "--exit-when-drained"])
+            .args(["--fake-epoch-ms", "100", "--give-up-after-s", "120"])
+            .env("CBSWEEP_TOKEN", token)
+            .env("CBSWEEP_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap()),
+    )
+}
+
+/// The value of `key=` in a log line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split(&format!(" {key}=")).nth(1)?.split_whitespace().next()
+}
+
+/// (timestamp, trial, attempt) of every lease the workers' logs show (`training ...`), and
+/// (trial, attempt) of every result a coordinator acknowledged (`result recorded ...`).
+fn read_logs(logs: &[PathBuf]) -> (Vec<(String, String, u32)>, Vec<(String, u32)>) {
+    let (mut leases, mut acked) = (Vec::new(), Vec::new());
+    for log in logs {
+        for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+            let (Some(trial), Some(attempt)) = (field(line, "trial_id"), field(line, "attempt").and_then(|a| a.parse().ok())) else {
+                continue;
+            };
+            if line.contains(" training ") {
+                leases.push((line.split_whitespace().next().unwrap_or("").to_string(), trial.to_string(), attempt));
+            } else if line.contains("result recorded") {
+                acked.push((trial.to_string(), attempt));
+            }
+        }
+    }
+    leases.sort();
+    (leases, acked)
+}
+
+#[test]
+fn chaos_every_cell_once_every_acknowledged_result_kept_attempts_only_grow() {
+    let seed: u64 = std::env::var("CBSWEEP_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20_261_201);
+    println!("chaos seed {seed} (CBSWEEP_CHAOS_SEED={seed} replays it)");
+    let mut rng = Rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    // as root the state lives on a small tmpfs that rounds fill
+    let mounted =
+        is_root() && Command::new("mount").args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"]).arg(&state).status().is_ok_and(|s| s.success());
+    struct Unmount(PathBuf, bool);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            if self.1 {
+                let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+            }
+        }
+    }
+    let _unmount = Unmount(state.clone(), mounted);
+    let out = dir.path().join("out");
+    let (port, token) = (free_port(), "t0ken-chaos");
+    let coord_log = dir.path().join("coordinator.log");
+    let mut coord = spawn_coordinator(&state, &out, port, token, &coord_log);
+    let text = "[sweep]\nname = \"chaos\"\n[grid]\ntask = [\"dms\", \"parity\"]\narch = [\"cbrnn\", \"rnn\"]\nseed = [0, 1, 2, 3, 4, 5]\n\
+                [train]\nepochs = 30\n[run]\npack_size = 2\nlease_seconds = 2\nmax_attempts = 100\ncheckpoint_every = 2\n";
+    submit(port, token, &write_spec(dir.path(), "chaos.toml", text));
+    let mut logs: Vec<PathBuf> = Vec::new();
+    let mut new_worker = |logs: &mut Vec<PathBuf>| {
+        let log = dir.path().join(format!("worker-{}.log", logs.len()));
+        logs.push(log.clone());
+        spawn_worker(port, token, &log)
+    };
+    let mut workers: Vec<Proc> = (0..3).map(|_| new_worker(&mut logs)).collect();
+    let mut actions = Vec::new();
+    for _ in 0..14 {
+        std::thread::sleep(Duration::from_millis(200 + rng.below(600)));
+        let k = rng.below(workers.len() as u64) as usize;
+        match rng.below(if mounted { 5 } else { 4 }) {
+            0 => {
+                actions.push("kill -9 a worker");
+                workers[k].kill9();
+                workers[k] = new_worker(&mut logs);
+            }
+            1 => {
+                actions.push("SIGTERM a worker (hand back with checkpoints)");
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(workers[k].pid()), nix::sys::signal::Signal::SIGTERM);
+                let _ = workers[k].wait_for(10);
+                workers[k] = new_worker(&mut logs);
+            }
+            2 => {
+                actions.push("kill -9 the coordinator");
+                coord.kill9();
+                std::thread::sleep(Duration::from_millis(rng.below(1500)));
+                coord = spawn_coordinator(&state, &out, port, token, &coord_log);
+            }
+            3 => {
+                actions.push("kill -9 a worker, its leases left to expire");
+                workers[k].kill9();
+                std::thread::sleep(Duration::from_millis(2500));
+                workers[k] = new_worker(&mut logs);
+            }
+            _ => {
+                actions.push("fill the state's disk for a while");
+                let filler = state.join("FILLER");
+                {
+                    use std::io::Write;
+                    let mut f = std::fs::File::create(&filler).unwrap();
+                    let block = vec![1u8; 4096];
+                    while f.write_all(&block).is_ok() {}
+                }
+                std::thread::sleep(Duration::from_millis(500 + rng.below(1500)));
+                std::fs::remove_file(&filler).unwrap();
+            }
+        }
+    }
+    println!("rounds: {actions:?}");
+    // let it finish: fresh workers if the old ones gave up
+    wait_until(180, "the sweep to finish", || {
+        for w in &mut workers {
+            if w.0.try_wait().ok().flatten().is_some_and(|st| !st.success()) {
+                *w = new_worker(&mut logs);
+            }
+        }
+        sweep_done(&out.join("chaos"), 24)
+    });
+    for w in &mut workers {
+        assert_eq!(w.wait_for(60), Some(0), "workers drain and exit");
+    }
+    results_once(&out.join("chaos"), 24, 30);
+
+    let (leases, acked) = read_logs(&logs);
+    let mut last: HashMap<&str, u32> = HashMap::new();
+    for (at, trial, attempt) in &leases {
+        if let Some(&before) = last.get(trial.as_str()) {
+            assert!(*attempt > before, "trial {trial}'s attempt went from {before} to {attempt} (at {at})");
+        }
+        last.insert(trial, *attempt);
+    }
+    let rows = cbsweep_tests::duckdb(&format!("SELECT trial_id, attempts FROM '{}'", out.join("chaos/trials.parquet").display()));
+    let final_attempt: HashMap<String, u64> =
+        rows.iter().map(|r| (r["trial_id"].as_str().unwrap().to_string(), r["attempts"].as_u64().unwrap())).collect();
+    assert!(!acked.is_empty());
+    for (trial, attempt) in &acked {
+        assert_eq!(
+            final_attempt.get(trial),
+            Some(&u64::from(*attempt)),
+            "the acknowledged result of {trial} (attempt {attempt}) is the recorded one"
+        );
+    }
+    println!("{} leases, {} acknowledged results, state on tmpfs: {mounted}", leases.len(), acked.len());
+}
