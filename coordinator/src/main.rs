@@ -56,6 +56,17 @@ struct RunArgs {
     /// Path of the worker binary (default: cbsweep-worker beside this binary).
     #[arg(long)]
     worker_binary: Option<PathBuf>,
+    #[command(flatten)]
+    state_fs: StateFsArgs,
+}
+
+/// Whether the command may keep its state on a network filesystem.
+#[derive(clap::Args, Clone, Copy)]
+struct StateFsArgs {
+    /// Keep the state on a network filesystem (NFS, Lustre, GPFS, CephFS, ...) anyway, at your
+    /// own risk: SQLite's write-ahead log can be corrupted there, so it is refused by default.
+    #[arg(long, env = "CBSWEEP_ALLOW_NETWORK_STATE", value_parser = clap::builder::FalseyValueParser::new())]
+    allow_network_state: bool,
 }
 
 impl RunArgs {
@@ -114,7 +125,8 @@ enum Command {
         /// open for probes.
         #[arg(long, value_enum, default_value_t = cbsweep_coordinator::http::MetricsAccess::Open)]
         metrics_access: cbsweep_coordinator::http::MetricsAccess,
-        /// Folder for the durable state (SQLite database, token).
+        /// Folder for the durable state (SQLite database, token), on a local disk: one on a
+        /// network filesystem is refused (see --allow-network-state).
         #[arg(long, default_value = "cbsweep-state")]
         state: PathBuf,
         /// Folder for results (default: STATE/results).
@@ -130,6 +142,8 @@ enum Command {
         /// The PEM private key of --tls-cert.
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        #[command(flatten)]
+        state_fs: StateFsArgs,
     },
     /// Submit a spec to a running coordinator (adds only cells it does not have yet).
     Submit {
@@ -174,6 +188,8 @@ enum Command {
         state: Option<PathBuf>,
         #[arg(long, default_value = "out")]
         out: PathBuf,
+        #[command(flatten)]
+        state_fs: StateFsArgs,
     },
     /// Write a sweep's Parquet tables from a coordinator's state.
     Export {
@@ -377,6 +393,16 @@ fn finished(summary: &cbsweep_coordinator::local::RunSummary) -> u8 {
 
 /// Runs a command; Ok carries the exit code of a command that ran to its end.
 async fn dispatch(cmd: Command) -> Result<u8, CliError> {
+    // The commands that take a state folder for writing reach the store through the scheduler
+    // or the restore: the user's override is set for the process before either opens it.
+    let state_fs = match &cmd {
+        Command::Run { args, .. } | Command::Resume { args, .. } => Some(args.state_fs),
+        Command::Coordinator { state_fs, .. } | Command::Restore { state_fs, .. } => Some(*state_fs),
+        _ => None,
+    };
+    if state_fs.is_some_and(|a| a.allow_network_state) {
+        cbsweep_coordinator::store::fs::allow_network_state();
+    }
     match cmd {
         Command::Run { spec, args } => cli::run(&spec, args.options()).await.map(|s| finished(&s)),
         Command::Resume { sweep, args } => cli::resume(&SweepId(sweep), args.options()).await.map(|s| finished(&s)),
@@ -388,7 +414,7 @@ async fn dispatch_other(cmd: Command) -> Result<(), CliError> {
     match cmd {
         Command::Run { .. } | Command::Resume { .. } => unreachable!("handled by dispatch"),
         Command::Validate { spec } => cli::validate(&spec),
-        Command::Coordinator { listen, http_listen, metrics_access, state, out, token_file, tls_cert, tls_key } => {
+        Command::Coordinator { listen, http_listen, metrics_access, state, out, token_file, tls_cert, tls_key, state_fs: _ } => {
             let out = out.unwrap_or_else(|| state.join("results"));
             let tls = tls_cert.as_deref().zip(tls_key.as_deref());
             cli::coordinator(listen, http_listen, metrics_access, &state, &out, token_file.as_deref(), tls).await
@@ -405,7 +431,7 @@ async fn dispatch_other(cmd: Command) -> Result<(), CliError> {
             println!("backed up {} to {}", state.display(), file.display());
             Ok(())
         }
-        Command::Restore { file, state, out } => {
+        Command::Restore { file, state, out, state_fs: _ } => {
             let state = state.unwrap_or_else(|| out.join(cbsweep_coordinator::local::STATE_DIR));
             cbsweep_coordinator::store::Store::restore_from(&state, &file)?;
             println!("restored {} into {}", file.display(), state.display());

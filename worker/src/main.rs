@@ -56,8 +56,8 @@ struct Args {
     max_pack: Option<u32>,
     /// Memory a pack may take, e.g. 8GiB, 512MiB or bytes (0: no limit); the coordinator leases
     /// no more trials than fit by its memory model. Default: on the CPU half of the smaller of
-    /// MemTotal and the process's cgroup memory limit (Slurm --mem, Kubernetes limits); 40 GiB
-    /// on a GPU (libtorch does not tell the free device memory).
+    /// MemTotal and the process's cgroup memory limit (Slurm --mem, Kubernetes limits); on a GPU
+    /// 90% of the device's free memory (40 GiB when the CUDA runtime cannot tell).
     #[arg(long, env = "CBSWEEP_MEMORY_BUDGET", value_parser = cbsweep_common::memory::parse_bytes)]
     memory_budget: Option<u64>,
     /// Exit when the coordinator has no running sweep left (default: wait for more work).
@@ -160,6 +160,17 @@ fn cores() -> usize {
     std::thread::available_parallelism().map(std::num::NonZero::get).unwrap_or(1)
 }
 
+/// The default budget on CUDA device `device` ("cuda:N"): 90% of the memory the device has free
+/// now (other processes', and the CUDA context's, already taken off); None elsewhere, or when
+/// the runtime cannot say (then `budget`'s fixed default applies).
+fn gpu_budget(device: &str) -> Option<NonZeroU64> {
+    let n: usize = device.strip_prefix("cuda:")?.parse().ok()?;
+    let (free, total) = cbsweep_worker::torch::cuda::memory_info(n)?;
+    let bytes = NonZeroU64::new(free / 10 * 9)?;
+    tracing::info!(bytes = bytes.get(), free, total, device, "default memory budget: 90% of the device's free memory");
+    Some(bytes)
+}
+
 /// When the worker must stop: from --deadline, else the Slurm job's end, less the margin.
 fn deadline(args: &Args) -> anyhow::Result<Option<std::time::SystemTime>> {
     let end = match &args.deadline {
@@ -183,10 +194,13 @@ async fn run(args: Args, trainer: Box<dyn Trainer>, deadline: Option<std::time::
         max_pack: args.max_pack.unwrap_or(if on_cpu { threads } else { 64 }).max(1),
         memory_budget: match args.memory_budget {
             Some(bytes) => NonZeroU64::new(bytes),
-            None => cbsweep_worker::budget::default_budget_explained(&trainer.device()).map(|b| {
-                tracing::info!(bytes = b.bytes.get(), source = %b.source, "default memory budget");
-                b.bytes
-            }),
+            None => match gpu_budget(&trainer.device()) {
+                Some(bytes) => Some(bytes),
+                None => cbsweep_worker::budget::default_budget_explained(&trainer.device()).map(|b| {
+                    tracing::info!(bytes = b.bytes.get(), source = %b.source, "default memory budget");
+                    b.bytes
+                }),
+            },
         },
         exit_when_drained: args.exit_when_drained,
         give_up_after: Duration::from_secs(args.give_up_after_s),

@@ -12,11 +12,13 @@
 //! This file: opening (schema, migration of older state files), batches, the row types and the
 //! helpers the others share; `sweeps.rs` (sweeps, workers), `leases.rs` (the trial queue),
 //! `read.rs` (what the results read), `resume.rs` (trials' checkpoints and what interruptions
-//! cost), `checkpoint.rs` (the WAL checkpoint thread, unrelated to trials' checkpoints). The
-//! children use this file; it uses none of them.
+//! cost), `checkpoint.rs` (the WAL checkpoint thread, unrelated to trials' checkpoints), `fs.rs`
+//! (the refusal of a state folder on a network filesystem). The children use this file; it uses
+//! none of them but `fs.rs`, which the lock calls.
 
 mod backup;
 pub mod checkpoint;
+pub mod fs;
 mod leases;
 mod read;
 mod resume;
@@ -58,6 +60,12 @@ pub enum StoreError {
     Thread(std::io::Error),
     #[error("coordinator state {} is in use by {holder}: stop it first, or give this one another --state (or --out)", dir.display())]
     Locked { dir: PathBuf, holder: String },
+    /// The state folder is on a network filesystem, where SQLite's WAL is unsafe (`fs.rs`).
+    #[error(
+        "coordinator state {} is on a network filesystem ({kind}): SQLite's write-ahead log needs shared memory and POSIX locks that {kind} does not keep between hosts, and the state can be corrupted there; keep the state on a local disk (`--state` on e.g. /tmp or node-local scratch, `--out` on the shared disk for results; for `cbsweep run`, an --out on a local disk), or pass --allow-network-state (or set CBSWEEP_ALLOW_NETWORK_STATE=1) to use it anyway at your own risk",
+        dir.display()
+    )]
+    NetworkFs { dir: PathBuf, kind: &'static str },
     #[error("cannot lock coordinator state {}: {source}", path.display())]
     Lock { path: PathBuf, source: std::io::Error },
     /// The state file is missing, empty or damaged in a folder that held a state before.
@@ -370,11 +378,14 @@ fn check_integrity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Takes the state folder's exclusive lock (waiting up to `LOCK_WAIT`) and writes who holds it
-/// into the lock file; refuses, naming the holder, when another process keeps it.
+/// Takes the state folder for writing (opening the store, restoring a backup): refuses a folder
+/// on a network filesystem (`fs::check`, before anything is written there), then takes its
+/// exclusive lock (waiting up to `LOCK_WAIT`) and writes who holds it into the lock file;
+/// refuses, naming the holder, when another process keeps it.
 fn lock_state(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, StoreError> {
     use nix::fcntl::{Flock, FlockArg};
     use std::io::Write;
+    fs::check(state_dir)?;
     let path = state_dir.join(LOCK_FILE);
     let lock_err = |source| StoreError::Lock { path: path.clone(), source };
     let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(lock_err)?;

@@ -41,8 +41,42 @@ fn open() -> Result<(), String> {
     Err(format!("cannot load libtorch's CUDA backend: {}", tried.join("; ")))
 }
 
+/// Free and total bytes of CUDA device `device`, from the CUDA runtime libtorch_cuda brought in
+/// (`cudaMemGetInfo`; tch does not expose it). None when the backend is not loaded, the runtime
+/// is not found, or it reports an error (no driver, no such device).
+pub fn memory_info(device: usize) -> Option<(u64, u64)> {
+    load().ok()?;
+    type SetDevice = unsafe extern "C" fn(i32) -> i32;
+    type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
+    let symbol = |name: &str| {
+        let c = CString::new(name).ok()?;
+        // SAFETY: dlsym over the global scope (libtorch_cuda was opened RTLD_GLOBAL, and with it
+        // the CUDA runtime it links) with a valid C string; null when absent.
+        let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c.as_ptr()) };
+        (!p.is_null()).then_some(p)
+    };
+    let (set, info) = (symbol("cudaSetDevice")?, symbol("cudaMemGetInfo")?);
+    // SAFETY: the symbols are the CUDA runtime's, whose C signatures these are:
+    // cudaError_t cudaSetDevice(int), cudaError_t cudaMemGetInfo(size_t*, size_t*).
+    let (set, info): (SetDevice, MemGetInfo) = unsafe { (std::mem::transmute(set), std::mem::transmute(info)) };
+    let (mut free, mut total) = (0usize, 0usize);
+    // SAFETY: plain calls with valid out-pointers; 0 is cudaSuccess.
+    let ok = unsafe { set(i32::try_from(device).ok()?) == 0 && info(&mut free, &mut total) == 0 };
+    ok.then_some((free as u64, total as u64))
+}
+
 #[cfg(test)]
 mod tests {
+    /// On a machine without a GPU the query answers None (no driver, no device) instead of
+    /// failing; on one with a GPU it answers free <= total, both non-zero.
+    #[test]
+    fn device_memory_is_read_or_absent() {
+        match super::memory_info(0) {
+            Some((free, total)) => assert!(free > 0 && free <= total, "free {free} of {total}"),
+            None => assert!(!tch::Cuda::is_available(), "a GPU is there but its memory could not be read"),
+        }
+    }
+
     /// Without the backend libtorch has no CUDA kernels to run; with it loaded, the CUDA runtime
     /// itself answers (no driver or no device on a CPU machine), or the tensor is made on a GPU.
     /// Runs in a process of its own, as the first CUDA query's answer is kept for its life.
