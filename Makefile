@@ -6,7 +6,7 @@ SPEC ?= sweeps/quickstart.toml
 OUT ?= out
 WORKERS ?= 2
 
-.PHONY: setup cluster-setup build run test bench clean
+.PHONY: setup cluster-setup build build-against-torch run test bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -18,6 +18,12 @@ cluster-setup:
 
 build: setup
 	$(CARGO) build --release --workspace --bins
+
+# The worker and the bench against another installed torch (2.11 or 2.13), into their own target
+# folder (default target-torch-<release>): make build-against-torch TORCH_PYTHON=/path/to/python
+build-against-torch:
+	@test -n "$(TORCH_PYTHON)" || { echo "make build-against-torch: set TORCH_PYTHON=/path/to/python (the interpreter whose torch to build against)" >&2; exit 2; }
+	bash scripts/build-against-torch.sh $(TORCH_PYTHON) $(if $(TARGET_DIR),--target-dir $(TARGET_DIR))
 
 run: build
 	./target/release/cbsweep run $(SPEC) --workers $(WORKERS) --out $(OUT)

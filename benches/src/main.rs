@@ -62,6 +62,14 @@ enum What {
         /// no estimate).
         #[arg(long, default_value_t = 35)]
         estimate_level: u32,
+        /// Python interpreter (with torch) that runs the baseline. Default: CBSWEEP_BENCH_PYTHON,
+        /// else .venv/bin/python under the current folder.
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// The baseline script. Default: CBSWEEP_BENCH_BASELINE, else benches/baseline.py under
+        /// the current folder.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
     },
     /// Coordinator lease throughput and latency: simulated gRPC workers, in processes of their
     /// own, lease one trial and complete it, as fast as they can and then at a fixed rate.
@@ -151,8 +159,9 @@ fn main() -> anyhow::Result<()> {
     if let What::Results { rows } = what {
         return results::bench_results(rows);
     }
-    if let What::Train { packs, level, device, trial_steps, threads, engines, estimate_level } = &what {
-        return train::bench_train(packs, *level, device, *trial_steps, *threads, engines, *estimate_level);
+    if let What::Train { packs, level, device, trial_steps, threads, engines, estimate_level, python, baseline } = &what {
+        let files = train::Baseline::find(python.as_deref(), baseline.as_deref())?;
+        return train::bench_train(packs, *level, device, *trial_steps, *threads, engines, *estimate_level, &files);
     }
     if let What::Memory { engines, packs, level, trial_steps } = &what {
         return memory::bench_memory(engines, packs, *level, *trial_steps);
@@ -165,7 +174,8 @@ fn main() -> anyhow::Result<()> {
         rt.block_on(checkpoint::bench_checkpoint(CheckpointBench::default()))?;
         results::bench_results(1_000_000)?;
         e2e::bench_e2e(None, 2)?;
-        train::bench_train(&[1, 8, 32, 128], 10, "cpu", 256, 0, &["fused".into(), "libtorch".into()], 35)?;
+        let files = train::Baseline::find(None, None)?;
+        train::bench_train(&[1, 8, 32, 128], 10, "cpu", 256, 0, &["fused".into(), "libtorch".into()], 35, &files)?;
         memory::bench_memory(&["fused".into(), "libtorch".into()], &[1, 8, 32], 10, 8)?;
     }
     Ok(())

@@ -13,23 +13,54 @@ use crate::shared::spec;
 use anyhow::Context;
 use cbsweep_common::{Arch, EpochRecord, TrialSpec};
 use cbsweep_worker::trainer::{Control, Trainer};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// The workspace root: the Python environment and the baseline script are found from it.
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
+/// The Python baseline: an interpreter with torch and benches/baseline.py, each from its flag,
+/// else its environment variable, else the checkout in the current folder; found at run time, so
+/// a binary built in one place runs in another.
+pub(crate) struct Baseline {
+    python: PathBuf,
+    script: PathBuf,
+}
+
+impl Baseline {
+    pub(crate) fn find(python: Option<&Path>, script: Option<&Path>) -> anyhow::Result<Self> {
+        let python =
+            located(python, "--python", "CBSWEEP_BENCH_PYTHON", ".venv/bin/python", "an interpreter with torch; `make setup` makes .venv")?;
+        let script = located(script, "--baseline", "CBSWEEP_BENCH_BASELINE", "benches/baseline.py", "the study's loop, in the repository")?;
+        Ok(Self { python, script })
+    }
+}
+
+/// `flag`'s value, else `var`'s, else `default` under the current folder; an error saying where it
+/// looked when that file is missing (a bare command name in the flag or variable is left to PATH).
+fn located(flag: Option<&Path>, name: &str, var: &str, default: &str, what: &str) -> anyhow::Result<PathBuf> {
+    let (path, from) = match (flag, std::env::var_os(var).filter(|v| !v.is_empty())) {
+        (Some(p), _) => (p.to_owned(), name.to_owned()),
+        (None, Some(v)) => (PathBuf::from(v), var.to_owned()),
+        (None, None) => {
+            let cwd = std::env::current_dir().unwrap_or_default();
+            (cwd.join(default), format!("the default under the current folder {}", cwd.display()))
+        }
+    };
+    let bare = path.components().count() == 1 && !path.is_absolute();
+    anyhow::ensure!(
+        bare || path.exists(),
+        "the baseline needs {} ({what}), which is not there ({from}): pass {name} PATH or set {var}",
+        path.display()
+    );
+    Ok(path)
 }
 
 /// Trial-steps per second of the Python baseline: `procs` processes of one thread each (one per
 /// core on the CPU, one on a GPU), on `device`.
-fn baseline(arch: Arch, level: u32, procs: usize, device: &str) -> anyhow::Result<f64> {
-    let py = root().join(".venv/bin/python");
-    let script = root().join("benches/baseline.py");
+fn baseline(files: &Baseline, arch: Arch, level: u32, procs: usize, device: &str) -> anyhow::Result<f64> {
+    let (py, script) = (&files.python, &files.script);
     let children: Vec<_> = (0..procs)
         .map(|i| {
-            std::process::Command::new(&py)
-                .arg(&script)
+            std::process::Command::new(py)
+                .arg(script)
                 .args([
                     "--arch",
                     &arch.to_string(),
@@ -44,7 +75,7 @@ fn baseline(arch: Arch, level: u32, procs: usize, device: &str) -> anyhow::Resul
                 ])
                 .stdout(std::process::Stdio::piped())
                 .spawn()
-                .with_context(|| format!("cannot run {} (run `make setup`)", py.display()))
+                .with_context(|| format!("cannot run {} (pass --python PATH or set CBSWEEP_BENCH_PYTHON)", py.display()))
         })
         .collect::<Result<_, _>>()?;
     let mut total = 0.0;
@@ -78,6 +109,7 @@ pub(crate) fn bench_train(
     threads: usize,
     engines: &[String],
     estimate_level: u32,
+    files: &Baseline,
 ) -> anyhow::Result<()> {
     use cbsweep_worker::torch::Engine;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -97,7 +129,8 @@ pub(crate) fn bench_train(
     // one on a GPU
     let base_procs = if dev == tch::Device::Cpu { cores } else { 1 };
     println!(
-        "train: level N = {level}, batch 64, {cores} cores, {threads} thread(s), device {device}; baseline = benches/baseline.py, {base_procs} process(es) x 1 thread on {device}"
+        "train: level N = {level}, batch 64, {cores} cores, {threads} thread(s), device {device}; baseline = {}, {base_procs} process(es) x 1 thread on {device}",
+        files.script.display()
     );
     if dev == tch::Device::Cpu {
         let gemm = large_gemm_rate();
@@ -112,7 +145,7 @@ pub(crate) fn bench_train(
         "arch", "engine", "M", "trial-steps/s", "GFLOP/s", "peak", "baseline", "ratio"
     );
     for arch in [Arch::Cbrnn, Arch::Rnn] {
-        let base = baseline(arch, level, base_procs, device)?;
+        let base = baseline(files, arch, level, base_procs, device)?;
         let flop = flop_per_trial_step(&spec(arch, 0, level, 1), level);
         println!(
             "{:<6} {:<9} {:>5} {:>14.1} {:>9.1} {:>6.1}% {:>12} {:>8}",

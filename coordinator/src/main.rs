@@ -236,7 +236,9 @@ enum SlurmCommand {
     /// --coordinator names one that is already serving.
     Submit {
         spec: PathBuf,
-        /// State folder on the shared filesystem (coordinator state, token, URL files).
+        /// Folder on the shared filesystem for the token, URL files, results and the
+        /// coordinator's backup; the coordinator job keeps its database on its node's local disk
+        /// (CBSWEEP_LOCAL_STATE, default TMPDIR/cbsweep-coordinator-JOBID).
         #[arg(long)]
         state: PathBuf,
         /// A coordinator already serving (URL); the spec is submitted to it first.
@@ -321,6 +323,7 @@ async fn slurm(cmd: SlurmCommand) -> Result<(), CliError> {
         Some(url) => Coordinator::Running { addr: CoordinatorAddr::Url(url.clone()), token_file: token.clone() },
         None => Coordinator::Job(Box::new(CoordinatorJob {
             state: state.clone(),
+            local_state: None,
             cbsweep_binary: exe.clone(),
             listen,
             http_listen,

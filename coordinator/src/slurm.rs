@@ -5,8 +5,10 @@
 //! this plan's resources and their settings fixed; their bodies are the same text, so what a
 //! person submits by hand and what `cbsweep slurm submit` submits behave alike. Workers find the
 //! coordinator through a URL or a file on the shared filesystem (written by coordinator.sbatch
-//! once the coordinator serves), and the token through a file. This module knows nothing about
-//! gRPC, the scheduler or trials: submitting the spec to a running coordinator is the caller's.
+//! once the coordinator serves), and the token through a file. A coordinator job keeps its
+//! database on its node's local disk (SQLite's WAL is not safe on a network filesystem) and
+//! backs it up into the shared folder. This module knows nothing about gRPC, the scheduler or
+//! trials: submitting the spec to a running coordinator is the caller's.
 
 use cbsweep_common::SweepId;
 use std::net::SocketAddr;
@@ -73,13 +75,19 @@ pub enum CoordinatorAddr {
     File(PathBuf),
 }
 
-/// The coordinator as a Slurm job (deploy/slurm/coordinator.sbatch): it serves from `state`,
-/// submits the spec once serving, then writes STATE/coordinator-JOBID.url for the workers,
-/// whose array starts after it (`--dependency=after:JOBID`).
+/// The coordinator as a Slurm job (deploy/slurm/coordinator.sbatch): it serves with its
+/// database in `local_state`, submits the spec once serving, then writes
+/// STATE/coordinator-JOBID.url for the workers, whose array starts after it
+/// (`--dependency=after:JOBID`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CoordinatorJob {
-    /// The coordinator's state folder on the shared filesystem (SQLite, token, URL files).
+    /// The coordinator's folder on the shared filesystem: token, URL files, results, the
+    /// database's backup (STATE/coordinator-backup.sqlite, restored by a coordinator that starts
+    /// on another node).
     pub state: PathBuf,
+    /// The database's folder on the node's local disk; None: the script's default
+    /// (CBSWEEP_LOCAL_STATE from the environment, else TMPDIR/cbsweep-coordinator-JOBID).
+    pub local_state: Option<PathBuf>,
     /// The `cbsweep` binary, as the compute node sees it.
     pub cbsweep_binary: PathBuf,
     pub listen: SocketAddr,
@@ -198,6 +206,9 @@ pub fn render_coordinator(plan: &Plan) -> Result<Option<String>, SlurmError> {
     h.sbatch(&format!("--output={}/{name}-%j.out", sbatch_path("log folder", &plan.log_dir)?));
     h.sbatch("--open-mode=append");
     h.set("CBSWEEP_STATE", path_str("state folder", &job.state)?);
+    if let Some(local) = &job.local_state {
+        h.set("CBSWEEP_LOCAL_STATE", path_str("local state folder", local)?);
+    }
     h.set("CBSWEEP", path_str("cbsweep binary", &job.cbsweep_binary)?);
     h.set("CBSWEEP_LISTEN", &job.listen.to_string());
     h.set("CBSWEEP_HTTP_LISTEN", &job.http_listen.map(|a| a.to_string()).unwrap_or_default());
@@ -412,6 +423,7 @@ mod tests {
     fn job() -> Coordinator {
         Coordinator::Job(Box::new(CoordinatorJob {
             state: "/shared/state".into(),
+            local_state: None,
             cbsweep_binary: "/shared/bin/cbsweep".into(),
             listen: "0.0.0.0:50051".parse().unwrap(),
             http_listen: Some("0.0.0.0:9090".parse().unwrap()),
@@ -472,6 +484,20 @@ mod tests {
         assert!(c.contains("\nCBSWEEP_SPEC='/shared/sweeps/quickstart.toml'\n"), "{c}");
         assert!(c.contains("\nCBSWEEP_HTTP_LISTEN='0.0.0.0:9090'\n"), "{c}");
         assert_eq!(render_coordinator(&plan(running())).unwrap(), None);
+    }
+
+    #[test]
+    fn a_coordinator_job_keeps_its_database_on_local_disk_and_its_files_for_workers_on_the_shared_one() {
+        let c = render_coordinator(&plan(job())).unwrap().unwrap();
+        assert!(c.contains("\nCBSWEEP_STATE='/shared/state'\n"), "{c}");
+        assert!(!c.contains("\nCBSWEEP_LOCAL_STATE="), "unset: the environment's or the script's default: {c}");
+        assert!(c.contains(r#"--state "$local_state""#) && !c.contains(r#"--state "$state""#), "{c}");
+        assert!(c.contains(r#"--token-file "$token_file""#) && c.contains(r#"backup "$backup" --state "$local_state""#), "{c}");
+        let mut p = plan(job());
+        let Coordinator::Job(j) = &mut p.coordinator else { unreachable!() };
+        j.local_state = Some("/scratch/cbsweep".into());
+        let c = render_coordinator(&p).unwrap().unwrap();
+        assert!(c.contains("\nCBSWEEP_LOCAL_STATE='/scratch/cbsweep'\n"), "{c}");
     }
 
     #[test]

@@ -497,25 +497,26 @@ fn preemption_warning_hands_the_lease_back_and_requeues_the_task() {
     assert_eq!(cluster.job(&run.task(0), "ExitCode"), "0:0");
 }
 
+/// A coordinator job's resources on the test cluster.
+fn coordinator_resources() -> Resources {
+    Resources { partition: Some("debug".into()), cpus_per_task: 1, mem: "100M".into(), time: "00:10:00".into(), ..Resources::coordinator() }
+}
+
 #[test]
 fn coordinator_job_submits_the_spec_and_its_workers_follow_it() {
     let Some(cluster) = Cluster::start("coordinator_job_submits_the_spec_and_its_workers_follow_it") else { return };
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
+    // STATE stands for the shared filesystem, `local` for the coordinator node's own disk.
+    let (state, local) = (dir.path().join("state"), dir.path().join("node-local"));
     let http = format!("127.0.0.1:{}", free_port());
     let coordinator = Coordinator::Job(Box::new(CoordinatorJob {
         state: state.clone(),
+        local_state: Some(local.clone()),
         cbsweep_binary: bin("cbsweep"),
         listen: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
         http_listen: Some(http.parse().unwrap()),
         advertise_host: Some("127.0.0.1".into()),
-        resources: Resources {
-            partition: Some("debug".into()),
-            cpus_per_task: 1,
-            mem: "100M".into(),
-            time: "00:10:00".into(),
-            ..Resources::coordinator()
-        },
+        resources: coordinator_resources(),
     }));
     let spec = write_spec(dir.path(), "slurmjob.toml", &spec_text("slurmjob", 2, 8));
     let run = Run::submit(&cluster, dir, spec, coordinator, &state, |exec_log| fake_workers(2, 40, exec_log), None);
@@ -537,8 +538,108 @@ fn coordinator_job_submits_the_spec_and_its_workers_follow_it() {
     let o = cluster.command("scancel").arg(&coord).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     cluster.wait_for_state(&coord, "CANCELLED", 30);
-    let log = std::fs::read_to_string(run.plan.log_dir.join(format!("cbsweep-slurmjob-coordinator-{coord}.out"))).unwrap_or_default();
+    let log_text =
+        || std::fs::read_to_string(run.plan.log_dir.join(format!("cbsweep-slurmjob-coordinator-{coord}.out"))).unwrap_or_default();
+    let log = log_text();
     assert!(log.contains("ready: workers read") && log.contains("state is saved"), "{log}");
+    // The database was on the node's disk, never on the shared one; the workers' token and the
+    // database's backup (taken when the coordinator stopped) are on the shared one.
+    assert!(local.join("cbsweep.sqlite").exists(), "{log}");
+    assert!(!state.join("cbsweep.sqlite").exists(), "a database on the shared filesystem: {log}");
+    assert!(state.join("token").exists(), "{log}");
+    wait_until(30, "the script to back the stopped coordinator's state up", || log_text().contains("backed up the state to"));
+    // The backup holds the finished sweep: restored elsewhere, it exports every cell done.
+    let elsewhere = run._dir.path().join("elsewhere");
+    let o = Command::new(bin("cbsweep"))
+        .arg("restore")
+        .arg(state.join("coordinator-backup.sqlite"))
+        .arg("--state")
+        .arg(&elsewhere)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o =
+        Command::new(bin("cbsweep")).args(["export", "slurmjob", "--state"]).arg(&elsewhere).arg("--out").arg(&elsewhere).output().unwrap();
+    assert!(o.status.success() && sweep_done(&elsewhere.join("slurmjob"), 8), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn a_coordinator_job_on_another_node_restores_the_state_from_the_shared_backup() {
+    let Some(cluster) = Cluster::start("a_coordinator_job_on_another_node_restores_the_state_from_the_shared_backup") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let token = "t0ken-moved";
+    let spec = write_spec(dir.path(), "moved.toml", &spec_text("moved", 1, 4));
+    // A first coordinator (a job before this one, elsewhere) ran the sweep and backed it up.
+    let (port, first) = (free_port(), dir.path().join("first-node"));
+    let proc = coordinator(&first, port, token);
+    submit(port, token, &spec);
+    let _worker = fake_worker(port, token, &dir.path().join("exec.log"), 10, &[]);
+    results_once(&first.join("results").join("moved"), 4, 4);
+    std::fs::create_dir_all(&state).unwrap();
+    let o = Command::new(bin("cbsweep"))
+        .arg("backup")
+        .arg(state.join("coordinator-backup.sqlite"))
+        .arg("--state")
+        .arg(&first)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    drop(proc);
+    std::fs::write(state.join("token"), token).unwrap();
+    std::fs::set_permissions(state.join("token"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(state.join("coordinator.local"), "another-node:/tmp/cbsweep-coordinator-1\n").unwrap();
+
+    // The coordinator job starts on a node whose disk holds no state: it restores the backup.
+    let local = dir.path().join("this-node");
+    let plan = Plan {
+        sweep: SweepId("moved".into()),
+        spec: spec.clone(),
+        coordinator: Coordinator::Job(Box::new(CoordinatorJob {
+            state: state.clone(),
+            local_state: Some(local.clone()),
+            cbsweep_binary: bin("cbsweep"),
+            listen: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            http_listen: None,
+            advertise_host: Some("127.0.0.1".into()),
+            resources: coordinator_resources(),
+        })),
+        workers: fake_workers(1, 10, &dir.path().join("exec.log")),
+        log_dir: dir.path().join("logs"),
+    };
+    std::fs::create_dir_all(&plan.log_dir).unwrap();
+    let script = plan.log_dir.join("coordinator.sbatch");
+    std::fs::write(&script, slurm::render_coordinator(&plan).unwrap().unwrap()).unwrap();
+    let o = cluster.command("sbatch").arg("--parsable").arg(&script).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let job = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let url_file = state.join(format!("coordinator-{job}.url"));
+    let out = plan.log_dir.join(format!("cbsweep-moved-coordinator-{job}.out"));
+    wait_until(60, "the restored coordinator to serve, or its job to end", || {
+        url_file.exists() || !["RUNNING", "PENDING"].contains(&cluster.job(&job, "JobState").as_str())
+    });
+    let log = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(url_file.exists(), "{log}\n{}", cluster.logs());
+    assert!(log.contains("restoring the coordinator's state from"), "{log}");
+    let url = std::fs::read_to_string(&url_file).unwrap();
+    let o = Command::new(bin("cbsweep"))
+        .args(["status", "moved", "--coordinator", url.trim(), "--token-file"])
+        .arg(state.join("token"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && text.contains("4 done"),
+        "the restored coordinator knows the finished sweep: {text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let host = Command::new("hostname").output().unwrap();
+    let here = format!("{}:{}", String::from_utf8_lossy(&host.stdout).trim(), local.display());
+    assert_eq!(std::fs::read_to_string(state.join("coordinator.local")).unwrap().trim(), here, "where the database now is");
+    assert!(local.join("cbsweep.sqlite").exists() && !state.join("cbsweep.sqlite").exists());
+    let o = cluster.command("scancel").arg(&job).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    cluster.wait_for_state(&job, "CANCELLED", 30);
 }
 
 #[test]

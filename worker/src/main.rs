@@ -131,6 +131,10 @@ fn torch_device(name: &str) -> anyhow::Result<tch::Device> {
 fn trainer(args: &Args) -> anyhow::Result<Box<dyn Trainer>> {
     match args.trainer.as_str() {
         "torch" => {
+            // a libtorch of another release than the build's fails every trial: refuse at start
+            if let Some(why) = cbsweep_worker::torch::libtorch_version::check()? {
+                tracing::warn!(reason = %why, "cannot confirm that the loaded libtorch is the release this worker was built against");
+            }
             let device = torch_device(&args.device)?;
             let threads = if args.threads > 0 { args.threads as usize } else { cores() };
             // With the CPU engine libtorch only runs the checkpoint analyses, between training

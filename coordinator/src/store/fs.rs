@@ -181,7 +181,17 @@ mod tests {
         let e = judge(dir, FsKind::Network("Lustre"), NetworkState::Refuse).unwrap_err();
         assert!(matches!(e, StoreError::NetworkFs { kind: "Lustre", .. }), "{e:?}");
         let msg = e.to_string();
-        for part in ["/shared/cbsweep", "Lustre", "shared memory", "locks", "--state", "local disk", "--out", "--allow-network-state", "CBSWEEP_ALLOW_NETWORK_STATE=1"] {
+        for part in [
+            "/shared/cbsweep",
+            "Lustre",
+            "shared memory",
+            "locks",
+            "--state",
+            "local disk",
+            "--out",
+            "--allow-network-state",
+            "CBSWEEP_ALLOW_NETWORK_STATE=1",
+        ] {
             assert!(msg.contains(part), "{part:?} missing from: {msg}");
         }
         assert!(judge(dir, FsKind::Network("Lustre"), NetworkState::Allow).is_ok());

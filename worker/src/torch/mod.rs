@@ -16,6 +16,7 @@ mod engine;
 mod error;
 mod fused;
 mod input;
+pub mod libtorch_version;
 mod model;
 mod regime;
 mod resume;

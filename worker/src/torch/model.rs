@@ -121,7 +121,8 @@ pub(crate) struct PackedModel {
 
 /// The cerebellar module's tensors laid out for the time loop.
 struct CbLayers {
-    granule_in: Tensor,
+    /// The granule layer's input drive per step.
+    granule_in: Vec<Tensor>,
     w_pc: Tensor,
     b_pc: Tensor,
     w_dcn: Tensor,
@@ -304,18 +305,21 @@ impl PackedModel {
         // input drive of the core for all steps at once: x_t W_x + b_x + b_h
         let core_bias = p[B_X].f_add(&p[B_H])?.f_unsqueeze(1)?; // [M, 1, H]
         let w_x = p[W_X].f_transpose(1, 2)?; // [M, 1, H]
-        let core_in = core_bias.f_addcmul(&x, &w_x)?; // [T, M, B, H]
+        // Split into per-step views once: each step's `get(t)` would have its own backward that
+        // fills a zero gradient of the whole [T, ...] tensor and adds it in, T full-size passes
+        // per step and so quadratic in T; `unbind`'s one backward stacks the steps' gradients.
+        let core_in = core_bias.f_addcmul(&x, &w_x)?.f_unbind(0)?; // T x [M, B, H]
 
         // the recurrent products of the core and of the granule layer share one matmul,
         // h [W_h; W_gc[:, :H]]^T, with the granule layer's input column applied apart
         let cb_layers = if self.dims.arch == Arch::Cbrnn && cb == CbOutput::On {
             let w_gc_x = p[W_GC].f_narrow(2, h, 1)?.f_transpose(1, 2)?; // [M, 1, G]
             Some(CbLayers {
-                granule_in: p[B_GC].f_unsqueeze(1)?.f_addcmul(&x, &w_gc_x)?, // [T, M, B, G]
-                w_pc: p[W_PC].f_transpose(1, 2)?,                            // [M, G, P]
-                b_pc: p[B_PC].f_unsqueeze(1)?,                               // [M, 1, P]
-                w_dcn: p[W_DCN].f_transpose(1, 2)?,                          // [M, P, H]
-                b_dcn: p[B_DCN].f_unsqueeze(1)?,                             // [M, 1, H]
+                granule_in: p[B_GC].f_unsqueeze(1)?.f_addcmul(&x, &w_gc_x)?.f_unbind(0)?, // T x [M, B, G]
+                w_pc: p[W_PC].f_transpose(1, 2)?,                                         // [M, G, P]
+                b_pc: p[B_PC].f_unsqueeze(1)?,                                            // [M, 1, P]
+                w_dcn: p[W_DCN].f_transpose(1, 2)?,                                       // [M, P, H]
+                b_dcn: p[B_DCN].f_unsqueeze(1)?,                                          // [M, 1, H]
             })
         } else {
             None
@@ -330,15 +334,15 @@ impl PackedModel {
 
         // active[t] = t < own length, [T, M, B, 1]; consulted from the shortest length on
         let steps = Tensor::f_arange(t_max, (Kind::Int64, input.x.device()))?.f_view([t_max, 1, 1])?; // [T, 1, 1]
-        let active = input.lengths.f_unsqueeze(0)?.f_gt_tensor(&steps)?.f_unsqueeze(-1)?; // [T, M, B, 1]
+        let active = input.lengths.f_unsqueeze(0)?.f_gt_tensor(&steps)?.f_unsqueeze(-1)?.f_unbind(0)?; // T x [M, B, 1]
 
         let mut state = input.h0.shallow_clone(); // [M, B, H]
         for t in 0..t_max {
             let rec = state.f_bmm(&w_rec)?; // [M, B, H] or [M, B, H+G]
-            let mut pre = rec.f_narrow(2, 0, h)?.f_add(&core_in.f_get(t)?)?; // [M, B, H]
+            let mut pre = rec.f_narrow(2, 0, h)?.f_add(&core_in[t as usize])?; // [M, B, H]
             let mut module = None;
             if let Some(cb) = &cb_layers {
-                let granule = rec.f_narrow(2, h, g)?.f_add(&cb.granule_in.f_get(t)?)?.f_relu()?; // [M, B, G]
+                let granule = rec.f_narrow(2, h, g)?.f_add(&cb.granule_in[t as usize])?.f_relu()?; // [M, B, G]
                 let purkinje = cb.b_pc.f_baddbmm(&granule, &cb.w_pc, 1.0, 1.0)?.f_relu()?; // [M, B, P]
                 let b_cb = cb.b_dcn.f_baddbmm(&purkinje, &cb.w_dcn, 1.0, 1.0)?; // [M, B, H]
                 pre = pre.f_add(&b_cb)?;
@@ -346,7 +350,7 @@ impl PackedModel {
             }
             // (1 - a) h + a LeakyReLU(pre), negative slope 0.01 (libtorch's default)
             let next = state.f_lerp(&pre.f_leaky_relu()?, ALPHA)?; // [M, B, H]
-            state = if t >= input.min_len { next.f_where_self(&active.f_get(t)?, &state)? } else { next };
+            state = if t >= input.min_len { next.f_where_self(&active[t as usize], &state)? } else { next };
             let [granule, purkinje, b_cb] = match &module {
                 Some([g, p, b]) => [Some(g), Some(p), Some(b)],
                 None => [None; 3],
