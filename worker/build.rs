@@ -9,6 +9,9 @@
 //!   worker checks the loaded libtorch with (`torch::libtorch_version`), else from the
 //!   CBSWEEP_TORCH_VERSION the build was given.
 //!
+//! - the ATen operation counter (src/torch/ops/counter.cpp), compiled against that libtorch's
+//!   headers, for the worker's crate only.
+//!
 //! benches/build.rs runs the same script as a module.
 
 #[path = "src/torch/libtorch_version.rs"]
@@ -20,6 +23,9 @@ pub(crate) fn main() {
     println!("cargo:rerun-if-env-changed=CBSWEEP_EXTRA_RPATH");
     println!("cargo:rerun-if-env-changed=CBSWEEP_TORCH_VERSION");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else { return };
+    if std::env::var("CARGO_PKG_NAME").as_deref() == Ok("cbsweep-worker") {
+        compile_op_counter(std::path::Path::new(&lib));
+    }
     // The real path, so libtorch's own $ORIGIN-relative rpaths (to the CUDA wheels) resolve.
     let lib = std::fs::canonicalize(&lib).unwrap_or_else(|_| lib.into());
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
@@ -38,4 +44,22 @@ pub(crate) fn main() {
             lib.display()
         ),
     }
+}
+
+/// Compiles the ATen operation counter against the headers of the libtorch in `lib`'s parent
+/// (the C++ ABI as torch-sys builds its own wrappers: the wheels since torch 2.7 use the new one).
+fn compile_op_counter(lib: &std::path::Path) {
+    println!("cargo:rerun-if-changed=src/torch/ops/counter.cpp");
+    let root = lib.parent().unwrap_or(lib);
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    cc::Build::new()
+        .cpp(true)
+        .file("src/torch/ops/counter.cpp")
+        .include(root.join("include"))
+        .include(root.join("include/torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag_if_supported("-Wno-unused-parameter")
+        .warnings(false)
+        .compile("cbsweep_ops");
 }

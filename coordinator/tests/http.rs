@@ -122,13 +122,16 @@ fn grid(name: &str, seeds: usize, run: &str) -> cbsweep_common::SweepSpec {
     cbsweep_common::parse_spec(&text, Path::new("g.toml")).unwrap()
 }
 
-/// Each sweep's counts per state and epochs lost, as status tallies them from every trial row.
-fn tallied(status: &StatusReport) -> Vec<(SweepId, Vec<(TrialState, u32)>, u64)> {
+/// Each sweep's trials per state, and its epochs lost.
+type Counts = Vec<(SweepId, Vec<(TrialState, u32)>, u64)>;
+
+/// Each sweep's counts, as status tallies them from every trial row.
+fn tallied(status: &StatusReport) -> Counts {
     status.sweeps.iter().map(|s| (s.sweep.clone(), s.counts.clone(), s.resumes.epochs_lost)).collect()
 }
 
 /// The same, as the scheduler keeps it for /metrics.
-fn kept(metrics: &MetricsReport) -> Vec<(SweepId, Vec<(TrialState, u32)>, u64)> {
+fn kept(metrics: &MetricsReport) -> Counts {
     metrics.sweeps.iter().map(|s| (s.sweep.clone(), s.counts.clone(), s.epochs_lost)).collect()
 }
 

@@ -191,7 +191,7 @@ fn a_trial_whose_coordinator_or_run_is_killed_again_and_again_ends_bit_identical
         let mut c = Command::new(bin("cbsweep"));
         match k {
             0 => c.args(["run", spec.to_str().unwrap(), "--workers", "1", "--threads", "1"]),
-            _ => c.args(["resume", name]),
+            _ => c.args(["resume", name, "--workers", "1", "--threads", "1"]),
         };
         let mut run = Proc::spawn(
             c.args(["--out", out.to_str().unwrap()])
@@ -203,7 +203,10 @@ fn a_trial_whose_coordinator_or_run_is_killed_again_and_again_ends_bit_identical
         run.kill9();
         std::thread::sleep(std::time::Duration::from_millis(1500));
     }
-    let o = Command::new(bin("cbsweep")).args(["resume", name, "--out", out.to_str().unwrap()]).output().unwrap();
+    let o = Command::new(bin("cbsweep"))
+        .args(["resume", name, "--workers", "1", "--threads", "1", "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", cbsweep_tests::text(&o));
     assert_bit_identical(&out.join(name), &want, &out.join(name).join("checkpoints"), &want.join("checkpoints"));
     let (resumes, lost) = interruption_cost(&out.join(name));

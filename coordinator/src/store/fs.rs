@@ -2,8 +2,11 @@
 //! keeps its index in memory shared through the `-shm` file and relies on POSIX locks; a
 //! network or cluster filesystem (NFS, Lustre, GPFS, ...) shares neither between hosts, so a
 //! coordinator there, and a `cbsweep backup` or export from another node beside it, can corrupt
-//! the state. So a process that takes a state folder for writing refuses such a folder, naming
-//! it and what to do, unless the user overrides (`allow_network_state`).
+//! the state. So a process that takes a state folder for writing (a store, a restore) refuses
+//! such a folder, naming it and what to do, unless the user overrides (`allow_network_state`).
+//! Read-only opens (export, stats, plot, backup) are not checked: they write nothing, and with
+//! no writer allowed on a network filesystem they read either a local state on its own host or
+//! a stopped one (or a copy), which WAL does not corrupt.
 //!
 //! `classify` is a pure function of statfs(2)'s `f_type` (the Linux magic numbers of
 //! linux/magic.h and the vendors' own); `check` probes the folder and judges. FUSE only warns:
@@ -107,7 +110,8 @@ fn judge(dir: &Path, kind: FsKind, policy: NetworkState) -> Result<(), StoreErro
     }
 }
 
-/// `dir`'s statfs `f_type`; None where this platform's magic numbers are not Linux's.
+/// `dir`'s statfs `f_type`; None where this platform's magic numbers are not Linux's. Unit
+/// tests set the answer for their thread (`tests::FAKE_MAGIC`): no NFS can be mounted there.
 fn magic(dir: &Path) -> std::io::Result<Option<u32>> {
     #[cfg(test)]
     if let Some(m) = tests::FAKE_MAGIC.get() {

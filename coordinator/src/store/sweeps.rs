@@ -6,6 +6,9 @@ use super::{LiveWorker, Store, StoreError, SweepRow, now_ms, parse_spec, parse_s
 use cbsweep_common::{SweepId, SweepState, TrialId, TrialSpec, TrialState, WorkerId};
 use rusqlite::{OptionalExtension, params};
 
+/// A sweep, its creation time, and its trials' number per state.
+type SweepCounts = (SweepId, i64, Vec<(TrialState, u32)>);
+
 impl Store {
     pub fn sweep(&self, id: &SweepId) -> Result<Option<SweepRow>, StoreError> {
         Ok(self
@@ -77,8 +80,8 @@ impl Store {
     /// Every sweep, oldest first, with its creation time and how many of its trials are in each
     /// state (states without trials left out). Reads every trial row: the scheduler calls it
     /// once at start and keeps the counts itself from then on.
-    pub fn trial_counts(&self) -> Result<Vec<(SweepId, i64, Vec<(TrialState, u32)>)>, StoreError> {
-        let mut out: Vec<(SweepId, i64, Vec<(TrialState, u32)>)> = {
+    pub fn trial_counts(&self) -> Result<Vec<SweepCounts>, StoreError> {
+        let mut out: Vec<SweepCounts> = {
             let mut stmt = self.conn.prepare_cached("SELECT sweep_id, created_ms FROM sweeps ORDER BY created_ms")?;
             stmt.query_map([], |r| Ok((SweepId(r.get(0)?), r.get(1)?, Vec::new())))?.collect::<Result<_, _>>()?
         };

@@ -18,6 +18,8 @@ mod fused;
 mod input;
 pub mod libtorch_version;
 mod model;
+#[cfg(test)]
+mod ops;
 mod regime;
 mod resume;
 mod run;
