@@ -93,9 +93,10 @@ else
   # every run from the workspace's Cargo.toml (others may have changed it); the lock is kept.
   overlay="$target/workspace"
   mkdir -p "$overlay"
-  for entry in "$root"/* "$root"/.cargo; do
+  shopt -s dotglob nullglob
+  for entry in "$root"/*; do
     name=$(basename "$entry")
-    case "$name" in Cargo.toml | Cargo.lock | target | target-*) continue ;; esac
+    case "$name" in Cargo.toml | Cargo.lock | .git | target | target-*) continue ;; esac
     [ "$entry" -ef "$target" ] && continue
     ln -sfn "$entry" "$overlay/$name"
   done

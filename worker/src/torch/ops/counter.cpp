@@ -1,5 +1,6 @@
-// A counter of the ATen operations the dispatcher runs, through libtorch's RecordFunction
-// callbacks (the mechanism its profiler uses): the op-count test and the bench read how many
+// A counter of the ATen operations the dispatcher runs on the calling thread, through libtorch's
+// RecordFunction callbacks (the mechanism its profiler uses; thread-local, so tests running
+// beside it in one process add nothing): the op-count test and the bench read how many
 // operations (each a kernel launch on a GPU) one SGD step dispatches. Compiled by worker/build.rs
 // against the libtorch the worker links.
 #include <ATen/record_function.h>
@@ -37,7 +38,7 @@ extern "C" void cbsweep_ops_start() {
   by_name = std::getenv("CBSWEEP_OPS_NAMES") != nullptr;
   names.clear();
   if (handle == 0) {
-    handle = at::addGlobalCallback(
+    handle = at::addThreadLocalCallback(
         at::RecordFunctionCallback(on_enter).scopes({at::RecordScope::FUNCTION}).needsInputs(false));
   }
 }

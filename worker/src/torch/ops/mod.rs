@@ -1,7 +1,8 @@
 //! How many ATen operations a computation dispatches (`counted`): each one a kernel launch on a
 //! GPU, where a small trial's step is bound by launches, not arithmetic. libtorch's
 //! RecordFunction callbacks (what its profiler uses) count every operator call through the
-//! dispatcher on every thread, views and nested calls included, through a small C++ shim
+//! dispatcher on the calling thread (where libtorch runs a CPU step with one intra-op thread,
+//! the backward included), views and nested calls included, through a small C++ shim
 //! (counter.cpp, compiled by build.rs). For the op-count test and the bench; training never
 //! turns it on.
 
@@ -17,7 +18,7 @@ unsafe extern "C" {
 /// The callbacks are global: one count at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// Runs `f` and returns its value with the ATen operations dispatched meanwhile (on any thread).
+/// Runs `f` and returns its value with the ATen operations it dispatched on this thread.
 pub(crate) fn counted<T>(f: impl FnOnce() -> T) -> (T, u64) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     // SAFETY: the shim's functions take no arguments and touch only its own atomics and
