@@ -262,3 +262,47 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((status, body))
 }
+
+/// A coordinator process on a loopback port with its results in `out`, appending its log
+/// (CBSWEEP_LOG=`level`) to `log`.
+pub fn coordinator_logged(state: &Path, out: &Path, port: u16, token: &str, level: &str, log: &Path) -> Proc {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("coordinator log");
+    Proc::spawn(
+        Command::new(bin("cbsweep"))
+            .args(["coordinator", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--state", state.to_str().expect("utf-8 path"), "--out", out.to_str().expect("utf-8 path")])
+            .env("CBSWEEP_TOKEN", token)
+            .env("CBSWEEP_LOG", level)
+            .stdout(std::process::Stdio::null())
+            .stderr(log),
+    )
+}
+
+/// A tmpfs mounted at a folder (as root), unmounted when dropped: a small disk to fill.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    /// A tmpfs of `size` (mount's syntax: 4m) at `dir`; None when it cannot be mounted.
+    pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).ok()?;
+        let ok = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).status().ok()?.success();
+        ok.then(|| Tmpfs(dir.to_owned()))
+    }
+
+    /// Fills the mount to the last byte with a file FILLER; returns its path.
+    pub fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.0.join("FILLER");
+        let mut f = std::fs::File::create(&path).expect("filler");
+        let block = vec![7u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.flush();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}

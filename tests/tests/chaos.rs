@@ -5,7 +5,7 @@
 //! coordinator acknowledged is the one in the tables, and no trial's attempt number ever went
 //! down. The seed is printed; CBSWEEP_CHAOS_SEED replays a run.
 
-use cbsweep_tests::{Proc, bin, free_port, is_root, results_once, submit, sweep_done, wait_until, write_spec};
+use cbsweep_tests::{Proc, Tmpfs, bin, coordinator_logged, free_port, is_root, results_once, submit, sweep_done, wait_until, write_spec};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -26,26 +26,6 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-}
-
-fn spawn_coordinator(state: &Path, out: &Path, port: u16, token: &str, log: &Path) -> Proc {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Proc::spawn(
-        Command::new(bin("cbsweep"))
-            .args([
-                "coordinator",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--state",
-                state.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-            ])
-            .env("CBSWEEP_TOKEN", token)
-            .env("CBSWEEP_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log),
-    )
 }
 
 fn spawn_worker(port: u16, token: &str, log: &Path) -> Proc {
@@ -94,26 +74,17 @@ fn chaos_every_cell_once_every_acknowledged_result_kept_attempts_only_grow() {
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
     // as root the state lives on a small tmpfs that rounds fill
-    let mounted =
-        is_root() && Command::new("mount").args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"]).arg(&state).status().is_ok_and(|s| s.success());
-    struct Unmount(PathBuf, bool);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            if self.1 {
-                let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-            }
-        }
-    }
-    let _unmount = Unmount(state.clone(), mounted);
+    let disk = if is_root() { Tmpfs::mount(&state, "8m") } else { None };
+    let mounted = disk.is_some();
     let out = dir.path().join("out");
     let (port, token) = (free_port(), "t0ken-chaos");
     let coord_log = dir.path().join("coordinator.log");
-    let mut coord = spawn_coordinator(&state, &out, port, token, &coord_log);
+    let mut coord = coordinator_logged(&state, &out, port, token, "warn", &coord_log);
     let text = "[sweep]\nname = \"chaos\"\n[grid]\ntask = [\"dms\", \"parity\"]\narch = [\"cbrnn\", \"rnn\"]\nseed = [0, 1, 2, 3, 4, 5]\n\
                 [train]\nepochs = 30\n[run]\npack_size = 2\nlease_seconds = 2\nmax_attempts = 100\ncheckpoint_every = 2\n";
     submit(port, token, &write_spec(dir.path(), "chaos.toml", text));
     let mut logs: Vec<PathBuf> = Vec::new();
-    let mut new_worker = |logs: &mut Vec<PathBuf>| {
+    let new_worker = |logs: &mut Vec<PathBuf>| {
         let log = dir.path().join(format!("worker-{}.log", logs.len()));
         logs.push(log.clone());
         spawn_worker(port, token, &log)
@@ -139,7 +110,7 @@ fn chaos_every_cell_once_every_acknowledged_result_kept_attempts_only_grow() {
                 actions.push("kill -9 the coordinator");
                 coord.kill9();
                 std::thread::sleep(Duration::from_millis(rng.below(1500)));
-                coord = spawn_coordinator(&state, &out, port, token, &coord_log);
+                coord = coordinator_logged(&state, &out, port, token, "warn", &coord_log);
             }
             3 => {
                 actions.push("kill -9 a worker, its leases left to expire");
@@ -149,13 +120,7 @@ fn chaos_every_cell_once_every_acknowledged_result_kept_attempts_only_grow() {
             }
             _ => {
                 actions.push("fill the state's disk for a while");
-                let filler = state.join("FILLER");
-                {
-                    use std::io::Write;
-                    let mut f = std::fs::File::create(&filler).unwrap();
-                    let block = vec![1u8; 4096];
-                    while f.write_all(&block).is_ok() {}
-                }
+                let filler = disk.as_ref().map(Tmpfs::fill).expect("a tmpfs to fill");
                 std::thread::sleep(Duration::from_millis(500 + rng.below(1500)));
                 std::fs::remove_file(&filler).unwrap();
             }

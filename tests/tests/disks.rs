@@ -4,63 +4,17 @@
 //! file, and the export is tried again until it lands. Real processes with the fake trainer on
 //! small tmpfs mounts, so as root only (CI); elsewhere they print `skipped: ...` and pass.
 
-use cbsweep_tests::{Proc, bin, free_port, is_root, results_once, skipped, submit, sweep_done, wait_until, write_spec};
+use cbsweep_tests::{
+    Proc, Tmpfs, bin, coordinator_logged, free_port, is_root, results_once, skipped, submit, sweep_done, wait_until, write_spec,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-
-/// A tmpfs of `size` mounted at `dir`, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(dir).ok()?;
-        let ok = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).status().ok()?.success();
-        ok.then(|| Tmpfs(dir.to_owned()))
-    }
-
-    /// Fills the mount to the last byte with FILLER; returns its path.
-    fn fill(&self) -> PathBuf {
-        use std::io::Write;
-        let path = self.0.join("FILLER");
-        let mut f = std::fs::File::create(&path).unwrap();
-        let block = vec![7u8; 4096];
-        while f.write_all(&block).is_ok() {}
-        let _ = f.flush();
-        path
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 fn spec_text(name: &str, seeds: usize, epochs: u32) -> String {
     let seeds: Vec<String> = (0..seeds).map(|s| s.to_string()).collect();
     format!(
         "[sweep]\nname = \"{name}\"\n[grid]\ntask = [\"dms\", \"parity\"]\narch = [\"cbrnn\", \"rnn\"]\nseed = [{}]\n[train]\nepochs = {epochs}\n[run]\npack_size = 1\nlease_seconds = 30\nmax_attempts = 3\n",
         seeds.join(", ")
-    )
-}
-
-/// A coordinator with its results in `out`, its log in `log`.
-fn coordinator_out(state: &Path, out: &Path, port: u16, token: &str, log: &Path) -> Proc {
-    Proc::spawn(
-        Command::new(bin("cbsweep"))
-            .args([
-                "coordinator",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--state",
-                state.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-            ])
-            .env("CBSWEEP_TOKEN", token)
-            .env("CBSWEEP_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap()),
     )
 }
 
@@ -111,7 +65,7 @@ fn a_full_state_disk_is_a_retryable_status_and_no_result_is_lost() {
     let Some(disk) = Tmpfs::mount(&dir.path().join("state"), "4m") else { return skipped(test, "cannot mount a tmpfs") };
     let (port, token) = (free_port(), "t0ken-full-state");
     let (out, coord_log, worker_log) = (dir.path().join("out"), dir.path().join("coordinator.log"), dir.path().join("worker.log"));
-    let _coord = coordinator_out(&disk.0, &out, port, token, &coord_log);
+    let _coord = coordinator_logged(&disk.0, &out, port, token, "info", &coord_log);
     submit(port, token, &write_spec(dir.path(), "full.toml", &spec_text("fullstate", 30, 4)));
     let mut w = worker(port, token, 20, &worker_log);
     wait_until(60, "a few trials recorded", || status(port, token).contains("done"));
@@ -147,7 +101,7 @@ fn a_failed_export_shows_in_status_leaves_no_partial_file_and_lands_once_there_i
     let filler = disk.fill();
     let (port, token) = (free_port(), "t0ken-full-out");
     let state = dir.path().join("state");
-    let _coord = coordinator_out(&state, &disk.0, port, token, &dir.path().join("coordinator.log"));
+    let _coord = coordinator_logged(&state, &disk.0, port, token, "info", &dir.path().join("coordinator.log"));
     submit(port, token, &write_spec(dir.path(), "export.toml", &spec_text("fullout", 2, 3)));
     let mut w = worker(port, token, 20, &dir.path().join("worker.log"));
     assert_eq!(w.wait_for(120), Some(0));
