@@ -33,7 +33,6 @@ pub(crate) fn counted<T>(f: impl FnOnce() -> T) -> (T, u64) {
 #[cfg(test)]
 mod tests {
     use super::counted;
-    use crate::torch::engine::PackEngine;
     use crate::torch::regime::Learning;
     use crate::torch::testing::{one_thread, small_spec};
     use crate::torch::train::{Engine, build_engine};
