@@ -458,11 +458,7 @@ async fn train(
             joined = &mut task => break joined.map_err(|e| WorkerError::TrainerPanicked(e.to_string()))?,
             Some(msg) = rx.recv() => match msg {
                 FromTrainer::Epoch(i, e) => pending.push((i, e)),
-                FromTrainer::Checkpoint(i, saved) => {
-                    if !revoked[i].load(Ordering::Relaxed) && !save_checkpoint(s, &pack[i].id, pack[i].attempt, &saved).await? {
-                        revoked[i].store(true, Ordering::Relaxed);
-                    }
-                }
+                FromTrainer::Checkpoint(i, saved) => save_periodic(s, &pack, &revoked, i, &saved).await?,
             },
             _ = flush.tick() => {
                 if pending.is_empty() { continue; }
@@ -518,11 +514,7 @@ async fn train(
     while let Ok(msg) = rx.try_recv() {
         match msg {
             FromTrainer::Epoch(i, e) => pending.push((i, e)),
-            FromTrainer::Checkpoint(i, saved) => {
-                if !revoked[i].load(Ordering::Relaxed) && !save_checkpoint(s, &pack[i].id, pack[i].attempt, &saved).await? {
-                    revoked[i].store(true, Ordering::Relaxed);
-                }
-            }
+            FromTrainer::Checkpoint(i, saved) => save_periodic(s, &pack, &revoked, i, &saved).await?,
         }
     }
     let stopping = stop.load(Ordering::Relaxed);
@@ -558,6 +550,15 @@ async fn train(
         release(s, hand_back).await?;
     }
     Ok((trainer, next))
+}
+
+/// Sends the cadence's checkpoint of trial `i` of the pack, unless its lease is gone; a refusal
+/// (the lease is no longer this worker's) marks it revoked, so the trainer stops it.
+async fn save_periodic(s: &mut Session, pack: &[Held], revoked: &[AtomicBool], i: usize, saved: &Saved) -> Result<(), WorkerError> {
+    if !revoked[i].load(Ordering::Relaxed) && !save_checkpoint(s, &pack[i].id, pack[i].attempt, saved).await? {
+        revoked[i].store(true, Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 fn mark_revoked(pack: &[Held], flags: &[AtomicBool], gone: &[String]) {
