@@ -101,9 +101,12 @@ pub async fn run(spec: SweepSpec, spec_path: &Path, opts: RunOptions) -> Result<
         let bin = worker_binary(opts.worker_binary.as_deref())?;
         std::fs::create_dir_all(&logs).map_err(io(format!("cannot create {}", logs.display())))?;
         let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-        let threads = if opts.threads > 0 { opts.threads } else { (cores / opts.workers.max(1)).max(1) };
+        // On a GPU the workers are slots of one process: one CUDA context and the device's
+        // free memory split among them, where separate processes would each count it whole.
+        let (procs, slots) = if opts.device.starts_with("cuda") { (1, opts.workers.max(1)) } else { (opts.workers, 1) };
+        let threads = if opts.threads > 0 { opts.threads } else { (cores / procs.max(1)).max(1) };
         let mut children = Vec::new();
-        for i in 0..opts.workers {
+        for i in 0..procs {
             let log_path = logs.join(format!("worker-{i}.log"));
             // Appended to: a resumed run keeps the earlier runs' lines.
             let log = std::fs::OpenOptions::new()
@@ -114,7 +117,7 @@ pub async fn run(spec: SweepSpec, spec_path: &Path, opts: RunOptions) -> Result<
             let err = log.try_clone().map_err(io("cannot duplicate a log handle"))?;
             let child = Command::new(&bin)
                 .args(["--coordinator", &url, "--device", &opts.device, "--threads", &threads.to_string()])
-                .args(["--exit-when-drained", "--exit-with-parent", "--give-up-after-s", "20"])
+                .args(["--exit-when-drained", "--exit-with-parent", "--give-up-after-s", "20", "--slots", &slots.to_string()])
                 .arg("--checkpoint-dir")
                 .arg(sweep_dir(&opts.out, &sweep).join("checkpoints"))
                 .args(&opts.worker_args)
@@ -128,9 +131,10 @@ pub async fn run(spec: SweepSpec, spec_path: &Path, opts: RunOptions) -> Result<
                 .map_err(io(format!("cannot start {}", bin.display())))?;
             children.push(child);
         }
+        let who = if slots > 1 { format!("1 worker with {slots} slots") } else { format!("{procs} workers") };
         eprintln!(
-            "cbsweep: sweep {sweep}: {} trials ({} new), {} workers on {} with {threads} thread(s) each; coordinator {url}",
-            submitted.total, submitted.new, opts.workers, opts.device
+            "cbsweep: sweep {sweep}: {} trials ({} new), {who} on {} with {threads} thread(s) each; coordinator {url}",
+            submitted.total, submitted.new, opts.device
         );
         let outcome = watch(
             Progress::new(sweep.clone(), u64::from(submitted.total), u64::from(already), short),

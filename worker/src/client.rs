@@ -164,6 +164,32 @@ async fn connect(cfg: &WorkerConfig) -> Result<WorkerClient, WorkerError> {
     }
 }
 
+/// Runs several slots in one process: each its own registration with the coordinator and its
+/// own loop (`run`), leasing and training its packs beside the others on the same device, all
+/// told to stop by the same `shutdown`. Waits for every slot, so that none is cut off while it
+/// hands its leases back. Ends `Deadline` if any slot's deadline came; the first error of a
+/// slot, if any, after every slot has ended (a second signal's at once).
+pub async fn run_slots(slots: Vec<(WorkerConfig, Box<dyn Trainer>)>, shutdown: watch::Receiver<Shutdown>) -> Result<Ended, WorkerError> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (cfg, trainer)) in slots.into_iter().enumerate() {
+        let shutdown = shutdown.clone();
+        tasks.spawn(tracing::Instrument::instrument(run(cfg, trainer, shutdown), tracing::info_span!("slot", slot = i)));
+    }
+    let (mut ended, mut failed) = (Ended::Done, None);
+    while let Some(joined) = tasks.join_next().await {
+        match joined.unwrap_or_else(|e| Err(WorkerError::TrainerPanicked(format!("a slot's task ended: {e}")))) {
+            Ok(Ended::Deadline) => ended = Ended::Deadline,
+            Ok(Ended::Done) => {}
+            Err(WorkerError::Interrupted) => return Err(WorkerError::Interrupted),
+            Err(e) => {
+                tracing::error!(error = %e, "a slot stopped; the others go on until they end");
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    failed.map_or(Ok(ended), Err)
+}
+
 /// Runs the worker until drained (with `exit_when_drained`), until `shutdown` says stop, or
 /// until its deadline.
 pub async fn run(cfg: WorkerConfig, mut trainer: Box<dyn Trainer>, shutdown: watch::Receiver<Shutdown>) -> Result<Ended, WorkerError> {

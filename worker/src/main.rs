@@ -54,10 +54,18 @@ struct Args {
     /// over its threads; more per pack would only make the leases coarser).
     #[arg(long)]
     max_pack: Option<u32>,
+    /// Packs trained at once on this device, each leased by its own registration with the
+    /// coordinator (the memory budget is split among them). On a GPU a second slot keeps the
+    /// device busy while the first one's host side launches its kernels, when one pack of small
+    /// trials cannot fill it; on the CPU the engine already spreads a pack over the threads,
+    /// so keep 1 there.
+    #[arg(long, env = "CBSWEEP_SLOTS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    slots: u32,
     /// Memory a pack may take, e.g. 8GiB, 512MiB or bytes (0: no limit); the coordinator leases
     /// no more trials than fit by its memory model. Default: on the CPU half of the smaller of
     /// MemTotal and the process's cgroup memory limit (Slurm --mem, Kubernetes limits); on a GPU
-    /// 90% of the device's free memory (40 GiB when the CUDA runtime cannot tell).
+    /// 90% of the device's free memory (40 GiB when the CUDA runtime cannot tell). With --slots
+    /// the budget is the process's, split evenly among the slots.
     #[arg(long, env = "CBSWEEP_MEMORY_BUDGET", value_parser = cbsweep_common::memory::parse_bytes)]
     memory_budget: Option<u64>,
     /// Exit when the coordinator has no running sweep left (default: wait for more work).
@@ -128,7 +136,10 @@ fn torch_device(name: &str) -> anyhow::Result<tch::Device> {
     }
 }
 
-fn trainer(args: &Args) -> anyhow::Result<Box<dyn Trainer>> {
+/// One trainer per slot (`--slots`), after the process-wide set-up (the libtorch check, the
+/// device, the thread pools) done once.
+fn trainers(args: &Args) -> anyhow::Result<Vec<Box<dyn Trainer>>> {
+    let slots = 0..args.slots;
     match args.trainer.as_str() {
         "torch" => {
             // a libtorch of another release than the build's fails every trial: refuse at start
@@ -147,15 +158,23 @@ fn trainer(args: &Args) -> anyhow::Result<Box<dyn Trainer>> {
                 .thread_name(|i| format!("cbsweep-cpu-{i}"))
                 .build_global()
                 .context("cannot start the CPU engine's threads")?;
-            let trainer = cbsweep_worker::torch::TorchTrainer::new(device).with_engine(args.engine);
-            Ok(Box::new(trainer.with_checkpoint_dir(args.checkpoint_dir.clone())))
+            Ok(slots
+                .map(|_| {
+                    let trainer = cbsweep_worker::torch::TorchTrainer::new(device).with_engine(args.engine);
+                    Box::new(trainer.with_checkpoint_dir(args.checkpoint_dir.clone())) as Box<dyn Trainer>
+                })
+                .collect())
         }
-        "fake" => Ok(Box::new(FakeTrainer::new(FakeConfig {
-            epoch_ms: args.fake_epoch_ms,
-            fail_seeds: args.fake_fail_seeds.clone(),
-            diverge_seeds: args.fake_diverge_seeds.clone(),
-            execution_log: args.fake_execution_log.clone(),
-        }))),
+        "fake" => Ok(slots
+            .map(|_| {
+                Box::new(FakeTrainer::new(FakeConfig {
+                    epoch_ms: args.fake_epoch_ms,
+                    fail_seeds: args.fake_fail_seeds.clone(),
+                    diverge_seeds: args.fake_diverge_seeds.clone(),
+                    execution_log: args.fake_execution_log.clone(),
+                })) as Box<dyn Trainer>
+            })
+            .collect()),
         other => anyhow::bail!("--trainer {other:?}: expected torch or fake"),
     }
 }
@@ -187,8 +206,9 @@ fn deadline(args: &Args) -> anyhow::Result<Option<std::time::SystemTime>> {
     Ok(end.map(|end| cbsweep_worker::allocation::hand_back_at(end, Duration::from_secs(args.deadline_margin_s))))
 }
 
-async fn run(args: Args, trainer: Box<dyn Trainer>, deadline: Option<std::time::SystemTime>) -> anyhow::Result<Ended> {
-    let on_cpu = trainer.device() == "cpu";
+async fn run(args: Args, trainers: Vec<Box<dyn Trainer>>, deadline: Option<std::time::SystemTime>) -> anyhow::Result<Ended> {
+    let device = trainers.first().map(|t| t.device()).unwrap_or_default();
+    let on_cpu = device == "cpu";
     let threads = if args.threads > 0 { args.threads } else { cores() as u32 };
     let token = cbsweep_proto::client::read_token(args.token_file.as_deref())?
         .context("no token: pass --token-file FILE or set CBSWEEP_TOKEN (a coordinator writes its token to STATE/token)")?;
@@ -198,14 +218,15 @@ async fn run(args: Args, trainer: Box<dyn Trainer>, deadline: Option<std::time::
         max_pack: args.max_pack.unwrap_or(if on_cpu { threads } else { 64 }).max(1),
         memory_budget: match args.memory_budget {
             Some(bytes) => NonZeroU64::new(bytes),
-            None => match gpu_budget(&trainer.device()) {
+            None => match gpu_budget(&device) {
                 Some(bytes) => Some(bytes),
-                None => cbsweep_worker::budget::default_budget_explained(&trainer.device()).map(|b| {
+                None => cbsweep_worker::budget::default_budget_explained(&device).map(|b| {
                     tracing::info!(bytes = b.bytes.get(), source = %b.source, "default memory budget");
                     b.bytes
                 }),
             },
-        },
+        }
+        .map(|total| split_budget(total, args.slots)),
         exit_when_drained: args.exit_when_drained,
         give_up_after: Duration::from_secs(args.give_up_after_s),
         hostname: hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "unknown".into()),
@@ -215,7 +236,12 @@ async fn run(args: Args, trainer: Box<dyn Trainer>, deadline: Option<std::time::
         let in_s = d.duration_since(std::time::SystemTime::now()).map_or(0, |left| left.as_secs());
         tracing::info!(hand_back_in_s = in_s, "deadline: the trials go back with their checkpoints before the allocation ends");
     }
-    tracing::info!(max_pack = cfg.max_pack, memory_budget_bytes = cfg.memory_budget.map_or(0, NonZeroU64::get), "pack limits");
+    tracing::info!(
+        max_pack = cfg.max_pack,
+        memory_budget_bytes = cfg.memory_budget.map_or(0, NonZeroU64::get),
+        slots = args.slots,
+        "pack limits (each slot's)"
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(Shutdown::No);
     if args.exit_with_parent {
         let parent = nix::unistd::getppid();
@@ -253,7 +279,12 @@ async fn run(args: Args, trainer: Box<dyn Trainer>, deadline: Option<std::time::
             let _ = stop_tx.send(level);
         }
     });
-    Ok(client::run(cfg, trainer, stop_rx).await?)
+    Ok(client::run_slots(trainers.into_iter().map(|t| (cfg.clone(), t)).collect(), stop_rx).await?)
+}
+
+/// Each slot's share of the worker's memory budget (at least one byte).
+fn split_budget(total: NonZeroU64, slots: u32) -> NonZeroU64 {
+    NonZeroU64::new(total.get() / u64::from(slots.max(1))).unwrap_or(NonZeroU64::MIN)
 }
 
 fn main() -> ExitCode {
@@ -286,7 +317,7 @@ fn worker() -> u8 {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let trainer = match trainer(&args) {
+    let trainers = match trainers(&args) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("cbsweep-worker: {e:#}");
@@ -308,7 +339,7 @@ fn worker() -> u8 {
         }
     };
     // the runtime is dropped before the return: its tasks and threads end first
-    match runtime.block_on(run(args, trainer, deadline)) {
+    match runtime.block_on(run(args, trainers, deadline)) {
         Ok(Ended::Done) => exit::SUCCESS,
         Ok(Ended::Deadline) => exit::DEADLINE,
         Err(e) if matches!(e.downcast_ref(), Some(client::WorkerError::Interrupted)) => {
