@@ -1,5 +1,11 @@
 //! The CPU engine's arithmetic ground: the float types it computes in (`Real`) and its one
-//! matrix product, `gemm`'s AVX-512/AVX2 kernels over strided views of the engine's buffers.
+//! matrix product over strided views of the engine's buffers. The time loop's products (a
+//! batch of 64 rows against a weight of at most a few hundred columns, both operands row-major)
+//! run in float32 on AVX-512 through `avx512::matmul`, a register-tiled kernel that reads the
+//! operands where they lie: at these sizes `gemm`'s packing of both operands on every call
+//! costs as much as the arithmetic. Everything else (the weight gradients' large products with
+//! a transposed operand, float64, CPUs without AVX-512) goes to `gemm`'s kernels. Each kernel
+//! sums every output over k in order, so a product's result depends only on its operands.
 
 // `gemm` is an unsafe API over raw pointers; `matmul` is the one place that calls it, behind
 // bounds checks on every operand.
@@ -71,6 +77,27 @@ pub(super) fn matmul<T: Real>(dst: &mut [T], ld: usize, lhs: Mat<'_, T>, rhs: Ma
         }
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && lhs.cs == 1 && rhs.cs == 1 && avx512::available() {
+        // SAFETY: T is f32 (checked above), so the casts reinterpret nothing; the asserts above
+        // keep every element the kernel reads or writes inside the slices (its masked loads and
+        // stores touch no lane past a row's end), and the CPU has AVX-512F.
+        unsafe {
+            avx512::matmul(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr().cast::<f32>(),
+                ld,
+                lhs.data.as_ptr().cast::<f32>(),
+                lhs.rs,
+                rhs.data.as_ptr().cast::<f32>(),
+                rhs.rs,
+                accumulate,
+            );
+        }
+        return;
+    }
     // SAFETY: the asserts above keep every element gemm reads or writes inside the three slices,
     // and `dst` is borrowed mutably, so it cannot overlap `lhs` or `rhs`. T is f32 or f64 (Real),
     // both of which gemm supports.
@@ -99,6 +126,138 @@ pub(super) fn matmul<T: Real>(dst: &mut [T], ld: usize, lhs: Mat<'_, T>, rhs: Ma
     }
 }
 
+/// The float32 kernel for row-major operands on AVX-512: the output in tiles of up to 6 rows by
+/// 64 columns (24 accumulators in registers), each tile summing over k in order with fused
+/// multiply-adds of a broadcast left element and the right operand's row, the last vector of a
+/// tile masked to the columns that remain.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// Rows per tile.
+    const MR: usize = 6;
+
+    pub(super) fn available() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+
+    /// `dst = a . b` (or `dst += a . b`): dst [m, n] with row stride `ldd`, a [m, k] with row
+    /// stride `lda`, b [k, n] with row stride `ldb`, all row-major.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; every row i < m of dst holds n elements from `dst + i * ldd`, of a
+    /// k from `a + i * lda`, and every row of b n elements from `b + kk * ldb`; dst overlaps
+    /// neither operand.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn matmul(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: *mut f32,
+        ldd: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        accumulate: bool,
+    ) {
+        let mut j = 0;
+        while j < n {
+            let width = (n - j).min(64);
+            let vecs = width.div_ceil(16);
+            let tail = width - (vecs - 1) * 16;
+            let mask: __mmask16 = if tail == 16 { 0xFFFF } else { (1u16 << tail) - 1 };
+            // SAFETY: columns j .. j + width are inside every row (the caller's contract)
+            unsafe {
+                let (d, bj) = (dst.add(j), b.add(j));
+                match vecs {
+                    1 => rows::<1>(m, k, d, ldd, a, lda, bj, ldb, mask, accumulate),
+                    2 => rows::<2>(m, k, d, ldd, a, lda, bj, ldb, mask, accumulate),
+                    3 => rows::<3>(m, k, d, ldd, a, lda, bj, ldb, mask, accumulate),
+                    _ => rows::<4>(m, k, d, ldd, a, lda, bj, ldb, mask, accumulate),
+                }
+            }
+            j += 64;
+        }
+    }
+
+    /// One block of `C` vectors' columns, all m rows, in tiles of `MR` rows and one of the rest.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows<const C: usize>(
+        m: usize,
+        k: usize,
+        dst: *mut f32,
+        ldd: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        mask: __mmask16,
+        accumulate: bool,
+    ) {
+        let mut i = 0;
+        // SAFETY: rows i .. i + R < m of dst and a (the caller's contract)
+        unsafe {
+            while i + MR <= m {
+                tile::<MR, C>(k, dst.add(i * ldd), ldd, a.add(i * lda), lda, b, ldb, mask, accumulate);
+                i += MR;
+            }
+            let (d, ai) = (dst.add(i * ldd), a.add(i * lda));
+            match m - i {
+                5 => tile::<5, C>(k, d, ldd, ai, lda, b, ldb, mask, accumulate),
+                4 => tile::<4, C>(k, d, ldd, ai, lda, b, ldb, mask, accumulate),
+                3 => tile::<3, C>(k, d, ldd, ai, lda, b, ldb, mask, accumulate),
+                2 => tile::<2, C>(k, d, ldd, ai, lda, b, ldb, mask, accumulate),
+                1 => tile::<1, C>(k, d, ldd, ai, lda, b, ldb, mask, accumulate),
+                _ => {}
+            }
+        }
+    }
+
+    /// `R` rows by `C` vectors of columns (the last one masked by `mask`).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile<const R: usize, const C: usize>(
+        k: usize,
+        dst: *mut f32,
+        ldd: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        mask: __mmask16,
+        accumulate: bool,
+    ) {
+        let lane_mask = |c: usize| if c + 1 == C { mask } else { 0xFFFF };
+        // SAFETY: every load and store is inside a row of its operand (masked past the end)
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); C]; R];
+            for kk in 0..k {
+                let row = b.add(kk * ldb);
+                let mut bv = [_mm512_setzero_ps(); C];
+                for (c, v) in bv.iter_mut().enumerate() {
+                    *v = _mm512_maskz_loadu_ps(lane_mask(c), row.add(16 * c));
+                }
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*a.add(r * lda + kk));
+                    for (acc_rc, &v) in acc_r.iter_mut().zip(&bv) {
+                        *acc_rc = _mm512_fmadd_ps(av, v, *acc_rc);
+                    }
+                }
+            }
+            for (r, acc_r) in acc.iter().enumerate() {
+                for (c, &sum) in acc_r.iter().enumerate() {
+                    let p = dst.add(r * ldd + 16 * c);
+                    let v = if accumulate { _mm512_add_ps(_mm512_maskz_loadu_ps(lane_mask(c), p), sum) } else { sum };
+                    _mm512_mask_storeu_ps(p, lane_mask(c), v);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +270,50 @@ mod tests {
         let mut dst = [1.0; 4];
         matmul(&mut dst, 2, Mat::new(&lhs, 2, 3), Mat::new(&rhs_t, 2, 3).t(), true);
         assert_eq!(dst, [1.0 - 2.0, 1.0 + 4.0, 1.0 - 2.0, 1.0 + 13.0]);
+    }
+
+    /// The float32 kernel against the same product in float64 summed in order, at the shapes the
+    /// time loop uses and at ragged ones (every tile and mask width), strided and accumulating;
+    /// the columns past each row's end stay untouched.
+    #[test]
+    fn float32_products_match_float64_at_every_tile_shape() {
+        let mut state = 0x9e37_79b9_u32;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (f64::from(state) / f64::from(u32::MAX)) as f32 - 0.5
+        };
+        for &(m, k, n) in
+            &[(64, 64, 320), (64, 256, 64), (64, 202, 202), (64, 2, 64), (64, 64, 2), (1, 1, 1), (7, 3, 17), (13, 65, 129), (5, 9, 48)]
+        {
+            for accumulate in [false, true] {
+                let (lda, ldb, ldd) = (k + 3, n + 5, n + 7);
+                let a: Vec<f32> = (0..m * lda).map(|_| next()).collect();
+                let b: Vec<f32> = (0..k * ldb).map(|_| next()).collect();
+                let before: Vec<f32> = (0..m * ldd).map(|_| next()).collect();
+                let mut dst = before.clone();
+                matmul(&mut dst, ldd, Mat::strided(&a, m, k, lda), Mat::strided(&b, k, n, ldb), accumulate);
+                for i in 0..m {
+                    for j in 0..ldd {
+                        let got = dst[i * ldd + j];
+                        if j >= n {
+                            assert_eq!(
+                                got.to_bits(),
+                                before[i * ldd + j].to_bits(),
+                                "({m}, {k}, {n}): column {j} past the row's end was written"
+                            );
+                            continue;
+                        }
+                        let sum: f64 = (0..k).map(|kk| f64::from(a[i * lda + kk]) * f64::from(b[kk * ldb + j])).sum();
+                        let want = if accumulate { f64::from(before[i * ldd + j]) + sum } else { sum };
+                        assert!(
+                            (f64::from(got) - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "({m}, {k}, {n}) [{i}, {j}]: {got} against {want}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
