@@ -42,9 +42,14 @@ enum What {
         /// Pack sizes to measure.
         #[arg(long, value_delimiter = ',', default_value = "1,8,32,128")]
         packs: Vec<usize>,
-        /// Curriculum level N (fixed).
-        #[arg(long, default_value_t = 10)]
-        level: u32,
+        /// Curriculum levels N (fixed), each measured on its own, e.g. 10,35 (N = 35: T up to 141,
+        /// where the study's long runs spend their time).
+        #[arg(long, alias = "level", value_delimiter = ',', default_value = "10")]
+        levels: Vec<u32>,
+        /// Rounds of the baseline and every candidate, interleaved (baseline, candidates,
+        /// baseline, ...): the table shows the median and the range of each ratio over them.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Device: cpu or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
@@ -159,9 +164,19 @@ fn main() -> anyhow::Result<()> {
     if let What::Results { rows } = what {
         return results::bench_results(rows);
     }
-    if let What::Train { packs, level, device, trial_steps, threads, engines, estimate_level, python, baseline } = &what {
+    if let What::Train { packs, levels, rounds, device, trial_steps, threads, engines, estimate_level, python, baseline } = &what {
         let files = train::Baseline::find(python.as_deref(), baseline.as_deref())?;
-        return train::bench_train(packs, *level, device, *trial_steps, *threads, engines, *estimate_level, &files);
+        let b = train::TrainBench {
+            packs: packs.clone(),
+            levels: levels.clone(),
+            device: device.clone(),
+            trial_steps: *trial_steps,
+            threads: *threads,
+            engines: engines.clone(),
+            estimate_level: *estimate_level,
+            rounds: *rounds,
+        };
+        return train::bench_train(&b, &files);
     }
     if let What::Memory { engines, packs, level, trial_steps } = &what {
         return memory::bench_memory(engines, packs, *level, *trial_steps);
@@ -175,7 +190,7 @@ fn main() -> anyhow::Result<()> {
         results::bench_results(1_000_000)?;
         e2e::bench_e2e(None, 2)?;
         let files = train::Baseline::find(None, None)?;
-        train::bench_train(&[1, 8, 32, 128], 10, "cpu", 256, 0, &["fused".into(), "libtorch".into()], 35, &files)?;
+        train::bench_train(&train::TrainBench::default(), &files)?;
         memory::bench_memory(&["fused".into(), "libtorch".into()], &[1, 8, 32], 10, 8)?;
     }
     Ok(())

@@ -1,48 +1,114 @@
-//! The CPU's float32 ceiling, measured for `train`'s table: the peak of its threads from
-//! independent fused multiply-adds on full vector registers (AVX-512 where the CPU has it, else
-//! AVX2), and what one large matrix product on one thread reaches. No baseline of its own: its
-//! numbers are the denominators of `train`'s peak column.
+//! The CPU's float32 ceiling, measured for `train`'s table: the peak of N cores at once from
+//! independent fused multiply-adds on full vector registers, the best of AVX-512 and AVX2 and of
+//! 8, 12 and 16 independent accumulators (enough to cover the FMA latency on both FMA ports of
+//! current x86 cores: 4 cycles x 2 ports needs 8 in flight), and what one large matrix product
+//! on one thread reaches. No baseline of its own: its numbers are the denominators of
+//! `train`'s peak column.
 
 use std::time::Instant;
 
-/// The fp32 peak of `threads` cores, measured: each thread runs independent fused multiply-adds
-/// on full vector registers (AVX-512 where the CPU has it, else AVX2) for a fixed count, all
-/// threads at once, so the clock is the one every core runs at under load.
-pub(crate) fn measured_peak(threads: usize) -> (f64, &'static str) {
-    let avx512 = cfg!(target_arch = "x86_64") && std::arch::is_x86_feature_detected!("avx512f");
-    let iters = 20_000_000usize;
-    let t0 = Instant::now();
-    let flop_per_thread: f64 = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads).map(|_| scope.spawn(move || fma_burst(iters, avx512))).collect();
-        handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum::<f64>()
-    });
-    let rate = flop_per_thread / t0.elapsed().as_secs_f64();
-    (rate, if avx512 { "AVX-512 FMA loop" } else { "AVX2 FMA loop" })
+/// A measured peak: FLOP/s and how it was reached.
+#[derive(Clone, Debug)]
+pub(crate) struct Peak {
+    pub(crate) rate: f64,
+    pub(crate) how: String,
 }
 
-/// FLOP done by `iters` rounds of 12 independent vector FMAs.
+/// The fp32 peak of `threads` cores, measured: each thread runs independent fused multiply-adds
+/// for a fixed count, all threads at once, so the clock is the one every core runs at under
+/// load; the best of every vector width the CPU has and of 8, 12 and 16 accumulators.
+pub(crate) fn measured_peak(threads: usize) -> Peak {
+    let mut best = Peak { rate: 0.0, how: "no FMA loop ran".into() };
+    for width in Width::available() {
+        for chains in [8usize, 12, 16] {
+            // about 8 GFLOP per thread: tens of milliseconds, long enough for a steady clock
+            let iters = 4_000_000_000 / chains / width.lanes();
+            let t0 = Instant::now();
+            let flop: f64 = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..threads).map(|_| scope.spawn(move || fma_burst(width, chains, iters))).collect();
+                handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum::<f64>()
+            });
+            let rate = flop / t0.elapsed().as_secs_f64();
+            if rate > best.rate {
+                best = Peak { rate, how: format!("{} FMA loop, {chains} accumulators per thread", width.name()) };
+            }
+        }
+    }
+    best
+}
+
+/// A vector width with FMA.
+#[derive(Clone, Copy, Debug)]
+enum Width {
+    Avx512,
+    Avx2,
+}
+
+impl Width {
+    fn available() -> Vec<Width> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let mut v = vec![];
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                v.push(Width::Avx512);
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                v.push(Width::Avx2);
+            }
+            v
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        vec![]
+    }
+
+    fn lanes(self) -> usize {
+        match self {
+            Width::Avx512 => 16,
+            Width::Avx2 => 8,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Width::Avx512 => "AVX-512",
+            Width::Avx2 => "AVX2",
+        }
+    }
+}
+
+/// FLOP done by `iters` rounds of `chains` (8, 12 or 16) independent vector FMAs.
 #[allow(unsafe_code)]
-fn fma_burst(iters: usize, avx512: bool) -> f64 {
+fn fma_burst(width: Width, chains: usize, iters: usize) -> f64 {
+    assert!(matches!(chains, 8 | 12 | 16), "8, 12 or 16 accumulators");
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: each function is only called where the CPU was found to have its features.
-        let (sink, lanes) = if avx512 { (unsafe { fma_avx512(iters) }, 16.0) } else { (unsafe { fma_avx2(iters) }, 8.0) };
+        // SAFETY: each function is only called where `Width::available` found its features.
+        let sink = unsafe {
+            match (width, chains) {
+                (Width::Avx512, 8) => fma_avx512::<8>(iters),
+                (Width::Avx512, 12) => fma_avx512::<12>(iters),
+                (Width::Avx512, _) => fma_avx512::<16>(iters),
+                (Width::Avx2, 8) => fma_avx2::<8>(iters),
+                (Width::Avx2, 12) => fma_avx2::<12>(iters),
+                (Width::Avx2, _) => fma_avx2::<16>(iters),
+            }
+        };
         std::hint::black_box(sink);
-        iters as f64 * 12.0 * lanes * 2.0
+        iters as f64 * chains as f64 * width.lanes() as f64 * 2.0
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (iters, avx512);
+        let _ = (width, chains, iters);
         0.0
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn fma_avx512(iters: usize) -> f32 {
+fn fma_avx512<const K: usize>(iters: usize) -> f32 {
     use std::arch::x86_64::*;
     let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
-    let mut acc = [_mm512_set1_ps(1.0); 12];
+    let mut acc = [_mm512_set1_ps(1.0); K];
     for _ in 0..iters {
         for r in &mut acc {
             *r = _mm512_fmadd_ps(*r, a, b);
@@ -53,10 +119,10 @@ fn fma_avx512(iters: usize) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn fma_avx2(iters: usize) -> f32 {
+fn fma_avx2<const K: usize>(iters: usize) -> f32 {
     use std::arch::x86_64::*;
     let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
-    let mut acc = [_mm256_set1_ps(1.0); 12];
+    let mut acc = [_mm256_set1_ps(1.0); K];
     for _ in 0..iters {
         for r in &mut acc {
             *r = _mm256_fmadd_ps(*r, a, b);

@@ -53,26 +53,50 @@ fn located(flag: Option<&Path>, name: &str, var: &str, default: &str, what: &str
     Ok(path)
 }
 
+/// What `train` measures (its command line).
+#[derive(Clone, Debug)]
+pub(crate) struct TrainBench {
+    pub(crate) packs: Vec<usize>,
+    /// Curriculum levels N, each measured on its own.
+    pub(crate) levels: Vec<u32>,
+    pub(crate) device: String,
+    /// Trial-steps per measurement.
+    pub(crate) trial_steps: usize,
+    /// Threads in this process (0: the machine's cores).
+    pub(crate) threads: usize,
+    pub(crate) engines: Vec<String>,
+    /// The top level of the main comparison's estimate (0: none).
+    pub(crate) estimate_level: u32,
+    /// Rounds of baseline and candidates, interleaved (A B A B ...).
+    pub(crate) rounds: usize,
+}
+
+impl Default for TrainBench {
+    fn default() -> Self {
+        Self {
+            packs: vec![1, 8, 32, 128],
+            levels: vec![10],
+            device: "cpu".into(),
+            trial_steps: 256,
+            threads: 0,
+            engines: vec!["fused".into(), "libtorch".into()],
+            estimate_level: 35,
+            rounds: 3,
+        }
+    }
+}
+
 /// Trial-steps per second of the Python baseline: `procs` processes of one thread each (one per
-/// core on the CPU, one on a GPU), on `device`.
-fn baseline(files: &Baseline, arch: Arch, level: u32, procs: usize, device: &str) -> anyhow::Result<f64> {
+/// core on the CPU, one on a GPU), on `device`, each training one trial of `t`'s shapes.
+fn baseline(files: &Baseline, t: &TrialSpec, level: u32, procs: usize, device: &str) -> anyhow::Result<f64> {
     let (py, script) = (&files.python, &files.script);
     let children: Vec<_> = (0..procs)
         .map(|i| {
             std::process::Command::new(py)
                 .arg(script)
-                .args([
-                    "--arch",
-                    &arch.to_string(),
-                    "--level",
-                    &level.to_string(),
-                    "--steps",
-                    "40",
-                    "--seed",
-                    &i.to_string(),
-                    "--device",
-                    device,
-                ])
+                .args(["--arch", &t.arch.to_string(), "--level", &level.to_string(), "--steps", "40", "--seed", &i.to_string()])
+                .args(["--hidden", &t.hidden.to_string(), "--granule", &t.granule.to_string(), "--purkinje", &t.purkinje.to_string()])
+                .args(["--device", device])
                 .stdout(std::process::Stdio::piped())
                 .spawn()
                 .with_context(|| format!("cannot run {} (pass --python PATH or set CBSWEEP_BENCH_PYTHON)", py.display()))
@@ -101,18 +125,48 @@ fn flop_per_trial_step(t: &TrialSpec, level: u32) -> f64 {
     2.0 * 3.0 * forward_macs * f64::from(t.budget.batch_size) * mean_t
 }
 
-pub(crate) fn bench_train(
-    packs: &[usize],
-    level: u32,
-    device: &str,
-    trial_steps: usize,
-    threads: usize,
-    engines: &[String],
-    estimate_level: u32,
-    files: &Baseline,
-) -> anyhow::Result<()> {
+/// One row of the table: what is timed, and on how many cores (for its share of the peak).
+#[derive(Clone, Copy)]
+enum Row {
+    /// The study's loop, one process of one thread per core (one on a GPU).
+    Baseline,
+    /// A pack of M trials in this process, on its threads.
+    Pack(cbsweep_worker::torch::Engine, usize),
+    /// `cbsweep run`'s way on a CPU node: one single-thread process per thread, one trial each.
+    PerProcess(cbsweep_worker::torch::Engine),
+}
+
+/// The rates of one row over the rounds, and its ratios to the baseline of the same round.
+struct Measured {
+    row: Row,
+    rates: Vec<f64>,
+    ratios: Vec<f64>,
+}
+
+fn engine_name(e: cbsweep_worker::torch::Engine) -> &'static str {
+    match e {
+        cbsweep_worker::torch::Engine::Fused => "fused",
+        cbsweep_worker::torch::Engine::Libtorch => "libtorch",
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+pub(crate) fn bench_train(b: &TrainBench, files: &Baseline) -> anyhow::Result<()> {
     use cbsweep_worker::torch::Engine;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let device = b.device.as_str();
     let dev = match device {
         "cpu" => tch::Device::Cpu,
         d => {
@@ -120,92 +174,101 @@ pub(crate) fn bench_train(
             tch::Device::Cuda(d.strip_prefix("cuda:").and_then(|n| n.parse().ok()).context("--device: cpu or cuda:N")?)
         }
     };
-    let engines: Vec<Engine> = engines.iter().map(|e| e.parse().map_err(|e| anyhow::anyhow!("--engines {e}"))).collect::<Result<_, _>>()?;
-    let threads = if threads == 0 { cores } else { threads };
+    let engines: Vec<Engine> =
+        b.engines.iter().map(|e| e.parse().map_err(|e| anyhow::anyhow!("--engines {e}"))).collect::<Result<_, _>>()?;
+    let threads = if b.threads == 0 { cores } else { b.threads };
+    anyhow::ensure!(b.rounds >= 1, "--rounds: at least 1");
     tch::set_num_threads(threads as i32);
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
-    let (peak, how) = measured_peak(threads);
     // the study's way on this device: one trial per process, a process per core on the CPU and
     // one on a GPU
     let base_procs = if dev == tch::Device::Cpu { cores } else { 1 };
+    // each row's share is of the peak of the cores it ran on
+    let mut peaks = std::collections::BTreeMap::new();
+    for n in [threads, base_procs, 1] {
+        peaks.entry(n).or_insert_with(|| measured_peak(n));
+    }
     println!(
-        "train: level N = {level}, batch 64, {cores} cores, {threads} thread(s), device {device}; baseline = {}, {base_procs} process(es) x 1 thread on {device}",
+        "train: batch 64, {cores} cores, {threads} thread(s), device {device}, {} interleaved rounds; baseline = {}, {base_procs} process(es) x 1 thread on {device}",
+        b.rounds,
         files.script.display()
     );
     if dev == tch::Device::Cpu {
-        let gemm = large_gemm_rate();
-        println!(
-            "  fp32 peak of {threads} thread(s): {:.0} GFLOP/s (measured: {how}); one large sgemm on one thread reaches {:.1} GFLOP/s",
-            peak / 1e9,
-            gemm / 1e9
-        );
+        for (n, peak) in &peaks {
+            println!("  fp32 peak of {n} core(s) at once: {:.0} GFLOP/s ({})", peak.rate / 1e9, peak.how);
+        }
+        println!("  one large sgemm (1024^3) on one thread reaches {:.1} GFLOP/s", large_gemm_rate() / 1e9);
     }
-    println!(
-        "{:<6} {:<9} {:>5} {:>14} {:>9} {:>7} {:>12} {:>8}",
-        "arch", "engine", "M", "trial-steps/s", "GFLOP/s", "peak", "baseline", "ratio"
-    );
-    for arch in [Arch::Cbrnn, Arch::Rnn] {
-        let base = baseline(files, arch, level, base_procs, device)?;
-        let flop = flop_per_trial_step(&spec(arch, 0, level, 1), level);
+    let mut rows = vec![Row::Baseline];
+    for &engine in &engines {
+        if engine == Engine::Fused && dev != tch::Device::Cpu {
+            continue;
+        }
+        rows.extend(b.packs.iter().map(|&m| Row::Pack(engine, m)));
+        if dev == tch::Device::Cpu && threads > 1 {
+            rows.push(Row::PerProcess(engine));
+        }
+    }
+    for &level in &b.levels {
+        println!("level N = {level} (T from {} to {})", level + 2, 4 * level + 1);
         println!(
-            "{:<6} {:<9} {:>5} {:>14.1} {:>9.1} {:>6.1}% {:>12} {:>8}",
-            arch.to_string(),
-            "baseline",
-            "1/proc",
-            base,
-            base * flop / 1e9,
-            100.0 * base * flop / peak,
-            "",
-            "1.00x"
+            "{:<6} {:<9} {:>6} {:>14} {:>9} {:>7} {:>8} {:>15}",
+            "arch", "engine", "M", "trial-steps/s", "GFLOP/s", "peak", "ratio", "ratio range"
         );
-        for &engine in &engines {
-            let name = match engine {
-                Engine::Fused if dev != tch::Device::Cpu => continue,
-                Engine::Fused => "fused",
-                Engine::Libtorch => "libtorch",
-            };
-            for &m in packs {
-                let rate = time_pack(arch, engine, dev, m, level, trial_steps)?;
-                let gflops = rate * flop / 1e9;
-                println!(
-                    "{:<6} {:<9} {:>5} {:>14.1} {:>9.1} {:>6.1}% {:>12.1} {:>7.2}x",
-                    arch.to_string(),
-                    name,
-                    m,
-                    rate,
-                    gflops,
-                    100.0 * gflops * 1e9 / peak,
-                    base,
-                    rate / base
-                );
+        for arch in [Arch::Cbrnn, Arch::Rnn] {
+            let shape = spec(arch, 0, level, 1);
+            let flop = flop_per_trial_step(&shape, level);
+            let mut measured: Vec<Measured> = rows.iter().map(|&row| Measured { row, rates: vec![], ratios: vec![] }).collect();
+            // rounds interleave the baseline and every candidate, so a host that drifts (other
+            // work, a clock) shows as a spread of the ratio, not as a ratio
+            for _ in 0..b.rounds {
+                let base = baseline(files, &shape, level, base_procs, device)?;
+                for m in &mut measured {
+                    let rate = match m.row {
+                        Row::Baseline => base,
+                        Row::Pack(engine, pack) => time_pack(arch, engine, dev, pack, level, b.trial_steps)?,
+                        Row::PerProcess(engine) => per_process_rate(arch, engine_name(engine), threads, level, b.trial_steps)?,
+                    };
+                    m.rates.push(rate);
+                    m.ratios.push(rate / base);
+                }
             }
-            if dev == tch::Device::Cpu && threads > 1 {
-                // what `cbsweep run` does on a CPU node: one single-threaded worker per core,
-                // each training its own trials (packs of one), as the baseline's processes do
-                let rate = per_process_rate(arch, name, threads, level, trial_steps)?;
+            for m in &measured {
+                let (name, pack, cores_used) = match m.row {
+                    Row::Baseline => ("baseline", "1/proc".to_string(), base_procs),
+                    Row::Pack(engine, pack) => (engine_name(engine), pack.to_string(), threads),
+                    Row::PerProcess(engine) => (engine_name(engine), "1/proc".to_string(), threads),
+                };
+                let rate = median(&m.rates);
                 let gflops = rate * flop / 1e9;
+                let peak = peaks[&cores_used].rate;
+                let (lo, hi) = m.ratios.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
                 println!(
-                    "{:<6} {:<9} {:>5} {:>14.1} {:>9.1} {:>6.1}% {:>12.1} {:>7.2}x",
+                    "{:<6} {:<9} {:>6} {:>14.1} {:>9.1} {:>6.1}% {:>7.2}x {:>15}",
                     arch.to_string(),
                     name,
-                    "1/proc",
+                    pack,
                     rate,
                     gflops,
                     100.0 * gflops * 1e9 / peak,
-                    base,
-                    rate / base
+                    median(&m.ratios),
+                    format!("{lo:.2}-{hi:.2}x")
                 );
             }
         }
     }
     println!(
-        "  (M: trials in one pack in one process of {threads} thread(s); 1/proc: {threads} processes of one thread, one trial each, as `cbsweep run` starts them)"
+        "  (M: trials in one pack in one process of {threads} thread(s); 1/proc: {threads} processes of one thread, one trial each, as `cbsweep run` starts them; the baseline: {base_procs} process(es) of one thread, one trial each)"
+    );
+    println!(
+        "  (medians over {} rounds; ratio: to the baseline of the same round, with its range; peak: the share of the fp32 peak of the cores the row ran on)",
+        b.rounds
     );
     println!(
         "  (a timed pack includes its test pass: one test batch per epoch of `steps` SGD steps; FLOP counts the matrix products of the SGD steps only)"
     );
-    if estimate_level > 0 {
-        estimate_main_comparison(dev, device, estimate_level)?;
+    if b.estimate_level > 0 {
+        estimate_main_comparison(dev, device, b.estimate_level)?;
     }
     Ok(())
 }
