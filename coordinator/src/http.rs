@@ -4,7 +4,8 @@
 //! cluster's network reaches) or only callers with the coordinator's bearer token
 //! (`MetricsAccess::Token`, compared in constant time as the gRPC side does). A scrape is
 //! answered from the counts the scheduler keeps in memory and reads no trial row, so scrapers
-//! cannot slow the scheduler down however many trials there are.
+//! cannot slow the scheduler down however many trials there are. The dashboard's pages, when
+//! served (`serve_with`), are `crate::dashboard`'s routes merged into this router.
 
 use crate::scheduler::{MetricsReport, SchedulerHandle};
 use crate::server::Token;
@@ -18,7 +19,6 @@ use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use subtle::ConstantTimeEq;
 
 /// Who may read /metrics (the probes answer everyone).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -54,17 +54,32 @@ pub async fn serve(
     metrics: MetricsAccess,
     token: Token,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    serve_with(addr, sched, ready, metrics, token, None).await
+}
+
+/// Like `serve`, with the dashboard's pages and data when `dashboard` is given.
+pub async fn serve_with(
+    addr: SocketAddr,
+    sched: SchedulerHandle,
+    ready: Arc<AtomicBool>,
+    metrics: MetricsAccess,
+    token: Token,
+    dashboard: Option<crate::dashboard::Dashboard>,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let gate = match metrics {
         MetricsAccess::Open => Gate::Open,
         MetricsAccess::Token => Gate::Token(token),
     };
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(scrape))
-        .with_state(Ctx { sched, ready, gate });
+        .with_state(Ctx { sched: sched.clone(), ready, gate });
+    if let Some(d) = dashboard {
+        app = app.merge(crate::dashboard::router(d, sched));
+    }
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "http endpoint stopped");
@@ -93,8 +108,7 @@ async fn scrape(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
 
 /// Whether the request carries `Authorization: Bearer <token>` (constant-time comparison).
 fn bearer_matches(headers: &HeaderMap, token: &Token) -> bool {
-    let given = headers.get(AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")).unwrap_or(b"");
-    !given.is_empty() && bool::from(given.ct_eq(token.0.as_bytes()))
+    token.matches(headers.get(AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")).unwrap_or(b""))
 }
 
 /// Prometheus text exposition of the scheduler's metrics report.

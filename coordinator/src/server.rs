@@ -13,6 +13,13 @@ use tonic::{Request, Status};
 #[derive(Clone)]
 pub struct Token(pub String);
 
+impl Token {
+    /// Whether `given` is this token (constant-time comparison; an empty `given` never is).
+    pub fn matches(&self, given: &[u8]) -> bool {
+        !given.is_empty() && bool::from(given.ct_eq(self.0.as_bytes()))
+    }
+}
+
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Token(..)")
@@ -34,7 +41,7 @@ fn check_token(req: Request<()>, token: &Token) -> Result<Request<()>, Status> {
         return Err(Status::unauthenticated("missing bearer token: pass --token-file or set CBSWEEP_TOKEN"));
     };
     let given = value.as_bytes().strip_prefix(b"Bearer ").unwrap_or(b"");
-    if given.ct_eq(token.0.as_bytes()).into() { Ok(req) } else { Err(Status::unauthenticated("wrong bearer token")) }
+    if token.matches(given) { Ok(req) } else { Err(Status::unauthenticated("wrong bearer token")) }
 }
 
 /// A running server; dropping `shutdown` (or sending on it) stops it gracefully.
