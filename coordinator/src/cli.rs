@@ -228,21 +228,17 @@ pub async fn coordinator(
     let mut events = sched.subscribe();
     let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(addr) = http_listen {
-        let dashboard = crate::dashboard::Dashboard { token: token.clone(), state_dir: state.to_owned(), tls: false };
-        let (local, _) = crate::http::serve_with(addr, sched.clone(), ready.clone(), metrics, token.clone(), Some(dashboard))
+        let dashboard = crate::dashboard::Dashboard { token: token.clone(), state_dir: state.to_owned(), tls: tls.is_some() };
+        let (local, _) = crate::http::serve_with(addr, sched.clone(), ready.clone(), metrics, token.clone(), Some(dashboard), tls.as_ref())
             .await
-            .map_err(io(format!("cannot listen on {addr}")))?;
+            .map_err(io(format!("cannot serve HTTP on {addr}")))?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let access = match metrics {
             crate::http::MetricsAccess::Open => "open to anyone who reaches it: keep this address internal",
             crate::http::MetricsAccess::Token => "the coordinator's bearer token required",
         };
-        eprintln!("cbsweep coordinator: health and metrics on http://{local}/metrics ({access})");
-        eprintln!("cbsweep coordinator: dashboard on http://{local}/ (log in with the coordinator's token)");
-        if tls.is_some() {
-            eprintln!(
-                "cbsweep coordinator: warning: --http-listen serves plain HTTP (the dashboard included) even with --tls-cert: keep it on loopback and reach it through an SSH tunnel"
-            );
-        }
+        eprintln!("cbsweep coordinator: health and metrics on {scheme}://{local}/metrics ({access})");
+        eprintln!("cbsweep coordinator: dashboard on {scheme}://{local}/ (log in with the coordinator's token)");
     }
     let running = server::serve_with(listen, sched.clone(), token, tls).await.map_err(io(format!("cannot serve on {listen}")))?;
     ready.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -147,6 +147,7 @@ pub async fn run(spec: SweepSpec, spec_path: &Path, opts: RunOptions) -> Result<
             crate::http::MetricsAccess::Token,
             token.clone(),
             Some(dashboard),
+            None,
         )
         .await
         .map_err(io(format!("cannot serve the dashboard on {}", opts.dashboard_listen)))?;

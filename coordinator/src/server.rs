@@ -58,6 +58,26 @@ pub struct TlsFiles {
     pub key: Vec<u8>,
 }
 
+impl TlsFiles {
+    /// A rustls server configuration of this certificate and key (ring), for the HTTP side;
+    /// the gRPC side gives the same PEM to tonic.
+    pub fn rustls_config(&self) -> std::io::Result<std::sync::Arc<tokio_rustls::rustls::ServerConfig>> {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |what: &str, e: &dyn std::fmt::Display| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{what}: {e}"));
+        let certs = CertificateDer::pem_slice_iter(&self.cert).collect::<Result<Vec<_>, _>>().map_err(|e| bad("TLS certificate", &e))?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key).map_err(|e| bad("TLS key", &e))?;
+        let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad("TLS versions", &e))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| bad("TLS certificate or key", &e))?;
+        Ok(std::sync::Arc::new(config))
+    }
+}
+
 /// Binds `listen` (port 0 picks a free one) and serves both services in plain text.
 pub async fn serve(listen: SocketAddr, sched: SchedulerHandle, token: Token) -> std::io::Result<Running> {
     serve_with(listen, sched, token, None).await

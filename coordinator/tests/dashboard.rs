@@ -83,6 +83,7 @@ async fn the_dashboard_serves_the_results_crates_numbers_to_token_holders_only()
         MetricsAccess::Open,
         Token(TOKEN.into()),
         Some(dashboard),
+        None,
     )
     .await
     .unwrap();
