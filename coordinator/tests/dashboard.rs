@@ -43,6 +43,20 @@ async fn fetch(addr: std::net::SocketAddr, path: &'static str, headers: String) 
     tokio::task::spawn_blocking(move || get(addr, path, &headers, Duration::from_secs(2))).await.unwrap()
 }
 
+/// POST /login with a form body: the status and the head.
+fn post_login(addr: std::net::SocketAddr, form: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST /login HTTP/1.1\r\nHost: test\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+        form.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    (raw.split(' ').nth(1).unwrap().parse().unwrap(), raw.split_once("\r\n\r\n").unwrap().0.to_string())
+}
+
 fn bearer() -> String {
     format!("Authorization: Bearer {TOKEN}\r\n")
 }
@@ -110,6 +124,12 @@ async fn the_dashboard_serves_the_results_crates_numbers_to_token_holders_only()
     let cookie = head.lines().find_map(|l| l.strip_prefix("set-cookie: ")).expect("a cookie").to_string();
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && !cookie.contains(TOKEN), "{cookie}");
     let session = format!("Cookie: {}\r\n", cookie.split(';').next().unwrap());
+    // The login form: the right token gets the same cookie and the overview, a wrong one the
+    // form again and no cookie.
+    let (code, head) = tokio::task::spawn_blocking(move || post_login(addr, "token=t0ken")).await.unwrap();
+    assert!(code == 303 && head.contains("location: /\r") && head.contains(&cookie), "{head}");
+    let (code, head) = tokio::task::spawn_blocking(move || post_login(addr, "token=t0ke")).await.unwrap();
+    assert!(code == 303 && head.contains("location: /login?wrong=1") && !head.contains("set-cookie"), "{head}");
     let (code, _, page) = fetch(addr, "/sweeps/g", session.clone()).await;
     assert!(code == 200 && page.contains("/assets/uPlot.iife.min.js"), "{page}");
     let (code, head, js) = fetch(addr, "/assets/uPlot.iife.min.js", String::new()).await;
