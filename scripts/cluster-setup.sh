@@ -5,6 +5,8 @@
 # tests then skip with a message of their own. It starts no daemon; the tests start their own
 # one-node cluster from a fresh temporary folder and stop it by pid.
 # Network namespaces (tests/tests/netns.rs) need only iproute2's `ip`, installed the same way.
+# The dashboard's browser test (tests/tests/dashboard.rs) needs Debian's chromium and
+# chromium-driver (headless Chromium and its WebDriver), installed the same way.
 set -euo pipefail
 
 need=()
@@ -13,21 +15,28 @@ for c in slurmctld:slurmctld slurmd:slurmd sbatch:slurm-client munged:munge; do
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if [ ${#need[@]} -eq 0 ]; then
-  echo "cluster-setup: slurm, munge and iproute2 already installed"
+  echo "cluster-setup: slurm, munge, iproute2, chromium and chromium-driver already installed"
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
-  echo "cluster-setup: not root; not installing ${need[*]} (the Slurm tests will skip)"
+  echo "cluster-setup: not root; not installing ${need[*]} (the Slurm, namespace and browser tests will skip)"
   exit 0
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
-  echo "cluster-setup: no apt-get here; not installing ${need[*]} (the Slurm tests will skip)"
+  echo "cluster-setup: no apt-get here; not installing ${need[*]} (the Slurm, namespace and browser tests will skip)"
   exit 0
 fi
 # slurm-wlm pulls slurmctld, slurmd and slurm-client; munge is its authentication daemon.
-pkgs=(slurm-wlm munge)
-case " ${need[*]} " in *" iproute2 "*) pkgs+=(iproute2) ;; esac
+pkgs=()
+case " ${need[*]} " in *" slurmctld "*|*" slurmd "*|*" slurm-client "*|*" munge "*) pkgs+=(slurm-wlm munge) ;; esac
+for p in iproute2 chromium chromium-driver; do
+  case " ${need[*]} " in *" $p "*) pkgs+=("$p") ;; esac
+done
+# a font for the pages' text in the browser test's screenshots
+case " ${pkgs[*]} " in *" chromium "*) pkgs+=(fonts-dejavu-core) ;; esac
 echo "cluster-setup: installing ${pkgs[*]} (missing: ${need[*]})"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
@@ -39,3 +48,4 @@ for svc in slurmctld slurmd munge; do
   fi
 done
 echo "cluster-setup: installed $(dpkg-query -W -f='slurm-wlm ${Version}, munge ' slurm-wlm 2>/dev/null)$(dpkg-query -W -f='${Version}' munge 2>/dev/null)"
+echo "cluster-setup: chromium $(dpkg-query -W -f='${Version}' chromium 2>/dev/null || echo 'not installed')"

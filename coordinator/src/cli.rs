@@ -39,6 +39,8 @@ pub enum CliError {
     Store(#[from] crate::store::StoreError),
     #[error("no token: pass --token-file FILE or set CBSWEEP_TOKEN (the coordinator printed where it wrote its token)")]
     NoToken,
+    #[error("no `cbsweep run` is serving {}: {} is missing (it exists while a run's coordinator is up)", out.display(), file.display())]
+    NoLocalRun { out: PathBuf, file: PathBuf },
     #[error("sweep {sweep} is not in {}: run it first with `cbsweep run SPEC --out {}`", state.display(), out.display())]
     UnknownSweep { sweep: SweepId, state: PathBuf, out: PathBuf },
 }
@@ -183,22 +185,9 @@ fn coordinator_token(token_file: Option<&Path>, state: &Path) -> Result<Token, C
     }
     std::fs::create_dir_all(state).map_err(io(format!("cannot create {}", state.display())))?;
     let t = format!("{:032x}", rand::random::<u128>());
-    write_private(&path, &t).map_err(io(format!("cannot write {}", path.display())))?;
+    local::write_private(&path, &t).map_err(io(format!("cannot write {}", path.display())))?;
     eprintln!("cbsweep coordinator: wrote a new token to {} (give it to workers with --token-file)", path.display());
     Ok(Token(t))
-}
-
-/// Writes a secret to a new file that only its owner can read from the moment it exists
-/// (created with mode 0600, not chmod'ed afterwards); an old file of that name is replaced.
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Says so when a token file can be read by others than its owner.
@@ -239,14 +228,17 @@ pub async fn coordinator(
     let mut events = sched.subscribe();
     let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(addr) = http_listen {
-        let (local, _) = crate::http::serve(addr, sched.clone(), ready.clone(), metrics, token.clone())
+        let dashboard = crate::dashboard::Dashboard { token: token.clone(), state_dir: state.to_owned(), tls: tls.is_some() };
+        let (local, _) = crate::http::serve_with(addr, sched.clone(), ready.clone(), metrics, token.clone(), Some(dashboard), tls.as_ref())
             .await
-            .map_err(io(format!("cannot listen on {addr}")))?;
+            .map_err(io(format!("cannot serve HTTP on {addr}")))?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let access = match metrics {
             crate::http::MetricsAccess::Open => "open to anyone who reaches it: keep this address internal",
             crate::http::MetricsAccess::Token => "the coordinator's bearer token required",
         };
-        eprintln!("cbsweep coordinator: health and metrics on http://{local}/metrics ({access})");
+        eprintln!("cbsweep coordinator: health and metrics on {scheme}://{local}/metrics ({access})");
+        eprintln!("cbsweep coordinator: dashboard on {scheme}://{local}/ (log in with the coordinator's token)");
     }
     let running = server::serve_with(listen, sched.clone(), token, tls).await.map_err(io(format!("cannot serve on {listen}")))?;
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -324,10 +316,31 @@ pub async fn submit(url: &str, token_file: Option<&Path>, spec_path: &Path) -> R
     Ok(())
 }
 
-/// `cbsweep status`.
-pub async fn status(url: &str, token_file: Option<&Path>, sweep: Option<&str>) -> Result<v1::SweepStatusResponse, CliError> {
+/// Where a running `cbsweep run --out OUT` serves, from OUT/.cbsweep: its coordinator's URL and
+/// the token file to use (`token_file` when given).
+pub fn local_run(out: &Path, token_file: Option<&Path>) -> Result<(String, PathBuf), CliError> {
+    let dir = out.join(local::STATE_DIR);
+    let file = dir.join(local::ADDRESS_FILE);
+    let url = match std::fs::read_to_string(&file) {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+        Ok(_) => return Err(CliError::NoLocalRun { out: out.to_owned(), file }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(CliError::NoLocalRun { out: out.to_owned(), file }),
+        Err(e) => return Err(CliError::Io { what: format!("cannot read {}", file.display()), source: e }),
+    };
+    Ok((url, token_file.map_or_else(|| dir.join(local::TOKEN_FILE), Path::to_owned)))
+}
+
+/// `cbsweep status`: tables for people, or with `json` the `status_json::StatusJson` that the
+/// dashboard's /api/status also answers.
+pub async fn status(url: &str, token_file: Option<&Path>, sweep: Option<&str>, json: bool) -> Result<v1::SweepStatusResponse, CliError> {
     let mut c = sweep_client(url, token_file).await?;
     let r = c.sweep_status(v1::SweepStatusRequest { sweep_id: sweep.unwrap_or("").to_string() }).await?.into_inner();
+    if json {
+        let text = serde_json::to_string_pretty(&crate::status_json::StatusJson::from(&r))
+            .map_err(|e| CliError::Io { what: "cannot encode the status as JSON".into(), source: std::io::Error::other(e) })?;
+        print_out(text)?;
+        return Ok(r);
+    }
     for s in &r.sweeps {
         let counts = s.counts.iter().filter(|c| c.count > 0).map(|c| format!("{} {}", c.count, c.state)).collect::<Vec<_>>().join(", ");
         let rate = if s.trials_per_minute.is_finite() { format!("{:.1} trials/min", s.trials_per_minute) } else { "rate n/a".into() };

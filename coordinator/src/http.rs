@@ -4,7 +4,9 @@
 //! cluster's network reaches) or only callers with the coordinator's bearer token
 //! (`MetricsAccess::Token`, compared in constant time as the gRPC side does). A scrape is
 //! answered from the counts the scheduler keeps in memory and reads no trial row, so scrapers
-//! cannot slow the scheduler down however many trials there are.
+//! cannot slow the scheduler down however many trials there are. The dashboard's pages, when
+//! served (`serve_with`), are `crate::dashboard`'s routes merged into this router; with the
+//! coordinator's TLS files everything here is served over TLS (rustls, HTTP/1.1).
 
 use crate::scheduler::{MetricsReport, SchedulerHandle};
 use crate::server::Token;
@@ -18,7 +20,6 @@ use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use subtle::ConstantTimeEq;
 
 /// Who may read /metrics (the probes answer everyone).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -54,24 +55,72 @@ pub async fn serve(
     metrics: MetricsAccess,
     token: Token,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    serve_with(addr, sched, ready, metrics, token, None, None).await
+}
+
+/// Like `serve`, with the dashboard's pages and data when `dashboard` is given, over TLS when
+/// `tls` is.
+pub async fn serve_with(
+    addr: SocketAddr,
+    sched: SchedulerHandle,
+    ready: Arc<AtomicBool>,
+    metrics: MetricsAccess,
+    token: Token,
+    dashboard: Option<crate::dashboard::Dashboard>,
+    tls: Option<&crate::server::TlsFiles>,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let tls = tls.map(crate::server::TlsFiles::rustls_config).transpose()?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let gate = match metrics {
         MetricsAccess::Open => Gate::Open,
         MetricsAccess::Token => Gate::Token(token),
     };
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(scrape))
-        .with_state(Ctx { sched, ready, gate });
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "http endpoint stopped");
-        }
-    });
+        .with_state(Ctx { sched: sched.clone(), ready, gate });
+    if let Some(d) = dashboard {
+        app = app.merge(crate::dashboard::router(d, sched));
+    }
+    let task = match tls {
+        None => tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "http endpoint stopped");
+            }
+        }),
+        Some(config) => tokio::spawn(serve_tls(listener, app, tokio_rustls::TlsAcceptor::from(config))),
+    };
     tracing::info!(addr = %local, metrics = ?metrics, "http endpoint listening");
     Ok((local, task))
+}
+
+/// Accepts connections, completes each TLS handshake and serves HTTP/1.1 on it, one task per
+/// connection (a failed handshake ends only its own connection).
+async fn serve_tls(listener: tokio::net::TcpListener, app: Router, acceptor: tokio_rustls::TlsAcceptor) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "http endpoint: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(t) => t,
+                Err(e) => return tracing::debug!(%peer, error = %e, "http endpoint: TLS handshake failed"),
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "http endpoint: connection ended");
+            }
+        });
+    }
 }
 
 async fn readyz(State(ctx): State<Ctx>) -> (StatusCode, &'static str) {
@@ -93,8 +142,7 @@ async fn scrape(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
 
 /// Whether the request carries `Authorization: Bearer <token>` (constant-time comparison).
 fn bearer_matches(headers: &HeaderMap, token: &Token) -> bool {
-    let given = headers.get(AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")).unwrap_or(b"");
-    !given.is_empty() && bool::from(given.ct_eq(token.0.as_bytes()))
+    token.matches(headers.get(AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")).unwrap_or(b""))
 }
 
 /// Prometheus text exposition of the scheduler's metrics report.

@@ -1,6 +1,10 @@
 //! `cbsweep run`: an embedded coordinator on a loopback port, N local worker processes, progress
 //! until the sweep finishes, then the Parquet export and a summary. Re-running the same command
 //! (or `cbsweep resume`) continues an interrupted sweep from its state in OUT/.cbsweep.
+//! While its coordinator serves, the run also serves the dashboard on a loopback port and
+//! writes where to reach both, with the token, under OUT/.cbsweep (`Reach`: owner-only files in
+//! an owner-only folder, removed when the run ends), so `cbsweep status --out OUT` and a
+//! browser in another terminal find it.
 
 use crate::export::export;
 use crate::progress::Progress;
@@ -48,6 +52,42 @@ pub struct RunOptions {
     /// Extra arguments for every worker (e.g. `--trainer fake`).
     pub worker_args: Vec<String>,
     pub worker_binary: Option<PathBuf>,
+    /// Where the dashboard listens (port 0: a free one; loopback unless asked otherwise).
+    pub dashboard_listen: std::net::SocketAddr,
+}
+
+/// The files under OUT/.cbsweep that say where a running `cbsweep run` serves.
+pub const ADDRESS_FILE: &str = "address";
+pub const TOKEN_FILE: &str = "token";
+pub const DASHBOARD_FILE: &str = "dashboard";
+
+/// A running local coordinator's address, token and dashboard written under OUT/.cbsweep,
+/// removed when dropped (the run ended, however).
+struct Reach {
+    dir: PathBuf,
+}
+
+impl Reach {
+    /// Writes the three files, each 0600 from its creation, after making the folder 0700.
+    fn write(dir: &Path, grpc: &str, token: &Token, dashboard: &str) -> Result<Reach, LocalError> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(format!("cannot make {} owner-only", dir.display())))?;
+        let reach = Reach { dir: dir.to_owned() };
+        for (name, text) in [(TOKEN_FILE, token.0.as_str()), (ADDRESS_FILE, grpc), (DASHBOARD_FILE, dashboard)] {
+            let path = dir.join(name);
+            write_private(&path, &format!("{text}\n")).map_err(io(format!("cannot write {}", path.display())))?;
+        }
+        Ok(reach)
+    }
+}
+
+impl Drop for Reach {
+    fn drop(&mut self) {
+        for name in [ADDRESS_FILE, DASHBOARD_FILE, TOKEN_FILE] {
+            let _ = std::fs::remove_file(self.dir.join(name));
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -98,6 +138,21 @@ pub async fn run(spec: SweepSpec, spec_path: &Path, opts: RunOptions) -> Result<
             .await
             .map_err(io("cannot listen on a loopback port"))?;
         let url = format!("http://{}", running.addr);
+        let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let dashboard = crate::dashboard::Dashboard { token: token.clone(), state_dir: state_dir.clone(), tls: false };
+        let (http_addr, http_task) = crate::http::serve_with(
+            opts.dashboard_listen,
+            sched.clone(),
+            ready,
+            crate::http::MetricsAccess::Token,
+            token.clone(),
+            Some(dashboard),
+            None,
+        )
+        .await
+        .map_err(io(format!("cannot serve the dashboard on {}", opts.dashboard_listen)))?;
+        let dashboard_url = format!("http://{http_addr}/");
+        let reach = Reach::write(&state_dir, &url, &token, &dashboard_url)?;
         let bin = worker_binary(opts.worker_binary.as_deref())?;
         std::fs::create_dir_all(&logs).map_err(io(format!("cannot create {}", logs.display())))?;
         let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
@@ -136,6 +191,11 @@ pub async fn run(spec: SweepSpec, spec_path: &Path, opts: RunOptions) -> Result<
             "cbsweep: sweep {sweep}: {} trials ({} new), {who} on {} with {threads} thread(s) each; coordinator {url}",
             submitted.total, submitted.new, opts.device
         );
+        eprintln!(
+            "cbsweep: dashboard {dashboard_url} (log in with the token in {tok}, or open {dashboard_url}?token=$(cat {tok})); `cbsweep status --out {out}` from another terminal",
+            tok = state_dir.join(TOKEN_FILE).display(),
+            out = opts.out.display()
+        );
         let outcome = watch(
             Progress::new(sweep.clone(), u64::from(submitted.total), u64::from(already), short),
             &sweep,
@@ -151,6 +211,8 @@ pub async fn run(spec: SweepSpec, spec_path: &Path, opts: RunOptions) -> Result<
         stop_workers(&mut children).await;
         let _ = running.shutdown.send(());
         let _ = running.task.await;
+        http_task.abort();
+        drop(reach);
         if let Err(e) = outcome {
             if let LocalError::Interrupted { .. } = e {
                 // Persisted state already holds every finished trial; export what there is.
@@ -271,4 +333,17 @@ pub fn summarize(state_dir: &Path, sweep: &SweepId, results_dir: PathBuf) -> Res
         done: rows.iter().filter(|r| r.state == TrialState::Done).count() as u32,
         failed: rows.iter().filter(|r| r.state == TrialState::Failed).count() as u32,
     })
+}
+
+/// Writes a secret to a new file that only its owner can read from the moment it exists
+/// (created with mode 0600, not chmod'ed afterwards); an old file of that name is replaced.
+pub(crate) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }

@@ -56,6 +56,10 @@ struct RunArgs {
     /// Path of the worker binary (default: cbsweep-worker beside this binary).
     #[arg(long)]
     worker_binary: Option<PathBuf>,
+    /// Where the dashboard (and token-protected /metrics) listens; port 0 picks a free one. The
+    /// URL is printed and written to OUT/.cbsweep/dashboard.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    dashboard_listen: SocketAddr,
     #[command(flatten)]
     state_fs: StateFsArgs,
 }
@@ -78,6 +82,7 @@ impl RunArgs {
             threads: self.threads,
             worker_args: ["--trainer".to_string(), self.trainer.clone()].into_iter().chain(self.worker_arg.iter().cloned()).collect(),
             worker_binary: self.worker_binary.clone(),
+            dashboard_listen: self.dashboard_listen,
         }
     }
 }
@@ -115,8 +120,9 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "0.0.0.0:50051")]
         listen: SocketAddr,
-        /// Also serve /healthz, /readyz and /metrics (Prometheus) over HTTP on this address: an
-        /// internal one (pod or cluster network), as /metrics is open there by default.
+        /// Also serve /healthz, /readyz, /metrics (Prometheus) and the dashboard (its pages need
+        /// the token) over HTTP on this address: an internal one (pod or cluster network, or
+        /// loopback and an SSH tunnel), as /metrics is open there by default.
         #[arg(long)]
         http_listen: Option<SocketAddr>,
         /// Who may read /metrics on --http-listen: open (anyone who reaches that address; keep
@@ -155,6 +161,13 @@ enum Command {
     Status {
         /// Only this sweep.
         sweep: Option<String>,
+        /// Print JSON for scripts (the fields are in docs/dashboard.md).
+        #[arg(long)]
+        json: bool,
+        /// Ask the `cbsweep run --out OUT` running here (its address and token are in
+        /// OUT/.cbsweep) instead of --coordinator.
+        #[arg(long)]
+        out: Option<PathBuf>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -423,8 +436,15 @@ async fn dispatch_other(cmd: Command) -> Result<(), CliError> {
             cli::coordinator(listen, http_listen, metrics_access, &state, &out, token_file.as_deref(), tls).await
         }
         Command::Submit { spec, client } => cli::submit(&client.coordinator, client.token_file.as_deref(), &spec).await,
-        Command::Status { sweep, client } => {
-            cli::status(&client.coordinator, client.token_file.as_deref(), sweep.as_deref()).await.map(|_| ())
+        Command::Status { sweep, json, out, client } => {
+            let (url, token_file) = match &out {
+                Some(out) => {
+                    let (url, token) = cli::local_run(out, client.token_file.as_deref())?;
+                    (url, Some(token))
+                }
+                None => (client.coordinator.clone(), client.token_file.clone()),
+            };
+            cli::status(&url, token_file.as_deref(), sweep.as_deref(), json).await.map(|_| ())
         }
         Command::Cancel { sweep, client } => cli::cancel(&client.coordinator, client.token_file.as_deref(), &sweep).await,
         Command::RetryFailed { sweep, client } => cli::retry_failed(&client.coordinator, client.token_file.as_deref(), &sweep).await,

@@ -13,6 +13,13 @@ use tonic::{Request, Status};
 #[derive(Clone)]
 pub struct Token(pub String);
 
+impl Token {
+    /// Whether `given` is this token (constant-time comparison; an empty `given` never is).
+    pub fn matches(&self, given: &[u8]) -> bool {
+        !given.is_empty() && bool::from(given.ct_eq(self.0.as_bytes()))
+    }
+}
+
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Token(..)")
@@ -34,7 +41,7 @@ fn check_token(req: Request<()>, token: &Token) -> Result<Request<()>, Status> {
         return Err(Status::unauthenticated("missing bearer token: pass --token-file or set CBSWEEP_TOKEN"));
     };
     let given = value.as_bytes().strip_prefix(b"Bearer ").unwrap_or(b"");
-    if given.ct_eq(token.0.as_bytes()).into() { Ok(req) } else { Err(Status::unauthenticated("wrong bearer token")) }
+    if token.matches(given) { Ok(req) } else { Err(Status::unauthenticated("wrong bearer token")) }
 }
 
 /// A running server; dropping `shutdown` (or sending on it) stops it gracefully.
@@ -49,6 +56,26 @@ pub struct Running {
 pub struct TlsFiles {
     pub cert: Vec<u8>,
     pub key: Vec<u8>,
+}
+
+impl TlsFiles {
+    /// A rustls server configuration of this certificate and key (ring), for the HTTP side;
+    /// the gRPC side gives the same PEM to tonic.
+    pub fn rustls_config(&self) -> std::io::Result<std::sync::Arc<tokio_rustls::rustls::ServerConfig>> {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |what: &str, e: &dyn std::fmt::Display| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{what}: {e}"));
+        let certs = CertificateDer::pem_slice_iter(&self.cert).collect::<Result<Vec<_>, _>>().map_err(|e| bad("TLS certificate", &e))?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key).map_err(|e| bad("TLS key", &e))?;
+        let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad("TLS versions", &e))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| bad("TLS certificate or key", &e))?;
+        Ok(std::sync::Arc::new(config))
+    }
 }
 
 /// Binds `listen` (port 0 picks a free one) and serves both services in plain text.

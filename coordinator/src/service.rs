@@ -239,56 +239,7 @@ impl v1::sweep_service_server::SweepService for SweepApi {
         let r = req.into_inner();
         let only = (!r.sweep_id.is_empty()).then_some(SweepId(r.sweep_id));
         let report = self.sched.status(only).await.map_err(status_of)?;
-        Ok(Response::new(v1::SweepStatusResponse {
-            sweeps: report
-                .sweeps
-                .into_iter()
-                .map(|s| (crate::export::failure(&s.sweep).unwrap_or_default(), s))
-                .map(|(export_error, s)| v1::SweepSummary {
-                    sweep_id: s.sweep.0,
-                    state: s.state.to_string(),
-                    total: s.total,
-                    counts: s
-                        .counts
-                        .into_iter()
-                        .map(|(st, n): (TrialState, u32)| v1::StateCount { state: st.to_string(), count: n })
-                        .collect(),
-                    conditions: s
-                        .conditions
-                        .into_iter()
-                        .map(|c| v1::ConditionProgress {
-                            condition: c.condition,
-                            total: c.total,
-                            done: c.done,
-                            failed: c.failed,
-                            mean_max_level: c.mean_max_level,
-                        })
-                        .collect(),
-                    trials_per_minute: s.trials_per_minute,
-                    eta_seconds: s.eta_seconds,
-                    results_dir: String::new(),
-                    epochs_lost: s.resumes.epochs_lost,
-                    resumes: s.resumes.resumes,
-                    oldest_checkpoint_age_s: s
-                        .resumes
-                        .oldest_checkpoint_ms
-                        .map_or(f64::NAN, |ms| (crate::store::now_ms() - ms).max(0) as f64 / 1000.0),
-                    running_without_checkpoint: s.resumes.running_without_checkpoint,
-                    export_error,
-                })
-                .collect(),
-            workers: report
-                .workers
-                .into_iter()
-                .map(|w| v1::WorkerInfo {
-                    worker_id: w.id,
-                    hostname: w.hostname,
-                    device: w.device,
-                    leased: w.leased,
-                    last_seen_ms_ago: w.last_seen_ms_ago.max(0) as u64,
-                })
-                .collect(),
-        }))
+        Ok(Response::new(status_response(report)))
     }
 
     async fn cancel_sweep(&self, req: Request<v1::CancelSweepRequest>) -> Result<Response<v1::CancelSweepResponse>, Status> {
@@ -301,5 +252,56 @@ impl v1::sweep_service_server::SweepService for SweepApi {
         let r = req.into_inner();
         let n = self.sched.retry_failed(SweepId(required("sweep_id", &r.sweep_id)?.to_string())).await.map_err(status_of)?;
         Ok(Response::new(v1::RetryFailedResponse { requeued_trials: n }))
+    }
+}
+
+/// The scheduler's status report as the gRPC answer (`cbsweep status`) and, through
+/// `crate::status_json`, as JSON (`status --json`, the dashboard): one conversion for all.
+pub fn status_response(report: crate::scheduler::StatusReport) -> v1::SweepStatusResponse {
+    v1::SweepStatusResponse {
+        sweeps: report
+            .sweeps
+            .into_iter()
+            .map(|s| (crate::export::failure(&s.sweep).unwrap_or_default(), s))
+            .map(|(export_error, s)| v1::SweepSummary {
+                sweep_id: s.sweep.0,
+                state: s.state.to_string(),
+                total: s.total,
+                counts: s.counts.into_iter().map(|(st, n): (TrialState, u32)| v1::StateCount { state: st.to_string(), count: n }).collect(),
+                conditions: s
+                    .conditions
+                    .into_iter()
+                    .map(|c| v1::ConditionProgress {
+                        condition: c.condition,
+                        total: c.total,
+                        done: c.done,
+                        failed: c.failed,
+                        mean_max_level: c.mean_max_level,
+                    })
+                    .collect(),
+                trials_per_minute: s.trials_per_minute,
+                eta_seconds: s.eta_seconds,
+                results_dir: String::new(),
+                epochs_lost: s.resumes.epochs_lost,
+                resumes: s.resumes.resumes,
+                oldest_checkpoint_age_s: s
+                    .resumes
+                    .oldest_checkpoint_ms
+                    .map_or(f64::NAN, |ms| (crate::store::now_ms() - ms).max(0) as f64 / 1000.0),
+                running_without_checkpoint: s.resumes.running_without_checkpoint,
+                export_error,
+            })
+            .collect(),
+        workers: report
+            .workers
+            .into_iter()
+            .map(|w| v1::WorkerInfo {
+                worker_id: w.id,
+                hostname: w.hostname,
+                device: w.device,
+                leased: w.leased,
+                last_seen_ms_ago: w.last_seen_ms_ago.max(0) as u64,
+            })
+            .collect(),
     }
 }

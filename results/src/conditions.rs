@@ -24,8 +24,9 @@ pub struct ConditionTally {
     pub mean_wall_s: f64,
 }
 
-/// `items` grouped by their condition, the groups in the order of their first item.
-pub(crate) fn by_condition<'a, T>(items: impl IntoIterator<Item = T>, condition: impl Fn(&T) -> &'a str) -> Vec<(&'a str, Vec<T>)> {
+/// `items` grouped by their condition, the groups in the order of their first item (also the
+/// dashboard's grouping, so its curves and tables group as the figures and statistics do).
+pub fn by_condition<'a, T>(items: impl IntoIterator<Item = T>, condition: impl Fn(&T) -> &'a str) -> Vec<(&'a str, Vec<T>)> {
     let mut groups: Vec<(&str, Vec<T>)> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
     for t in items {

@@ -26,7 +26,7 @@ pub mod summary;
 mod table;
 pub mod trials;
 
-pub use conditions::{ConditionTally, tally};
+pub use conditions::{ConditionTally, by_condition, tally};
 pub use error::ResultsError;
 pub use export::export;
 pub use source::{ResultsSource, SweepMeta, TrialRow};

@@ -1,7 +1,9 @@
 //! Helpers for the end-to-end tests: the built binaries, the project's Python (with DuckDB and
-//! pyarrow) and small spec files. The tests themselves are in tests/tests/.
+//! pyarrow) and small spec files, and a headless Chromium over WebDriver (`webdriver`). The
+//! tests themselves are in tests/tests/.
 
 pub mod tidy;
+pub mod webdriver;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

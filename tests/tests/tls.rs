@@ -1,6 +1,7 @@
 //! gRPC over TLS (rustls): a coordinator serving a certificate signed by a test CA, a worker and
 //! the CLI connecting over https:// with that CA; a client without it is refused. And the
-//! bearer token's file: written owner-only, a loose one warned about.
+//! bearer token's file: written owner-only, a loose one warned about. And the HTTP side (the
+//! dashboard, health, metrics) over TLS with the same certificate, its session cookie Secure.
 
 use cbsweep_tests::{Proc, bin, duckdb, free_port, text, wait_until, write_spec};
 use std::path::Path;
@@ -151,4 +152,46 @@ fn a_new_token_file_is_owner_only_and_a_loose_one_is_warned_about() {
         .unwrap();
     let msg = cbsweep_tests::text(&o);
     assert!(msg.contains("readable by others (mode 644)") && msg.contains("chmod 600"), "{msg}");
+}
+
+/// `curl ARGS` against the test CA: its output, or None when the request failed.
+fn curl(dir: &Path, args: &[&str]) -> Option<String> {
+    let o = Command::new("curl").args(["-sS", "--max-time", "10", "--cacert"]).arg(dir.join("ca.pem")).args(args).output().ok()?;
+    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+#[test]
+fn the_dashboard_is_served_over_tls_when_the_coordinator_has_it() {
+    if Command::new("openssl").arg("version").output().is_err() || Command::new("curl").arg("--version").output().is_err() {
+        println!("skipped: the_dashboard_is_served_over_tls_when_the_coordinator_has_it: no openssl or curl binary");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let (port, http, token) = (free_port(), free_port(), "tls-dash-token");
+    let _coord = Proc::spawn(
+        Command::new(bin("cbsweep"))
+            .args(["coordinator", "--listen", &format!("127.0.0.1:{port}"), "--http-listen", &format!("127.0.0.1:{http}")])
+            .args(["--state", dir.path().join("state").to_str().unwrap()])
+            .arg("--tls-cert")
+            .arg(dir.path().join("server.pem"))
+            .arg("--tls-key")
+            .arg(dir.path().join("server.key"))
+            .env("CBSWEEP_TOKEN", token)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    let base = format!("https://127.0.0.1:{http}");
+    wait_until(20, "the HTTP side to answer over TLS", || curl(dir.path(), &[&format!("{base}/healthz")]).as_deref() == Some("ok\n"));
+    let code = |args: &[&str]| curl(dir.path(), &[&["-o", "/dev/null", "-w", "%{http_code}"], args].concat()).unwrap();
+    assert_eq!(code(&[&format!("{base}/api/status")]), "401");
+    let bearer = format!("Authorization: Bearer {token}");
+    assert_eq!(code(&["-H", &bearer, &format!("{base}/api/status")]), "200");
+    let json = curl(dir.path(), &["-H", &bearer, &format!("{base}/api/status")]).unwrap();
+    assert!(json.starts_with("{\"sweeps\":["), "{json}");
+    let head = curl(dir.path(), &["-i", &format!("{base}/?token={token}")]).unwrap();
+    let cookie = head.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).unwrap_or_else(|| panic!("no cookie: {head}"));
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && cookie.trim_end().ends_with("; Secure"), "{cookie}");
+    // plain HTTP on the TLS port gets nothing
+    assert_ne!(cbsweep_tests::http_get(&format!("127.0.0.1:{http}"), "/healthz").map(|r| r.0), Some(200));
 }
