@@ -78,7 +78,7 @@ pub(super) fn matmul<T: Real>(dst: &mut [T], ld: usize, lhs: Mat<'_, T>, rhs: Ma
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && lhs.cs == 1 && rhs.cs == 1 && avx512::available() {
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && rhs.cs == 1 && avx512::available() {
         // SAFETY: T is f32 (checked above), so the casts reinterpret nothing; the asserts above
         // keep every element the kernel reads or writes inside the slices (its masked loads and
         // stores touch no lane past a row's end), and the CPU has AVX-512F.
@@ -90,7 +90,7 @@ pub(super) fn matmul<T: Real>(dst: &mut [T], ld: usize, lhs: Mat<'_, T>, rhs: Ma
                 dst.as_mut_ptr().cast::<f32>(),
                 ld,
                 lhs.data.as_ptr().cast::<f32>(),
-                lhs.rs,
+                (lhs.rs, lhs.cs),
                 rhs.data.as_ptr().cast::<f32>(),
                 rhs.rs,
                 accumulate,
@@ -126,10 +126,10 @@ pub(super) fn matmul<T: Real>(dst: &mut [T], ld: usize, lhs: Mat<'_, T>, rhs: Ma
     }
 }
 
-/// The float32 kernel for row-major operands on AVX-512: the output in tiles of up to 6 rows by
-/// 64 columns (24 accumulators in registers), each tile summing over k in order with fused
-/// multiply-adds of a broadcast left element and the right operand's row, the last vector of a
-/// tile masked to the columns that remain.
+/// The float32 kernel on AVX-512 for a row-major right operand (the left one strided either
+/// way): the output in tiles of up to 6 rows by 64 columns (24 accumulators in registers), each
+/// tile summing over k in order with fused multiply-adds of a broadcast left element and the
+/// right operand's row, the last vector of a tile masked to the columns that remain.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
@@ -141,13 +141,14 @@ mod avx512 {
         std::arch::is_x86_feature_detected!("avx512f")
     }
 
-    /// `dst = a . b` (or `dst += a . b`): dst [m, n] with row stride `ldd`, a [m, k] with row
-    /// stride `lda`, b [k, n] with row stride `ldb`, all row-major.
+    /// `dst = a . b` (or `dst += a . b`): dst [m, n] row-major with row stride `ldd`, a [m, k]
+    /// with element (i, kk) at `a + i * lda.0 + kk * lda.1` (row-major or a transposed view),
+    /// b [k, n] row-major with row stride `ldb`.
     ///
     /// # Safety
-    /// The CPU has AVX-512F; every row i < m of dst holds n elements from `dst + i * ldd`, of a
-    /// k from `a + i * lda`, and every row of b n elements from `b + kk * ldb`; dst overlaps
-    /// neither operand.
+    /// The CPU has AVX-512F; every row i < m of dst holds n elements from `dst + i * ldd`, every
+    /// element of a lies at its address, and every row of b holds n elements from
+    /// `b + kk * ldb`; dst overlaps neither operand.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn matmul(
@@ -157,7 +158,7 @@ mod avx512 {
         dst: *mut f32,
         ldd: usize,
         a: *const f32,
-        lda: usize,
+        lda: (usize, usize),
         b: *const f32,
         ldb: usize,
         accumulate: bool,
@@ -191,7 +192,7 @@ mod avx512 {
         dst: *mut f32,
         ldd: usize,
         a: *const f32,
-        lda: usize,
+        lda: (usize, usize),
         b: *const f32,
         ldb: usize,
         mask: __mmask16,
@@ -201,10 +202,10 @@ mod avx512 {
         // SAFETY: rows i .. i + R < m of dst and a (the caller's contract)
         unsafe {
             while i + MR <= m {
-                tile::<MR, C>(k, dst.add(i * ldd), ldd, a.add(i * lda), lda, b, ldb, mask, accumulate);
+                tile::<MR, C>(k, dst.add(i * ldd), ldd, a.add(i * lda.0), lda, b, ldb, mask, accumulate);
                 i += MR;
             }
-            let (d, ai) = (dst.add(i * ldd), a.add(i * lda));
+            let (d, ai) = (dst.add(i * ldd), a.add(i * lda.0));
             match m - i {
                 5 => tile::<5, C>(k, d, ldd, ai, lda, b, ldb, mask, accumulate),
                 4 => tile::<4, C>(k, d, ldd, ai, lda, b, ldb, mask, accumulate),
@@ -224,7 +225,7 @@ mod avx512 {
         dst: *mut f32,
         ldd: usize,
         a: *const f32,
-        lda: usize,
+        lda: (usize, usize),
         b: *const f32,
         ldb: usize,
         mask: __mmask16,
@@ -241,7 +242,7 @@ mod avx512 {
                     *v = _mm512_maskz_loadu_ps(lane_mask(c), row.add(16 * c));
                 }
                 for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let av = _mm512_set1_ps(*a.add(r * lda + kk));
+                    let av = _mm512_set1_ps(*a.add(r * lda.0 + kk * lda.1));
                     for (acc_rc, &v) in acc_r.iter_mut().zip(&bv) {
                         *acc_rc = _mm512_fmadd_ps(av, v, *acc_rc);
                     }
@@ -284,16 +285,30 @@ mod tests {
             state ^= state << 5;
             (f64::from(state) / f64::from(u32::MAX)) as f32 - 0.5
         };
-        for &(m, k, n) in
-            &[(64, 64, 320), (64, 256, 64), (64, 202, 202), (64, 2, 64), (64, 64, 2), (1, 1, 1), (7, 3, 17), (13, 65, 129), (5, 9, 48)]
-        {
-            for accumulate in [false, true] {
-                let (lda, ldb, ldd) = (k + 3, n + 5, n + 7);
-                let a: Vec<f32> = (0..m * lda).map(|_| next()).collect();
+        // (m, k, n): the time loop's products, a weight gradient's (k = T x rows), ragged ones
+        let shapes = [
+            (64, 64, 320),
+            (64, 256, 64),
+            (64, 202, 202),
+            (64, 2, 64),
+            (64, 64, 2),
+            (64, 1700, 64),
+            (1, 1, 1),
+            (7, 3, 17),
+            (13, 65, 129),
+            (5, 9, 48),
+        ];
+        for &(m, k, n) in &shapes {
+            for (accumulate, transposed) in [(false, false), (true, false), (false, true), (true, true)] {
+                let (lda, ldb, ldd) = (if transposed { m + 3 } else { k + 3 }, n + 5, n + 7);
+                let a: Vec<f32> = (0..m.max(k) * lda).map(|_| next()).collect();
+                // element (i, kk) of the left operand, row-major or stored transposed
+                let at = |i: usize, kk: usize| if transposed { a[kk * lda + i] } else { a[i * lda + kk] };
+                let lhs = if transposed { Mat::strided(&a, k, m, lda).t() } else { Mat::strided(&a, m, k, lda) };
                 let b: Vec<f32> = (0..k * ldb).map(|_| next()).collect();
                 let before: Vec<f32> = (0..m * ldd).map(|_| next()).collect();
                 let mut dst = before.clone();
-                matmul(&mut dst, ldd, Mat::strided(&a, m, k, lda), Mat::strided(&b, k, n, ldb), accumulate);
+                matmul(&mut dst, ldd, lhs, Mat::strided(&b, k, n, ldb), accumulate);
                 for i in 0..m {
                     for j in 0..ldd {
                         let got = dst[i * ldd + j];
@@ -305,11 +320,12 @@ mod tests {
                             );
                             continue;
                         }
-                        let sum: f64 = (0..k).map(|kk| f64::from(a[i * lda + kk]) * f64::from(b[kk * ldb + j])).sum();
+                        let sum: f64 = (0..k).map(|kk| f64::from(at(i, kk)) * f64::from(b[kk * ldb + j])).sum();
                         let want = if accumulate { f64::from(before[i * ldd + j]) + sum } else { sum };
+                        let scale: f64 = 1.0 + (0..k).map(|kk| f64::from(at(i, kk) * b[kk * ldb + j]).abs()).sum::<f64>();
                         assert!(
-                            (f64::from(got) - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                            "({m}, {k}, {n}) [{i}, {j}]: {got} against {want}"
+                            (f64::from(got) - want).abs() <= 1e-6 * scale,
+                            "({m}, {k}, {n}, transposed {transposed}) [{i}, {j}]: {got} against {want}"
                         );
                     }
                 }
