@@ -37,5 +37,6 @@ pub(crate) fn spec(arch: Arch, seed: u64, level: u32, steps: u32) -> TrialSpec {
             clip_norm: 7.5,
         },
         analysis: AnalysisPlan { every_levels: 0, ..AnalysisPlan::study() },
+        grid_hidden: cbsweep_common::trial::STUDY_SIZE,
     }
 }

@@ -139,6 +139,7 @@ mod tests {
                 clip_norm: 7.5,
             },
             analysis: AnalysisPlan::study(),
+            grid_hidden: 64,
         }
     }
 

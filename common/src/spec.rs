@@ -12,7 +12,7 @@
 
 use crate::ids::{Seed, SweepId};
 use crate::model_size;
-use crate::trial::{AnalysisPlan, Arch, FreezePoint, Regime, Task, TrainBudget, TrialSpec};
+use crate::trial::{AnalysisPlan, Arch, FreezePoint, Regime, STUDY_SIZE, Task, TrainBudget, TrialSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -40,6 +40,17 @@ struct RawSpec {
     train: RawTrain,
     analysis: RawAnalysis,
     run: RawRun,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stats: Option<RawStats>,
+}
+
+/// `[stats] compare = [["cbrnn", "rnn"], ...]`: the architecture pairs (a, b) the statistics
+/// compare, every other grid key equal. Absent: CB-RNN against the matched RNN, as before (and the
+/// resolved form leaves the section out, so older sweeps keep their text).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawStats {
+    compare: Vec<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -63,26 +74,47 @@ struct RawSweep {
     description: String,
 }
 
+/// The grid's axes. A numeric axis is a list, or a range (`seed = { from = 0, count = 32 }`;
+/// rates and factors `{ from, to, count }` linearly or `{ log_from, to, count }` log-spaced,
+/// both ends included); the keys `zip` rows name vary together instead of crossing (and leave
+/// the resolved form); `exclude` drops the cells each of its partial cells matches.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawGrid {
     task: Vec<String>,
     arch: Vec<String>,
-    seed: Vec<i64>,
-    granule: Vec<i64>,
+    seed: toml::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    granule: Option<Vec<i64>>,
     regime: Vec<String>,
     freeze: Vec<String>,
     refresh_every: Vec<i64>,
-    core_plasticity: Vec<f64>,
-    lr_core: Vec<f64>,
-    lr_cb: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    core_plasticity: Option<toml::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lr_core: Option<toml::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lr_cb: Option<toml::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hidden: Option<Vec<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    purkinje: Option<Vec<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    zip: Option<Vec<toml::Table>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exclude: Option<Vec<toml::Table>>,
 }
 
+/// `hidden` and `purkinje` as the older scalar form (`[model] hidden = 64`): still read, and the
+/// resolved form of a spec that gives neither form keeps them here as before (same text, same
+/// hash); a spec may give each size in one form only.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawModel {
-    hidden: i64,
-    purkinje: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hidden: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    purkinje: Option<i64>,
     rnn_match: String,
 }
 
@@ -138,6 +170,29 @@ pub struct SweepSpec {
     pub resolved: String,
     /// The `CBSWEEP_SPEC__*` overrides the spec was validated with, sorted by key.
     pub overrides: Vec<SpecOverride>,
+    /// The architecture pairs (a, b) the statistics compare (`[stats] compare`; default
+    /// `DEFAULT_COMPARE`), each of the grid's architectures.
+    pub compare: Vec<(Arch, Arch)>,
+}
+
+/// The statistics' architecture pair when a spec names none: the CB-RNN against the matched RNN.
+pub const DEFAULT_COMPARE: [(Arch, Arch); 1] = [(Arch::Cbrnn, Arch::Rnn)];
+
+/// `SweepSpec::compare` of a stored sweep, from its resolved text alone (the `[stats]` section,
+/// validated when the sweep was; no grid expansion): what a coordinator's export needs. A text
+/// without the section, or one this code cannot read, gives `DEFAULT_COMPARE`.
+pub fn resolved_compare(resolved: &str) -> Vec<(Arch, Arch)> {
+    let parsed = toml::from_str::<toml::Table>(resolved).ok().and_then(|t| {
+        let pairs = t.get("stats")?.get("compare")?.as_array()?;
+        pairs
+            .iter()
+            .map(|p| {
+                let p = p.as_array()?;
+                Some((p.first()?.as_str()?.parse().ok()?, p.get(1)?.as_str()?.parse().ok()?))
+            })
+            .collect::<Option<Vec<(Arch, Arch)>>>()
+    });
+    parsed.unwrap_or_else(|| DEFAULT_COMPARE.to_vec())
 }
 
 /// One environment override of a spec key (`CBSWEEP_SPEC__TRAIN__EPOCHS=20` is
@@ -232,17 +287,79 @@ pub fn parse_resolved(text: &str, path: &Path, overrides: Vec<SpecOverride>) -> 
 fn parse_layers(text: &str, path: &Path, env: Option<config::Environment>, overrides: Vec<SpecOverride>) -> Result<SweepSpec, SpecError> {
     let parse_err = |message: String| SpecError::Parse { path: path.to_owned(), message };
     // config reports TOML syntax errors without the position; toml's own parser says where.
-    toml::from_str::<toml::Table>(text).map_err(|e| parse_err(format!("not valid TOML: {e}")))?;
+    let given = toml::from_str::<toml::Table>(text).map_err(|e| parse_err(format!("not valid TOML: {e}")))?;
+    let given_override: Vec<&str> = if env.is_some() { overrides.iter().map(|o| o.key.as_str()).collect() } else { Vec::new() };
     let mut builder = config::Config::builder()
         .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
         .add_source(config::File::from_str(text, config::FileFormat::Toml));
     if let Some(env) = env {
         builder = builder.add_source(env);
     }
-    let raw: RawSpec = builder.build().and_then(|c| c.try_deserialize()).map_err(|e| parse_err(describe_config_error(&e.to_string())))?;
+    let mut raw: RawSpec =
+        builder.build().and_then(|c| c.try_deserialize()).map_err(|e| parse_err(describe_config_error(&e.to_string())))?;
+    let is_given = |section: &str, key: &str| {
+        given.get(section).and_then(|t| t.get(key)).is_some() || given_override.contains(&format!("{section}.{key}").as_str())
+    };
+    canonicalize(&mut raw, &Checker { path }, is_given)?;
     let resolved = toml::to_string(&raw).map_err(|e| parse_err(format!("cannot write the resolved spec: {e}")))?;
     validate(raw, path, resolved, overrides)
 }
+
+/// Brings the merged layers to the one form the resolved text keeps: the keys `grid.zip` names
+/// leave the axes (where the defaults filled them; a spec giving one both ways is refused), the
+/// sizes sit where the spec gave them (neither form: `[model]`, at the study's 64, as before),
+/// and a rate axis listed as integers reads as floats. `is_given(section, key)`: the spec's own
+/// text or an override set it.
+fn canonicalize(raw: &mut RawSpec, c: &Checker, is_given: impl Fn(&str, &str) -> bool) -> Result<(), SpecError> {
+    let g = &mut raw.grid;
+    let zipped: BTreeSet<String> = g.zip.iter().flatten().flat_map(|row| row.keys().cloned()).collect();
+    for key in &zipped {
+        if !ZIPPABLE.contains(&key.as_str()) {
+            continue; // refused with its row in validate
+        }
+        if is_given("grid", key) {
+            return Err(c.invalid(&format!("grid.{key}"), "(an axis)", "is also in grid.zip; give it in one place"));
+        }
+        match key.as_str() {
+            "granule" => g.granule = None,
+            "core_plasticity" => g.core_plasticity = None,
+            "lr_core" => g.lr_core = None,
+            "lr_cb" => g.lr_cb = None,
+            _ => {}
+        }
+    }
+    for (key, in_grid, in_model) in
+        [("hidden", g.hidden.is_some(), &mut raw.model.hidden), ("purkinje", g.purkinje.is_some(), &mut raw.model.purkinje)]
+    {
+        let in_grid = in_grid || zipped.contains(key);
+        match in_model {
+            Some(v) if in_grid => {
+                return Err(c.invalid(
+                    &format!("model.{key}"),
+                    *v,
+                    &format!("the size is also in the grid (grid.{key} or grid.zip); give it once, as grid.{key} = [...]"),
+                ));
+            }
+            None if !in_grid => *in_model = Some(i64::from(STUDY_SIZE)),
+            _ => {}
+        }
+    }
+    for axis in [&mut g.core_plasticity, &mut g.lr_core, &mut g.lr_cb].into_iter().flatten() {
+        if let toml::Value::Array(vs) = axis {
+            for v in vs {
+                if let toml::Value::Integer(i) = *v {
+                    *v = toml::Value::Float(i as f64);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The grid keys `grid.zip` rows may name: the model sizes, the plasticity factor and the rates.
+/// The others (task, arch, regime, freeze, refresh_every, seed) always cross; `grid.exclude`
+/// drops the cells of theirs that make no sense.
+pub const ZIPPABLE: &[&str] = &["hidden", "granule", "purkinje", "core_plasticity", "lr_core", "lr_cb"];
 
 /// config's messages put the key last ("missing field `name` for key `sweep`"); reword them so
 /// the full key comes first and the user sees what to change.
@@ -272,7 +389,11 @@ fn describe_config_error(msg: &str) -> String {
 /// that a typo (an extra digit, a unit slip) is refused here instead of being leased and killing
 /// worker after worker on its allocation. A key not listed has no bound beyond its type.
 pub const UPPER_BOUNDS: &[(&str, f64)] = &[
+    ("grid.hidden", 4_096.0),
     ("grid.granule", 65_536.0),
+    ("grid.purkinje", 4_096.0),
+    ("grid.seed", 1e12),
+    ("grid.count", 10_000.0),
     ("grid.refresh_every", 1_000.0),
     ("grid.lr_core", 10.0),
     ("grid.lr_cb", 10.0),
@@ -314,8 +435,14 @@ impl Checker<'_> {
     }
 
     fn positive(&self, field: &str, v: i64) -> Result<u32, SpecError> {
+        self.positive_as(field, field, v)
+    }
+
+    /// `positive` of a value shown as `field` and bounded as `bound` (a zip row's
+    /// `grid.zip[1].granule` is bounded as `grid.granule`).
+    fn positive_as(&self, field: &str, bound: &str, v: i64) -> Result<u32, SpecError> {
         let x = u32::try_from(v).ok().filter(|&x| x > 0).ok_or_else(|| self.invalid(field, v, "must be a positive integer"))?;
-        self.bounded(field, f64::from(x), v).map(|()| x)
+        self.bounded_as(field, bound, f64::from(x), v).map(|()| x)
     }
 
     fn nonneg(&self, field: &str, v: i64) -> Result<u32, SpecError> {
@@ -324,15 +451,23 @@ impl Checker<'_> {
     }
 
     fn rate(&self, field: &str, v: f64) -> Result<f64, SpecError> {
+        self.rate_as(field, field, v)
+    }
+
+    fn rate_as(&self, field: &str, bound: &str, v: f64) -> Result<f64, SpecError> {
         if !(v.is_finite() && v >= 0.0) {
             return Err(self.invalid(field, v, "must be a finite number >= 0"));
         }
-        self.bounded(field, v, v).map(|()| v)
+        self.bounded_as(field, bound, v, v).map(|()| v)
     }
 
-    /// Refuses `v` above the field's entry in `UPPER_BOUNDS`, naming the bound.
     fn bounded(&self, field: &str, v: f64, shown: impl std::fmt::Display) -> Result<(), SpecError> {
-        match UPPER_BOUNDS.iter().find(|(f, _)| *f == field) {
+        self.bounded_as(field, field, v, shown)
+    }
+
+    /// Refuses `v` above `bound`'s entry in `UPPER_BOUNDS`, naming `field` and the bound.
+    fn bounded_as(&self, field: &str, bound: &str, v: f64, shown: impl std::fmt::Display) -> Result<(), SpecError> {
+        match UPPER_BOUNDS.iter().find(|(f, _)| *f == bound) {
             Some(&(_, max)) if v > max => Err(self.invalid(field, shown, &format!("must be at most {max} (a bound against typos)"))),
             _ => Ok(()),
         }
@@ -356,37 +491,63 @@ fn validate(raw: RawSpec, path: &Path, resolved: String, overrides: Vec<SpecOver
     let tasks: Vec<Task> = c.parse_each("grid.task", &g.task)?;
     let archs: Vec<Arch> = c.parse_each("grid.arch", &g.arch)?;
     let freezes: Vec<FreezePoint> = c.parse_each("grid.freeze", &g.freeze)?;
-    c.nonempty("grid.seed", &g.seed)?;
-    let seeds = g
-        .seed
-        .iter()
-        .map(|&s| u64::try_from(s).map(Seed).map_err(|_| c.invalid("grid.seed", s, "seeds must be integers >= 0")))
-        .collect::<Result<Vec<_>, _>>()?;
-    c.nonempty("grid.granule", &g.granule)?;
-    let granules = g.granule.iter().map(|&v| c.positive("grid.granule", v)).collect::<Result<Vec<_>, _>>()?;
     c.nonempty("grid.refresh_every", &g.refresh_every)?;
     let refreshes = g.refresh_every.iter().map(|&v| c.positive("grid.refresh_every", v)).collect::<Result<Vec<_>, _>>()?;
     c.nonempty("grid.regime", &g.regime)?;
     for r in &g.regime {
-        if !matches!(r.as_str(), "simult" | "reservoir" | "interleaved") {
-            return Err(c.invalid("grid.regime", format!("{r:?}"), "unknown regime (expected one of: simult, reservoir, interleaved)"));
+        regime_name(r).ok_or_else(|| c.invalid("grid.regime", format!("{r:?}"), REGIME_HINT))?;
+    }
+    let mut regimes = BTreeSet::new();
+    for r in &g.regime {
+        match r.as_str() {
+            "simult" => {
+                regimes.insert(Regime::Simult);
+            }
+            "reservoir" => regimes.extend(freezes.iter().map(|&freeze| Regime::Reservoir { freeze })),
+            _ => {
+                for &freeze in &freezes {
+                    regimes.extend(refreshes.iter().map(|&every| Regime::Interleaved { freeze, every }));
+                }
+            }
         }
     }
-    let mut factors = Vec::new();
-    c.nonempty("grid.core_plasticity", &g.core_plasticity)?;
-    for &f in &g.core_plasticity {
-        if !(f.is_finite() && f > 0.0 && f <= 1.0) {
-            return Err(c.invalid("grid.core_plasticity", f, "must be in (0, 1]"));
+    let zip = zip_groups(&c, g.zip.as_deref())?;
+    let mut factors: Vec<Vec<Vec<Coord>>> = Vec::new();
+    for key in GRID_ORDER {
+        if let Some(group) = zip.iter().find(|(keys, _)| keys.contains(key)) {
+            // A zipped group stands where the first of its keys would.
+            if GRID_ORDER.iter().find(|k| group.0.contains(**k)) == Some(&key) {
+                factors.push(group.1.clone());
+            }
+            continue;
         }
-        factors.push(f);
+        let one = |v: Vec<Coord>| v.into_iter().map(|x| vec![x]).collect::<Vec<_>>();
+        factors.push(match key {
+            "task" => one(tasks.iter().map(|&t| Coord::Task(t)).collect()),
+            "arch" => one(archs.iter().map(|&a| Coord::Arch(a)).collect()),
+            "hidden" => one(sizes(&c, "hidden", g.hidden.as_deref(), raw.model.hidden)?.into_iter().map(Coord::Hidden).collect()),
+            "granule" => one(sizes(&c, "granule", g.granule.as_deref(), None)?.into_iter().map(Coord::Granule).collect()),
+            "purkinje" => one(sizes(&c, "purkinje", g.purkinje.as_deref(), raw.model.purkinje)?.into_iter().map(Coord::Purkinje).collect()),
+            "regime" => one(regimes.iter().map(|&r| Coord::Regime(r)).collect()),
+            "core_plasticity" => one(c
+                .float_axis("grid.core_plasticity", g.core_plasticity.as_ref(), |f, v| c.factor(f, v))?
+                .into_iter()
+                .map(Coord::CorePlasticity)
+                .collect()),
+            "lr_core" => one(c
+                .float_axis("grid.lr_core", g.lr_core.as_ref(), |f, v| c.rate_as(f, "grid.lr_core", v))?
+                .into_iter()
+                .map(Coord::LrCore)
+                .collect()),
+            "lr_cb" => one(c
+                .float_axis("grid.lr_cb", g.lr_cb.as_ref(), |f, v| c.rate_as(f, "grid.lr_cb", v))?
+                .into_iter()
+                .map(Coord::LrCb)
+                .collect()),
+            _ => one(c.seeds(&g.seed)?.into_iter().map(Coord::Seed).collect()),
+        });
     }
-    c.nonempty("grid.lr_core", &g.lr_core)?;
-    c.nonempty("grid.lr_cb", &g.lr_cb)?;
-    let lr_cores = g.lr_core.iter().map(|&v| c.rate("grid.lr_core", v)).collect::<Result<Vec<_>, _>>()?;
-    let lr_cbs = g.lr_cb.iter().map(|&v| c.rate("grid.lr_cb", v)).collect::<Result<Vec<_>, _>>()?;
-
-    let hidden = c.positive("model.hidden", raw.model.hidden)?;
-    let purkinje = c.positive("model.purkinje", raw.model.purkinje)?;
+    let excludes = g.exclude.iter().flatten().enumerate().map(|(i, entry)| exclude_entry(&c, i, entry)).collect::<Result<Vec<_>, _>>()?;
     let published = match raw.model.rnn_match.as_str() {
         "published" => true,
         "closest" => false,
@@ -455,71 +616,408 @@ fn validate(raw: RawSpec, path: &Path, resolved: String, overrides: Vec<SpecOver
     };
 
     let id = SweepId(name.to_string());
-    let mut regimes = BTreeSet::new();
-    for r in &g.regime {
-        match r.as_str() {
-            "simult" => {
-                regimes.insert(Regime::Simult);
-            }
-            "reservoir" => regimes.extend(freezes.iter().map(|&freeze| Regime::Reservoir { freeze })),
-            _ => {
-                for &freeze in &freezes {
-                    regimes.extend(refreshes.iter().map(|&every| Regime::Interleaved { freeze, every }));
-                }
-            }
-        }
-    }
-
-    let cells = [tasks.len(), archs.len(), granules.len(), regimes.len(), factors.len(), lr_cores.len(), lr_cbs.len(), seeds.len()]
-        .iter()
-        .try_fold(1usize, |n, &k| n.checked_mul(k))
-        .unwrap_or(usize::MAX);
+    let cells = factors.iter().try_fold(1usize, |n, f| n.checked_mul(f.len())).unwrap_or(usize::MAX);
     if cells > MAX_TRIALS {
         return Err(c.invalid("grid", format!("{cells} cells"), &format!("a sweep may expand to at most {MAX_TRIALS} trials; split it")));
     }
+    let mut excluded = vec![0usize; excludes.len()];
     let mut trials = Vec::new();
     let mut seen = BTreeSet::new();
-    for &task in &tasks {
-        for &arch in &archs {
-            for &granule in &granules {
-                let h = match arch {
-                    Arch::Cbrnn => hidden,
-                    Arch::Rnn if published => model_size::matched_rnn_hidden(hidden, granule, purkinje),
-                    Arch::Rnn => model_size::closest_rnn_hidden(model_size::cbrnn_params(hidden, granule, purkinje)),
-                };
-                for &regime in &regimes {
-                    for &core_plasticity in &factors {
-                        for &lr_core in &lr_cores {
-                            for &lr_cb in &lr_cbs {
-                                for &seed in &seeds {
-                                    let trial = TrialSpec {
-                                        sweep: id.clone(),
-                                        task,
-                                        arch,
-                                        hidden: h,
-                                        granule,
-                                        purkinje,
-                                        seed,
-                                        regime,
-                                        lr_core,
-                                        lr_cb,
-                                        lr_readout: lr_readout.unwrap_or(lr_core),
-                                        core_plasticity,
-                                        budget,
-                                        analysis,
-                                    };
-                                    if seen.insert(trial.cell_key()) {
-                                        trials.push(trial);
-                                    }
-                                }
-                            }
-                        }
-                    }
+    for cell in product(&factors) {
+        let mut kept = true;
+        for (hits, entry) in excluded.iter_mut().zip(&excludes) {
+            if entry.iter().all(|x| x.matches(&cell)) {
+                *hits += 1;
+                kept = false;
+            }
+        }
+        if !kept {
+            continue;
+        }
+        let (hidden, granule, purkinje) = (cell.hidden, cell.granule, cell.purkinje);
+        let h = match cell.arch {
+            Arch::Cbrnn => hidden,
+            Arch::Rnn if published => model_size::matched_rnn_hidden(hidden, granule, purkinje),
+            Arch::Rnn => model_size::closest_rnn_hidden(model_size::cbrnn_params(hidden, granule, purkinje)),
+        };
+        let trial = TrialSpec {
+            sweep: id.clone(),
+            task: cell.task,
+            arch: cell.arch,
+            hidden: h,
+            granule,
+            purkinje,
+            seed: cell.seed,
+            regime: cell.regime,
+            lr_core: cell.lr_core,
+            lr_cb: cell.lr_cb,
+            lr_readout: lr_readout.unwrap_or(cell.lr_core),
+            core_plasticity: cell.core_plasticity,
+            budget,
+            analysis,
+            grid_hidden: hidden,
+        };
+        if seen.insert(trial.cell_key()) {
+            trials.push(trial);
+        }
+    }
+    if let Some(i) = excluded.iter().position(|&hits| hits == 0) {
+        let entry = toml::Value::Table(g.exclude.as_ref().expect("an exclude entry")[i].clone());
+        return Err(c.invalid(&format!("grid.exclude[{i}]"), entry, "matches no cell of the grid (check its keys and values)"));
+    }
+    if trials.is_empty() {
+        return Err(c.invalid("grid.exclude", "(every cell)", "leaves no cell to run"));
+    }
+    let compare = match &raw.stats {
+        None => DEFAULT_COMPARE.to_vec(),
+        Some(st) => compare_pairs(&c, &st.compare, &archs)?,
+    };
+    Ok(SweepSpec { id, description: raw.sweep.description, run, trials, resolved, overrides, compare })
+}
+
+/// `stats.compare`'s pairs, each two distinct architectures of the grid.
+fn compare_pairs(c: &Checker, pairs: &[Vec<String>], archs: &[Arch]) -> Result<Vec<(Arch, Arch)>, SpecError> {
+    c.nonempty("stats.compare", pairs)?;
+    let grid = archs.iter().map(|a| format!("{:?}", a.to_string())).collect::<Vec<_>>().join(", ");
+    let mut out = Vec::new();
+    for (i, pair) in pairs.iter().enumerate() {
+        let field = format!("stats.compare[{i}]");
+        if pair.len() != 2 {
+            return Err(c.invalid(&field, format!("{pair:?}"), "a comparison names two architectures: [\"a\", \"b\"]"));
+        }
+        let mut two = Vec::new();
+        for (j, name) in pair.iter().enumerate() {
+            let f = format!("{field}[{j}]");
+            let arch: Arch = name.parse().map_err(|why: String| c.invalid(&f, format!("{name:?}"), &why))?;
+            if !archs.contains(&arch) {
+                return Err(c.invalid(&f, format!("{name:?}"), &format!("not an architecture of the grid (grid.arch = [{grid}])")));
+            }
+            two.push(arch);
+        }
+        if two[0] == two[1] {
+            return Err(c.invalid(&field, format!("{pair:?}"), "compares an architecture with itself"));
+        }
+        if out.contains(&(two[0], two[1])) {
+            return Err(c.invalid(&field, format!("{pair:?}"), "is listed twice"));
+        }
+        out.push((two[0], two[1]));
+    }
+    Ok(out)
+}
+
+const REGIME_HINT: &str = "unknown regime (expected one of: simult, reservoir, interleaved)";
+
+/// The grid's keys in the order it crosses them (the last varies fastest); the order of every
+/// sweep's trials before zip and ranges existed, with hidden and purkinje beside granule.
+const GRID_ORDER: [&str; 10] = ["task", "arch", "hidden", "granule", "purkinje", "regime", "core_plasticity", "lr_core", "lr_cb", "seed"];
+
+fn regime_name(r: &str) -> Option<&'static str> {
+    ["simult", "reservoir", "interleaved"].into_iter().find(|n| *n == r)
+}
+
+/// One grid coordinate: what a trial's cell key shows. `hidden` is the grid shape's (the
+/// CB-RNN's); the matched architectures' own sizes follow from it.
+#[derive(Clone, Copy, Debug)]
+struct Cell {
+    task: Task,
+    arch: Arch,
+    hidden: u32,
+    granule: u32,
+    purkinje: u32,
+    regime: Regime,
+    core_plasticity: f64,
+    lr_core: f64,
+    lr_cb: f64,
+    seed: Seed,
+}
+
+/// One value of one grid key: what axes, zip rows and exclude entries are made of. The regime's
+/// parts (`RegimeName`, `Freeze`, `Refresh`) only match, in an exclude entry.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Coord {
+    Task(Task),
+    Arch(Arch),
+    Hidden(u32),
+    Granule(u32),
+    Purkinje(u32),
+    Regime(Regime),
+    CorePlasticity(f64),
+    LrCore(f64),
+    LrCb(f64),
+    Seed(Seed),
+    RegimeName(&'static str),
+    Freeze(FreezePoint),
+    Refresh(u32),
+}
+
+impl Coord {
+    fn set(self, c: &mut Cell) {
+        match self {
+            Coord::Task(v) => c.task = v,
+            Coord::Arch(v) => c.arch = v,
+            Coord::Hidden(v) => c.hidden = v,
+            Coord::Granule(v) => c.granule = v,
+            Coord::Purkinje(v) => c.purkinje = v,
+            Coord::Regime(v) => c.regime = v,
+            Coord::CorePlasticity(v) => c.core_plasticity = v,
+            Coord::LrCore(v) => c.lr_core = v,
+            Coord::LrCb(v) => c.lr_cb = v,
+            Coord::Seed(v) => c.seed = v,
+            Coord::RegimeName(_) | Coord::Freeze(_) | Coord::Refresh(_) => {}
+        }
+    }
+
+    fn matches(self, c: &Cell) -> bool {
+        match self {
+            Coord::Task(v) => c.task == v,
+            Coord::Arch(v) => c.arch == v,
+            Coord::Hidden(v) => c.hidden == v,
+            Coord::Granule(v) => c.granule == v,
+            Coord::Purkinje(v) => c.purkinje == v,
+            Coord::Regime(v) => c.regime == v,
+            Coord::CorePlasticity(v) => c.core_plasticity == v,
+            Coord::LrCore(v) => c.lr_core == v,
+            Coord::LrCb(v) => c.lr_cb == v,
+            Coord::Seed(v) => c.seed == v,
+            Coord::RegimeName(v) => c.regime.name() == v,
+            Coord::Freeze(v) => c.regime != Regime::Simult && c.regime.freeze() == v,
+            Coord::Refresh(v) => c.regime.refresh_every() == Some(v),
+        }
+    }
+}
+
+/// Every cell of the crossed factors (each a list of options, an option a list of values set
+/// together), the last factor varying fastest.
+fn product(factors: &[Vec<Vec<Coord>>]) -> Vec<Cell> {
+    let start = Cell {
+        task: Task::Dms,
+        arch: Arch::Cbrnn,
+        hidden: STUDY_SIZE,
+        granule: 0,
+        purkinje: STUDY_SIZE,
+        regime: Regime::Simult,
+        core_plasticity: 1.0,
+        lr_core: 0.0,
+        lr_cb: 0.0,
+        seed: Seed(0),
+    };
+    factors.iter().fold(vec![start], |cells, factor| {
+        cells
+            .iter()
+            .flat_map(|cell| {
+                factor.iter().map(move |option| {
+                    let mut c = *cell;
+                    option.iter().for_each(|x| x.set(&mut c));
+                    c
+                })
+            })
+            .collect()
+    })
+}
+
+/// A size axis: `grid.KEY`'s list, or the older `model.KEY` scalar (canonicalize leaves one).
+fn sizes(c: &Checker, key: &str, list: Option<&[i64]>, scalar: Option<i64>) -> Result<Vec<u32>, SpecError> {
+    let field = format!("grid.{key}");
+    match (list, scalar) {
+        (Some(vs), _) => {
+            c.nonempty(&field, vs)?;
+            vs.iter().map(|&v| c.positive(&field, v)).collect()
+        }
+        (None, Some(v)) => Ok(vec![c.positive(&format!("model.{key}"), v)?]),
+        (None, None) => Err(c.invalid(&field, "(none)", "missing")),
+    }
+}
+
+/// `grid.zip`'s rows grouped by the keys they name (rows naming the same keys vary together;
+/// groups cross each other), each group with its keys and its options.
+fn zip_groups(c: &Checker, rows: Option<&[toml::Table]>) -> Result<Vec<(BTreeSet<String>, Vec<Vec<Coord>>)>, SpecError> {
+    let Some(rows) = rows else { return Ok(Vec::new()) };
+    if rows.is_empty() {
+        return Err(c.invalid("grid.zip", "[]", "needs at least one row (or leave it out)"));
+    }
+    let mut groups: Vec<(BTreeSet<String>, Vec<Vec<Coord>>)> = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        let field = format!("grid.zip[{i}]");
+        if row.is_empty() {
+            return Err(c.invalid(&field, "{}", "a row names at least one key"));
+        }
+        let keys: BTreeSet<String> = row.keys().cloned().collect();
+        let mut option = Vec::new();
+        for (key, v) in row {
+            if !ZIPPABLE.contains(&key.as_str()) {
+                return Err(c.invalid(
+                    &format!("{field}.{key}"),
+                    v,
+                    &format!("cannot be zipped (zip takes {}; the other keys cross, and grid.exclude drops cells)", ZIPPABLE.join(", ")),
+                ));
+            }
+            option.push(c.coord(&format!("{field}.{key}"), key, v)?);
+        }
+        match groups.iter_mut().find(|(k, _)| *k == keys) {
+            Some((_, options)) => options.push(option),
+            None => {
+                if let Some((other, _)) = groups.iter().find(|(k, _)| !k.is_disjoint(&keys)) {
+                    return Err(c.invalid(
+                        &field,
+                        toml::Value::Table(row.clone()),
+                        &format!(
+                            "names {} as other rows do, but with other keys ({}); rows that zip a key must name the same keys",
+                            keys.intersection(other).cloned().collect::<Vec<_>>().join(", "),
+                            other.iter().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
                 }
+                groups.push((keys, vec![option]));
             }
         }
     }
-    Ok(SweepSpec { id, description: raw.sweep.description, run, trials, resolved, overrides })
+    Ok(groups)
+}
+
+/// One `grid.exclude` entry: a partial cell, every one of its values matching.
+fn exclude_entry(c: &Checker, i: usize, entry: &toml::Table) -> Result<Vec<Coord>, SpecError> {
+    let field = format!("grid.exclude[{i}]");
+    if entry.is_empty() {
+        return Err(c.invalid(&field, "{}", "an entry names at least one key (it would exclude every cell)"));
+    }
+    entry.iter().map(|(key, v)| c.coord(&format!("{field}.{key}"), key, v)).collect()
+}
+
+impl Checker<'_> {
+    /// One value of grid key `key`, shown as `field`, checked as the axis checks it.
+    fn coord(&self, field: &str, key: &str, v: &toml::Value) -> Result<Coord, SpecError> {
+        let int = || v.as_integer().ok_or_else(|| self.invalid(field, v, "must be an integer"));
+        let num = || v.as_float().or(v.as_integer().map(|i| i as f64)).ok_or_else(|| self.invalid(field, v, "must be a number"));
+        let text = || v.as_str().ok_or_else(|| self.invalid(field, v, "must be a string"));
+        let bound = format!("grid.{key}");
+        let parsed = |why: String| self.invalid(field, v, &why);
+        Ok(match key {
+            "task" => Coord::Task(text()?.parse().map_err(parsed)?),
+            "arch" => Coord::Arch(text()?.parse().map_err(parsed)?),
+            "hidden" => Coord::Hidden(self.positive_as(field, &bound, int()?)?),
+            "granule" => Coord::Granule(self.positive_as(field, &bound, int()?)?),
+            "purkinje" => Coord::Purkinje(self.positive_as(field, &bound, int()?)?),
+            "core_plasticity" => Coord::CorePlasticity(self.factor(field, num()?)?),
+            "lr_core" => Coord::LrCore(self.rate_as(field, &bound, num()?)?),
+            "lr_cb" => Coord::LrCb(self.rate_as(field, &bound, num()?)?),
+            "seed" => Coord::Seed(self.seed(field, int()?)?),
+            "regime" => Coord::RegimeName(regime_name(text()?).ok_or_else(|| self.invalid(field, v, REGIME_HINT))?),
+            "freeze" => Coord::Freeze(text()?.parse().map_err(parsed)?),
+            "refresh_every" => Coord::Refresh(self.positive_as(field, &bound, int()?)?),
+            _ => {
+                return Err(self.invalid(
+                    field,
+                    v,
+                    &format!("not a grid key (expected one of: {}, freeze, refresh_every)", GRID_ORDER.join(", ")),
+                ));
+            }
+        })
+    }
+
+    /// The reduced-plasticity factor: in (0, 1].
+    fn factor(&self, field: &str, f: f64) -> Result<f64, SpecError> {
+        if f.is_finite() && f > 0.0 && f <= 1.0 { Ok(f) } else { Err(self.invalid(field, f, "must be in (0, 1]")) }
+    }
+
+    fn seed(&self, field: &str, s: i64) -> Result<Seed, SpecError> {
+        let v = u64::try_from(s).map_err(|_| self.invalid(field, s, "seeds must be integers >= 0"))?;
+        self.bounded_as(field, "grid.seed", v as f64, s).map(|()| Seed(v))
+    }
+
+    /// A range's `count`: a positive integer under the bound on every range.
+    fn count(&self, field: &str, v: Option<&toml::Value>) -> Result<u32, SpecError> {
+        let field = format!("{field}.count");
+        let v = v.ok_or_else(|| self.invalid(&field, "(none)", "missing: a range needs a count"))?;
+        let n = v.as_integer().ok_or_else(|| self.invalid(&field, v, "must be a positive integer"))?;
+        self.positive_as(&field, "grid.count", n)
+    }
+
+    /// `grid.seed`: a list, or `{ from = S, count = N }` (S, S+1, ..., S+N-1).
+    fn seeds(&self, v: &toml::Value) -> Result<Vec<Seed>, SpecError> {
+        const FIELD: &str = "grid.seed";
+        match v {
+            toml::Value::Array(vs) => {
+                self.nonempty(FIELD, vs)?;
+                vs.iter()
+                    .map(|s| self.seed(FIELD, s.as_integer().ok_or_else(|| self.invalid(FIELD, s, "seeds must be integers >= 0"))?))
+                    .collect()
+            }
+            toml::Value::Table(t) => {
+                if let Some(k) = t.keys().find(|k| !matches!(k.as_str(), "from" | "count")) {
+                    return Err(self.invalid(&format!("{FIELD}.{k}"), &t[k], "unknown key of a seed range (expected from, count)"));
+                }
+                let from =
+                    t.get("from").ok_or_else(|| self.invalid(&format!("{FIELD}.from"), "(none)", "missing: a seed range needs a start"))?;
+                let from = self.seed(
+                    &format!("{FIELD}.from"),
+                    from.as_integer().ok_or_else(|| self.invalid(&format!("{FIELD}.from"), from, "must be an integer >= 0"))?,
+                )?;
+                let count = self.count(FIELD, t.get("count"))?;
+                (0..u64::from(count)).map(|k| self.seed(FIELD, (from.0 + k) as i64)).collect()
+            }
+            other => Err(self.invalid(FIELD, other, "expected a list of seeds or a range { from = 0, count = 32 }")),
+        }
+    }
+
+    /// A rate or factor axis: a list, `{ from = A, to = B, count = N }` (N evenly spaced values,
+    /// both ends included) or `{ log_from = A, to = B, count = N }` (N log-spaced, both > 0).
+    /// Values between the ends are kept to 12 significant digits (0.01, not 0.010000000000000002),
+    /// so they read as written in cell keys. Each value is checked by `check`.
+    fn float_axis(
+        &self,
+        field: &str,
+        v: Option<&toml::Value>,
+        check: impl Fn(&str, f64) -> Result<f64, SpecError>,
+    ) -> Result<Vec<f64>, SpecError> {
+        let v = v.ok_or_else(|| self.invalid(field, "(none)", "missing"))?;
+        let number = |f: &str, x: &toml::Value| {
+            x.as_float().or(x.as_integer().map(|i| i as f64)).ok_or_else(|| self.invalid(f, x, "must be a number"))
+        };
+        let values = match v {
+            toml::Value::Array(vs) => {
+                self.nonempty(field, vs)?;
+                vs.iter().map(|x| number(field, x)).collect::<Result<Vec<_>, _>>()?
+            }
+            toml::Value::Table(t) => {
+                let log = t.contains_key("log_from");
+                let start = if log { "log_from" } else { "from" };
+                if let Some(k) = t.keys().find(|k| ![start, "to", "count"].contains(&k.as_str())) {
+                    return Err(self.invalid(
+                        &format!("{field}.{k}"),
+                        &t[k],
+                        "unknown key of a range (expected from, to, count or log_from, to, count)",
+                    ));
+                }
+                let get = |k: &str| {
+                    let f = format!("{field}.{k}");
+                    t.get(k)
+                        .ok_or_else(|| self.invalid(&f, "(none)", "missing: a range needs from (or log_from), to and count"))
+                        .and_then(|x| number(&f, x))
+                };
+                let (a, b, n) = (get(start)?, get("to")?, self.count(field, t.get("count"))?);
+                if log && !(a > 0.0 && b > 0.0) {
+                    return Err(self.invalid(field, v, "a log-spaced range needs log_from > 0 and to > 0"));
+                }
+                if n == 1 && a != b {
+                    return Err(self.invalid(&format!("{field}.count"), 1, "a range of one value needs from = to (or write a list)"));
+                }
+                let at = |k: u32| {
+                    if k == 0 {
+                        return a;
+                    }
+                    if k + 1 == n {
+                        return b;
+                    }
+                    let t = f64::from(k) / f64::from(n - 1);
+                    let x = if log { (a.ln() + t * (b.ln() - a.ln())).exp() } else { a + t * (b - a) };
+                    format!("{x:.11e}").parse().expect("a formatted float parses")
+                };
+                (0..n).map(at).collect()
+            }
+            other => Err(self.invalid(field, other, "expected a list, { from, to, count } or { log_from, to, count }"))?,
+        };
+        values.into_iter().map(|x| check(field, x)).collect()
+    }
 }
 
 #[cfg(test)]

@@ -174,3 +174,177 @@ fn a_grid_too_large_or_a_name_too_long_is_refused() {
     assert!(e.contains("sweep.name") && e.contains("at most 64 characters"), "{e}");
     parse(&MINIMAL.replace("name = \"t\"", &format!("name = \"{}\"", "x".repeat(64)))).unwrap();
 }
+
+fn cells(s: &SweepSpec) -> Vec<String> {
+    s.trials.iter().map(|t| t.cell_key()).collect()
+}
+
+#[test]
+fn sizes_as_grid_lists_cross_and_the_matched_rnn_follows_each_shape() {
+    let s = parse(&MINIMAL.replace("seed = [0, 1]", "seed = [0]\nhidden = [64, 32]\npurkinje = [64]\ngranule = [256]")).unwrap();
+    assert_eq!(s.trials.len(), 2 * 2 * 2);
+    let rnn32 = s.trials.iter().find(|t| t.arch == Arch::Rnn && t.grid_hidden == 32).unwrap();
+    assert_eq!(rnn32.hidden, model_size::closest_rnn_hidden(model_size::cbrnn_params(32, 256, 64)));
+    assert!(rnn32.cell_key().contains("arch=rnn hidden=32 granule=256 purkinje=64"), "{}", rnn32.cell_key());
+    let rnn64 = s.trials.iter().find(|t| t.arch == Arch::Rnn && t.grid_hidden == 64).unwrap();
+    assert_eq!(rnn64.hidden, 202, "the published pair");
+    assert!(rnn64.cell_key().contains("arch=rnn granule=256 seed"), "the study's sizes stay out of the key: {}", rnn64.cell_key());
+}
+
+#[test]
+fn the_older_scalar_sizes_give_the_same_trials_as_one_element_lists() {
+    let old = parse(&format!("{MINIMAL}[model]\nhidden = 32\npurkinje = 16\n")).unwrap();
+    let new = parse(&MINIMAL.replace("seed = [0, 1]", "seed = [0, 1]\nhidden = [32]\npurkinje = [16]")).unwrap();
+    assert_eq!(old.trials, new.trials);
+    assert_eq!(old.trials[0].purkinje, 16);
+    let e = err(&format!("{}[model]\nhidden = 32\n", MINIMAL.replace("seed = [0, 1]", "seed = [0, 1]\nhidden = [32]")));
+    assert!(e.contains("model.hidden = 32") && e.contains("grid.hidden = [...]"), "{e}");
+    let e = err(&MINIMAL.replace("seed = [0, 1]", "seed = [0, 1]\npurkinje = [0]"));
+    assert!(e.contains("grid.purkinje = 0") && e.contains("positive"), "{e}");
+    let e = err(&MINIMAL.replace("seed = [0, 1]", "seed = [0, 1]\nhidden = [5000]"));
+    assert!(e.contains("grid.hidden = 5000") && e.contains("at most 4096"), "{e}");
+}
+
+const SIZES_ZIP: &str = "zip = [\n  { hidden = 64, granule = 256, purkinje = 64 },\n  { hidden = 29, granule = 256, purkinje = 29 },\n  { hidden = 114, granule = 64, purkinje = 64 },\n]\n";
+
+#[test]
+fn zipped_sizes_vary_together_and_stand_where_the_sizes_would() {
+    let s = parse(&MINIMAL.replace("seed = [0, 1]", &format!("seed = [0]\n{SIZES_ZIP}"))).unwrap();
+    // task x arch x 3 shapes x 1 seed
+    assert_eq!(s.trials.len(), 2 * 2 * 3);
+    let shapes: Vec<(u32, u32, u32)> = s.trials.iter().take(3).map(|t| (t.grid_hidden, t.granule, t.purkinje)).collect();
+    assert_eq!(shapes, [(64, 256, 64), (29, 256, 29), (114, 64, 64)], "in row order, inside task and arch");
+    let rnn = s.trials.iter().find(|t| t.arch == Arch::Rnn && t.grid_hidden == 114).unwrap();
+    assert_eq!(rnn.hidden, model_size::matched_rnn_hidden(114, 64, 64));
+    assert!(!s.resolved.contains("granule = [256]"), "a zipped key leaves the axes: {}", s.resolved);
+    assert_eq!(parse_resolved(&s.resolved, Path::new("stored"), vec![]).unwrap(), s, "the resolved form is the sweep");
+    let ids: BTreeSet<_> = s.trials.iter().map(|t| t.id()).collect();
+    assert_eq!(ids.len(), s.trials.len());
+}
+
+#[test]
+fn zip_groups_with_other_keys_cross_each_other() {
+    let zip = "zip = [\n { lr_core = 0.01, lr_cb = 0.02 },\n { lr_core = 0.001, lr_cb = 0.002 },\n { granule = 64 },\n { granule = 128 },\n { granule = 512 },\n]\n";
+    let s = parse(&MINIMAL.replace("seed = [0, 1]", &format!("seed = [0]\n{zip}"))).unwrap();
+    assert_eq!(s.trials.len(), 2 * 2 * 2 * 3);
+    let pairs: BTreeSet<(u64, u64)> = s.trials.iter().map(|t| (t.lr_core.to_bits(), t.lr_cb.to_bits())).collect();
+    assert_eq!(pairs, BTreeSet::from([(0.01f64.to_bits(), 0.02f64.to_bits()), (0.001f64.to_bits(), 0.002f64.to_bits())]));
+}
+
+#[test]
+fn bad_zips_are_refused_naming_row_key_and_value() {
+    let with_zip = |zip: &str| err(&MINIMAL.replace("seed = [0, 1]", &format!("seed = [0]\n{zip}")));
+    let e = with_zip("zip = [{ hidden = 64, granule = -1, purkinje = 64 }]");
+    assert!(e.contains("sweeps/test.toml") && e.contains("grid.zip[0].granule = -1"), "{e}");
+    let e = with_zip("zip = [{ task = \"dms\" }]");
+    assert!(e.contains("grid.zip[0].task = \"dms\"") && e.contains("cannot be zipped"), "{e}");
+    let e = with_zip("zip = [{ hidden = 64, granule = 256 }, { hidden = 32 }]");
+    assert!(e.contains("grid.zip[1]") && e.contains("must name the same keys"), "{e}");
+    let e = with_zip("granule = [64]\nzip = [{ granule = 256 }]");
+    assert!(e.contains("grid.granule") && e.contains("also in grid.zip"), "{e}");
+    let e = with_zip("zip = [{ lr_core = \"fast\" }]");
+    assert!(e.contains("grid.zip[0].lr_core = \"fast\"") && e.contains("number"), "{e}");
+    let e = with_zip("zip = []");
+    assert!(e.contains("grid.zip = []"), "{e}");
+    let e = err(&format!("{}[model]\nhidden = 32\n", MINIMAL.replace("seed = [0, 1]", &format!("seed = [0]\n{SIZES_ZIP}"))));
+    assert!(e.contains("model.hidden = 32"), "{e}");
+}
+
+#[test]
+fn seed_ranges_equal_their_lists() {
+    let range = parse(&MINIMAL.replace("seed = [0, 1]", "seed = { from = 3, count = 4 }")).unwrap();
+    let list = parse(&MINIMAL.replace("seed = [0, 1]", "seed = [3, 4, 5, 6]")).unwrap();
+    assert_eq!(range.trials, list.trials);
+    for (bad, shown) in [
+        ("seed = { from = -1, count = 4 }", "grid.seed.from = -1"),
+        ("seed = { from = 0, count = 0 }", "grid.seed.count = 0"),
+        ("seed = { from = 0 }", "grid.seed.count"),
+        ("seed = { start = 0, count = 2 }", "grid.seed.start = 0"),
+        ("seed = { from = 0, count = 20000 }", "grid.seed.count = 20000"),
+        ("seed = \"all\"", "grid.seed = \"all\""),
+        ("seed = [0, -2]", "grid.seed = -2"),
+    ] {
+        let e = err(&MINIMAL.replace("seed = [0, 1]", bad));
+        assert!(e.contains(shown) && e.contains("sweeps/test.toml"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn rate_ranges_are_linear_or_log_spaced_with_both_ends() {
+    let s = parse(&MINIMAL.replace("seed = [0, 1]", "seed = [0]\nlr_core = { log_from = 0.001, to = 0.1, count = 5 }")).unwrap();
+    let lrs: Vec<f64> = s.trials.iter().take(5).map(|t| t.lr_core).collect();
+    assert_eq!(lrs, [0.001, 0.00316227766017, 0.01, 0.0316227766017, 0.1]);
+    assert!(s.trials[2].cell_key().contains("lr_core=0.01 "), "{}", s.trials[2].cell_key());
+    let s = parse(&MINIMAL.replace("seed = [0, 1]", "seed = [0]\ncore_plasticity = { from = 0.25, to = 1.0, count = 4 }")).unwrap();
+    let fs: Vec<f64> = s.trials.iter().take(4).map(|t| t.core_plasticity).collect();
+    assert_eq!(fs, [0.25, 0.5, 0.75, 1.0]);
+    assert_eq!(parse_resolved(&s.resolved, Path::new("stored"), vec![]).unwrap(), s);
+    let ints = parse(&MINIMAL.replace("seed = [0, 1]", "seed = [0]\ncore_plasticity = [1]")).unwrap();
+    assert_eq!(ints.hash(), parse(&MINIMAL.replace("seed = [0, 1]", "seed = [0]\ncore_plasticity = [1.0]")).unwrap().hash());
+    for (bad, shown) in [
+        ("lr_core = { log_from = 0.0, to = 0.1, count = 3 }", "grid.lr_core = { count = 3, log_from = 0.0, to = 0.1 }: a log-spaced"),
+        ("lr_core = { from = 0.1, to = 20.0, count = 3 }", "grid.lr_core = 10.05"),
+        ("lr_cb = { from = 0.1, to = 0.2 }", "grid.lr_cb.count"),
+        ("lr_cb = { from = 0.1, to = 0.2, count = 1 }", "grid.lr_cb.count = 1"),
+        ("lr_cb = { from = 0.1, upto = 0.2, count = 2 }", "grid.lr_cb.upto = 0.2"),
+        ("core_plasticity = { from = 0.5, to = 2.0, count = 2 }", "grid.core_plasticity = 2"),
+        ("lr_core = 0.01", "grid.lr_core = 0.01"),
+    ] {
+        let e = err(&MINIMAL.replace("seed = [0, 1]", &format!("seed = [0]\n{bad}")));
+        assert!(e.contains(shown), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn exclude_drops_the_cells_each_entry_matches() {
+    let text = MINIMAL.replace(
+        "seed = [0, 1]",
+        "seed = [0, 1]\nregime = [\"simult\", \"reservoir\"]\nfreeze = [\"level:2\"]\nexclude = [{ arch = \"rnn\", regime = \"reservoir\" }, { task = \"parity\", seed = 1 }]",
+    );
+    let s = parse(&text).unwrap();
+    // 2 tasks x 2 archs x 2 regimes x 2 seeds = 16; rnn reservoir drops 4, parity seed 1 drops 3 more
+    assert_eq!(s.trials.len(), 16 - 4 - 3, "{:#?}", cells(&s));
+    assert!(!s.trials.iter().any(|t| t.arch == Arch::Rnn && t.regime.name() == "reservoir"));
+    assert!(!s.trials.iter().any(|t| t.task == Task::Parity && t.seed == Seed(1)));
+    let sized = parse(&MINIMAL.replace("seed = [0, 1]", &format!("seed = [0]\n{SIZES_ZIP}exclude = [{{ hidden = 29 }}]"))).unwrap();
+    assert_eq!(sized.trials.len(), 2 * 2 * 2, "hidden matches the grid's shape, the matched RNN's too");
+}
+
+#[test]
+fn an_exclude_matching_nothing_or_naming_a_bad_value_is_refused() {
+    let e = err(&MINIMAL.replace("seed = [0, 1]", "seed = [0, 1]\nexclude = [{ task = \"dms\", seed = 7 }]"));
+    assert!(e.contains("grid.exclude[0] = ") && e.contains("seed = 7") && e.contains("matches no cell"), "{e}");
+    let e = err(&MINIMAL.replace("seed = [0, 1]", "seed = [0, 1]\nexclude = [{ task = \"dns\" }]"));
+    assert!(e.contains("grid.exclude[0].task = \"dns\"") && e.contains("unknown task"), "{e}");
+    let e = err(&MINIMAL.replace("seed = [0, 1]", "seed = [0, 1]\nexclude = [{ colour = \"red\" }]"));
+    assert!(e.contains("grid.exclude[0].colour") && e.contains("not a grid key"), "{e}");
+    let e = err(&MINIMAL.replace("seed = [0, 1]", "seed = [0, 1]\nexclude = [{}]"));
+    assert!(e.contains("grid.exclude[0]"), "{e}");
+    let e = err(&MINIMAL
+        .replace("seed = [0, 1]", "seed = [0]\narch = [\"rnn\"]\nexclude = [{ arch = \"rnn\" }]")
+        .replace("arch = [\"cbrnn\", \"rnn\"]\n", ""));
+    assert!(e.contains("leaves no cell"), "{e}");
+}
+
+#[test]
+fn stats_compare_defaults_to_cbrnn_against_rnn_and_names_grid_architectures() {
+    let s = parse(MINIMAL).unwrap();
+    assert_eq!(s.compare, vec![(Arch::Cbrnn, Arch::Rnn)]);
+    assert!(!s.resolved.contains("[stats]"), "the default leaves the resolved text as it was");
+    let s = parse(&format!("{MINIMAL}[stats]\ncompare = [[\"rnn\", \"cbrnn\"]]\n")).unwrap();
+    assert_eq!(s.compare, vec![(Arch::Rnn, Arch::Cbrnn)]);
+    assert_eq!(parse_resolved(&s.resolved, Path::new("stored"), vec![]).unwrap().compare, s.compare);
+    assert_eq!(resolved_compare(&s.resolved), s.compare, "a stored sweep's pairs read back without expanding it");
+    assert_eq!(resolved_compare(&parse(MINIMAL).unwrap().resolved), DEFAULT_COMPARE.to_vec());
+    for (compare, shown) in [
+        ("[[\"cbrnn\", \"lstm\"]]", "stats.compare[0][1] = \"lstm\""),
+        ("[[\"cbrnn\"]]", "stats.compare[0] = [\"cbrnn\"]"),
+        ("[[\"rnn\", \"rnn\"]]", "stats.compare[0] = [\"rnn\", \"rnn\"]"),
+        ("[]", "stats.compare = []"),
+    ] {
+        let e = err(&format!("{MINIMAL}[stats]\ncompare = {compare}\n"));
+        assert!(e.contains(shown) && e.contains("sweeps/test.toml"), "{compare}: {e}");
+    }
+    let e = err(&format!("{}[stats]\ncompare = [[\"cbrnn\", \"rnn\"]]\n", MINIMAL.replace("[\"cbrnn\", \"rnn\"]", "[\"cbrnn\"]")));
+    assert!(e.contains("stats.compare[0][1] = \"rnn\"") && e.contains("not an architecture of the grid"), "{e}");
+}

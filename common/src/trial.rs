@@ -120,6 +120,22 @@ pub struct TrialSpec {
     pub core_plasticity: f64,
     pub budget: TrainBudget,
     pub analysis: AnalysisPlan,
+    /// The hidden size of the grid's shape (hidden, granule, purkinje) this trial comes from: its
+    /// own for the CB-RNN, the CB-RNN's it is matched to for the others. Left out of the hashed
+    /// form at the study's 64, so the trials of sweeps that never varied it keep their ids.
+    #[serde(default = "study_size", skip_serializing_if = "is_study_size")]
+    pub grid_hidden: u32,
+}
+
+/// The study's hidden and Purkinje size (docs/science.md), the default of both.
+pub const STUDY_SIZE: u32 = 64;
+
+fn study_size() -> u32 {
+    STUDY_SIZE
+}
+
+fn is_study_size(v: &u32) -> bool {
+    *v == STUDY_SIZE
 }
 
 /// Trials with equal pack keys have the same tensor shapes and budget and can train together as
@@ -146,13 +162,19 @@ impl TrialSpec {
         }
     }
 
-    /// Human-readable grid coordinates; unique within a sweep.
+    /// Human-readable grid coordinates; unique within a sweep. The grid's hidden and Purkinje
+    /// sizes appear when either differs from the study's 64 (so the keys of sweeps that never
+    /// varied them are as they were): `... arch=rnn hidden=29 granule=256 purkinje=29 seed=0 ...`.
     pub fn cell_key(&self) -> String {
+        let sizes = if (self.grid_hidden, self.purkinje) == (STUDY_SIZE, STUDY_SIZE) {
+            format!("granule={}", self.granule)
+        } else {
+            format!("hidden={} granule={} purkinje={}", self.grid_hidden, self.granule, self.purkinje)
+        };
         format!(
-            "task={} arch={} granule={} seed={} regime={} freeze={} refresh={} core_plasticity={} lr_core={} lr_cb={}",
+            "task={} arch={} {sizes} seed={} regime={} freeze={} refresh={} core_plasticity={} lr_core={} lr_cb={}",
             self.task,
             self.arch,
-            self.granule,
             self.seed,
             self.regime.name(),
             self.regime.freeze_label(),

@@ -60,12 +60,22 @@ fn print_out(text: impl std::fmt::Display) -> Result<(), CliError> {
     }
 }
 
-/// `cbsweep validate SPEC`: load, validate, describe.
+/// `cbsweep validate SPEC`: load, validate, describe: one row per condition (not per seed), in
+/// grid order, with the model's sizes, its parameter count and, for a model whose sizes follow
+/// the grid's shape by parameter matching, the CB-RNN shape it is matched to.
 pub fn validate(spec_path: &Path) -> Result<(), CliError> {
     let spec = load_spec(spec_path)?;
-    let mut conditions = std::collections::BTreeMap::<String, u32>::new();
+    let mut conditions: Vec<(String, &cbsweep_common::TrialSpec, u32)> = Vec::new();
+    let mut index = std::collections::HashMap::<String, usize>::new();
     for t in &spec.trials {
-        *conditions.entry(t.condition()).or_default() += 1;
+        let c = t.condition();
+        match index.get(&c) {
+            Some(&i) => conditions[i].2 += 1,
+            None => {
+                index.insert(c.clone(), conditions.len());
+                conditions.push((c, t, 1));
+            }
+        }
     }
     print_out(format_args!(
         "{}: sweep {} is valid: {} trials in {} conditions",
@@ -74,11 +84,35 @@ pub fn validate(spec_path: &Path) -> Result<(), CliError> {
         spec.trials.len(),
         conditions.len()
     ))?;
+    let short = cbsweep_common::varying_parts(conditions.iter().map(|(c, _, _)| c.as_str()));
     let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY).set_header(["condition", "seeds", "params"]);
-    for (c, n) in &conditions {
-        let params = spec.trials.iter().find(|t| &t.condition() == c).map(|t| t.param_count()).unwrap_or(0);
-        table.add_row([c.clone(), n.to_string(), params.to_string()]);
+    table.load_preset(UTF8_BORDERS_ONLY).set_header([
+        "condition",
+        "arch",
+        "hidden",
+        "granule",
+        "purkinje",
+        "params",
+        "matched to",
+        "seeds",
+    ]);
+    for (c, t, n) in &conditions {
+        let matched = if t.hidden == t.grid_hidden {
+            "-".to_string()
+        } else {
+            let target = cbsweep_common::model_size::cbrnn_params(t.grid_hidden, t.granule, t.purkinje);
+            format!("cbrnn {}/{}/{} ({target})", t.grid_hidden, t.granule, t.purkinje)
+        };
+        table.add_row([
+            short(c),
+            t.arch.to_string(),
+            t.hidden.to_string(),
+            t.granule.to_string(),
+            t.purkinje.to_string(),
+            t.param_count().to_string(),
+            matched,
+            n.to_string(),
+        ]);
     }
     print_out(table)
 }
@@ -143,7 +177,8 @@ pub fn stats(state: &Path, sweep: &SweepId, out: &Path) -> Result<PathBuf, CliEr
     if rows.is_empty() {
         return Err(CliError::UnknownSweep { sweep: sweep.clone(), state: state.to_owned(), out: out.to_owned() });
     }
-    let stat_rows = stats::compute(&rows, &store.curves(sweep)?);
+    let compare = cbsweep_results::ResultsSource::sweep(&store, sweep)?.map(|m| m.compare).unwrap_or_default();
+    let stat_rows = stats::compute(&rows, &store.curves(sweep)?, &compare);
     print!("{}", stats::print(&stat_rows));
     let path = sweep_dir(out, sweep).join(stats::FILE);
     stats::write(&path, &stat_rows)?;

@@ -15,8 +15,11 @@ impl ResultsSource for Store {
 
     fn sweep(&self, sweep: &SweepId) -> Result<Option<SweepMeta>, StoreError> {
         // The stored text is the validated spec's resolved form, so this is `SweepSpec::hash`.
-        Ok(Store::sweep(self, sweep)?
-            .map(|s| SweepMeta { spec_hash: cbsweep_common::spec_hash(&s.spec_toml), spec_overrides: s.overrides }))
+        Ok(Store::sweep(self, sweep)?.map(|s| SweepMeta {
+            spec_hash: cbsweep_common::spec_hash(&s.spec_toml),
+            compare: cbsweep_common::spec::resolved_compare(&s.spec_toml),
+            spec_overrides: s.overrides,
+        }))
     }
 
     fn trials(&self, sweep: &SweepId) -> Result<Vec<TrialRow>, StoreError> {

@@ -152,6 +152,7 @@ impl From<&c::TrialSpec> for v1::TrialSpec {
             core_plasticity: t.core_plasticity,
             budget: Some(t.budget.into()),
             analysis: Some(t.analysis.into()),
+            grid_hidden: t.grid_hidden,
         }
     }
 }
@@ -201,6 +202,7 @@ impl TryFrom<v1::TrialSpec> for c::TrialSpec {
             core_plasticity: t.core_plasticity,
             budget: t.budget.ok_or(ConvertError::Missing("budget"))?.try_into()?,
             analysis: t.analysis.ok_or(ConvertError::Missing("analysis"))?.into(),
+            grid_hidden: if t.grid_hidden == 0 { c::trial::STUDY_SIZE } else { t.grid_hidden },
         })
     }
 }

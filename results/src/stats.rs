@@ -22,8 +22,9 @@
 //!   a comparison row: both groups; the threshold is in column half_max_level). A trial that never
 //!   gets there counts as budget + 1 epochs (censored: the rank test treats it as the slowest).
 //!   When no trial solved anything the threshold is 0 and the value is NaN.
-//! - Comparisons: CB-RNN (group a) against the matched RNN (group b) with every other grid key
-//!   equal ("cbrnn_vs_rnn"); each non-simult regime and freeze point (group a) against simult
+//! - Comparisons: each architecture pair of the spec's `[stats] compare` (by default the CB-RNN,
+//!   group a, against the matched RNN, group b) with every other grid key equal
+//!   ("cbrnn_vs_rnn": a_vs_b); each non-simult regime and freeze point (group a) against simult
 //!   (group b) with the same task, architecture and every other grid key equal
 //!   ("freeze_vs_simult"). The key columns describe group a; `reference` names group b.
 //! - Signs follow a - b: cohens_d > 0 and rank_biserial > 0 mean group a's values are larger
@@ -34,7 +35,10 @@
 //!   both comparison kinds are in one family. NaN p-values are not in the family.
 //! - Degenerate groups give NaN, never a panic: n < 2 in either group gives NaN tests and effect
 //!   sizes; zero variance in both groups gives NaN t, df, p and d; all values tied gives NaN
-//!   Mann-Whitney p.
+//!   Mann-Whitney p (and a null mwu_method).
+//! - Mann-Whitney p: exact when either group has at most 8 values and none is tied, asymptotic
+//!   when both have more than 8 (scipy's `method="auto"`), and the exact permutation
+//!   distribution when a small sample has ties (`summary::MwuMethod`; column mwu_method).
 
 use crate::conditions::{by_condition, namer, without};
 use crate::error::ResultsError;
@@ -80,12 +84,15 @@ pub const MWU_P: &str = "mwu_p";
 pub const MWU_P_HOLM: &str = "mwu_p_holm";
 pub const COHENS_D: &str = "cohens_d";
 pub const RANK_BISERIAL: &str = "rank_biserial";
+/// How mwu_p was computed: "exact", "asymptotic" or "permutation" (`summary::MwuMethod`).
+pub const MWU_METHOD: &str = "mwu_method";
 
 /// Which pairs of conditions a comparison row contrasts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Comparison {
-    /// CB-RNN (a) against the parameter-matched RNN (b), every other grid key equal.
-    CbrnnVsRnn,
+    /// Architecture a against architecture b, every other grid key equal (the spec's
+    /// `[stats] compare`; by default the CB-RNN against the parameter-matched RNN).
+    Archs(Arch, Arch),
     /// A non-simult regime and freeze point (a) against simult (b), every other grid key equal.
     FreezeVsSimult,
 }
@@ -111,40 +118,41 @@ pub struct StatRow {
 }
 
 impl Comparison {
-    pub const ALL: [Comparison; 2] = [Comparison::CbrnnVsRnn, Comparison::FreezeVsSimult];
-
-    pub fn name(&self) -> &'static str {
+    /// The comparison column's value: "cbrnn_vs_rnn" (a_vs_b, the architectures' names) or
+    /// "freeze_vs_simult".
+    pub fn name(&self) -> String {
         match self {
-            Comparison::CbrnnVsRnn => "cbrnn_vs_rnn",
-            Comparison::FreezeVsSimult => "freeze_vs_simult",
+            Comparison::Archs(a, b) => format!("{a}_vs_{b}"),
+            Comparison::FreezeVsSimult => "freeze_vs_simult".to_string(),
         }
     }
 
     /// The condition keys (as in `TrialSpec::condition`) on which a and b may differ.
     fn differing_keys(&self) -> &'static [&'static str] {
         match self {
-            Comparison::CbrnnVsRnn => &["arch"],
+            Comparison::Archs(..) => &["arch"],
             Comparison::FreezeVsSimult => &["regime", "freeze", "refresh"],
         }
     }
 
     fn is_a(&self, s: &TrialSpec) -> bool {
         match self {
-            Comparison::CbrnnVsRnn => s.arch == Arch::Cbrnn,
+            Comparison::Archs(a, _) => s.arch == *a,
             Comparison::FreezeVsSimult => s.regime != Regime::Simult,
         }
     }
 
     fn is_b(&self, s: &TrialSpec) -> bool {
         match self {
-            Comparison::CbrnnVsRnn => s.arch == Arch::Rnn,
+            Comparison::Archs(_, b) => s.arch == *b,
             Comparison::FreezeVsSimult => s.regime == Regime::Simult,
         }
     }
 }
 
-/// Condition summaries and comparisons of a sweep's trials (see the module docs).
-pub fn compute(trials: &[TrialRow], curves: &[(TrialId, EpochRecord)]) -> Vec<StatRow> {
+/// Condition summaries and comparisons of a sweep's trials (see the module docs); `compare`:
+/// the architecture pairs (a, b) to compare (`SweepMeta::compare`).
+pub fn compute(trials: &[TrialRow], curves: &[(TrialId, EpochRecord)], compare: &[(Arch, Arch)]) -> Vec<StatRow> {
     let tc = trial_curves(trials, curves);
     let groups = by_condition(&tc, |t| t.trial.condition.as_str());
     let mut rows = Vec::new();
@@ -162,7 +170,7 @@ pub fn compute(trials: &[TrialRow], curves: &[(TrialId, EpochRecord)]) -> Vec<St
             });
         }
     }
-    for (comparison, a, b) in pairs(&groups) {
+    for (comparison, a, b) in pairs(&groups, compare) {
         let (ga, gb) = (&groups[a].1, &groups[b].1);
         for m in Measure::ALL {
             let half = threshold(m, ga.iter().chain(gb).copied());
@@ -204,6 +212,7 @@ pub fn schema() -> SchemaRef {
         [MEAN_A, MEAN_B, SD_A, SD_B, WELCH_T, WELCH_DF, WELCH_P, WELCH_P_HOLM, MWU_U, MWU_P, MWU_P_HOLM, COHENS_D, RANK_BISERIAL]
             .map(f64_col),
     );
+    fields.push(Field::new(MWU_METHOD, DataType::Utf8, true));
     Arc::new(Schema::new(fields))
 }
 
@@ -229,7 +238,7 @@ pub fn write(path: &Path, rows: &[StatRow]) -> Result<(), ResultsError> {
         x(&|r| Some(r.spec.lr_core)),
         x(&|r| Some(r.spec.lr_cb)),
         s(&|r| r.kind().to_string()),
-        os(&|r| r.comparison().map(|c| c.name().to_string())),
+        os(&|r| r.comparison().map(|c| c.name())),
         s(&|r| r.measure.name().to_string()),
         s(&|r| r.condition.clone()),
         os(&|r| match &r.values {
@@ -258,6 +267,7 @@ pub fn write(path: &Path, rows: &[StatRow]) -> Result<(), ResultsError> {
         test(|t| t.mwu_p_holm),
         test(|t| t.cohens_d),
         test(|t| t.rank_biserial),
+        os(&|r| r.tests().and_then(|t| t.mwu_method).map(|m| m.name().to_string())),
     ];
     write_table(path, schema(), cols, "stats")
 }
@@ -357,10 +367,11 @@ impl StatRow {
 }
 
 /// (comparison, index of group a, index of group b) for every matched pair of conditions.
-fn pairs(groups: &[(&str, Vec<&TrialCurve>)]) -> Vec<(Comparison, usize, usize)> {
+fn pairs(groups: &[(&str, Vec<&TrialCurve>)], compare: &[(Arch, Arch)]) -> Vec<(Comparison, usize, usize)> {
     let spec = |i: usize| &groups[i].1[0].trial.spec;
     let mut out = Vec::new();
-    for comparison in Comparison::ALL {
+    let comparisons = compare.iter().map(|&(a, b)| Comparison::Archs(a, b)).chain([Comparison::FreezeVsSimult]);
+    for comparison in comparisons {
         let keys = comparison.differing_keys();
         let references: HashMap<String, usize> =
             (0..groups.len()).filter(|&b| comparison.is_b(spec(b))).map(|b| (without(groups[b].0, keys), b)).collect();

@@ -20,8 +20,35 @@ pub struct Summary {
     pub ci95_high: f64,
 }
 
-/// Two groups compared: Welch's t-test, Mann-Whitney U (two-sided, asymptotic normal with tie
-/// and continuity correction, as scipy's `mannwhitneyu(method="asymptotic")`), effect sizes.
+/// How a Mann-Whitney p-value was computed (stats.parquet's `mwu_method`). The choice follows
+/// scipy 1.17's `mannwhitneyu(method="auto")` (`_mwu_choose_method`): asymptotic when both groups
+/// have more than 8 values; otherwise exact when no value is tied. Where scipy's auto falls back
+/// to the normal approximation for a small sample with ties, cbsweep uses the exact permutation
+/// distribution instead (every split of the pooled midranks, counted by the same recursion; what
+/// scipy computes with `method=PermutationMethod(n_resamples=np.inf)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MwuMethod {
+    /// The exact null distribution of U without ties: p = 2 P(U >= max(U1, U2)), at most 1.
+    Exact,
+    /// The normal approximation with tie and continuity correction (`method="asymptotic"`).
+    Asymptotic,
+    /// The exact conditional distribution of U1 over every split of the pooled midranks:
+    /// p = 2 min(P(U1 >= u1), P(U1 <= u1)), at most 1.
+    Permutation,
+}
+
+impl MwuMethod {
+    pub fn name(&self) -> &'static str {
+        match self {
+            MwuMethod::Exact => "exact",
+            MwuMethod::Asymptotic => "asymptotic",
+            MwuMethod::Permutation => "permutation",
+        }
+    }
+}
+
+/// Two groups compared: Welch's t-test, Mann-Whitney U (two-sided; exact, asymptotic or
+/// permutation as `MwuMethod` says), effect sizes.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Tests {
     pub a: Summary,
@@ -34,6 +61,8 @@ pub struct Tests {
     pub mwu_u: f64,
     pub mwu_p: f64,
     pub mwu_p_holm: f64,
+    /// How `mwu_p` was computed; None when it is NaN (too few values, or all tied).
+    pub mwu_method: Option<MwuMethod>,
     pub cohens_d: f64,
     pub rank_biserial: f64,
 }
@@ -87,6 +116,7 @@ impl Tests {
             mwu_u: nan,
             mwu_p: nan,
             mwu_p_holm: nan,
+            mwu_method: None,
             cohens_d: nan,
             rank_biserial: nan,
         };
@@ -106,10 +136,91 @@ impl Tests {
             t.mwu_u = u;
             t.rank_biserial = 2.0 * u / (na * nb) - 1.0;
             let all_tied = a.iter().chain(b).all(|v| *v == a[0]);
-            t.mwu_p = if all_tied { nan } else { p };
+            if !all_tied {
+                let ranks = doubled_midranks(a, b);
+                let tied = {
+                    let mut sorted = ranks.clone();
+                    sorted.sort_unstable();
+                    sorted.windows(2).any(|w| w[0] == w[1])
+                };
+                let (method, p) = if a.len() > 8 && b.len() > 8 {
+                    (MwuMethod::Asymptotic, p)
+                } else if !tied {
+                    (MwuMethod::Exact, exact_p(&ranks, a.len(), false))
+                } else {
+                    (MwuMethod::Permutation, exact_p(&ranks, a.len(), true))
+                };
+                t.mwu_p = p;
+                t.mwu_method = Some(method);
+            }
         }
         t
     }
+}
+
+/// Twice the midranks of a's then b's values in the pooled sample (integers: a tie of ranks 3
+/// and 4 is 7 and 7).
+fn doubled_midranks(a: &[f64], b: &[f64]) -> Vec<u64> {
+    let pooled: Vec<f64> = a.iter().chain(b).copied().collect();
+    let mut order: Vec<usize> = (0..pooled.len()).collect();
+    order.sort_by(|&i, &j| pooled[i].total_cmp(&pooled[j]));
+    let mut ranks = vec![0u64; pooled.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && pooled[order[j + 1]] == pooled[order[i]] {
+            j += 1;
+        }
+        // ranks i+1 ..= j+1 share their mean; doubled: i + j + 2
+        for &k in &order[i..=j] {
+            ranks[k] = (i + j + 2) as u64;
+        }
+        i = j + 1;
+    }
+    ranks
+}
+
+/// The two-sided p-value of the rank sum of the first `n_a` of `ranks` (doubled midranks) against
+/// its exact distribution over every choice of `n_a` of them, counted by the standard recursion
+/// (ways[k][s]: the ways to choose k of the ranks seen so far with doubled sum s). Without
+/// `ties_conditional` (no ties) p = 2 P(U >= max(U1, U2)) as scipy's exact method; with it
+/// p = 2 min(P(U1 >= u1), P(U1 <= u1)) as scipy's exact permutation test. Counts on the
+/// smaller group (the same distribution by symmetry); probabilities in f64.
+fn exact_p(ranks: &[u64], n_a: usize, ties_conditional: bool) -> f64 {
+    let n = ranks.len();
+    let (chosen, k): (Vec<u64>, usize) = if n_a <= n - n_a { (ranks[..n_a].to_vec(), n_a) } else { (ranks[n_a..].to_vec(), n - n_a) };
+    let observed: u64 = chosen.iter().sum();
+    let max_sum: u64 = {
+        let mut sorted = ranks.to_vec();
+        sorted.sort_unstable_by(|x, y| y.cmp(x));
+        sorted[..k].iter().sum()
+    };
+    let width = max_sum as usize + 1;
+    let mut ways = vec![0f64; (k + 1) * width];
+    ways[0] = 1.0;
+    for (seen, &r) in ranks.iter().enumerate() {
+        let r = r as usize;
+        for j in (1..=k.min(seen + 1)).rev() {
+            for s in (r..width).rev() {
+                let from = ways[(j - 1) * width + s - r];
+                if from != 0.0 {
+                    ways[j * width + s] += from;
+                }
+            }
+        }
+    }
+    let dist = &ways[k * width..];
+    let total: f64 = dist.iter().sum();
+    let at_least = |s: u64| dist[s as usize..].iter().sum::<f64>() / total;
+    let at_most = |s: u64| dist[..=s as usize].iter().sum::<f64>() / total;
+    let p = if ties_conditional {
+        2.0 * at_least(observed).min(at_most(observed))
+    } else {
+        // U = sum/2 - k(k+1)/2, so U >= max(U, k m - U) is a sum at least max(sum, mirror).
+        let mirror = 2 * (k as u64) * (n as u64 + 1) - observed;
+        2.0 * at_least(observed.max(mirror))
+    };
+    p.min(1.0)
 }
 
 /// The `q` quantile of Student's t with `df` degrees of freedom (NaN when df is not positive).

@@ -28,7 +28,7 @@ impl ResultsSource for Memory {
         } else if sweep.as_str() != "m" {
             Ok(None)
         } else {
-            Ok(Some(SweepMeta { spec_hash: "from-the-source".into(), spec_overrides: "train.epochs=6".into() }))
+            Ok(Some(SweepMeta { spec_hash: "from-the-source".into(), spec_overrides: "train.epochs=6".into(), ..Default::default() }))
         }
     }
 

@@ -134,8 +134,8 @@ fn python() -> PathBuf {
 fn stats_parquet_matches_scipy_recomputed_from_the_curves() {
     let (rows, curve, _) = sweep();
     let dir = tempfile::tempdir().unwrap();
-    let stat_rows = stats::compute(&rows, &curve);
-    let meta = cbsweep_results::SweepMeta { spec_hash: "test".into(), spec_overrides: "train.epochs=20".into() };
+    let stat_rows = stats::compute(&rows, &curve, &cbsweep_common::spec::DEFAULT_COMPARE);
+    let meta = cbsweep_results::SweepMeta { spec_hash: "test".into(), spec_overrides: "train.epochs=20".into(), ..Default::default() };
     trials::write(&dir.path().join(trials::FILE), &rows, &curve, &meta).unwrap();
     curves::write(&dir.path().join(curves::FILE), &rows, &curve).unwrap();
     stats::write(&dir.path().join(stats::FILE), &stat_rows).unwrap();
@@ -158,7 +158,7 @@ fn stats_parquet_matches_scipy_recomputed_from_the_curves() {
 #[test]
 fn printed_stats_show_each_comparison_and_measure() {
     let (rows, curve, _) = sweep();
-    let text = stats::print(&stats::compute(&rows, &curve));
+    let text = stats::print(&stats::compute(&rows, &curve, &cbsweep_common::spec::DEFAULT_COMPARE));
     println!("{text}");
     let (conditions, comparisons) = text.split_once("comparisons (").expect("a comparisons table");
     assert_eq!(conditions.lines().filter(|l| l.contains(" dms ") || l.contains(" parity ")).count(), 8, "{text}");
@@ -200,10 +200,81 @@ fn figures_without_data_are_skipped() {
     let (rows, curve, _) = sweep();
     let dir = tempfile::tempdir().unwrap();
     assert!(plot::plot(&rows, &[], &[], dir.path()).unwrap().is_empty());
-    assert!(stats::compute(&rows, &[]).is_empty());
+    assert!(stats::compute(&rows, &[], &cbsweep_common::spec::DEFAULT_COMPARE).is_empty());
     // One regime only: no freeze-point figure; no analyses: no analysis figures.
     let simult: Vec<TrialRow> = rows.into_iter().filter(|r| r.spec.regime == Regime::Simult).collect();
     let written = plot::plot(&simult, &curve, &[], dir.path()).unwrap();
     let names: Vec<String> = written.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
     assert_eq!(names, ["learning_curves.png", "learning_curves.svg", "learning_measures.png", "learning_measures.svg"]);
+}
+
+/// Sample pairs of every kind the Mann-Whitney method choice tells apart: small without ties
+/// (exact), small with ties (permutation), both large (asymptotic), one small against one
+/// large, fully separated, all tied.
+fn mwu_pairs() -> Vec<(Vec<f64>, Vec<f64>)> {
+    let mut rng = StdRng::seed_from_u64(19);
+    let mut pairs = vec![(vec![1.0, 2.0, 3.0, 4.0], vec![5.0, 6.0, 7.0, 8.0]), (vec![3.0, 3.0], vec![3.0, 3.0, 3.0])];
+    for (na, nb, ties) in [(4, 4, false), (3, 7, false), (8, 8, false), (5, 12, false), (3, 30, false), (9, 10, false), (12, 15, false)]
+        .into_iter()
+        .chain([(4, 4, true), (5, 6, true), (8, 8, true), (3, 12, true), (9, 9, true), (12, 15, true)])
+    {
+        for _ in 0..6 {
+            let draw = |rng: &mut StdRng, shift: f64| {
+                if ties { f64::from(rng.random_range(0..5u32)) + shift.round() } else { rng.random::<f64>() * 10.0 + shift }
+            };
+            let shift = rng.random::<f64>() * 3.0;
+            let a: Vec<f64> = (0..na).map(|_| draw(&mut rng, shift)).collect();
+            let b: Vec<f64> = (0..nb).map(|_| draw(&mut rng, 0.0)).collect();
+            pairs.push((a, b));
+        }
+    }
+    pairs
+}
+
+#[test]
+fn mann_whitney_p_values_and_methods_match_scipy() {
+    let list = |v: &[f64]| v.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>().join(",");
+    let mut lines = Vec::new();
+    let mut methods = std::collections::BTreeSet::new();
+    for (a, b) in mwu_pairs() {
+        let t = cbsweep_results::summary::Tests::of(&a, &b);
+        let method = t.mwu_method.map(|m| m.name()).unwrap_or("");
+        methods.insert(method);
+        lines.push(format!("{};{};{:?};{method}", list(&a), list(&b), t.mwu_p));
+    }
+    assert_eq!(methods, ["", "asymptotic", "exact", "permutation"].into_iter().collect(), "every method is exercised");
+    let separated = cbsweep_results::summary::Tests::of(&[1.0, 2.0, 3.0, 4.0], &[5.0, 6.0, 7.0, 8.0]);
+    assert_eq!(separated.mwu_method, Some(cbsweep_results::summary::MwuMethod::Exact));
+    assert!((separated.mwu_p - 2.0 / 70.0).abs() < 1e-12, "2 of the 70 splits are as extreme: {}", separated.mwu_p);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pairs.txt");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stats_check.py");
+    let out = Command::new(python()).arg(&script).arg("--pairs").arg(&file).output().expect("python runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "scipy disagrees:\n{text}");
+    assert!(text.contains(&format!("checked {} pairs, 0 disagree", lines.len())), "{text}");
+}
+
+#[test]
+fn the_compared_architectures_are_the_specs() {
+    let (rows, curve, _) = sweep();
+    let default = stats::compute(&rows, &curve, &cbsweep_common::spec::DEFAULT_COMPARE);
+    let reversed = stats::compute(&rows, &curve, &[(Arch::Rnn, Arch::Cbrnn)]);
+    let named = |rs: &[stats::StatRow], name: &str| -> Vec<stats::StatRow> {
+        rs.iter().filter(|r| r.comparison().map(|c| c.name()).as_deref() == Some(name)).cloned().collect()
+    };
+    let (forward, backward) = (named(&default, "cbrnn_vs_rnn"), named(&reversed, "rnn_vs_cbrnn"));
+    assert!(!forward.is_empty() && forward.len() == backward.len());
+    assert!(named(&reversed, "cbrnn_vs_rnn").is_empty());
+    for (f, b) in forward.iter().zip(&backward) {
+        let (tf, tb) = (f.tests().unwrap(), b.tests().unwrap());
+        assert_eq!(f.spec.arch, Arch::Cbrnn);
+        assert_eq!(b.spec.arch, Arch::Rnn, "group a is the pair's first architecture");
+        assert_eq!((tf.a.n, tf.a.mean, tf.b.n, tf.b.mean), (tb.b.n, tb.b.mean, tb.a.n, tb.a.mean));
+        assert!(tf.mwu_p.is_nan() && tb.mwu_p.is_nan() || (tf.mwu_p - tb.mwu_p).abs() < 1e-12);
+    }
+    let none = stats::compute(&rows, &curve, &[]);
+    assert!(none.iter().all(|r| r.comparison() != Some(stats::Comparison::Archs(Arch::Cbrnn, Arch::Rnn))));
+    assert_eq!(named(&none, "freeze_vs_simult").len(), named(&default, "freeze_vs_simult").len());
 }

@@ -1,5 +1,6 @@
 """Recomputes stats.parquet from trials.parquet and curves.parquet with numpy and scipy, and
 compares every value within 1e-9 relative. Usage: stats_check.py DIR. Exits 1 on a mismatch.
+`stats_check.py --pairs FILE` checks Mann-Whitney p-values and methods of sample pairs alone.
 
 Independent of the Rust code: the per-trial measures, the grouping into conditions, the pairing
 of comparisons, the tests and the Holm correction are all redone here from the documented
@@ -16,6 +17,41 @@ from scipy import stats as st
 KEYS = ["task", "arch", "hidden", "granule", "purkinje", "regime", "freeze", "refresh_every",
         "core_plasticity", "lr_core", "lr_cb"]
 MEASURES = ["max_level", "final_level", "auc_level_epochs", "epochs_to_half_max"]
+
+def mwu_p(a, b):
+    """The Mann-Whitney p and its method as docs/results.md defines them: scipy's auto choice,
+    with the exact permutation test where auto would approximate a small sample with ties."""
+    pooled = np.concatenate([a, b])
+    if len(set(pooled)) == 1:
+        return math.nan, None
+    ties = len(set(pooled)) < len(pooled)
+    auto = st.mannwhitneyu(a, b, alternative="two-sided").pvalue
+    if len(a) > 8 and len(b) > 8:
+        return auto, "asymptotic"
+    if not ties:
+        assert auto == st.mannwhitneyu(a, b, alternative="two-sided", method="exact").pvalue
+        return auto, "exact"
+    perm = st.mannwhitneyu(a, b, alternative="two-sided", method=st.PermutationMethod(n_resamples=np.inf))
+    return perm.pvalue, "permutation"
+
+
+if len(sys.argv) > 2 and sys.argv[1] == "--pairs":
+    # mwu_check mode: one "a;b;p;method" line per pair (values comma-separated) in the file.
+    bad = 0
+    lines = open(sys.argv[2]).read().splitlines()
+    for line in lines:
+        xa, xb, p, method = line.split(";")
+        a, b = np.array([float(v) for v in xa.split(",")]), np.array([float(v) for v in xb.split(",")])
+        want_p, want_method = mwu_p(a, b)
+        got_p = float(p)
+        ok = method == (want_method or "") and (math.isclose(got_p, want_p, rel_tol=1e-9, abs_tol=1e-12)
+                                                 or (math.isnan(got_p) and math.isnan(want_p)))
+        if not ok:
+            bad += 1
+            print(f"a={xa} b={xb}: got p={got_p} {method!r}, scipy says p={want_p} {want_method!r}")
+    print(f"checked {len(lines)} pairs, {bad} disagree")
+    sys.exit(1 if bad else 0)
+
 
 d = sys.argv[1]
 trials = pq.read_table(f"{d}/trials.parquet").to_pylist()
@@ -96,8 +132,9 @@ def tests(a, b):
                    cohens_d=(np.mean(a) - np.mean(b)) / math.sqrt(pooled))
     m = st.mannwhitneyu(a, b, alternative="two-sided", method="asymptotic", use_continuity=True)
     out.update(mwu_u=m.statistic, rank_biserial=2 * m.statistic / (len(a) * len(b)) - 1)
-    out["mwu_p"] = nan if len(set(np.concatenate([a, b]))) == 1 else m.pvalue
+    out["mwu_p"], out["mwu_method"] = mwu_p(a, b)
     return out
+
 
 
 def holm(ps):

@@ -40,6 +40,7 @@ pub(crate) fn small_spec(seed: u64, task: Task, arch: Arch, regime: Regime) -> T
         core_plasticity: 1.0,
         budget: small_budget(),
         analysis: AnalysisPlan { every_levels: 0, ..AnalysisPlan::study() },
+        grid_hidden: 16,
     }
 }
 
