@@ -191,6 +191,17 @@ mod tests {
     }
 
     #[test]
+    fn the_new_architectures_store_their_modules_and_gates_per_step() {
+        let cb = cbrnn(256, 64, 10, 10, 1);
+        let at = |arch, hidden| values_per_step(&TrialSpec { arch, hidden, ..cb.clone() });
+        assert_eq!(at(Arch::Cbrnn, 64), 2 * 64 + 256 + 64 + 64);
+        // the control: the core's 2H, the module's state and pre-activation (A = 139) and output
+        assert_eq!(at(Arch::Rmrnn, 64), 2 * 64 + 2 * 139 + 64);
+        assert_eq!(at(Arch::Cbgru, 64), 6 * 64 + 256 + 64 + 64);
+        assert_eq!(at(Arch::Gru, 128), 6 * 128);
+    }
+
+    #[test]
     fn the_test_pass_decides_on_short_sequences() {
         // N = 2: T = 9 < 10 test batches at once
         let spec = cbrnn(256, 64, 2, 2, 1);
