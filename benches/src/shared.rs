@@ -9,8 +9,9 @@ use cbsweep_common::{AnalysisPlan, Arch, Regime, Seed, SweepId, Task, TrainBudge
 /// steps and one test batch at the fixed level `level`.
 pub(crate) fn spec(arch: Arch, seed: u64, level: u32, steps: u32) -> TrialSpec {
     let hidden = match arch {
-        Arch::Cbrnn => 64,
+        Arch::Cbrnn | Arch::Rmrnn | Arch::Cbgru => 64,
         Arch::Rnn => model_size::matched_rnn_hidden(64, 256, 64),
+        Arch::Gru => model_size::matched_gru_hidden(64, 256, 64),
     };
     TrialSpec {
         sweep: SweepId("bench".into()),

@@ -116,9 +116,13 @@ fn baseline(files: &Baseline, t: &TrialSpec, level: u32, procs: usize, device: &
 /// (core, granule, Purkinje, deep nuclei), and twice as many backward (data and weights).
 fn flop_per_trial_step(t: &TrialSpec, level: u32) -> f64 {
     let (h, g, p) = (f64::from(t.hidden), f64::from(t.granule), f64::from(t.purkinje));
+    let a = f64::from(t.module_units().unwrap_or(0));
     let forward_macs = match t.arch {
         Arch::Cbrnn => h * h + g * (h + 1.0) + p * g + h * p,
         Arch::Rnn => h * h,
+        Arch::Rmrnn => h * h + a * (h + 1.0) + a * a + h * a,
+        Arch::Cbgru => 3.0 * h * h + g * (h + 1.0) + p * g + h * p,
+        Arch::Gru => 3.0 * h * h,
     };
     // T uniform in N+2 ..= 4N+1: mean (5N + 3) / 2
     let mean_t = (5.0 * f64::from(level) + 3.0) / 2.0;

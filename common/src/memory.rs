@@ -1,7 +1,7 @@
 //! The memory model: how many bytes one trial adds to a pack at its peak, so that the scheduler
 //! can size packs to a worker's memory budget; and byte sizes as people write them (`8GiB`).
 
-use crate::trial::{Arch, TrainBudget, TrialSpec};
+use crate::trial::{Core, ModuleKind, TrainBudget, TrialSpec};
 
 /// Bytes of one stored value: the worker trains in float32.
 pub const VALUE_BYTES: u64 = 4;
@@ -33,14 +33,23 @@ pub fn longest_sequence(budget: &TrainBudget) -> u64 {
     4 * u64::from(highest_level(budget)) + 1
 }
 
-/// Values one sequence stores per time step for the backward pass: the state h_t and the
-/// pre-activation (H each); the CB-RNN adds its granule (G), Purkinje (P) and output (H) layers.
+/// Values one sequence stores per time step for the backward pass: the Elman core's state h_t
+/// and pre-activation (H each), the GRU core's state, its three gates, the recurrent product of
+/// the candidate and the candidate's pre-activation (6H); the cerebellar module adds its
+/// granule (G), Purkinje (P) and output (H) layers, the recurrent module its state and
+/// pre-activation (A each) and output (H).
 pub fn values_per_step(spec: &TrialSpec) -> u64 {
     let (h, g, p) = (u64::from(spec.hidden), u64::from(spec.granule), u64::from(spec.purkinje));
-    match spec.arch {
-        Arch::Rnn => 2 * h,
-        Arch::Cbrnn => 2 * h + g + p + h,
-    }
+    let core = match spec.arch.core() {
+        Core::Elman => 2 * h,
+        Core::Gru => 6 * h,
+    };
+    let module = match spec.arch.module() {
+        None => 0,
+        Some(ModuleKind::Cerebellar) => g + p + h,
+        Some(ModuleKind::Recurrent) => 2 * u64::from(spec.module_units().unwrap_or(0)) + h,
+    };
+    core + module
 }
 
 /// Peak bytes one trial adds to a pack:
@@ -111,7 +120,7 @@ pub fn format_bytes(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{AnalysisPlan, Regime, Seed, SweepId, Task, model_size};
+    use crate::{AnalysisPlan, Arch, Regime, Seed, SweepId, Task, model_size};
 
     fn cbrnn(granule: u32, batch: u32, start: u32, max: u32, epochs: u32) -> TrialSpec {
         TrialSpec {
@@ -180,6 +189,17 @@ mod tests {
         // the parameter-matched RNN (H = 202) stores 2 * 202 values a step against 512
         let matched = TrialSpec { arch: Arch::Rnn, hidden: model_size::matched_rnn_hidden(64, 256, 64), ..cb.clone() };
         assert!(trial_memory_bytes(&matched) < trial_memory_bytes(&cb));
+    }
+
+    #[test]
+    fn the_new_architectures_store_their_modules_and_gates_per_step() {
+        let cb = cbrnn(256, 64, 10, 10, 1);
+        let at = |arch, hidden| values_per_step(&TrialSpec { arch, hidden, ..cb.clone() });
+        assert_eq!(at(Arch::Cbrnn, 64), 2 * 64 + 256 + 64 + 64);
+        // the control: the core's 2H, the module's state and pre-activation (A = 139) and output
+        assert_eq!(at(Arch::Rmrnn, 64), 2 * 64 + 2 * 139 + 64);
+        assert_eq!(at(Arch::Cbgru, 64), 6 * 64 + 256 + 64 + 64);
+        assert_eq!(at(Arch::Gru, 128), 6 * 128);
     }
 
     #[test]

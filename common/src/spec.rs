@@ -636,9 +636,10 @@ fn validate(raw: RawSpec, path: &Path, resolved: String, overrides: Vec<SpecOver
         }
         let (hidden, granule, purkinje) = (cell.hidden, cell.granule, cell.purkinje);
         let h = match cell.arch {
-            Arch::Cbrnn => hidden,
+            Arch::Cbrnn | Arch::Rmrnn | Arch::Cbgru => hidden,
             Arch::Rnn if published => model_size::matched_rnn_hidden(hidden, granule, purkinje),
             Arch::Rnn => model_size::closest_rnn_hidden(model_size::cbrnn_params(hidden, granule, purkinje)),
+            Arch::Gru => model_size::matched_gru_hidden(hidden, granule, purkinje),
         };
         let trial = TrialSpec {
             sweep: id.clone(),

@@ -16,12 +16,75 @@ pub enum Task {
     Oddball,
 }
 
-/// Plain Elman RNN, or the RNN with the cerebellar module.
+/// A trial's model (docs/science.md#models): a recurrent core (a leaky Elman RNN or a GRU) with
+/// or without a second module whose output enters the core as an additive bias.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {
+    /// `rnn`: the plain Elman RNN (the baseline, its H matched to a CB-RNN's count).
     Rnn,
+    /// `cbrnn`: the Elman RNN with the cerebellar module.
     Cbrnn,
+    /// `rmrnn`: the recurrent-module control, the Elman RNN with the cerebellar module replaced
+    /// by a small leaky recurrent network of A units with a matched count
+    /// (docs/science.md#recurrent-module-control).
+    Rmrnn,
+    /// `cbgru`: the GRU core (LeakyReLU candidate) with the cerebellar module
+    /// (docs/science.md#gru-variant).
+    Cbgru,
+    /// `gru`: the plain GRU core (the baseline, its H matched to a CB-GRU's count).
+    Gru,
+}
+
+/// The second module a model has, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ModuleKind {
+    /// Granule -> Purkinje -> deep nuclei, feedforward.
+    Cerebellar,
+    /// A leaky recurrent network of A units (the recurrent-module control).
+    Recurrent,
+}
+
+/// The recurrent core of a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Core {
+    /// The leaky Elman RNN.
+    Elman,
+    /// The gated recurrent unit with a LeakyReLU candidate.
+    Gru,
+}
+
+impl Arch {
+    /// Every architecture, in the order their names are listed.
+    pub const ALL: [Arch; 5] = [Arch::Rnn, Arch::Cbrnn, Arch::Rmrnn, Arch::Cbgru, Arch::Gru];
+
+    /// The module whose output biases the core (None for the plain baselines).
+    pub fn module(self) -> Option<ModuleKind> {
+        match self {
+            Arch::Rnn | Arch::Gru => None,
+            Arch::Cbrnn | Arch::Cbgru => Some(ModuleKind::Cerebellar),
+            Arch::Rmrnn => Some(ModuleKind::Recurrent),
+        }
+    }
+
+    /// The recurrent core.
+    pub fn core(self) -> Core {
+        match self {
+            Arch::Rnn | Arch::Cbrnn | Arch::Rmrnn => Core::Elman,
+            Arch::Cbgru | Arch::Gru => Core::Gru,
+        }
+    }
+
+    /// The name in specs, tables and cell keys.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Rnn => "rnn",
+            Arch::Cbrnn => "cbrnn",
+            Arch::Rmrnn => "rmrnn",
+            Arch::Cbgru => "cbgru",
+            Arch::Gru => "gru",
+        }
+    }
 }
 
 /// When the recurrent core stops learning in the reservoir and interleaved regimes.
@@ -106,9 +169,10 @@ pub struct TrialSpec {
     pub sweep: SweepId,
     pub task: Task,
     pub arch: Arch,
-    /// Hidden units of the core (for the plain RNN: the matched size).
+    /// Hidden units of the core (for the plain RNN and GRU: the matched size).
     pub hidden: u32,
-    /// Granule units of the CB-RNN (for the plain RNN: the CB-RNN it is matched to).
+    /// Granule units of the cerebellar module (for the plain baselines: the model with the
+    /// module they are matched to; for the recurrent-module control: the module it replaces).
     pub granule: u32,
     pub purkinje: u32,
     pub seed: Seed,
@@ -156,9 +220,22 @@ impl TrialSpec {
 
     /// Trainable parameters of this trial's model.
     pub fn param_count(&self) -> u64 {
+        let (h, g, p) = (self.hidden, self.granule, self.purkinje);
         match self.arch {
-            Arch::Rnn => model_size::rnn_params(self.hidden),
-            Arch::Cbrnn => model_size::cbrnn_params(self.hidden, self.granule, self.purkinje),
+            Arch::Rnn => model_size::rnn_params(h),
+            Arch::Cbrnn => model_size::cbrnn_params(h, g, p),
+            Arch::Rmrnn => model_size::rmrnn_params(h, g, p),
+            Arch::Cbgru => model_size::cbgru_params(h, g, p),
+            Arch::Gru => model_size::gru_params(h),
+        }
+    }
+
+    /// Units A of the recurrent-module control's module (None for the other architectures):
+    /// derived from the cerebellar module it replaces, so it is no field of the spec.
+    pub fn module_units(&self) -> Option<u32> {
+        match self.arch {
+            Arch::Rmrnn => Some(model_size::recurrent_module_units(self.hidden, self.granule, self.purkinje)),
+            _ => None,
         }
     }
 
@@ -267,21 +344,17 @@ impl FromStr for Task {
 
 impl fmt::Display for Arch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Arch::Rnn => "rnn",
-            Arch::Cbrnn => "cbrnn",
-        })
+        f.write_str(self.name())
     }
 }
 
 impl FromStr for Arch {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "rnn" => Ok(Arch::Rnn),
-            "cbrnn" => Ok(Arch::Cbrnn),
-            _ => Err("unknown architecture (expected one of: cbrnn, rnn)".into()),
-        }
+        Arch::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Arch::ALL.iter().map(|a| a.name()).collect();
+            format!("unknown architecture (expected one of: {})", names.join(", "))
+        })
     }
 }
 
@@ -327,5 +400,63 @@ mod tests {
         assert!("level".parse::<FreezePoint>().is_err());
         assert!("level:-1".parse::<FreezePoint>().is_err());
         assert!("week:2".parse::<FreezePoint>().is_err());
+    }
+
+    #[test]
+    fn architectures_round_trip_and_a_wrong_name_lists_them_all() {
+        for arch in Arch::ALL {
+            assert_eq!(arch.to_string().parse::<Arch>(), Ok(arch));
+            assert_eq!(serde_json::to_string(&arch).unwrap(), format!("\"{arch}\""));
+        }
+        let why = "lstm".parse::<Arch>().unwrap_err();
+        assert_eq!(why, "unknown architecture (expected one of: rnn, cbrnn, rmrnn, cbgru, gru)");
+    }
+
+    #[test]
+    fn only_the_control_has_module_units() {
+        let control = study_trial(Arch::Rmrnn, 64);
+        assert_eq!(control.module_units(), Some(139));
+        assert_eq!(control.param_count(), model_size::rnn_params(64) + 37_594);
+        for arch in [Arch::Rnn, Arch::Cbrnn, Arch::Cbgru, Arch::Gru] {
+            assert_eq!(study_trial(arch, 64).module_units(), None, "{arch}");
+        }
+    }
+
+    /// A main-comparison cell of `arch` (H as the grid gives it).
+    fn study_trial(arch: Arch, hidden: u32) -> TrialSpec {
+        TrialSpec {
+            sweep: SweepId::from("main-comparison"),
+            task: Task::Parity,
+            arch,
+            hidden,
+            granule: 256,
+            purkinje: 64,
+            seed: Seed(3),
+            regime: Regime::Reservoir { freeze: FreezePoint::Level(2) },
+            lr_core: 0.01,
+            lr_cb: 0.01,
+            lr_readout: 0.01,
+            core_plasticity: 1.0,
+            budget: TrainBudget {
+                epochs: 1000,
+                steps_per_epoch: 100,
+                test_batches: 50,
+                batch_size: 64,
+                start_level: 2,
+                max_level: 150,
+                solve_threshold: 0.98,
+                momentum: 0.1,
+                clip_norm: 7.5,
+            },
+            analysis: AnalysisPlan::study(),
+        }
+    }
+
+    /// The ids of a CB-RNN and an RNN trial as the code before the recurrent-module control and
+    /// the GRU (commit 6f2d248) computed them: new architectures must not move existing trials.
+    #[test]
+    fn existing_trial_ids_are_pinned() {
+        assert_eq!(study_trial(Arch::Cbrnn, 64).id().0, "57f068a81b96692166b0");
+        assert_eq!(study_trial(Arch::Rnn, 202).id().0, "0bd648415dbe04f0d23f");
     }
 }

@@ -136,6 +136,9 @@ impl From<&c::TrialSpec> for v1::TrialSpec {
             arch: match t.arch {
                 c::Arch::Rnn => v1::Arch::Rnn,
                 c::Arch::Cbrnn => v1::Arch::Cbrnn,
+                c::Arch::Rmrnn => v1::Arch::Rmrnn,
+                c::Arch::Cbgru => v1::Arch::Cbgru,
+                c::Arch::Gru => v1::Arch::Gru,
             }
             .into(),
             hidden: t.hidden,
@@ -172,6 +175,9 @@ impl TryFrom<v1::TrialSpec> for c::TrialSpec {
         let arch = match v1::Arch::try_from(t.arch) {
             Ok(v1::Arch::Rnn) => c::Arch::Rnn,
             Ok(v1::Arch::Cbrnn) => c::Arch::Cbrnn,
+            Ok(v1::Arch::Rmrnn) => c::Arch::Rmrnn,
+            Ok(v1::Arch::Cbgru) => c::Arch::Cbgru,
+            Ok(v1::Arch::Gru) => c::Arch::Gru,
             _ => return Err(ConvertError::Invalid { field: "arch", value: t.arch.to_string() }),
         };
         let freeze = freeze_from_wire(t.freeze_kind, t.freeze_value)?;
@@ -313,7 +319,7 @@ mod tests {
 
     #[test]
     fn trial_specs_round_trip_through_the_wire() {
-        let text = "[sweep]\nname = \"w\"\n[grid]\ntask = [\"dms\", \"oddball\"]\narch = [\"cbrnn\", \"rnn\"]\nseed = [3]\nregime = [\"simult\", \"reservoir\", \"interleaved\"]\nfreeze = [\"level:2\", \"step:70\", \"never\"]\n";
+        let text = "[sweep]\nname = \"w\"\n[grid]\ntask = [\"dms\", \"oddball\"]\narch = [\"cbrnn\", \"rnn\", \"rmrnn\", \"cbgru\", \"gru\"]\nseed = [3]\nregime = [\"simult\", \"reservoir\", \"interleaved\"]\nfreeze = [\"level:2\", \"step:70\", \"never\"]\n";
         let spec = c::parse_spec(text, Path::new("w.toml")).unwrap();
         for t in &spec.trials {
             let back = c::TrialSpec::try_from(v1::TrialSpec::from(t)).unwrap();

@@ -39,6 +39,7 @@ pub const AUC_LEVEL_EPOCHS: &str = "auc_level_epochs";
 pub const EPOCHS_TO_HALF_MAX: &str = "epochs_to_half_max";
 pub const RESUMES: &str = "resumes";
 pub const EPOCHS_LOST: &str = "epochs_lost";
+pub const MODULE_UNITS: &str = "module_units";
 
 pub fn schema() -> SchemaRef {
     let mut fields = key_fields();
@@ -66,6 +67,7 @@ pub fn schema() -> SchemaRef {
         Field::new(EPOCHS_TO_HALF_MAX, DataType::Float64, true),
         Field::new(RESUMES, DataType::UInt32, false),
         Field::new(EPOCHS_LOST, DataType::UInt32, false),
+        Field::new(MODULE_UNITS, DataType::UInt32, true),
     ]);
     Arc::new(Schema::new(fields))
 }
@@ -96,13 +98,14 @@ pub fn write(path: &Path, rows: &[TrialRow], curves: &[(TrialId, EpochRecord)], 
         Arc::new(UInt32Array::from_iter(rows.iter().map(|r| r.pack_size))),
         Arc::new(StringArray::from_iter_values(rows.iter().map(|_| cbsweep_common::CODE_VERSION))),
     ]);
-    cols.extend::<[ArrayRef; 6]>([
+    cols.extend::<[ArrayRef; 7]>([
         Arc::new(StringArray::from_iter_values(rows.iter().map(|_| meta.spec_hash.as_str()))),
         Arc::new(StringArray::from_iter_values(rows.iter().map(|_| meta.spec_overrides.as_str()))),
         Arc::new(Float64Array::from_iter(rows.iter().map(|r| measures.get(&r.id).map(|m| m.0)))),
         Arc::new(Float64Array::from_iter(rows.iter().map(|r| measures.get(&r.id).map(|m| m.1)))),
         Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.resumes))),
         Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.epochs_lost))),
+        Arc::new(UInt32Array::from_iter(rows.iter().map(|r| r.spec.module_units()))),
     ]);
     write_table(path, schema(), cols, "trials")
 }

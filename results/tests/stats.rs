@@ -41,7 +41,7 @@ fn sweep() -> Sweep {
         let mut rng = StdRng::seed_from_u64(1000 + i as u64);
         let mut p = match s.arch {
             Arch::Cbrnn => 0.55,
-            Arch::Rnn => 0.35,
+            _ => 0.35,
         };
         if s.task.to_string() == "parity" {
             p -= 0.15;
@@ -110,7 +110,7 @@ fn synthetic_analysis(arch: Arch, level: u32, rng: &mut StdRng) -> Vec<(&'static
     let mut out = Vec::new();
     let populations: &[&str] = match arch {
         Arch::Cbrnn => &["hidden", "granule", "purkinje", "cb_output"],
-        Arch::Rnn => &["hidden"],
+        _ => &["hidden"],
     };
     if arch == Arch::Cbrnn {
         out.push(("network", "ablation_drop", 0.1 + 0.02 * level as f64 + 0.05 * rng.random::<f64>()));

@@ -89,7 +89,7 @@ pub(crate) struct TrialLine {
 /// A comparison row of stats.parquet.
 #[derive(Debug, Serialize)]
 pub(crate) struct ComparisonRow {
-    comparison: &'static str,
+    comparison: String,
     measure: &'static str,
     a: String,
     b: String,
@@ -131,7 +131,9 @@ pub(crate) fn sweep_detail(state_dir: &Path, sweep: &SweepId) -> Result<Option<S
     names.sort();
     names.dedup();
     let short = cbsweep_common::varying_parts(names.iter().copied());
-    let stat_rows = stats::compute(&rows, &curves);
+    // the spec's architecture pairs, as the export compares them
+    let compare = store.sweep(sweep)?.map(|s| cbsweep_common::spec::resolved_compare(&s.spec_toml)).unwrap_or_default();
+    let stat_rows = stats::compute(&rows, &curves, &compare);
     let sem: HashMap<&str, f64> = stat_rows
         .iter()
         .filter(|r| r.measure == Measure::MaxLevel)

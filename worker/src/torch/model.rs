@@ -1,6 +1,8 @@
-//! The leaky Elman RNN and the CB-RNN (docs/science.md#models) for a pack of M trials: every
-//! parameter carries a leading pack axis M and every product is a batched matmul, so M trials
-//! with equal shapes run as one computation. M = 1 is not a special case.
+//! Every architecture (docs/science.md#models) for a pack of M trials: the leaky Elman core or
+//! the GRU core, with the cerebellar module, the recurrent module of the recurrent-module
+//! control, or none. Every parameter carries a leading pack axis M and every product is a
+//! batched matmul, so M trials with equal shapes run as one computation. M = 1 is not a special
+//! case.
 //!
 //! Weights are drawn per trial from the trial's own seeded Rust RNG (`tasks::Stream::Weights`)
 //! and copied into the packed tensors, so a trial starts from the same numbers whatever pack it
@@ -10,7 +12,7 @@
 
 use super::input::{Batches, PackedInput, host_tensor, in_passes};
 use super::tasks::{self, Stream};
-use cbsweep_common::{Arch, TrialSpec};
+use cbsweep_common::{Arch, Core, ModuleKind, TrialSpec, model_size};
 use rand::Rng;
 use rand_distr::{Distribution, Normal};
 use tch::{Device, Kind, TchError, Tensor};
@@ -21,11 +23,12 @@ pub(crate) const ALPHA: f64 = 1.0 / 1.5;
 /// The parts of a model that learn at their own rate and freeze on their own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Module {
-    /// W_x, b_x, W_h, b_h.
+    /// W_x, b_x, W_h, b_h (the GRU: every gate's input and recurrent weights and biases).
     Core,
     /// The 2-class linear readout.
     Readout,
-    /// Granule, Purkinje and deep-nuclei layers.
+    /// The module whose output biases the core: the cerebellar module's granule, Purkinje and
+    /// deep-nuclei layers, or the recurrent module's input, recurrent and output layers.
     Cb,
 }
 
@@ -42,7 +45,8 @@ impl Module {
     }
 }
 
-/// Whether the cerebellar output enters the core (ablation switches it off: b_cb = 0).
+/// Whether the module's output enters the core (ablation switches it off: b_cb = 0), for either
+/// module kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum CbOutput {
     On,
@@ -58,8 +62,10 @@ pub(crate) enum Population {
     Granule,
     /// The Purkinje layer p_t.
     Purkinje,
-    /// The module's output b_cb_t.
+    /// The module's output b_cb_t (the GRU: as it enters the candidate, rescaled).
     CbOutput,
+    /// The recurrent module's state a_t (the recurrent-module control).
+    RecurrentModule,
 }
 
 /// What one step of the time loop computed, for an observer of `PackedModel::unroll`.
@@ -67,8 +73,9 @@ pub(crate) struct Step<'a> {
     /// The step's index, 0-based.
     pub(crate) t: i64,
     /// Activity in `Population::ALL` order, [M, B, units] each; the module's populations are
-    /// None for the plain RNN and with the module switched off.
-    pub(crate) activity: [Option<&'a Tensor>; 4],
+    /// None for the plain baselines, for the populations another module kind has and with the
+    /// module switched off.
+    pub(crate) activity: [Option<&'a Tensor>; 5],
 }
 
 /// What a time loop calls with every step's activity.
@@ -119,6 +126,16 @@ pub(crate) struct PackedModel {
     params: Vec<Tensor>,
 }
 
+/// The recurrent module's tensors laid out for the time loop.
+struct RecurrentLayers {
+    /// Its input drive per step (b_in + b_aa + W_in[:, H] x_t), T x [M, B, A].
+    drive: Vec<Tensor>,
+    /// W_aa^T [M, A, A], W_out^T [M, A, H], b_out [M, 1, H].
+    w_aa: Tensor,
+    w_out: Tensor,
+    b_out: Tensor,
+}
+
 /// The cerebellar module's tensors laid out for the time loop.
 struct CbLayers {
     /// The granule layer's input drive per step.
@@ -142,9 +159,19 @@ pub(crate) const W_PC: usize = 8;
 pub(crate) const B_PC: usize = 9;
 pub(crate) const W_DCN: usize = 10;
 pub(crate) const B_DCN: usize = 11;
+// The recurrent module's parameters take the cerebellar module's positions.
+pub(crate) const W_IN: usize = 6;
+pub(crate) const B_IN: usize = 7;
+pub(crate) const W_AA: usize = 8;
+pub(crate) const B_AA: usize = 9;
+pub(crate) const W_OUT: usize = 10;
+pub(crate) const B_OUT: usize = 11;
 
 impl Population {
-    pub(crate) const ALL: [Population; 4] = [Population::Hidden, Population::Granule, Population::Purkinje, Population::CbOutput];
+    pub(crate) const ALL: [Population; 5] =
+        [Population::Hidden, Population::Granule, Population::Purkinje, Population::CbOutput, Population::RecurrentModule];
+    /// The recurrent-module control's populations.
+    const RECURRENT: [Population; 3] = [Population::Hidden, Population::RecurrentModule, Population::CbOutput];
 
     /// The name analyses report it under.
     pub(crate) fn name(self) -> &'static str {
@@ -153,6 +180,7 @@ impl Population {
             Population::Granule => "granule",
             Population::Purkinje => "purkinje",
             Population::CbOutput => "cb_output",
+            Population::RecurrentModule => "recurrent_module",
         }
     }
 
@@ -163,9 +191,10 @@ impl Population {
 
     /// The populations a model of `arch` has.
     pub(crate) fn of(arch: Arch) -> &'static [Population] {
-        match arch {
-            Arch::Rnn => &Population::ALL[..1],
-            Arch::Cbrnn => &Population::ALL,
+        match arch.module() {
+            None => &Population::ALL[..1],
+            Some(ModuleKind::Cerebellar) => &Population::ALL[..4],
+            Some(ModuleKind::Recurrent) => &Population::RECURRENT,
         }
     }
 
@@ -175,6 +204,7 @@ impl Population {
             Population::Hidden | Population::CbOutput => dims.hidden,
             Population::Granule => dims.granule,
             Population::Purkinje => dims.purkinje,
+            Population::RecurrentModule => dims.module_units(),
         }
     }
 }
@@ -184,22 +214,58 @@ impl Dims {
         Dims { arch: spec.arch, hidden: i64::from(spec.hidden), granule: i64::from(spec.granule), purkinje: i64::from(spec.purkinje) }
     }
 
+    /// Units A of the recurrent module (the recurrent-module control; 0 for the others): the
+    /// closest count to the cerebellar module of this shape.
+    pub(crate) fn module_units(&self) -> i64 {
+        match self.arch.module() {
+            Some(ModuleKind::Recurrent) => {
+                let units = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
+                i64::from(model_size::recurrent_module_units(units(self.hidden), units(self.granule), units(self.purkinje)))
+            }
+            _ => 0,
+        }
+    }
+
     /// Every parameter of one trial's model, in draw and storage order: core, readout, then the
-    /// cerebellar module (CB-RNN only).
+    /// module (cerebellar or recurrent) where the architecture has one.
     pub(crate) fn param_specs(&self) -> Vec<ParamSpec> {
         let (h, g, p) = (self.hidden, self.granule, self.purkinje);
         let uniform = |fan_in: i64| Init::Uniform { bound: 1.0 / (fan_in as f64).sqrt() };
         let spec = |name, module, shape: &[i64], init| ParamSpec { name, module, shape: shape.to_vec(), init };
-        let mut specs = vec![
-            // input size 1: the input layer's fan-in is 1 for its weight and bias alike
-            spec("core.w_x", Module::Core, &[h, 1], uniform(1)),
-            spec("core.b_x", Module::Core, &[h], uniform(1)),
-            spec("core.w_h", Module::Core, &[h, h], uniform(h)),
-            spec("core.b_h", Module::Core, &[h], uniform(h)),
+        let mut specs = match self.arch.core() {
+            Core::Elman => vec![
+                // input size 1: the input layer's fan-in is 1 for its weight and bias alike
+                spec("core.w_x", Module::Core, &[h, 1], uniform(1)),
+                spec("core.b_x", Module::Core, &[h], uniform(1)),
+                spec("core.w_h", Module::Core, &[h, h], uniform(h)),
+                spec("core.b_h", Module::Core, &[h], uniform(h)),
+            ],
+            // torch.nn.GRUCell's layout (gates r, z, n stacked) and init: U(-1/sqrt(H), 1/sqrt(H))
+            Core::Gru => vec![
+                spec("core.w_ih", Module::Core, &[3 * h, 1], uniform(h)),
+                spec("core.b_ih", Module::Core, &[3 * h], uniform(h)),
+                spec("core.w_hh", Module::Core, &[3 * h, h], uniform(h)),
+                spec("core.b_hh", Module::Core, &[3 * h], uniform(h)),
+            ],
+        };
+        specs.extend([
             spec("readout.weight", Module::Readout, &[2, h], uniform(h)),
             spec("readout.bias", Module::Readout, &[2], uniform(h)),
-        ];
-        if self.arch == Arch::Cbrnn {
+        ]);
+        if self.arch.module() == Some(ModuleKind::Recurrent) {
+            let a = self.module_units();
+            // docs/science.md#recurrent-module-control: linear-layer defaults, the output layer
+            // near zero as the cerebellar module's
+            specs.extend([
+                spec("rm.input.weight", Module::Cb, &[a, h + 1], uniform(h + 1)),
+                spec("rm.input.bias", Module::Cb, &[a], uniform(h + 1)),
+                spec("rm.recurrent.weight", Module::Cb, &[a, a], uniform(a)),
+                spec("rm.recurrent.bias", Module::Cb, &[a], uniform(a)),
+                spec("rm.output.weight", Module::Cb, &[h, a], Init::Normal { std: 0.01 }),
+                spec("rm.output.bias", Module::Cb, &[h], Init::Zeros),
+            ]);
+        }
+        if self.arch.module() == Some(ModuleKind::Cerebellar) {
             specs.extend([
                 spec("cb.granule.weight", Module::Cb, &[g, h + 1], Init::Normal { std: 0.01 }),
                 spec("cb.granule.bias", Module::Cb, &[g], Init::Zeros),
@@ -296,7 +362,15 @@ impl PackedModel {
     /// sees every step's activity (the state recorded past a sequence's own length is its
     /// frozen final state).
     pub(crate) fn unroll(&self, input: &PackedInput, cb: CbOutput, observe: &mut Observe<'_>) -> Result<Tensor, TchError> {
-        let (t_max, _m, _b) = input.x.size3()?;
+        match self.dims.arch.core() {
+            Core::Elman => self.unroll_elman(input, cb, observe),
+            Core::Gru => self.unroll_gru(input, cb, observe),
+        }
+    }
+
+    /// `unroll` of the Elman core, with the cerebellar module, the recurrent module or none.
+    fn unroll_elman(&self, input: &PackedInput, cb: CbOutput, observe: &mut Observe<'_>) -> Result<Tensor, TchError> {
+        let (t_max, m, b) = input.x.size3()?;
         let h = self.dims.hidden;
         let g = self.dims.granule;
         let p = &self.params;
@@ -324,12 +398,29 @@ impl PackedModel {
         } else {
             None
         };
-        let w_rec = match cb_layers {
-            Some(_) => {
-                let w_gc_h = p[W_GC].f_narrow(2, 0, h)?; // [M, G, H]
-                Tensor::f_cat(&[&p[W_H], &w_gc_h], 1)?.f_transpose(1, 2)? // [M, H, H+G]
-            }
-            None => p[W_H].f_transpose(1, 2)?, // [M, H, H]
+        // the recurrent module (docs/science.md#recurrent-module-control): its input layer's
+        // recurrent product shares the core's matmul as the granule layer's does
+        let a = self.dims.module_units();
+        let rm_layers = if self.dims.arch.module() == Some(ModuleKind::Recurrent) && cb == CbOutput::On {
+            let w_in_x = p[W_IN].f_narrow(2, h, 1)?.f_transpose(1, 2)?; // [M, 1, A]
+            let rm_bias = p[B_IN].f_add(&p[B_AA])?.f_unsqueeze(1)?; // [M, 1, A]
+            Some(RecurrentLayers {
+                drive: rm_bias.f_addcmul(&x, &w_in_x)?.f_unbind(0)?, // T x [M, B, A]
+                w_aa: p[W_AA].f_transpose(1, 2)?,                    // [M, A, A]
+                w_out: p[W_OUT].f_transpose(1, 2)?,                  // [M, A, H]
+                b_out: p[B_OUT].f_unsqueeze(1)?,                     // [M, 1, H]
+            })
+        } else {
+            None
+        };
+        let w_rec = if cb_layers.is_some() {
+            let w_gc_h = p[W_GC].f_narrow(2, 0, h)?; // [M, G, H]
+            Tensor::f_cat(&[&p[W_H], &w_gc_h], 1)?.f_transpose(1, 2)? // [M, H, H+G]
+        } else if rm_layers.is_some() {
+            let w_in_h = p[W_IN].f_narrow(2, 0, h)?; // [M, A, H]
+            Tensor::f_cat(&[&p[W_H], &w_in_h], 1)?.f_transpose(1, 2)? // [M, H, H+A]
+        } else {
+            p[W_H].f_transpose(1, 2)? // [M, H, H]
         };
 
         // active[t] = t < own length, [T, M, B, 1]; consulted from the shortest length on
@@ -337,10 +428,28 @@ impl PackedModel {
         let active = input.lengths.f_unsqueeze(0)?.f_gt_tensor(&steps)?.f_unsqueeze(-1)?.f_unbind(0)?; // T x [M, B, 1]
 
         let mut state = input.h0.shallow_clone(); // [M, B, H]
+        // the recurrent module's state a_0 = 0
+        let mut rm_state = match rm_layers {
+            Some(_) => Some(input.h0.f_new_zeros([m, b, a], (input.h0.kind(), input.h0.device()))?), // [M, B, A]
+            None => None,
+        };
         for t in 0..t_max {
-            let rec = state.f_bmm(&w_rec)?; // [M, B, H] or [M, B, H+G]
+            let rec = state.f_bmm(&w_rec)?; // [M, B, H], [M, B, H+G] or [M, B, H+A]
             let mut pre = rec.f_narrow(2, 0, h)?.f_add(&core_in[t as usize])?; // [M, B, H]
             let mut module = None;
+            let mut rm_out = None;
+            if let (Some(rm), Some(prev)) = (&rm_layers, &rm_state) {
+                // a_t = (1 - a) a_{t-1} + a LeakyReLU(W_in [h; x] + b_in + W_aa a_{t-1} + b_aa)
+                let rm_pre = rec.f_narrow(2, h, a)?.f_add(&rm.drive[t as usize])?.f_add(&prev.f_bmm(&rm.w_aa)?)?; // [M, B, A]
+                let mut next = prev.f_lerp(&rm_pre.f_leaky_relu()?, ALPHA)?; // [M, B, A]
+                if t >= input.min_len {
+                    next = next.f_where_self(&active[t as usize], prev)?;
+                }
+                let b_cb = rm.b_out.f_baddbmm(&next, &rm.w_out, 1.0, 1.0)?; // [M, B, H]
+                pre = pre.f_add(&b_cb)?;
+                rm_state = Some(next);
+                rm_out = Some(b_cb);
+            }
             if let Some(cb) = &cb_layers {
                 let granule = rec.f_narrow(2, h, g)?.f_add(&cb.granule_in[t as usize])?.f_relu()?; // [M, B, G]
                 let purkinje = cb.b_pc.f_baddbmm(&granule, &cb.w_pc, 1.0, 1.0)?.f_relu()?; // [M, B, P]
@@ -353,13 +462,86 @@ impl PackedModel {
             state = if t >= input.min_len { next.f_where_self(&active[t as usize], &state)? } else { next };
             let [granule, purkinje, b_cb] = match &module {
                 Some([g, p, b]) => [Some(g), Some(p), Some(b)],
+                None => [None, None, rm_out.as_ref()],
+            };
+            observe(Step { t, activity: [Some(&state), granule, purkinje, b_cb, rm_state.as_ref()] })?;
+        }
+        Ok(state)
+    }
+
+    /// `unroll` of the GRU core (docs/science.md#gru-variant), PyTorch's gate convention with a
+    /// LeakyReLU candidate, with the cerebellar module's output inside the candidate's
+    /// pre-activation, rescaled per sequence to at most the norm of the rest of it.
+    fn unroll_gru(&self, input: &PackedInput, cb: CbOutput, observe: &mut Observe<'_>) -> Result<Tensor, TchError> {
+        let (t_max, _m, _b) = input.x.size3()?;
+        let h = self.dims.hidden;
+        let p = &self.params;
+
+        let x = input.x.f_unsqueeze(-1)?; // [T, M, B, 1]
+        // the gates' input side for all steps at once: x_t W_ih^T + b_ih, gates r, z, n
+        let w_ih = p[W_X].f_transpose(1, 2)?; // [M, 1, 3H]
+        let gates_in = p[B_X].f_unsqueeze(1)?.f_addcmul(&x, &w_ih)?.f_unbind(0)?; // T x [M, B, 3H]
+        let w_hh = p[W_H].f_transpose(1, 2)?; // [M, H, 3H]
+        let b_hh = p[B_H].f_unsqueeze(1)?; // [M, 1, 3H]
+        let cb_layers = if self.dims.arch.module() == Some(ModuleKind::Cerebellar) && cb == CbOutput::On {
+            let w_gc_x = p[W_GC].f_narrow(2, h, 1)?.f_transpose(1, 2)?; // [M, 1, G]
+            let w_gc_h = p[W_GC].f_narrow(2, 0, h)?.f_transpose(1, 2)?; // [M, H, G]
+            let layers = CbLayers {
+                granule_in: p[B_GC].f_unsqueeze(1)?.f_addcmul(&x, &w_gc_x)?.f_unbind(0)?, // T x [M, B, G]
+                w_pc: p[W_PC].f_transpose(1, 2)?,                                         // [M, G, P]
+                b_pc: p[B_PC].f_unsqueeze(1)?,                                            // [M, 1, P]
+                w_dcn: p[W_DCN].f_transpose(1, 2)?,                                       // [M, P, H]
+                b_dcn: p[B_DCN].f_unsqueeze(1)?,                                          // [M, 1, H]
+            };
+            Some((layers, w_gc_h))
+        } else {
+            None
+        };
+
+        let steps = Tensor::f_arange(t_max, (Kind::Int64, input.x.device()))?.f_view([t_max, 1, 1])?; // [T, 1, 1]
+        let active = input.lengths.f_unsqueeze(0)?.f_gt_tensor(&steps)?.f_unsqueeze(-1)?.f_unbind(0)?; // T x [M, B, 1]
+        let norm = |v: &Tensor| -> Result<Tensor, TchError> {
+            v.f_square()?.f_sum_dim_intlist(Some([2i64].as_slice()), true, None::<Kind>)?.f_clamp_min(MIN_SQUARED_NORM)?.f_sqrt() // [M, B, 1]
+        };
+
+        let mut state = input.h0.shallow_clone(); // [M, B, H]
+        for t in 0..t_max {
+            let gi = &gates_in[t as usize]; // [M, B, 3H]
+            let gh = b_hh.f_baddbmm(&state, &w_hh, 1.0, 1.0)?; // [M, B, 3H]
+            let r = gi.f_narrow(2, 0, h)?.f_add(&gh.f_narrow(2, 0, h)?)?.f_sigmoid()?; // [M, B, H]
+            let z = gi.f_narrow(2, h, h)?.f_add(&gh.f_narrow(2, h, h)?)?.f_sigmoid()?; // [M, B, H]
+            // the candidate's pre-activation without the module's bias
+            let mut pre = gi.f_narrow(2, 2 * h, h)?.f_add(&r.f_mul(&gh.f_narrow(2, 2 * h, h)?)?)?; // [M, B, H]
+            let mut module = None;
+            if let Some((cb, w_gc_h)) = &cb_layers {
+                let granule = state.f_bmm(w_gc_h)?.f_add(&cb.granule_in[t as usize])?.f_relu()?; // [M, B, G]
+                let purkinje = cb.b_pc.f_baddbmm(&granule, &cb.w_pc, 1.0, 1.0)?.f_relu()?; // [M, B, P]
+                let raw = cb.b_dcn.f_baddbmm(&purkinje, &cb.w_dcn, 1.0, 1.0)?; // [M, B, H]
+                // ||b_cb|| <= GRU_CB_NORM_RATIO ||rest||, per sequence over units
+                let scale = norm(&pre)?.f_mul_scalar(GRU_CB_NORM_RATIO)?.f_div(&norm(&raw)?)?.f_clamp_max(1.0)?; // [M, B, 1]
+                let b_cb = raw.f_mul(&scale)?; // [M, B, H]
+                pre = pre.f_add(&b_cb)?;
+                module = Some([granule, purkinje, b_cb]);
+            }
+            // h_t = (1 - z) n + z h_{t-1} = lerp(n, h_{t-1}, z)
+            let next = pre.f_leaky_relu()?.f_lerp_tensor(&state, &z)?; // [M, B, H]
+            state = if t >= input.min_len { next.f_where_self(&active[t as usize], &state)? } else { next };
+            let [granule, purkinje, b_cb] = match &module {
+                Some([g, p, b]) => [Some(g), Some(p), Some(b)],
                 None => [None; 3],
             };
-            observe(Step { t, activity: [Some(&state), granule, purkinje, b_cb] })?;
+            observe(Step { t, activity: [Some(&state), granule, purkinje, b_cb, None] })?;
         }
         Ok(state)
     }
 }
+
+/// The GRU's bound on the cerebellar bias: its norm is at most this times the norm of the rest
+/// of the candidate's pre-activation (the lab's 1.0), per sequence over units.
+pub(crate) const GRU_CB_NORM_RATIO: f64 = 1.0;
+
+/// Floor under the squared norms of the GRU's rescaling, so a zero vector divides by no zero.
+const MIN_SQUARED_NORM: f64 = 1e-24;
 
 /// Per-trial mean cross-entropy of final-step logits [M, B, 2] against labels [M, B], [M].
 pub(crate) fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor, TchError> {

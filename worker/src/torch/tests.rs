@@ -99,6 +99,36 @@ fn packed_equals_one_by_one() {
     assert!(levels.iter().any(|&l| l != levels[0]), "the pack's trials reach different levels: {levels:?}");
 }
 
+/// The recurrent-module control, the CB-GRU and the GRU trained in a pack equal each trial
+/// trained alone, through freezes, refreshes, reduced plasticity and analyses.
+#[test]
+fn new_architectures_train_packed_as_one_by_one() {
+    for arch in [Arch::Rmrnn, Arch::Cbgru, Arch::Gru] {
+        let mut slow_core = small_spec(6, Task::Oddball, arch, Regime::Reservoir { freeze: FreezePoint::Epoch(2) });
+        slow_core.core_plasticity = 0.1;
+        let mut fast = small_spec(5, Task::Dms, arch, Regime::Simult);
+        (fast.lr_core, fast.lr_cb) = (0.3, 0.3);
+        let mut pack = vec![
+            small_spec(1, Task::Dms, arch, Regime::Reservoir { freeze: FreezePoint::Level(2) }),
+            small_spec(2, Task::Parity, arch, Regime::Interleaved { freeze: FreezePoint::Step(15), every: 1 }),
+            slow_core,
+            fast,
+        ];
+        for spec in &mut pack {
+            spec.analysis = analysis_plan();
+        }
+        let (packed, _) = train(&pack);
+        for (i, spec) in pack.iter().enumerate() {
+            let (alone, _) = train(std::slice::from_ref(spec));
+            assert_same_curve(&packed[i], &alone[0], &format!("{arch} trial {i}"));
+            assert_eq!(packed[i].pack_size, 4);
+            assert!(packed[i].curve.iter().all(|e| e.train_loss.is_finite()), "{arch} trial {i}");
+        }
+        let levels: Vec<u32> = packed.iter().map(TrialResult::max_level).collect();
+        assert!(packed.iter().any(|r| !r.analyses.is_empty()), "{arch}: trials that solve a level are analysed ({levels:?})");
+    }
+}
+
 /// The CPU engine against libtorch's autograd over whole trainings: the same levels, losses
 /// within float32 rounding, through freezes, clipping and a diverging trial. (`fused`'s own tests
 /// check its gradients against autograd to 1e-10 in float64.)
@@ -167,12 +197,18 @@ fn a_trial_that_solves_the_top_level_stops_early_and_completes() {
 
 /// Every (population, metric) a CB-RNN checkpoint reports.
 fn cbrnn_metrics() -> Vec<(&'static str, &'static str)> {
-    let mut expected: Vec<(&str, &str)> = ["accuracy_cb_on", "accuracy_cb_off", "ablation_drop"].iter().map(|&m| ("network", m)).collect();
-    let populations = ["hidden", "granule", "purkinje", "cb_output"];
+    metrics_of(&["hidden", "granule", "purkinje", "cb_output"], true)
+}
+
+/// Every (population, metric) a checkpoint of a model with these populations reports; the
+/// ablation's module-off accuracy and drop only for a model with a module.
+fn metrics_of(populations: &[&'static str], module: bool) -> Vec<(&'static str, &'static str)> {
+    let ablation: &[&str] = if module { &["accuracy_cb_on", "accuracy_cb_off", "ablation_drop"] } else { &["accuracy_cb_on"] };
+    let mut expected: Vec<(&str, &str)> = ablation.iter().map(|&m| ("network", m)).collect();
     let dimensionality = ["d90", "d95", "d90_fraction", "d95_fraction", "participation_ratio"];
     let timescales = ["units_fitted", "timescale_median_steps", "timescale_mean_steps", "population_lag_1e_steps"];
     for metrics in [dimensionality.as_slice(), timescales.as_slice()] {
-        for population in populations {
+        for &population in populations {
             expected.extend(metrics.iter().map(|&m| (population, m)));
         }
     }
@@ -223,6 +259,26 @@ fn solved_levels_are_analysed_and_their_weights_saved() {
     }
     assert!(!saved(&every_other, 3).exists(), "level 3 was not a checkpoint");
     assert!(!dir.path().join(unsaved.id().as_str()).exists(), "its plan saves nothing");
+}
+
+/// The populations each new architecture's checkpoints analyse, and the ablation for every
+/// model with a module (cerebellar or recurrent).
+#[test]
+fn new_architectures_report_their_populations_and_the_ablation() {
+    for (arch, expected) in [
+        (Arch::Rmrnn, metrics_of(&["hidden", "recurrent_module", "cb_output"], true)),
+        (Arch::Cbgru, cbrnn_metrics()),
+        (Arch::Gru, metrics_of(&["hidden"], false)),
+    ] {
+        let mut spec = small_spec(4, Task::Parity, arch, Regime::Simult);
+        spec.budget.solve_threshold = 0.0;
+        spec.budget.max_level = 2;
+        spec.analysis = analysis_plan();
+        let (results, _) = train(&[spec]);
+        let metrics: Vec<(&str, &str)> = results[0].analyses.iter().map(|a| (a.population.as_str(), a.metric.as_str())).collect();
+        assert_eq!(metrics, expected, "{arch}");
+        assert!(results[0].analyses.iter().all(|a| a.value.is_finite()), "{arch}");
+    }
 }
 
 #[test]
@@ -322,10 +378,18 @@ fn steps(run: &mut PackRun, trials: &mut [TrialRun], n: usize) {
 
 #[test]
 fn frozen_modules_stay_bit_identical_momentum_included() {
+    for arch in [Arch::Cbrnn, Arch::Rmrnn, Arch::Cbgru] {
+        frozen_modules_stay_bit_identical(arch);
+    }
+}
+
+/// A reservoir trial of `arch` and a simult pack mate on both engines (an architecture the CPU
+/// engine lacks takes libtorch for both): frozen modules keep their weights and momentum.
+fn frozen_modules_stay_bit_identical(arch: Arch) {
     one_thread();
     let specs = [
-        small_spec(1, Task::Dms, Arch::Cbrnn, Regime::Reservoir { freeze: FreezePoint::Step(100) }),
-        small_spec(2, Task::Parity, Arch::Cbrnn, Regime::Simult),
+        small_spec(1, Task::Dms, arch, Regime::Reservoir { freeze: FreezePoint::Step(100) }),
+        small_spec(2, Task::Parity, arch, Regime::Simult),
     ];
     for engine in [Engine::Fused, Engine::Libtorch] {
         let started = Instant::now();

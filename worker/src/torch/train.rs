@@ -7,6 +7,7 @@ use super::engine::cpu::CpuEngine;
 use super::engine::libtorch::LibtorchEngine;
 use super::engine::{self, PackEngine, PackState};
 use super::error::{TrainError, error_chain};
+use super::fused;
 use super::model::Dims;
 use super::resume;
 use super::run::PackRun;
@@ -140,7 +141,8 @@ pub(crate) fn build_engine(choice: Engine, pack: &[TrialSpec], kind: Kind, devic
     engine_from(choice, pack, PackState::initial(pack, kind, device)?, kind, device)
 }
 
-/// The engine of `choice` for `pack`, starting from `state`.
+/// The engine of `choice` for `pack`, starting from `state`; an architecture the CPU engine does
+/// not have (`fused::supports`) takes the libtorch engine, with one logged line.
 fn engine_from(
     choice: Engine,
     pack: &[TrialSpec],
@@ -150,6 +152,13 @@ fn engine_from(
 ) -> Result<Box<dyn PackEngine>, TrainError> {
     let rates = engine::module_rates(pack);
     let budget = pack[0].budget;
+    let arch = pack[0].arch;
+    let choice = if choice == Engine::Fused && !fused::supports(arch) {
+        tracing::info!(%arch, "the CPU engine has no {arch}: this pack trains on the libtorch engine");
+        Engine::Libtorch
+    } else {
+        choice
+    };
     Ok(match choice {
         Engine::Fused => Box::new(CpuEngine::new(&state, &rates, budget)?),
         Engine::Libtorch => Box::new(LibtorchEngine::new(state, &rates, budget, kind, device)?),

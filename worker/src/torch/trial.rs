@@ -6,7 +6,7 @@ use super::input::Batches;
 use super::regime::{self, Learning};
 use super::tasks::{self, Stream, TaskBatch};
 use crate::trainer::{Saved, TrialEnd};
-use cbsweep_common::{AnalysisRecord, Arch, EpochRecord, TrialOutcome, TrialResult, TrialSpec};
+use cbsweep_common::{AnalysisRecord, EpochRecord, TrialOutcome, TrialResult, TrialSpec};
 use cbsweep_proto::v1;
 use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
@@ -166,7 +166,7 @@ impl<'a> TrialRun<'a> {
     /// The modules that learn in the trial's next SGD step (the plain RNN has no module).
     pub(crate) fn learning_next(&self) -> Learning {
         let l = regime::learning(self.spec.regime, self.spec.budget.start_level, self.level, self.epochs_done, self.steps_done);
-        Learning { core: l.core, cb: l.cb && self.spec.arch == Arch::Cbrnn }
+        Learning { core: l.core, cb: l.cb && self.spec.arch.module().is_some() }
     }
 
     /// The next batch of `data` at the trial's level, with its initial states.

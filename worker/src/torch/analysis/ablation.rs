@@ -1,12 +1,11 @@
-//! The cerebellar output's ablation: accuracy on fixed batches with the module's output on and
-//! off (CB-RNN only), and the drop.
+//! The module output's ablation: accuracy on fixed batches with the module's output on and off
+//! (every architecture with a module, cerebellar or recurrent), and the drop.
 
 use crate::torch::input::Batches;
 use crate::torch::model::{CbOutput, PackedModel, count_correct};
-use cbsweep_common::Arch;
 use tch::{Device, Kind, TchError};
 
-/// Accuracy with the cerebellar output on and off (CB-RNN only) and the drop, on each row's
+/// Accuracy with the module's output on and off (architectures with a module) and the drop, on each row's
 /// `batches` (every row the same number of sequences); `push(row, population, metric, value)`.
 pub(super) fn ablation(
     model: &PackedModel,
@@ -23,9 +22,9 @@ pub(super) fn ablation(
         let correct = count_correct(model, batches, cb, kind, device)?.f_to_device(Device::Cpu)?;
         Ok(Vec::<i64>::try_from(&correct)?.into_iter().map(|c| c as f64 / sequences).collect())
     };
-    let off = match model.dims().arch {
-        Arch::Cbrnn => Some(accuracy(batches.clone(), CbOutput::Off)?),
-        Arch::Rnn => None,
+    let off = match model.dims().arch.module() {
+        Some(_) => Some(accuracy(batches.clone(), CbOutput::Off)?),
+        None => None,
     };
     let on = accuracy(batches, CbOutput::On)?;
     for (row, &on) in on.iter().enumerate() {

@@ -36,11 +36,19 @@ mod timing;
 use crate::torch::model::{CbOutput, Dims};
 use crate::torch::tasks::TaskBatch;
 use backward::{add, train_job};
+use cbsweep_common::Arch;
 use forward::{Job, Prepared, Scratch, forward, jobs, readout, sized};
 use layout::Layout;
 pub(crate) use matmul::Real;
 use rayon::prelude::*;
 use std::sync::Mutex;
+
+/// Whether the CPU engine has `arch`: the Elman RNN and the CB-RNN. The recurrent-module control
+/// and the GRU architectures train on the libtorch engine (`train::engine_from` says so once per
+/// pack).
+pub(crate) fn supports(arch: Arch) -> bool {
+    matches!(arch, Arch::Rnn | Arch::Cbrnn)
+}
 
 /// One trial's host state: parameters, Nesterov buffers and per-module rates.
 #[derive(Clone, Debug)]

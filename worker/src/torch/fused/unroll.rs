@@ -12,8 +12,9 @@ use rayon::prelude::*;
 
 /// `PackedModel::unroll` on the CPU engine: runs the time loop of every row of the pack on host
 /// memory and hands `observe` each step's activity, as libtorch tensors [M, B, units]. Only for
-/// a float32 pack on the CPU and an input without padding (every sequence as long as the
-/// input); returns None otherwise, having observed nothing. The analyses' long drives (the
+/// a float32 pack on the CPU, an input without padding (every sequence as long as the input)
+/// and an architecture the engine has (`supports`); returns None otherwise, having observed
+/// nothing. The analyses' long drives (the
 /// timescales' thousands of steps) take this path.
 pub(crate) fn unroll(
     model: &PackedModel,
@@ -24,7 +25,8 @@ pub(crate) fn unroll(
     use tch::{Device, Kind, Tensor};
     let (t_len, m, b) = input.x.size3()?;
     let first = model.params().first();
-    if first.map(Tensor::kind) != Some(Kind::Float) || first.map(Tensor::device) != Some(Device::Cpu) || input.min_len < t_len {
+    let cpu_f32 = first.map(Tensor::kind) == Some(Kind::Float) && first.map(Tensor::device) == Some(Device::Cpu);
+    if !cpu_f32 || input.min_len < t_len || !super::supports(model.dims().arch) {
         return Ok(None);
     }
     let dims = *model.dims();
@@ -72,7 +74,7 @@ pub(crate) fn unroll(
             Some([g, p, c]) => [Some(g), Some(p), Some(c)],
             None => [None; 3],
         };
-        observe(model::Step { t: t as i64, activity: [Some(&hidden), granule, purkinje, output] })?;
+        observe(model::Step { t: t as i64, activity: [Some(&hidden), granule, purkinje, output, None] })?;
     }
     let last = t_len * b * h;
     Ok(Some(stacked(&|s| &s.hs[last..last + b * h], h)?))
