@@ -1,8 +1,8 @@
 //! The CPU's float32 ceiling, measured for `train`'s table: the peak of N cores at once from
-//! independent fused multiply-adds on full vector registers, the best of AVX-512 and AVX2 and of
-//! 8, 12 and 16 independent accumulators (enough to cover the FMA latency on both FMA ports of
-//! current x86 cores: 4 cycles x 2 ports needs 8 in flight), and what one large matrix product
-//! on one thread reaches. No baseline of its own: its numbers are the denominators of
+//! independent fused multiply-adds on full vector registers, one pinned thread per core, the
+//! best of AVX-512 and AVX2 and of 8, 12 and 16 independent accumulators (enough to cover the
+//! FMA latency on both FMA ports of current x86 cores: 4 cycles x 2 ports needs 8 in flight),
+//! and what one large matrix product on one thread reaches. No baseline of its own: its numbers are the denominators of
 //! `train`'s peak column.
 
 use std::time::Instant;
@@ -14,27 +14,71 @@ pub(crate) struct Peak {
     pub(crate) how: String,
 }
 
-/// The fp32 peak of `threads` cores, measured: each thread runs independent fused multiply-adds
-/// for a fixed count, all threads at once, so the clock is the one every core runs at under
-/// load; the best of every vector width the CPU has and of 8, 12 and 16 accumulators.
+/// The fp32 peak of `threads` cores, measured: each thread, pinned to a core of its own (else
+/// the kernel may start two on one core and move one only after much of a short burst), runs
+/// independent fused multiply-adds for a fixed count, all threads released at once, so the
+/// clock is the one every core runs at under load; the best of every vector width the CPU has
+/// and of 8, 12 and 16 accumulators, each burst long enough (about 0.15 s) that start-up and
+/// placement do not count.
 pub(crate) fn measured_peak(threads: usize) -> Peak {
+    let cpus = allowed_cpus();
     let mut best = Peak { rate: 0.0, how: "no FMA loop ran".into() };
     for width in Width::available() {
         for chains in [8usize, 12, 16] {
-            // about 8 GFLOP per thread: tens of milliseconds, long enough for a steady clock
-            let iters = 4_000_000_000 / chains / width.lanes();
-            let t0 = Instant::now();
-            let flop: f64 = std::thread::scope(|scope| {
-                let handles: Vec<_> = (0..threads).map(|_| scope.spawn(move || fma_burst(width, chains, iters))).collect();
-                handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum::<f64>()
+            // about 32 GFLOP per thread
+            let iters = 16_000_000_000 / chains / width.lanes();
+            let ready = std::sync::Barrier::new(threads + 1);
+            let (flop, secs) = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|i| {
+                        let (ready, cpu) = (&ready, cpus.get(i % cpus.len().max(1)).copied());
+                        scope.spawn(move || {
+                            if let Some(cpu) = cpu {
+                                pin_to(cpu);
+                            }
+                            ready.wait();
+                            fma_burst(width, chains, iters)
+                        })
+                    })
+                    .collect();
+                ready.wait();
+                let t0 = Instant::now();
+                let flop = handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum::<f64>();
+                (flop, t0.elapsed().as_secs_f64())
             });
-            let rate = flop / t0.elapsed().as_secs_f64();
+            let rate = flop / secs;
             if rate > best.rate {
-                best = Peak { rate, how: format!("{} FMA loop, {chains} accumulators per thread", width.name()) };
+                let pinned = if cpus.len() >= threads { "each thread pinned to its own core" } else { "not pinned" };
+                best = Peak { rate, how: format!("{} FMA loop, {chains} accumulators per thread, {pinned}", width.name()) };
             }
         }
     }
     best
+}
+
+/// The CPUs this process may run on.
+#[allow(unsafe_code)]
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, and sched_getaffinity writes at most its
+    // size into it; CPU_ISSET reads inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+    }
+}
+
+/// Pins the calling thread to `cpu` (best effort: an error leaves it where it is).
+#[allow(unsafe_code)]
+fn pin_to(cpu: usize) {
+    // SAFETY: as in `allowed_cpus`; pid 0 is the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let _ = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
 }
 
 /// A vector width with FMA.
