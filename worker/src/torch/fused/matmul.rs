@@ -136,6 +136,8 @@ mod avx512 {
 
     /// Rows per tile.
     const MR: usize = 6;
+    /// Rows of b per block of k: 512 rows of a 64-column block are 128 KiB, inside L2.
+    const KC: usize = 512;
 
     pub(super) fn available() -> bool {
         std::arch::is_x86_feature_detected!("avx512f")
@@ -152,6 +154,36 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn matmul(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: *mut f32,
+        ldd: usize,
+        a: *const f32,
+        lda: (usize, usize),
+        b: *const f32,
+        ldb: usize,
+        accumulate: bool,
+    ) {
+        // A weight gradient's k (T x rows, up to about 9,000) in blocks of KC rows of b: each
+        // block's columns stay in L2 while every row tile reads them, where the whole k would
+        // stream from memory once per tile. A block adds its sums to dst (the first one as
+        // asked); the time loop's products (k at most a few hundred) are one block.
+        let mut k0 = 0;
+        let mut add = accumulate;
+        while k0 < k {
+            let kb = (k - k0).min(KC);
+            // SAFETY: rows k0 .. k0 + kb of b and columns k0 .. k0 + kb of a are inside them
+            unsafe { block(m, n, kb, dst, ldd, a.add(k0 * lda.1), lda, b.add(k0 * ldb), ldb, add) };
+            add = true;
+            k0 += kb;
+        }
+    }
+
+    /// `matmul` for one block of k.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block(
         m: usize,
         n: usize,
         k: usize,
