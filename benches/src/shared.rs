@@ -36,6 +36,7 @@ pub(crate) fn spec(arch: Arch, seed: u64, level: u32, steps: u32) -> TrialSpec {
             solve_threshold: 1.0,
             momentum: 0.1,
             clip_norm: 7.5,
+            curriculum: cbsweep_common::Curriculum::Climb,
         },
         analysis: AnalysisPlan { every_levels: 0, ..AnalysisPlan::study() },
         grid_hidden: cbsweep_common::trial::STUDY_SIZE,

@@ -20,7 +20,9 @@ pub use spec::{
     SpecError, SpecOverride, SweepSpec, env_overrides, load_spec, overrides_text, parse_overrides_text, parse_resolved, parse_spec,
     parse_spec_with_overrides, spec_hash,
 };
-pub use trial::{AnalysisPlan, Arch, Core, FreezePoint, ModuleKind, PackKey, Regime, Task, TrainBudget, TrialSpec, varying_parts};
+pub use trial::{
+    AnalysisPlan, Arch, Core, Curriculum, FreezePoint, ModuleKind, PackKey, Regime, Task, TrainBudget, TrialSpec, varying_parts,
+};
 
 /// Version of the trial semantics. It is part of every trial's identity: a change to what a
 /// trial computes must bump it, so old results are never mistaken for new ones.

@@ -146,6 +146,7 @@ mod tests {
                 solve_threshold: 0.98,
                 momentum: 0.1,
                 clip_norm: 7.5,
+                curriculum: crate::trial::Curriculum::Climb,
             },
             analysis: AnalysisPlan::study(),
             grid_hidden: 64,

@@ -12,7 +12,7 @@
 
 use crate::ids::{Seed, SweepId};
 use crate::model_size;
-use crate::trial::{AnalysisPlan, Arch, FreezePoint, Regime, STUDY_SIZE, Task, TrainBudget, TrialSpec};
+use crate::trial::{AnalysisPlan, Arch, Curriculum, FreezePoint, Regime, STUDY_SIZE, Task, TrainBudget, TrialSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -132,6 +132,9 @@ struct RawTrain {
     clip_norm: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     lr_readout: Option<f64>,
+    /// No curriculum: train and test at this level for the whole budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fixed_level: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -405,6 +408,7 @@ pub const UPPER_BOUNDS: &[(&str, f64)] = &[
     ("train.batch_size", 4_096.0),
     ("train.start_level", 1_000.0),
     ("train.max_level", 1_000.0),
+    ("train.fixed_level", 1_000.0),
     ("train.clip_norm", 1e6),
     ("train.lr_readout", 10.0),
     ("analysis.every_levels", 1_000.0),
@@ -555,8 +559,17 @@ fn validate(raw: RawSpec, path: &Path, resolved: String, overrides: Vec<SpecOver
     };
 
     let t = &raw.train;
-    let start_level = c.positive("train.start_level", t.start_level)?;
-    let max_level = c.positive("train.max_level", t.max_level)?;
+    let (start_level, max_level, curriculum) = match t.fixed_level {
+        // one level for the whole budget: it starts and tops the curriculum
+        Some(n) => {
+            let n = c.positive("train.fixed_level", n)?;
+            if n < 2 {
+                return Err(c.invalid("train.fixed_level", n, "must be at least 2 (the oddball context needs two bits)"));
+            }
+            (n, n, Curriculum::Fixed)
+        }
+        None => (c.positive("train.start_level", t.start_level)?, c.positive("train.max_level", t.max_level)?, Curriculum::Climb),
+    };
     if start_level < 2 {
         return Err(c.invalid("train.start_level", start_level, "must be at least 2 (the oddball context needs two bits)"));
     }
@@ -582,6 +595,7 @@ fn validate(raw: RawSpec, path: &Path, resolved: String, overrides: Vec<SpecOver
         solve_threshold: t.solve_threshold,
         momentum: t.momentum,
         clip_norm: t.clip_norm,
+        curriculum,
     };
     let a = &raw.analysis;
     let nonneg = |field: &str, v: i64| c.nonneg(field, v);
@@ -668,6 +682,15 @@ fn validate(raw: RawSpec, path: &Path, resolved: String, overrides: Vec<SpecOver
     }
     if trials.is_empty() {
         return Err(c.invalid("grid.exclude", "(every cell)", "leaves no cell to run"));
+    }
+    if budget.curriculum == Curriculum::Fixed
+        && let Some(t) = trials.iter().find(|t| t.regime != Regime::Simult && matches!(t.regime.freeze(), FreezePoint::Level(_)))
+    {
+        return Err(c.invalid(
+            "grid.freeze",
+            t.regime.freeze(),
+            "freezes once a level is solved, which never comes with train.fixed_level (the level never moves): freeze at epoch:N or step:N",
+        ));
     }
     let compare = match &raw.stats {
         None => DEFAULT_COMPARE.to_vec(),

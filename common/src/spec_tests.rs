@@ -348,3 +348,25 @@ fn stats_compare_defaults_to_cbrnn_against_rnn_and_names_grid_architectures() {
     let e = err(&format!("{}[stats]\ncompare = [[\"cbrnn\", \"rnn\"]]\n", MINIMAL.replace("[\"cbrnn\", \"rnn\"]", "[\"cbrnn\"]")));
     assert!(e.contains("stats.compare[0][1] = \"rnn\"") && e.contains("not an architecture of the grid"), "{e}");
 }
+
+#[test]
+fn fixed_level_trains_at_one_level_and_is_refused_where_it_cannot_work() {
+    let s = parse(&format!("{MINIMAL}[train]\nfixed_level = 5\n")).unwrap();
+    for t in &s.trials {
+        assert_eq!((t.budget.start_level, t.budget.max_level, t.budget.curriculum), (5, 5, Curriculum::Fixed));
+    }
+    // the same cells with the curriculum are other trials
+    let climb = parse(MINIMAL).unwrap();
+    assert!(s.trials.iter().zip(&climb.trials).all(|(f, c)| f.id() != c.id() && f.cell_key() == c.cell_key()));
+    assert!(climb.trials.iter().all(|t| t.budget.curriculum == Curriculum::Climb));
+    let e = err(&format!("{MINIMAL}[train]\nfixed_level = 1\n"));
+    assert!(e.contains("train.fixed_level") && e.contains("at least 2"), "{e}");
+    let e = err(&format!("{MINIMAL}[train]\nfixed_level = 5000\n"));
+    assert!(e.contains("train.fixed_level") && e.contains("5000"), "{e}");
+    let e =
+        err(&MINIMAL.replace("seed = [0, 1]", "seed = [0, 1]\nregime = [\"reservoir\"]\nfreeze = [\"level:3\"]\n[train]\nfixed_level = 5"));
+    assert!(e.contains("grid.freeze") && e.contains("epoch:N"), "{e}");
+    // a freeze by epochs works at a fixed level
+    parse(&MINIMAL.replace("seed = [0, 1]", "seed = [0, 1]\nregime = [\"reservoir\"]\nfreeze = [\"epoch:3\"]\n[train]\nfixed_level = 5"))
+        .unwrap();
+}

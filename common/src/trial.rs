@@ -124,6 +124,28 @@ pub struct TrainBudget {
     pub solve_threshold: f64,
     pub momentum: f64,
     pub clip_norm: f64,
+    /// Climb from `start_level` (the study's curriculum) or train at it for the whole budget.
+    /// Left out of the hashed form when climbing, so every earlier trial keeps its id.
+    #[serde(default, skip_serializing_if = "Curriculum::is_climb")]
+    pub curriculum: Curriculum,
+}
+
+/// How a trial's level moves (docs/science.md#training).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Curriculum {
+    /// Each solved level moves the trial to the next, up to `max_level`, where it ends.
+    #[default]
+    Climb,
+    /// The trial trains and is tested at `start_level` (= `max_level`) for every epoch of its
+    /// budget; a solved epoch is recorded and neither moves nor ends it (spec: `train.fixed_level`).
+    Fixed,
+}
+
+impl Curriculum {
+    pub fn is_climb(&self) -> bool {
+        *self == Curriculum::Climb
+    }
 }
 
 /// Which analyses a trial runs at its checkpoints (docs/science.md#analyses), and their sizes.
@@ -447,8 +469,10 @@ mod tests {
                 solve_threshold: 0.98,
                 momentum: 0.1,
                 clip_norm: 7.5,
+                curriculum: Curriculum::Climb,
             },
             analysis: AnalysisPlan::study(),
+            grid_hidden: STUDY_SIZE,
         }
     }
 

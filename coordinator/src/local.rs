@@ -172,7 +172,9 @@ pub async fn run(spec: SweepSpec, spec_path: &Path, opts: RunOptions) -> Result<
             let err = log.try_clone().map_err(io("cannot duplicate a log handle"))?;
             let child = Command::new(&bin)
                 .args(["--coordinator", &url, "--device", &opts.device, "--threads", &threads.to_string()])
-                .args(["--exit-when-drained", "--exit-with-parent", "--give-up-after-s", "20", "--slots", &slots.to_string()])
+                .args(["--exit-when-drained", "--exit-with-parent", "--give-up-after-s", "20"])
+                // only when asked: a worker binary from before --slots (--worker-binary) still runs
+                .args(if slots > 1 { vec!["--slots".to_string(), slots.to_string()] } else { vec![] })
                 .arg("--checkpoint-dir")
                 .arg(sweep_dir(&opts.out, &sweep).join("checkpoints"))
                 .args(&opts.worker_args)

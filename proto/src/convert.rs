@@ -34,6 +34,7 @@ impl From<c::TrainBudget> for v1::TrainBudget {
             solve_threshold: b.solve_threshold,
             momentum: b.momentum,
             clip_norm: b.clip_norm,
+            fixed_level: b.curriculum == c::Curriculum::Fixed,
         }
     }
 }
@@ -54,6 +55,7 @@ impl TryFrom<v1::TrainBudget> for c::TrainBudget {
             solve_threshold: b.solve_threshold,
             momentum: b.momentum,
             clip_norm: b.clip_norm,
+            curriculum: if b.fixed_level { c::Curriculum::Fixed } else { c::Curriculum::Climb },
         })
     }
 }

@@ -11,7 +11,7 @@ use super::model::Unroll;
 use super::resume;
 use super::trial::{DataSplit, Mark, TrialRun, draw_rows};
 use crate::trainer::{Cadence, Control, PackEvents, Saved};
-use cbsweep_common::{AnalysisPlan, EpochRecord, TrainBudget, TrialOutcome, TrialSpec};
+use cbsweep_common::{AnalysisPlan, Curriculum, EpochRecord, TrainBudget, TrialOutcome, TrialSpec};
 use std::path::Path;
 use std::time::Instant;
 use tch::{Device, Kind, TchError, Tensor};
@@ -110,15 +110,20 @@ impl PackRun {
                     // this epoch ends for every trial as usual; the pack stops at its end
                     Control::StopAll => stop_all = true,
                 }
-                if solved {
+                // at a fixed level only its first solved epoch counts (and is analysed); the trial
+                // stays at it for its whole budget
+                let fixed = budget.curriculum == Curriculum::Fixed;
+                if solved && !(fixed && t.levels_solved() > 0) {
                     if t.solve_level() {
                         due.push(Due { row, trial: i, level: t.level, epoch });
                     }
-                    if t.level >= budget.max_level {
+                    if !fixed && t.level >= budget.max_level {
                         t.finish(TrialOutcome::Completed);
                         continue;
                     }
-                    t.level += 1;
+                    if !fixed {
+                        t.level += 1;
+                    }
                 }
                 if epoch >= budget.epochs {
                     t.finish(TrialOutcome::Completed);

@@ -20,6 +20,7 @@ pub(crate) fn small_budget() -> TrainBudget {
         solve_threshold: 0.6,
         momentum: 0.1,
         clip_norm: 7.5,
+        curriculum: cbsweep_common::Curriculum::Climb,
     }
 }
 

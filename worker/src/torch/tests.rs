@@ -12,6 +12,7 @@ use super::trial::TrialRun;
 use super::{Engine, TorchTrainer};
 use crate::trainer::{Control, Trainer, TrialEnd};
 use cbsweep_common::{AnalysisPlan, Arch, EpochRecord, FreezePoint, Regime, Seed, Task, TrainBudget, TrialOutcome, TrialResult, TrialSpec};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -192,6 +193,28 @@ fn a_trial_that_solves_the_top_level_stops_early_and_completes() {
         let levels: Vec<u32> = r.curve.iter().map(|e| e.level).collect();
         assert_eq!(levels, [2, 3]);
         assert_eq!(r.max_level(), 3);
+    }
+}
+
+#[test]
+fn a_fixed_level_trial_trains_at_its_level_for_the_whole_budget() {
+    let mut spec = small_spec(4, Task::Dms, Arch::Cbrnn, Regime::Simult);
+    // every epoch counts as solved: the curriculum would climb one level per epoch and stop at 3
+    spec.budget.solve_threshold = 0.0;
+    spec.budget.epochs = 4;
+    spec.analysis = analysis_plan();
+    spec.budget.start_level = 3;
+    spec.budget.max_level = 3;
+    spec.budget.curriculum = cbsweep_common::Curriculum::Fixed;
+    let (results, _) = train(&[spec.clone(), TrialSpec { task: Task::Parity, ..spec }]);
+    for r in &results {
+        assert_eq!(r.outcome, TrialOutcome::Completed);
+        let levels: Vec<u32> = r.curve.iter().map(|e| e.level).collect();
+        assert_eq!(levels, [3, 3, 3, 3], "the whole budget at the fixed level");
+        assert!(r.curve.iter().all(|e| e.solved && e.test_accuracy.is_finite()), "{:?}", r.curve);
+        // analysed once, at the first solved epoch, not at every one
+        let epochs: BTreeSet<u32> = r.analyses.iter().map(|a| a.epoch).collect();
+        assert_eq!(epochs, BTreeSet::from([1]), "{:?}", r.analyses);
     }
 }
 
