@@ -174,44 +174,27 @@ mod avx512 {
         while k0 < k {
             let kb = (k - k0).min(KC);
             // SAFETY: rows k0 .. k0 + kb of b and columns k0 .. k0 + kb of a are inside them
-            unsafe { block(m, n, kb, dst, ldd, a.add(k0 * lda.1), lda, b.add(k0 * ldb), ldb, add) };
+            let (ak, bk) = unsafe { (a.add(k0 * lda.1), b.add(k0 * ldb)) };
+            let mut j = 0;
+            while j < n {
+                let width = (n - j).min(64);
+                let vecs = width.div_ceil(16);
+                let tail = width - (vecs - 1) * 16;
+                let mask: __mmask16 = if tail == 16 { 0xFFFF } else { (1u16 << tail) - 1 };
+                // SAFETY: columns j .. j + width are inside every row (the caller's contract)
+                unsafe {
+                    let (d, bj) = (dst.add(j), bk.add(j));
+                    match vecs {
+                        1 => rows::<1>(m, kb, d, ldd, ak, lda, bj, ldb, mask, add),
+                        2 => rows::<2>(m, kb, d, ldd, ak, lda, bj, ldb, mask, add),
+                        3 => rows::<3>(m, kb, d, ldd, ak, lda, bj, ldb, mask, add),
+                        _ => rows::<4>(m, kb, d, ldd, ak, lda, bj, ldb, mask, add),
+                    }
+                }
+                j += 64;
+            }
             add = true;
             k0 += kb;
-        }
-    }
-
-    /// `matmul` for one block of k.
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn block(
-        m: usize,
-        n: usize,
-        k: usize,
-        dst: *mut f32,
-        ldd: usize,
-        a: *const f32,
-        lda: (usize, usize),
-        b: *const f32,
-        ldb: usize,
-        accumulate: bool,
-    ) {
-        let mut j = 0;
-        while j < n {
-            let width = (n - j).min(64);
-            let vecs = width.div_ceil(16);
-            let tail = width - (vecs - 1) * 16;
-            let mask: __mmask16 = if tail == 16 { 0xFFFF } else { (1u16 << tail) - 1 };
-            // SAFETY: columns j .. j + width are inside every row (the caller's contract)
-            unsafe {
-                let (d, bj) = (dst.add(j), b.add(j));
-                match vecs {
-                    1 => rows::<1>(m, k, d, ldd, a, lda, bj, ldb, mask, accumulate),
-                    2 => rows::<2>(m, k, d, ldd, a, lda, bj, ldb, mask, accumulate),
-                    3 => rows::<3>(m, k, d, ldd, a, lda, bj, ldb, mask, accumulate),
-                    _ => rows::<4>(m, k, d, ldd, a, lda, bj, ldb, mask, accumulate),
-                }
-            }
-            j += 64;
         }
     }
 
