@@ -132,7 +132,24 @@ impl Session {
             max_pack: self.cfg.max_pack,
             pid: std::process::id(),
         };
-        let r = self.client.register(req).await.map_err(|status| WorkerError::Refused { what: "registration", status })?.into_inner();
+        // a coordinator that is away or cannot write its state (a full disk) is waited for, as
+        // for every other call; a refusal (token, protocol version) is final
+        let start = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(200);
+        let r = loop {
+            match self.client.register(req.clone()).await {
+                Ok(r) => break r.into_inner(),
+                Err(s) if transient(&s) => {
+                    if start.elapsed() > self.cfg.give_up_after {
+                        return Err(WorkerError::GaveUp { what: "registration", secs: self.cfg.give_up_after.as_secs() });
+                    }
+                    tracing::warn!(error = %s.message(), retry_in_ms = backoff.as_millis() as u64, "coordinator unavailable; retrying registration");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(status) => return Err(WorkerError::Refused { what: "registration", status }),
+            }
+        };
         self.worker_id = r.worker_id;
         self.heartbeat = Duration::from_millis(u64::from(r.heartbeat_interval_ms.max(200)));
         tracing::info!(worker_id = %self.worker_id, "registered");
