@@ -94,38 +94,6 @@ fn a_full_state_disk_is_a_retryable_status_and_no_result_is_lost() {
 }
 
 #[test]
-fn a_worker_started_while_the_state_disk_is_full_waits_and_then_trains() {
-    let test = "a_worker_started_while_the_state_disk_is_full_waits_and_then_trains";
-    if !is_root() {
-        return skipped(test, "mounting a tmpfs needs root");
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let Some(disk) = Tmpfs::mount(&dir.path().join("state"), "4m") else { return skipped(test, "cannot mount a tmpfs") };
-    let (port, token) = (free_port(), "t0ken-full-register");
-    let (out, coord_log, worker_log) = (dir.path().join("out"), dir.path().join("coordinator.log"), dir.path().join("worker.log"));
-    let _coord = coordinator_logged(&disk.0, &out, port, token, "info", &coord_log);
-    submit(port, token, &write_spec(dir.path(), "reg.toml", &spec_text("fullregister", 2, 2)));
-    let filler = disk.fill();
-    let mut w = worker(port, token, 10, &worker_log);
-    // whichever call meets the full disk first (its registration, or its first lease when
-    // the registration found a free page) is retried
-    wait_until(60, "the worker to retry", || {
-        std::fs::read_to_string(&worker_log).unwrap_or_default().contains("coordinator unavailable; retrying")
-    });
-    std::thread::sleep(std::time::Duration::from_secs(1));
-    assert_eq!(w.0.try_wait().unwrap(), None, "the worker waits for the coordinator, it does not give up");
-    std::fs::remove_file(filler).unwrap();
-    assert_eq!(
-        w.wait_for(60),
-        Some(0),
-        "registered once there is room, it drains the sweep: {}",
-        std::fs::read_to_string(&worker_log).unwrap()
-    );
-    wait_until(30, "the export", || sweep_done(&out.join("fullregister"), 8));
-    results_once(&out.join("fullregister"), 8, 2);
-}
-
-#[test]
 fn a_failed_export_shows_in_status_leaves_no_partial_file_and_lands_once_there_is_room() {
     let test = "a_failed_export_shows_in_status_leaves_no_partial_file_and_lands_once_there_is_room";
     if !is_root() {
