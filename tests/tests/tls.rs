@@ -56,6 +56,22 @@ fn certificates(dir: &Path) {
     );
 }
 
+/// A coordinator on loopback `port` serving TLS with the test certificate in `dir`, with `args`.
+fn tls_coordinator(dir: &std::path::Path, port: u16, token: &str, args: &[&str]) -> Proc {
+    Proc::spawn(
+        Command::new(bin("cbsweep"))
+            .args(["coordinator", "--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .arg("--tls-cert")
+            .arg(dir.join("server.pem"))
+            .arg("--tls-key")
+            .arg(dir.join("server.key"))
+            .env("CBSWEEP_TOKEN", token)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    )
+}
+
 #[test]
 fn a_sweep_runs_over_tls_and_a_client_without_the_ca_is_refused() {
     if Command::new("openssl").arg("version").output().is_err() {
@@ -66,17 +82,7 @@ fn a_sweep_runs_over_tls_and_a_client_without_the_ca_is_refused() {
     certificates(dir.path());
     let (port, token) = (free_port(), "tls-token");
     let state = dir.path().join("state");
-    let _coord = Proc::spawn(
-        Command::new(bin("cbsweep"))
-            .args(["coordinator", "--listen", &format!("127.0.0.1:{port}"), "--state", state.to_str().unwrap()])
-            .arg("--tls-cert")
-            .arg(dir.path().join("server.pem"))
-            .arg("--tls-key")
-            .arg(dir.path().join("server.key"))
-            .env("CBSWEEP_TOKEN", token)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null()),
-    );
+    let _coord = tls_coordinator(dir.path(), port, token, &["--state", state.to_str().unwrap()]);
     let url = format!("https://127.0.0.1:{port}");
     let ca = dir.path().join("ca.pem");
     let spec = write_spec(
@@ -169,18 +175,9 @@ fn the_dashboard_is_served_over_tls_when_the_coordinator_has_it() {
     let dir = tempfile::tempdir().unwrap();
     certificates(dir.path());
     let (port, http, token) = (free_port(), free_port(), "tls-dash-token");
-    let _coord = Proc::spawn(
-        Command::new(bin("cbsweep"))
-            .args(["coordinator", "--listen", &format!("127.0.0.1:{port}"), "--http-listen", &format!("127.0.0.1:{http}")])
-            .args(["--state", dir.path().join("state").to_str().unwrap()])
-            .arg("--tls-cert")
-            .arg(dir.path().join("server.pem"))
-            .arg("--tls-key")
-            .arg(dir.path().join("server.key"))
-            .env("CBSWEEP_TOKEN", token)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null()),
-    );
+    let state = dir.path().join("state");
+    let _coord =
+        tls_coordinator(dir.path(), port, token, &["--http-listen", &format!("127.0.0.1:{http}"), "--state", state.to_str().unwrap()]);
     let base = format!("https://127.0.0.1:{http}");
     wait_until(20, "the HTTP side to answer over TLS", || curl(dir.path(), &[&format!("{base}/healthz")]).as_deref() == Some("ok\n"));
     let code = |args: &[&str]| curl(dir.path(), &[&["-o", "/dev/null", "-w", "%{http_code}"], args].concat()).unwrap();
