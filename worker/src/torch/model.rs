@@ -541,7 +541,7 @@ impl PackedModel {
 pub(crate) const GRU_CB_NORM_RATIO: f64 = 1.0;
 
 /// Floor under the squared norms of the GRU's rescaling, so a zero vector divides by no zero.
-const MIN_SQUARED_NORM: f64 = 1e-24;
+pub(crate) const MIN_SQUARED_NORM: f64 = 1e-24;
 
 /// Per-trial mean cross-entropy of final-step logits [M, B, 2] against labels [M, B], [M].
 pub(crate) fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor, TchError> {

@@ -9,9 +9,20 @@ use crate::torch::model::{self, ALPHA, CbOutput};
 /// Forward and backward of one job: adds the gradient of (sum of its sequences' losses) x
 /// `job.scale` to `grads` (a trial's flat layout) and returns the summed loss.
 pub(super) fn train_job<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut Scratch<T>, grads: &mut [T]) -> f64 {
+    let last = forward(w, job, CbOutput::On, true, s);
+    let loss = readout_backward(w, job, last, s, grads);
+    backward_steps(w, job, s);
+    weight_grads(w, job, s, grads);
+    loss
+}
+
+/// The readout of the final states in slot `last` of `s.hs` and the cross-entropy: adds the
+/// readout's gradients (of the summed loss x `job.scale`) to `grads`, leaves the final state's
+/// gradient in `s.dh` and returns the summed loss x `job.scale`. Every architecture's step
+/// shares it.
+pub(super) fn readout_backward<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, last: usize, s: &mut Scratch<T>, grads: &mut [T]) -> f64 {
     let h = w.dims.hidden as usize;
     let b = job.rows;
-    let last = forward(w, job, CbOutput::On, true, s);
     readout(w, b, last, s);
     let layout = w.layout;
 
@@ -38,9 +49,6 @@ pub(super) fn train_job<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut Scr
     matmul(layout.get_mut(grads, model::W_O), h, Mat::new(&dlogits, b, 2).t(), Mat::new(h_last, b, h), true);
     add_column_sums(layout.get_mut(grads, model::B_O), &dlogits, 2);
     matmul(sized(&mut s.dh, b * h), h, Mat::new(&dlogits, b, 2), Mat::new(w.w(model::W_O), 2, h), false);
-
-    backward_steps(w, job, s);
-    weight_grads(w, job, s, grads);
     loss * job.scale
 }
 
@@ -150,7 +158,7 @@ pub(super) fn add<T: Real>(dst: &mut [T], src: &[T]) {
 }
 
 /// Adds the column sums of row-major `m` (`cols` wide) to `dst`.
-fn add_column_sums<T: Real>(dst: &mut [T], m: &[T], cols: usize) {
+pub(super) fn add_column_sums<T: Real>(dst: &mut [T], m: &[T], cols: usize) {
     let mut sums = vec![T::zero(); cols];
     for row in m.chunks(cols) {
         add(&mut sums, row);

@@ -6,7 +6,7 @@ use super::layout::Layout;
 use super::matmul::{Mat, Real, matmul};
 use crate::torch::model::{self, ALPHA, CbOutput, Dims};
 use crate::torch::tasks::TaskBatch;
-use cbsweep_common::Arch;
+use cbsweep_common::{Arch, Core, ModuleKind};
 
 /// Sequences per job: the study's whole batch of 64. Halving it kept two cores busy on a pack
 /// of one trial but cost about 1.3x per trial-step (smaller products); packs fill the cores.
@@ -36,6 +36,19 @@ pub(super) struct Scratch<T> {
     pub(super) dp: Vec<T>,
     pub(super) dh: Vec<T>,
     pub(super) dh_next: Vec<T>,
+    /// The recurrent module (`recurrent`): its states a_0 .. a_T, [T + 1, rows, A] (two slots
+    /// when nothing is stored; its input to LeakyReLU goes in `g`), and its state's gradient
+    /// (two buffers [rows, A]).
+    pub(super) states: Vec<T>,
+    pub(super) d_states: Vec<T>,
+    /// The GRU (`gru`): per step r, z, W_hn h + b_hn and the candidate's pre-activation without
+    /// the module's output, [T, rows, 4H]; the squared norms of that pre-activation and of the
+    /// module's raw output, [T, rows, 2] (the raw output goes in `c`); the gradients of the
+    /// candidate's input side and of the module's raw output, [T, rows, H] each.
+    pub(super) gates: Vec<T>,
+    pub(super) norms: Vec<T>,
+    pub(super) d_candidate: Vec<T>,
+    pub(super) d_output: Vec<T>,
 }
 
 pub(super) fn sized<T: Real>(v: &mut Vec<T>, n: usize) -> &mut [T] {
@@ -45,24 +58,48 @@ pub(super) fn sized<T: Real>(v: &mut Vec<T>, n: usize) -> &mut [T] {
     &mut v[..n]
 }
 
+/// Slot `cur` of `buf` (slots of `n` values) to read and slot `next` to write, `cur != next`.
+pub(super) fn two_slots<T>(buf: &mut [T], cur: usize, next: usize, n: usize) -> (&[T], &mut [T]) {
+    if cur < next {
+        let (lo, hi) = buf.split_at_mut(next * n);
+        (&lo[cur * n..(cur + 1) * n], &mut hi[..n])
+    } else {
+        let (lo, hi) = buf.split_at_mut(cur * n);
+        (&hi[..n], &mut lo[next * n..(next + 1) * n])
+    }
+}
+
+/// LeakyReLU with `NEGATIVE_SLOPE` (`slope`), as libtorch computes it.
+#[inline(always)]
+pub(super) fn leaky_relu<T: Real>(x: T, slope: T) -> T {
+    if x > T::zero() { x } else { x * slope }
+}
+
 /// A trial's weights laid out for the time loop: the core's and the granule layer's recurrent
 /// weights stacked, [W_h; W_gc[:, :H]] ([H + G, H]), every forward weight also transposed (the
 /// kernels run fastest on a row-major right operand), and the constant drives of the core and
-/// the granule layer for an input bit of 0 and of 1 (the input's product is a select).
+/// the granule layer for an input bit of 0 and of 1 (the input's product is a select). The
+/// recurrent module's layers take the cerebellar module's places (its input layer the granule
+/// layer's, W_aa and W_out those of W_pc and W_dcn), and the GRU's stacked gate weights W_hh
+/// ([3H, H]) those of W_h.
 pub(super) struct Prepared<'a, T> {
     pub(super) dims: Dims,
     pub(super) layout: &'a Layout,
     pub(super) params: &'a [T],
-    /// [H + G, H] and its transpose [H, H + G] (the RNN: W_h and its transpose).
+    /// [H + G, H] and its transpose [H, H + G] (the RNN: W_h and its transpose; the recurrent
+    /// module: [H + A, H]; the GRU: [3H (+ G), H]).
     pub(super) w_rec: Vec<T>,
     pub(super) w_rec_t: Vec<T>,
-    /// W_pc^T [G, P], W_dcn^T [P, H], W_o^T [H, 2].
+    /// W_pc^T [G, P], W_dcn^T [P, H] (the recurrent module: W_aa^T [A, A], W_out^T [A, H]),
+    /// W_o^T [H, 2].
     pub(super) w_pc_t: Vec<T>,
     pub(super) w_dcn_t: Vec<T>,
     pub(super) w_o_t: Vec<T>,
-    /// b_x + b_h (+ W_x for a 1 bit), [H] each.
+    /// b_x + b_h (+ W_x for a 1 bit), [H] each (the GRU: b_ih (+ W_ih), [3H]; its b_hh is added
+    /// to the recurrent product).
     pub(super) core_drive: [Vec<T>; 2],
-    /// b_gc (+ W_gc[:, H] for a 1 bit), [G] each.
+    /// b_gc (+ W_gc[:, H] for a 1 bit), [G] each (the recurrent module: b_in + b_aa
+    /// (+ W_in[:, H]), [A]).
     pub(super) granule_drive: [Vec<T>; 2],
 }
 
@@ -74,23 +111,34 @@ impl<'a, T: Real> Prepared<'a, T> {
     pub(super) fn new(dims: Dims, layout: &'a Layout, params: &'a [T]) -> Self {
         let (h, g, p) = (dims.hidden as usize, dims.granule as usize, dims.purkinje as usize);
         let w = |i| layout.get(params, i);
+        let module = dims.arch.module();
         let mut w_rec = w(model::W_H).to_vec();
-        let cb = dims.arch == Arch::Cbrnn;
-        if cb {
+        if module.is_some() {
+            // the module's input layer (W_gc or W_in, one position) on the state
             for row in w(model::W_GC).chunks(h + 1) {
                 w_rec.extend_from_slice(&row[..h]);
             }
         }
         let n_rec = w_rec.len() / h;
         let w_rec_t = transpose(&w_rec, n_rec, h);
-        let core_bias: Vec<T> = w(model::B_X).iter().zip(w(model::B_H)).map(|(&a, &b)| a + b).collect();
+        let core_bias: Vec<T> = match dims.arch.core() {
+            Core::Elman => w(model::B_X).iter().zip(w(model::B_H)).map(|(&a, &b)| a + b).collect(),
+            Core::Gru => w(model::B_X).to_vec(),
+        };
         let core_one = core_bias.iter().zip(w(model::W_X)).map(|(&b, &x)| b + x).collect();
-        let (w_pc_t, w_dcn_t, granule_drive) = if cb {
-            let b_gc = w(model::B_GC).to_vec();
-            let one = b_gc.iter().zip(w(model::W_GC).chunks(h + 1)).map(|(&b, row)| b + row[h]).collect();
-            (transpose(w(model::W_PC), p, g), transpose(w(model::W_DCN), h, p), [b_gc, one])
-        } else {
-            (Vec::new(), Vec::new(), [Vec::new(), Vec::new()])
+        let (w_pc_t, w_dcn_t, granule_drive) = match module {
+            Some(ModuleKind::Cerebellar) => {
+                let b_gc = w(model::B_GC).to_vec();
+                let one = b_gc.iter().zip(w(model::W_GC).chunks(h + 1)).map(|(&b, row)| b + row[h]).collect();
+                (transpose(w(model::W_PC), p, g), transpose(w(model::W_DCN), h, p), [b_gc, one])
+            }
+            Some(ModuleKind::Recurrent) => {
+                let a = dims.module_units() as usize;
+                let bias: Vec<T> = w(model::B_IN).iter().zip(w(model::B_AA)).map(|(&a, &b)| a + b).collect();
+                let one = bias.iter().zip(w(model::W_IN).chunks(h + 1)).map(|(&b, row)| b + row[h]).collect();
+                (transpose(w(model::W_AA), a, a), transpose(w(model::W_OUT), h, a), [bias, one])
+            }
+            None => (Vec::new(), Vec::new(), [Vec::new(), Vec::new()]),
         };
         Prepared {
             dims,

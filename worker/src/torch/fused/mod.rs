@@ -17,14 +17,19 @@
 //! row-major in `Dims::param_specs` order; activations are [T, rows, units].
 //!
 //! Files: `matmul` (the float types and the one product), `layout` (a trial's flat vector),
-//! `forward` (prepared weights, jobs, the time loop), `backward` (back through time), `sgd`
-//! (Nesterov with clipping and freeze masks), `unroll` (the analyses' long drives on the
-//! engine). It knows the model's layout (`model`) and the learning flags (`regime`), no trainer.
+//! `forward` (prepared weights, jobs, the time loop of the RNN and the CB-RNN), `backward` (back
+//! through time; the readout's loss and gradient, which every architecture shares), `recurrent`
+//! (the recurrent-module control's time loop, forward and back), `gru` (the GRU's and the
+//! CB-GRU's), `sgd` (Nesterov with clipping and freeze masks), `unroll` (the analyses' long drives
+//! on the engine). It knows the model's layout (`model`) and the learning flags (`regime`), no
+//! trainer.
 
 mod backward;
 mod forward;
+mod gru;
 mod layout;
 mod matmul;
+mod recurrent;
 mod sgd;
 pub(crate) mod unroll;
 
@@ -35,19 +40,42 @@ mod timing;
 
 use crate::torch::model::{CbOutput, Dims};
 use crate::torch::tasks::TaskBatch;
-use backward::{add, train_job};
+use backward::add;
 use cbsweep_common::Arch;
-use forward::{Job, Prepared, Scratch, forward, jobs, readout, sized};
+use forward::{Job, Prepared, Scratch, jobs, readout, sized};
 use layout::Layout;
 pub(crate) use matmul::Real;
 use rayon::prelude::*;
 use std::sync::Mutex;
 
-/// Whether the CPU engine has `arch`: the Elman RNN and the CB-RNN. The recurrent-module control
-/// and the GRU architectures train on the libtorch engine (`train::engine_from` says so once per
-/// pack).
+/// Whether the CPU engine has `arch`: every architecture today. A new one is a decision here;
+/// until the engine has it, its packs train on the libtorch engine (`train::engine_from` says so
+/// once per pack).
 pub(crate) fn supports(arch: Arch) -> bool {
-    matches!(arch, Arch::Rnn | Arch::Cbrnn)
+    match arch {
+        Arch::Rnn | Arch::Cbrnn | Arch::Rmrnn | Arch::Cbgru | Arch::Gru => true,
+    }
+}
+
+/// The time loop of `job` by its architecture's code: runs it from the job's initial states and
+/// leaves the final state in `s.hs` at the returned slot; with `store`, every step's activity is
+/// kept for a backward pass.
+fn forward<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, cb: CbOutput, store: bool, s: &mut Scratch<T>) -> usize {
+    match w.dims.arch {
+        Arch::Rnn | Arch::Cbrnn => forward::forward(w, job, cb, store, s),
+        Arch::Rmrnn => recurrent::forward(w, job, cb, store, s),
+        Arch::Cbgru | Arch::Gru => gru::forward(w, job, cb, store, s),
+    }
+}
+
+/// Forward and backward of one job by its architecture's code: adds the gradient of (sum of its
+/// sequences' losses) x `job.scale` to `grads` and returns that loss.
+fn train_job<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut Scratch<T>, grads: &mut [T]) -> f64 {
+    match w.dims.arch {
+        Arch::Rnn | Arch::Cbrnn => backward::train_job(w, job, s, grads),
+        Arch::Rmrnn => recurrent::train_job(w, job, s, grads),
+        Arch::Cbgru | Arch::Gru => gru::train_job(w, job, s, grads),
+    }
 }
 
 /// One trial's host state: parameters, Nesterov buffers and per-module rates.

@@ -4,7 +4,7 @@
 use super::FusedPack;
 use super::unroll::unroll;
 use crate::torch::input::{Batches, PackedInput, pack_batches};
-use crate::torch::model::{CbOutput, Dims, PackedModel, cross_entropy};
+use crate::torch::model::{CbOutput, Dims, PackedModel, Population, cross_entropy};
 use crate::torch::tasks::{self, Stream, draw_batch, draw_h0};
 use crate::torch::testing::{model_with_active_module, one_thread, small_spec};
 use cbsweep_common::{Arch, Regime, Seed, Task, TrialSpec};
@@ -30,11 +30,14 @@ fn host(model: &PackedModel) -> FusedPack<f64> {
     FusedPack::from_tensors(*model.dims(), model.params(), &momentum, &[[0.1, 0.1, 0.1]; 3]).unwrap()
 }
 
-fn assert_close(ours: &[f64], reference: &[f64], what: &str) {
+/// Asserts `ours` within 1e-10 of `reference` (relative to its largest value, at least 1);
+/// returns the largest difference.
+fn assert_close(ours: &[f64], reference: &[f64], what: &str) -> f64 {
     assert_eq!(ours.len(), reference.len(), "{what}: length");
     let scale = reference.iter().fold(1.0f64, |m, v| m.max(v.abs()));
     let diff = ours.iter().zip(reference).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
     assert!(diff <= 1e-10 * scale, "{what}: max difference {diff} (scale {scale})");
+    diff
 }
 
 /// The engine's losses, gradients and logits against libtorch's autograd in float64 (which
@@ -49,12 +52,13 @@ fn matches_autograd(arch: Arch) {
 
     let mut fused = host(&model);
     let (our_losses, our_grads) = fused.loss_and_grads(&per_row);
-    assert_close(&our_losses, &Vec::<f64>::try_from(&losses.detach()).unwrap(), "losses");
+    let mut largest = assert_close(&our_losses, &Vec::<f64>::try_from(&losses.detach()).unwrap(), "losses");
     let layout = fused.layout().clone();
     for (i, spec) in dims.param_specs().iter().enumerate() {
         for (row, ours) in our_grads.iter().enumerate() {
             let reference = Vec::<f64>::try_from(&grads[i].get(row as i64).flatten(0, -1)).unwrap();
-            assert_close(layout.split(ours)[i], &reference, &format!("gradient of {} row {row}", spec.name));
+            let diff = assert_close(layout.split(ours)[i], &reference, &format!("gradient of {} row {row}", spec.name));
+            largest = largest.max(diff);
         }
     }
     for cb in [CbOutput::On, CbOutput::Off] {
@@ -62,9 +66,10 @@ fn matches_autograd(arch: Arch) {
         let ours = fused.logits(&per_row, cb);
         for (row, ours) in ours.iter().enumerate() {
             let r = Vec::<f64>::try_from(&reference.get(row as i64).flatten(0, -1)).unwrap();
-            assert_close(ours, &r, &format!("logits {cb:?} row {row}"));
+            largest = largest.max(assert_close(ours, &r, &format!("logits {cb:?} row {row}")));
         }
     }
+    println!("{arch}: the largest difference from autograd is {largest:e}");
 }
 
 #[test]
@@ -78,14 +83,31 @@ fn rnn_gradients_and_logits_match_autograd() {
 }
 
 #[test]
+fn rmrnn_gradients_and_logits_match_autograd() {
+    matches_autograd(Arch::Rmrnn);
+}
+
+#[test]
+fn cbgru_gradients_and_logits_match_autograd() {
+    matches_autograd(Arch::Cbgru);
+}
+
+#[test]
+fn gru_gradients_and_logits_match_autograd() {
+    matches_autograd(Arch::Gru);
+}
+
+#[test]
 fn a_trial_computes_the_same_alone_packed_and_on_any_thread_count() {
-    let (_, model, per_row) = setup(Arch::Cbrnn);
-    let (_, packed) = host(&model).loss_and_grads(&per_row);
-    let one = PackedModel::from_tensors(*model.dims(), model.params().iter().map(|p| p.narrow(0, 1, 1)).collect()).unwrap();
-    let single = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-    let mut alone_host = host_rows(&one, 1);
-    let (_, alone) = single.install(|| alone_host.loss_and_grads(&per_row[1..2]));
-    assert_eq!(packed[1], alone[0], "bit-identical gradients");
+    for arch in [Arch::Cbrnn, Arch::Rmrnn, Arch::Cbgru] {
+        let (_, model, per_row) = setup(arch);
+        let (_, packed) = host(&model).loss_and_grads(&per_row);
+        let one = PackedModel::from_tensors(*model.dims(), model.params().iter().map(|p| p.narrow(0, 1, 1)).collect()).unwrap();
+        let single = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let mut alone_host = host_rows(&one, 1);
+        let (_, alone) = single.install(|| alone_host.loss_and_grads(&per_row[1..2]));
+        assert_eq!(packed[1], alone[0], "{arch}: bit-identical gradients");
+    }
 }
 
 fn host_rows(model: &PackedModel, m: usize) -> FusedPack<f64> {
@@ -94,11 +116,15 @@ fn host_rows(model: &PackedModel, m: usize) -> FusedPack<f64> {
 }
 
 /// Every step's activity and the final state of the engine's `unroll` against libtorch's, in
-/// float32, for the CB-RNN with its module on and off and for the plain RNN.
+/// float32, for every architecture, those with a module with it on and off.
 #[test]
 fn unroll_observes_what_libtorch_computes() {
     one_thread();
-    for (arch, cb) in [(Arch::Cbrnn, CbOutput::On), (Arch::Cbrnn, CbOutput::Off), (Arch::Rnn, CbOutput::On)] {
+    let runs = Arch::ALL.into_iter().flat_map(|arch| {
+        let switches: &[CbOutput] = if arch.module().is_some() { &[CbOutput::On, CbOutput::Off] } else { &[CbOutput::On] };
+        switches.iter().map(move |&cb| (arch, cb))
+    });
+    for (arch, cb) in runs {
         let (dims, model, _) = setup(arch);
         let model = PackedModel::from_tensors(dims, model.params().iter().map(|p| p.to_kind(Kind::Float)).collect()).unwrap();
         let (t_len, m, b) = (60, 3, 8);
@@ -125,10 +151,11 @@ fn unroll_observes_what_libtorch_computes() {
             })
             .unwrap();
         assert_eq!(ours.len(), t_len as usize);
-        let expected = if arch == Arch::Cbrnn && cb == CbOutput::On { 4 } else { 1 };
+        let expected = if cb == CbOutput::On { Population::of(arch).len() } else { 1 };
         for (t, (o, r)) in ours.iter().zip(&theirs).enumerate() {
             assert_eq!((o.len(), r.len()), (expected, expected), "{arch} {cb:?} step {t}: populations");
             for (a, b) in o.iter().zip(r) {
+                assert_eq!(a.size(), b.size(), "{arch} {cb:?} step {t}: a population's shape");
                 let diff = (a - b).abs().max().double_value(&[]);
                 assert!(diff < 1e-5, "{arch} {cb:?} step {t}: activity differs by {diff}");
             }

@@ -2,20 +2,20 @@
 //! thousands of steps): the time loop of every row on host memory, each step's activity handed
 //! to the observer as libtorch tensors.
 
-use super::FusedPack;
-use super::forward::{Job, Prepared, Scratch, forward};
+use super::forward::{Job, Prepared, Scratch};
+use super::{FusedPack, forward, gru};
 use crate::torch::input::PackedInput;
 use crate::torch::model::{self, CbOutput, Observe, PackedModel};
 use crate::torch::tasks::TaskBatch;
-use cbsweep_common::Arch;
+use cbsweep_common::{Core, ModuleKind};
 use rayon::prelude::*;
 
 /// `PackedModel::unroll` on the CPU engine: runs the time loop of every row of the pack on host
-/// memory and hands `observe` each step's activity, as libtorch tensors [M, B, units]. Only for
-/// a float32 pack on the CPU, an input without padding (every sequence as long as the input)
-/// and an architecture the engine has (`supports`); returns None otherwise, having observed
-/// nothing. The analyses' long drives (the
-/// timescales' thousands of steps) take this path.
+/// memory and hands `observe` each step's activity, as libtorch tensors [M, B, units], the
+/// populations of `Step::activity` that the architecture has. Only for a float32 pack on the
+/// CPU, an input without padding (every sequence as long as the input) and an architecture the
+/// engine has (`supports`); returns None otherwise, having observed nothing. The analyses' long
+/// drives (the timescales' thousands of steps) take this path.
 pub(crate) fn unroll(
     model: &PackedModel,
     input: &PackedInput,
@@ -31,7 +31,9 @@ pub(crate) fn unroll(
     }
     let dims = *model.dims();
     let (t_len, m, b, h) = (t_len as usize, m as usize, b as usize, dims.hidden as usize);
-    let (g, p) = (dims.granule as usize, dims.purkinje as usize);
+    let (g, p, a) = (dims.granule as usize, dims.purkinje as usize, dims.module_units() as usize);
+    let module = if cb == CbOutput::On { dims.arch.module() } else { None };
+    let cerebellar = module == Some(ModuleKind::Cerebellar);
     let pack = FusedPack::<f32>::from_tensors(dims, model.params(), model.params(), &vec![[0.0; 3]; m])?;
     let x = Vec::<f32>::try_from(&input.x.f_flatten(0, -1)?)?; // [T, M, B]
     let h0 = Vec::<f64>::try_from(&input.h0.f_to_kind(Kind::Double)?.f_flatten(0, -1)?)?; // [M, B, H]
@@ -49,10 +51,12 @@ pub(crate) fn unroll(
             let job = Job { row, batch: &batches[row], h0: &h0[row * b * h..(row + 1) * b * h], start: 0, rows: b, scale: 1.0 };
             let mut s = Scratch::default();
             forward(&w, &job, cb, true, &mut s);
+            if cerebellar && dims.arch.core() == Core::Gru {
+                gru::rescale_outputs(&mut s, h, b, t_len);
+            }
             s
         })
         .collect();
-    let module = dims.arch == Arch::Cbrnn && cb == CbOutput::On;
     // rows' slices of one step, stacked [M, B, units]
     let stacked = |part: &dyn Fn(&Scratch<f32>) -> &[f32], units: usize| -> Result<Tensor, tch::TchError> {
         let values: Vec<f32> = runs.iter().flat_map(|s| part(s).iter().copied()).collect();
@@ -61,20 +65,18 @@ pub(crate) fn unroll(
     for t in 0..t_len {
         let (at, n) = ((t + 1) * b * h, b * h);
         let hidden = stacked(&|s| &s.hs[at..at + n], h)?;
-        let module_parts = if module {
-            Some([
-                stacked(&|s| &s.g[t * b * g..(t + 1) * b * g], g)?,
-                stacked(&|s| &s.p[t * b * p..(t + 1) * b * p], p)?,
-                stacked(&|s| &s.c[t * b * h..(t + 1) * b * h], h)?,
-            ])
-        } else {
-            None
-        };
-        let [granule, purkinje, output] = match &module_parts {
-            Some([g, p, c]) => [Some(g), Some(p), Some(c)],
-            None => [None; 3],
-        };
-        observe(model::Step { t: t as i64, activity: [Some(&hidden), granule, purkinje, output, None] })?;
+        // in `Population::ALL` order: granule, Purkinje, the module's output, the recurrent
+        // module's state
+        let stacked_if = |on: bool, part: &dyn Fn(&Scratch<f32>) -> &[f32], units| on.then(|| stacked(part, units)).transpose();
+        let recurrent = module == Some(ModuleKind::Recurrent);
+        let parts = [
+            stacked_if(cerebellar, &|s| &s.g[t * b * g..(t + 1) * b * g], g)?,
+            stacked_if(cerebellar, &|s| &s.p[t * b * p..(t + 1) * b * p], p)?,
+            stacked_if(module.is_some(), &|s| &s.c[t * b * h..(t + 1) * b * h], h)?,
+            stacked_if(recurrent, &|s| &s.states[(t + 1) * b * a..(t + 2) * b * a], a)?,
+        ];
+        let [granule, purkinje, output, state] = [0, 1, 2, 3].map(|i| parts[i].as_ref());
+        observe(model::Step { t: t as i64, activity: [Some(&hidden), granule, purkinje, output, state] })?;
     }
     let last = t_len * b * h;
     Ok(Some(stacked(&|s| &s.hs[last..last + b * h], h)?))
