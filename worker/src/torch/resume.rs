@@ -187,9 +187,16 @@ mod tests {
     /// other trials (which start at epoch 1 beside it), ends exactly as the uninterrupted run:
     /// the same curve and analyses, the same saved weights at its solved levels, and the same
     /// state (weights, buffers, streams, curriculum) at every epoch after the resume. Its
-    /// freeze point counts its own steps, not the pack's.
+    /// freeze point counts its own steps, not the pack's. The CB-RNN on both engines, the
+    /// recurrent-module control and the CB-GRU on the CPU engine.
     #[test]
     fn a_resumed_trial_in_another_pack_ends_bit_identical_to_an_uninterrupted_run() {
+        resumes_bit_identical(Arch::Cbrnn, &[Engine::Fused, Engine::Libtorch]);
+        resumes_bit_identical(Arch::Rmrnn, &[Engine::Fused]);
+        resumes_bit_identical(Arch::Cbgru, &[Engine::Fused]);
+    }
+
+    fn resumes_bit_identical(arch: Arch, engines: &[Engine]) {
         one_thread();
         let budget = cbsweep_common::TrainBudget { epochs: 6, max_level: 40, solve_threshold: 0.55, ..small_budget() };
         let spec = |seed, arch, regime| TrialSpec {
@@ -197,44 +204,46 @@ mod tests {
             analysis: cbsweep_common::AnalysisPlan { save_checkpoints: true, ..analysis_plan() },
             ..small_spec(seed, Task::Dms, arch, regime)
         };
-        let trial = spec(1, Arch::Cbrnn, Regime::Reservoir { freeze: FreezePoint::Step(35) });
-        let mate = spec(2, Arch::Cbrnn, Regime::Simult);
-        let others: Vec<TrialSpec> = (10..13).map(|s| spec(s, Arch::Cbrnn, Regime::Reservoir { freeze: FreezePoint::Epoch(2) })).collect();
-        for engine in [Engine::Fused, Engine::Libtorch] {
+        let trial = spec(1, arch, Regime::Reservoir { freeze: FreezePoint::Step(35) });
+        let mate = spec(2, arch, Regime::Simult);
+        let others: Vec<TrialSpec> = (10..13).map(|s| spec(s, arch, Regime::Reservoir { freeze: FreezePoint::Epoch(2) })).collect();
+        for &engine in engines {
             let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
             let mut whole = Recorder::default();
             let ends = train(engine, &fresh(&[trial.clone(), mate.clone()]), &mut whole, a.path());
             let reference = result(&ends[0]).clone();
             assert!(
                 reference.max_level() > budget.start_level,
-                "{engine:?}: the trial solves levels (so analyses and saved weights are compared)"
+                "{arch} {engine:?}: the trial solves levels (so analyses and saved weights are compared)"
             );
 
             // stopped before step 25: in its third epoch, so it hands back the end of the second
             let mut cut = Recorder { stop_at: Some(25), ..Recorder::default() };
             let ends = train(engine, &fresh(&[trial.clone(), mate.clone()]), &mut cut, b.path());
-            let TrialEnd::Stopped { checkpoint: Some(saved), curve } = &ends[0] else { panic!("{engine:?}: stopped with a checkpoint") };
-            assert_eq!((saved.epochs_done, curve.len()), (2, 2), "{engine:?}");
+            let TrialEnd::Stopped { checkpoint: Some(saved), curve } = &ends[0] else {
+                panic!("{arch} {engine:?}: stopped with a checkpoint")
+            };
+            assert_eq!((saved.epochs_done, curve.len()), (2, 2), "{arch} {engine:?}");
 
             let mut pack = fresh(&others);
             pack.insert(1, PackTrial { spec: trial.clone(), resume: Some(saved.bytes.clone()) });
             let mut rest = Recorder::default();
             let ends = train(engine, &pack, &mut rest, b.path());
             let resumed = result(&ends[1]);
-            assert_eq!(resumed.curve, reference.curve, "{engine:?}: the curve, bit for bit");
-            assert_eq!(resumed.analyses, reference.analyses, "{engine:?}: the analyses, bit for bit");
-            assert_eq!(resumed.outcome, reference.outcome, "{engine:?}");
+            assert_eq!(resumed.curve, reference.curve, "{arch} {engine:?}: the curve, bit for bit");
+            assert_eq!(resumed.analyses, reference.analyses, "{arch} {engine:?}: the analyses, bit for bit");
+            assert_eq!(resumed.outcome, reference.outcome, "{arch} {engine:?}");
             let before: Vec<_> =
                 whole.checkpoints.iter().filter(|(i, s)| *i == 0 && s.epochs_done > 2).map(|(_, s)| contents(&s.bytes)).collect();
             let after: Vec<_> = rest.checkpoints.iter().filter(|(i, _)| *i == 1).map(|(_, s)| contents(&s.bytes)).collect();
-            assert_eq!(after.len(), 3, "{engine:?}: checkpoints after epochs 3, 4 and 5");
-            assert!(before == after, "{engine:?}: the whole state after every epoch since the resume");
+            assert_eq!(after.len(), 3, "{arch} {engine:?}: checkpoints after epochs 3, 4 and 5");
+            assert!(before == after, "{arch} {engine:?}: the whole state after every epoch since the resume");
             let dir = trial.id().0;
             for entry in std::fs::read_dir(a.path().join(&dir)).unwrap() {
                 let name = entry.unwrap().file_name();
                 let (x, y) =
                     (std::fs::read(a.path().join(&dir).join(&name)).unwrap(), std::fs::read(b.path().join(&dir).join(&name)).unwrap());
-                assert!(x == y, "{engine:?}: saved weights {name:?}");
+                assert!(x == y, "{arch} {engine:?}: saved weights {name:?}");
             }
         }
     }

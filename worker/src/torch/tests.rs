@@ -130,25 +130,27 @@ fn new_architectures_train_packed_as_one_by_one() {
     }
 }
 
-/// The CPU engine against libtorch's autograd over whole trainings: the same levels, losses
-/// within float32 rounding, through freezes, clipping and a diverging trial. (`fused`'s own tests
-/// check its gradients against autograd to 1e-10 in float64.)
+/// The CPU engine against libtorch's autograd over whole trainings of every architecture: the
+/// same levels, losses within float32 rounding, through freezes, clipping and a diverging trial.
+/// (`fused`'s own tests check its gradients against autograd to 1e-10 in float64.)
 #[test]
 fn the_cpu_engine_trains_as_libtorch_does() {
     one_thread();
-    let cb = Arch::Cbrnn;
-    let mut exploding = small_spec(7, Task::Dms, cb, Regime::Simult);
-    (exploding.lr_core, exploding.lr_cb, exploding.lr_readout) = (1e9, 1e9, 1e9);
-    let mut slow_core = small_spec(6, Task::Oddball, cb, Regime::Reservoir { freeze: FreezePoint::Epoch(2) });
-    slow_core.core_plasticity = 0.1;
-    let pack = vec![
-        small_spec(1, Task::Dms, cb, Regime::Reservoir { freeze: FreezePoint::Level(2) }),
-        small_spec(2, Task::Parity, cb, Regime::Interleaved { freeze: FreezePoint::Step(15), every: 1 }),
-        slow_core,
-        exploding,
-    ];
-    let rnn = vec![small_spec(3, Task::Dms, Arch::Rnn, Regime::Simult), small_spec(4, Task::Parity, Arch::Rnn, Regime::Simult)];
-    for pack in [pack, rnn] {
+    let with_module = |arch| {
+        let mut exploding = small_spec(7, Task::Dms, arch, Regime::Simult);
+        (exploding.lr_core, exploding.lr_cb, exploding.lr_readout) = (1e9, 1e9, 1e9);
+        let mut slow_core = small_spec(6, Task::Oddball, arch, Regime::Reservoir { freeze: FreezePoint::Epoch(2) });
+        slow_core.core_plasticity = 0.1;
+        vec![
+            small_spec(1, Task::Dms, arch, Regime::Reservoir { freeze: FreezePoint::Level(2) }),
+            small_spec(2, Task::Parity, arch, Regime::Interleaved { freeze: FreezePoint::Step(15), every: 1 }),
+            slow_core,
+            exploding,
+        ]
+    };
+    let plain = |arch| vec![small_spec(3, Task::Dms, arch, Regime::Simult), small_spec(4, Task::Parity, arch, Regime::Simult)];
+    let packs = [with_module(Arch::Cbrnn), plain(Arch::Rnn), with_module(Arch::Rmrnn), with_module(Arch::Cbgru), plain(Arch::Gru)];
+    for pack in packs {
         let run = |engine| {
             let mut trainer = TorchTrainer::new(Device::Cpu).with_engine(engine);
             finished(trainer.train_pack(&pack, &mut |_, _| Control::Continue))
@@ -406,8 +408,8 @@ fn frozen_modules_stay_bit_identical_momentum_included() {
     }
 }
 
-/// A reservoir trial of `arch` and a simult pack mate on both engines (an architecture the CPU
-/// engine lacks takes libtorch for both): frozen modules keep their weights and momentum.
+/// A reservoir trial of `arch` and a simult pack mate on both engines: frozen modules keep their
+/// weights and momentum.
 fn frozen_modules_stay_bit_identical(arch: Arch) {
     one_thread();
     let specs = [

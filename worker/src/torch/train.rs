@@ -141,8 +141,9 @@ pub(crate) fn build_engine(choice: Engine, pack: &[TrialSpec], kind: Kind, devic
     engine_from(choice, pack, PackState::initial(pack, kind, device)?, kind, device)
 }
 
-/// The engine of `choice` for `pack`, starting from `state`; an architecture the CPU engine does
-/// not have (`fused::supports`) takes the libtorch engine, with one logged line.
+/// The engine of `choice` for `pack`, starting from `state`. The CPU engine has every
+/// architecture today; one it lacks (`fused::supports`) would take the libtorch engine, with one
+/// logged line.
 fn engine_from(
     choice: Engine,
     pack: &[TrialSpec],
