@@ -2,19 +2,9 @@
 //! at the readout, per step back through time only the state's gradient (three products), and
 //! the weight gradients of all steps as three large products at the end (K = T x rows).
 
-use super::forward::{Job, NEGATIVE_SLOPE, Prepared, Scratch, forward, readout, sized};
+use super::forward::{Job, NEGATIVE_SLOPE, Prepared, Scratch, readout, sized};
 use super::matmul::{Mat, Real, matmul};
 use crate::torch::model::{self, ALPHA, CbOutput};
-
-/// Forward and backward of one job: adds the gradient of (sum of its sequences' losses) x
-/// `job.scale` to `grads` (a trial's flat layout) and returns the summed loss.
-pub(super) fn train_job<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut Scratch<T>, grads: &mut [T]) -> f64 {
-    let last = forward(w, job, CbOutput::On, true, s);
-    let loss = readout_backward(w, job, last, s, grads);
-    backward_steps(w, job, s);
-    weight_grads(w, job, s, grads);
-    loss
-}
 
 /// The readout of the final states in slot `last` of `s.hs` and the cross-entropy: adds the
 /// readout's gradients (of the summed loss x `job.scale`) to `grads`, leaves the final state's

@@ -7,19 +7,10 @@
 //! and the update; backward, those products' transposes; the weight gradients as products over
 //! T x rows at the end.
 
-use super::backward::{add, add_column_sums, readout_backward};
+use super::backward::{add, add_column_sums};
 use super::forward::{Job, NEGATIVE_SLOPE, Prepared, Scratch, leaky_relu, sized, two_slots};
 use super::matmul::{Mat, Real, matmul};
 use crate::torch::model::{self, CbOutput, GRU_CB_NORM_RATIO, MIN_SQUARED_NORM};
-
-/// Forward and backward of one job (`backward::train_job`'s contract).
-pub(super) fn train_job<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut Scratch<T>, grads: &mut [T]) -> f64 {
-    let last = forward(w, job, CbOutput::On, true, s);
-    let loss = readout_backward(w, job, last, s, grads);
-    backward_steps(w, job, s);
-    weight_grads(w, job, s, grads);
-    loss
-}
 
 /// The rescaling of one sequence's module output at one step, from the squared norms of the
 /// rest of the candidate's pre-activation and of the raw output: the norms (clamped from below
@@ -158,7 +149,7 @@ pub(super) fn rescale_outputs<T: Real>(s: &mut Scratch<T>, h: usize, rows: usize
 /// layer's, [T, rows, 3H (+ G)] in `s.dz`), of the candidate's input side (`s.d_candidate`), of
 /// the module's raw output (`s.d_output`) and of the Purkinje layer's pre-activation (`s.dp`).
 #[inline(never)]
-fn backward_steps<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut Scratch<T>) {
+pub(super) fn backward_steps<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut Scratch<T>) {
     let (h, g, p) = (w.dims.hidden as usize, w.dims.granule as usize, w.dims.purkinje as usize);
     let module = module_on(w, CbOutput::On);
     let n_rec = if module { 3 * h + g } else { 3 * h };
@@ -241,7 +232,7 @@ fn backward_steps<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut Scratch<T
 
 /// Every step's contribution to the weight gradients, as one product over T x rows each.
 #[inline(never)]
-fn weight_grads<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut Scratch<T>, grads: &mut [T]) {
+pub(super) fn weight_grads<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut Scratch<T>, grads: &mut [T]) {
     let (h, g, p) = (w.dims.hidden as usize, w.dims.granule as usize, w.dims.purkinje as usize);
     let module = module_on(w, CbOutput::On);
     let n_rec = if module { 3 * h + g } else { 3 * h };

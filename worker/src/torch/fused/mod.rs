@@ -68,14 +68,27 @@ fn forward<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, cb: CbOutput, store: boo
     }
 }
 
-/// Forward and backward of one job by its architecture's code: adds the gradient of (sum of its
-/// sequences' losses) x `job.scale` to `grads` and returns that loss.
+/// Forward and backward of one job: the time loop, the readout's loss and gradient (shared by
+/// every architecture), then back through time by the architecture's code; adds the gradient of
+/// (sum of its sequences' losses) x `job.scale` to `grads` and returns that loss.
 fn train_job<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut Scratch<T>, grads: &mut [T]) -> f64 {
+    let last = forward(w, job, CbOutput::On, true, s);
+    let loss = backward::readout_backward(w, job, last, s, grads);
     match w.dims.arch {
-        Arch::Rnn | Arch::Cbrnn => backward::train_job(w, job, s, grads),
-        Arch::Rmrnn => recurrent::train_job(w, job, s, grads),
-        Arch::Cbgru | Arch::Gru => gru::train_job(w, job, s, grads),
+        Arch::Rnn | Arch::Cbrnn => {
+            backward::backward_steps(w, job, s);
+            backward::weight_grads(w, job, s, grads);
+        }
+        Arch::Rmrnn => {
+            recurrent::backward_steps(w, job, s);
+            recurrent::weight_grads(w, job, s, grads);
+        }
+        Arch::Cbgru | Arch::Gru => {
+            gru::backward_steps(w, job, s);
+            gru::weight_grads(w, job, s, grads);
+        }
     }
+    loss
 }
 
 /// One trial's host state: parameters, Nesterov buffers and per-module rates.

@@ -6,19 +6,10 @@
 //! three products' transposes; the weight gradients as products over T x rows at the end. With
 //! the module switched off the model is the plain RNN, which `forward::forward` runs.
 
-use super::backward::{add, readout_backward};
+use super::backward::add;
 use super::forward::{self, Job, NEGATIVE_SLOPE, Prepared, Scratch, leaky_relu, sized, two_slots};
 use super::matmul::{Mat, Real, matmul};
 use crate::torch::model::{self, ALPHA, CbOutput};
-
-/// Forward and backward of one job (`backward::train_job`'s contract).
-pub(super) fn train_job<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut Scratch<T>, grads: &mut [T]) -> f64 {
-    let last = forward(w, job, CbOutput::On, true, s);
-    let loss = readout_backward(w, job, last, s, grads);
-    backward_steps(w, job, s);
-    weight_grads(w, job, s, grads);
-    loss
-}
 
 /// The time loop of `job` (`forward::forward`'s contract). Keeps, with `store`, the core's input
 /// to LeakyReLU in `s.a`, the module's in `s.g`, its states a_0 .. a_T in `s.states` and its
@@ -94,7 +85,7 @@ pub(super) fn forward<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, cb: CbOutput,
 /// core's and the module's inputs to LeakyReLU, [T, rows, H + A] in `s.dz`; the module's state
 /// carries its own gradient.
 #[inline(never)]
-fn backward_steps<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut Scratch<T>) {
+pub(super) fn backward_steps<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut Scratch<T>) {
     let (h, a) = (w.dims.hidden as usize, w.dims.module_units() as usize);
     let n_rec = h + a;
     let b = job.rows;
@@ -136,7 +127,7 @@ fn backward_steps<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut Scratch<T
 
 /// Every step's contribution to the weight gradients, as one product over T x rows each.
 #[inline(never)]
-fn weight_grads<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut Scratch<T>, grads: &mut [T]) {
+pub(super) fn weight_grads<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut Scratch<T>, grads: &mut [T]) {
     let (h, a) = (w.dims.hidden as usize, w.dims.module_units() as usize);
     let n_rec = h + a;
     let b = job.rows;
