@@ -2,6 +2,7 @@
 //! at the readout, per step back through time only the state's gradient (three products), and
 //! the weight gradients of all steps as three large products at the end (K = T x rows).
 
+use super::cerebellum;
 use super::forward::{Job, NEGATIVE_SLOPE, Prepared, Scratch, readout, sized};
 use super::matmul::{Mat, Real, matmul};
 use crate::torch::model::{self, ALPHA, CbOutput};
@@ -70,17 +71,11 @@ pub(super) fn backward_steps<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mu
             }
         }
         if module {
+            // the module's output enters the core's pre-activation as it is: its gradient is dz's
             let (gt, pt) = (&s.g[t * b * g..(t + 1) * b * g], &s.p[t * b * p..(t + 1) * b * p]);
             let dpt = &mut dp_all[t * b * p..(t + 1) * b * p];
-            matmul(dpt, p, Mat::strided(dzt, b, h, n_rec), Mat::new(w.w(model::W_DCN), h, p), false);
-            dpt.iter_mut().zip(pt).for_each(|(d, &v)| *d = if v > T::zero() { *d } else { T::zero() });
-            let (_, dg) = dzt.split_at_mut(h);
-            matmul(dg, n_rec, Mat::new(dpt, b, p), Mat::new(w.w(model::W_PC), p, g), false);
-            for (dgi, gi) in dg.chunks_mut(n_rec).zip(gt.chunks(g)) {
-                for (d, &v) in dgi[..g].iter_mut().zip(gi) {
-                    *d = if v > T::zero() { *d } else { T::zero() };
-                }
-            }
+            cerebellum::purkinje_step(w, Mat::strided(dzt, b, h, n_rec), pt, dpt);
+            cerebellum::granule_step(w, dpt, gt, &mut dzt[h..], n_rec);
         }
         dh_next.iter_mut().zip(dh.iter()).for_each(|(n, &d)| *n = d * keep);
         matmul(dh_next, h, Mat::new(dzt, b, n_rec), w_rec, true);
@@ -91,7 +86,7 @@ pub(super) fn backward_steps<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mu
 /// Every step's contribution to the weight gradients, as one product over T x rows each.
 #[inline(never)]
 pub(super) fn weight_grads<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut Scratch<T>, grads: &mut [T]) {
-    let (h, g, p) = (w.dims.hidden as usize, w.dims.granule as usize, w.dims.purkinje as usize);
+    let h = w.dims.hidden as usize;
     let b = job.rows;
     let t_len = job.batch.len;
     let module = w.module_on(CbOutput::On);
@@ -104,22 +99,14 @@ pub(super) fn weight_grads<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut 
     matmul(layout.get_mut(grads, model::W_H), h, Mat::strided(dz, k, h, n_rec).t(), Mat::new(h_prev, k, h), true);
     let mut d_wx = vec![T::zero(); h];
     let mut d_bias = vec![T::zero(); h];
-    let mut d_gx = vec![T::zero(); if module { g } else { 0 }];
-    let mut d_bgc = vec![T::zero(); if module { g } else { 0 }];
     for t in 0..t_len {
         for i in 0..b {
             let x = job.bit(t, i);
-            let row = &dz[(t * b + i) * n_rec..(t * b + i + 1) * n_rec];
+            let row = &dz[(t * b + i) * n_rec..(t * b + i) * n_rec + h];
             for j in 0..h {
                 d_bias[j] += row[j];
                 if x {
                     d_wx[j] += row[j];
-                }
-            }
-            for j in 0..d_gx.len() {
-                d_bgc[j] += row[h + j];
-                if x {
-                    d_gx[j] += row[h + j];
                 }
             }
         }
@@ -128,18 +115,19 @@ pub(super) fn weight_grads<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut 
     add(layout.get_mut(grads, model::B_X), &d_bias);
     add(layout.get_mut(grads, model::B_H), &d_bias);
     if module {
-        let w_gc = layout.get_mut(grads, model::W_GC);
-        matmul(w_gc, h + 1, Mat::strided(&dz[h..], k, g, n_rec).t(), Mat::new(h_prev, k, h), true);
-        for j in 0..g {
-            w_gc[j * (h + 1) + h] += d_gx[j];
-        }
-        add(layout.get_mut(grads, model::B_GC), &d_bgc);
-        let dp = &s.dp[..k * p];
-        matmul(layout.get_mut(grads, model::W_PC), g, Mat::new(dp, k, p).t(), Mat::new(&s.g[..k * g], k, g), true);
-        add_column_sums(layout.get_mut(grads, model::B_PC), dp, p);
-        let d_a = Mat::strided(dz, k, h, n_rec).t();
-        matmul(layout.get_mut(grads, model::W_DCN), p, d_a, Mat::new(&s.p[..k * p], k, p), true);
-        add(layout.get_mut(grads, model::B_DCN), &d_bias);
+        // the module's output entered the core's pre-activation as it is: its gradient is dz's
+        let stored = cerebellum::Stored {
+            dz,
+            n_rec,
+            offset: h,
+            h_prev,
+            granule: &s.g,
+            purkinje: &s.p,
+            d_purkinje: &s.dp,
+            d_output: dz,
+            ld_output: n_rec,
+        };
+        cerebellum::weight_grads(w, job, &stored, grads);
     }
 }
 

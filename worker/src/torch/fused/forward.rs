@@ -2,6 +2,7 @@
 //! the jobs a pack's batches split into, and the time loop of one job with the readout, keeping
 //! every step's activity in the job's `Scratch` when a backward pass follows.
 
+use super::cerebellum;
 use super::layout::Layout;
 use super::matmul::{Mat, Real, matmul};
 use crate::torch::model::{self, ALPHA, CbOutput, Dims};
@@ -237,31 +238,12 @@ pub(super) fn forward<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, cb: CbOutput,
     for t in 0..t_len {
         let (cur, next) = if store { (t, t + 1) } else { (t % 2, (t + 1) % 2) };
         let step = t * slot;
-        let (h_prev, h_next) = if cur < next {
-            let (lo, hi) = hs.split_at_mut(next * b * h);
-            (&lo[cur * b * h..], &mut hi[..b * h])
-        } else {
-            let (lo, hi) = hs.split_at_mut(cur * b * h);
-            (&hi[..b * h], &mut lo[next * b * h..(next + 1) * b * h])
-        };
+        let (h_prev, h_next) = two_slots(hs, cur, next, b * h);
         matmul(z, n_rec, Mat::new(h_prev, b, h), w_rec_t, false);
         if module {
-            let gt = &mut g_all[step * b * g..(step + 1) * b * g];
-            for (i, (zi, gi)) in z.chunks(n_rec).zip(gt.chunks_mut(g)).enumerate() {
-                let drive = &w.granule_drive[usize::from(job.bit(t, i))];
-                for ((out, &rec), &d) in gi.iter_mut().zip(&zi[h..]).zip(drive) {
-                    *out = (rec + d).max(T::zero());
-                }
-            }
-            let pt = &mut p_all[step * b * p..(step + 1) * b * p];
-            let b_pc = w.w(model::B_PC);
-            pt.chunks_mut(p).for_each(|r| r.copy_from_slice(b_pc));
-            matmul(pt, p, Mat::new(gt, b, g), Mat::new(&w.w_pc_t, g, p), true);
-            pt.iter_mut().for_each(|v| *v = v.max(T::zero()));
-            let b_dcn = w.w(model::B_DCN);
+            let (gt, pt) = (&mut g_all[step * b * g..(step + 1) * b * g], &mut p_all[step * b * p..(step + 1) * b * p]);
             let c = &mut c_all[step * b * h..(step + 1) * b * h];
-            c.chunks_mut(h).for_each(|r| r.copy_from_slice(b_dcn));
-            matmul(c, h, Mat::new(pt, b, p), Mat::new(&w.w_dcn_t, p, h), true);
+            cerebellum::forward_step(w, job, t, z, n_rec, h, gt, pt, c);
         }
         let at = &mut a_all[step * b * h..(step + 1) * b * h];
         for i in 0..b {

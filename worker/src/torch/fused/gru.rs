@@ -7,7 +7,8 @@
 //! and the update; backward, those products' transposes; the weight gradients as products over
 //! T x rows at the end.
 
-use super::backward::{add, add_column_sums};
+use super::backward::add;
+use super::cerebellum;
 use super::forward::{Job, NEGATIVE_SLOPE, Prepared, Scratch, leaky_relu, sized, two_slots};
 use super::matmul::{Mat, Real, matmul};
 use crate::torch::model::{self, CbOutput, GRU_CB_NORM_RATIO, MIN_SQUARED_NORM};
@@ -84,20 +85,9 @@ pub(super) fn forward<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, cb: CbOutput,
         let (h_prev, h_next) = two_slots(hs, cur, next, b * h);
         matmul(z, n_rec, Mat::new(h_prev, b, h), w_rec_t, false); // [B, 3H (+ G)]
         if module {
-            let gt = &mut g_all[step * b * g..(step + 1) * b * g];
-            for (i, (zi, gi)) in z.chunks(n_rec).zip(gt.chunks_mut(g)).enumerate() {
-                let drive = &w.granule_drive[usize::from(job.bit(t, i))];
-                for ((out, &rec), &d) in gi.iter_mut().zip(&zi[3 * h..]).zip(drive) {
-                    *out = (rec + d).max(T::zero());
-                }
-            }
-            let pt = &mut p_all[step * b * p..(step + 1) * b * p];
-            pt.chunks_mut(p).for_each(|r| r.copy_from_slice(w.w(model::B_PC)));
-            matmul(pt, p, Mat::new(gt, b, g), Mat::new(&w.w_pc_t, g, p), true); // [B, P]
-            pt.iter_mut().for_each(|v| *v = v.max(T::zero()));
+            let (gt, pt) = (&mut g_all[step * b * g..(step + 1) * b * g], &mut p_all[step * b * p..(step + 1) * b * p]);
             let c = &mut c_all[step * b * h..(step + 1) * b * h];
-            c.chunks_mut(h).for_each(|r| r.copy_from_slice(w.w(model::B_DCN)));
-            matmul(c, h, Mat::new(pt, b, p), Mat::new(&w.w_dcn_t, p, h), true); // [B, H]
+            cerebellum::forward_step(w, job, t, z, n_rec, 3 * h, gt, pt, c);
         }
         let gates = &mut gates_all[step * b * 4 * h..(step + 1) * b * 4 * h];
         for i in 0..b {
@@ -214,16 +204,8 @@ pub(super) fn backward_steps<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mu
         if module {
             let (gt, pt) = (&s.g[t * b * g..(t + 1) * b * g], &s.p[t * b * p..(t + 1) * b * p]);
             let dpt = &mut dp_all[t * b * p..(t + 1) * b * p];
-            let dot = &d_output[t * b * h..(t + 1) * b * h];
-            matmul(dpt, p, Mat::new(dot, b, h), Mat::new(w.w(model::W_DCN), h, p), false); // [B, P]
-            dpt.iter_mut().zip(pt).for_each(|(d, &v)| *d = if v > T::zero() { *d } else { T::zero() });
-            let dg = &mut dzt[3 * h..];
-            matmul(dg, n_rec, Mat::new(dpt, b, p), Mat::new(w.w(model::W_PC), p, g), false); // [B, G]
-            for (dgi, gi) in dg.chunks_mut(n_rec).zip(gt.chunks(g)) {
-                for (d, &v) in dgi[..g].iter_mut().zip(gi) {
-                    *d = if v > T::zero() { *d } else { T::zero() };
-                }
-            }
+            cerebellum::purkinje_step(w, Mat::new(&d_output[t * b * h..(t + 1) * b * h], b, h), pt, dpt);
+            cerebellum::granule_step(w, dpt, gt, &mut dzt[3 * h..], n_rec);
         }
         matmul(dh_next, h, Mat::new(dzt, b, n_rec), w_rec, true); // [B, H]
         std::mem::swap(&mut dh, &mut dh_next);
@@ -233,7 +215,7 @@ pub(super) fn backward_steps<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mu
 /// Every step's contribution to the weight gradients, as one product over T x rows each.
 #[inline(never)]
 pub(super) fn weight_grads<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut Scratch<T>, grads: &mut [T]) {
-    let (h, g, p) = (w.dims.hidden as usize, w.dims.granule as usize, w.dims.purkinje as usize);
+    let (h, g) = (w.dims.hidden as usize, w.dims.granule as usize);
     let module = module_on(w, CbOutput::On);
     let n_rec = if module { 3 * h + g } else { 3 * h };
     let b = job.rows;
@@ -244,24 +226,17 @@ pub(super) fn weight_grads<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut 
     matmul(layout.get_mut(grads, model::W_H), h, Mat::strided(dz, k, 3 * h, n_rec).t(), h_prev, true); // [3H, H]
     // b_hh takes the state side's gradients, b_ih and W_ih the input side's (r, z, and n's own)
     let (mut d_ih, mut d_hh, mut d_wx) = (vec![T::zero(); 3 * h], vec![T::zero(); 3 * h], vec![T::zero(); 3 * h]);
-    let (mut d_gx, mut d_bgc) = (vec![T::zero(); if module { g } else { 0 }], vec![T::zero(); if module { g } else { 0 }]);
     for t in 0..job.batch.len {
         for i in 0..b {
             let x = job.bit(t, i);
-            let row = &dz[(t * b + i) * n_rec..(t * b + i + 1) * n_rec];
+            let row = &dz[(t * b + i) * n_rec..(t * b + i) * n_rec + 3 * h];
             let candidate = &s.d_candidate[(t * b + i) * h..(t * b + i + 1) * h];
-            add(&mut d_hh, &row[..3 * h]);
+            add(&mut d_hh, row);
             add(&mut d_ih[..2 * h], &row[..2 * h]);
             add(&mut d_ih[2 * h..], candidate);
             if x {
                 add(&mut d_wx[..2 * h], &row[..2 * h]);
                 add(&mut d_wx[2 * h..], candidate);
-            }
-            if module {
-                add(&mut d_bgc, &row[3 * h..]);
-                if x {
-                    add(&mut d_gx, &row[3 * h..]);
-                }
             }
         }
     }
@@ -269,17 +244,17 @@ pub(super) fn weight_grads<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut 
     add(layout.get_mut(grads, model::B_X), &d_ih);
     add(layout.get_mut(grads, model::B_H), &d_hh);
     if module {
-        let w_gc = layout.get_mut(grads, model::W_GC);
-        matmul(w_gc, h + 1, Mat::strided(&dz[3 * h..], k, g, n_rec).t(), h_prev, true); // [G, H] of [G, H + 1]
-        for j in 0..g {
-            w_gc[j * (h + 1) + h] += d_gx[j];
-        }
-        add(layout.get_mut(grads, model::B_GC), &d_bgc);
-        let dp = &s.dp[..k * p];
-        matmul(layout.get_mut(grads, model::W_PC), g, Mat::new(dp, k, p).t(), Mat::new(&s.g[..k * g], k, g), true); // [P, G]
-        add_column_sums(layout.get_mut(grads, model::B_PC), dp, p);
-        let d_output = &s.d_output[..k * h];
-        matmul(layout.get_mut(grads, model::W_DCN), p, Mat::new(d_output, k, h).t(), Mat::new(&s.p[..k * p], k, p), true); // [H, P]
-        add_column_sums(layout.get_mut(grads, model::B_DCN), d_output, h);
+        let stored = cerebellum::Stored {
+            dz,
+            n_rec,
+            offset: 3 * h,
+            h_prev: &s.hs,
+            granule: &s.g,
+            purkinje: &s.p,
+            d_purkinje: &s.dp,
+            d_output: &s.d_output[..k * h],
+            ld_output: h,
+        };
+        cerebellum::weight_grads(w, job, &stored, grads);
     }
 }

@@ -18,13 +18,16 @@
 //!
 //! Files: `matmul` (the float types and the one product), `layout` (a trial's flat vector),
 //! `forward` (prepared weights, jobs, the time loop of the RNN and the CB-RNN), `backward` (back
-//! through time; the readout's loss and gradient, which every architecture shares), `recurrent`
+//! through time; the readout's loss and gradient, which every architecture shares), `cerebellum`
+//! (the cerebellar module's step forward and back and its weight gradients, for the Elman core
+//! and the GRU alike), `recurrent`
 //! (the recurrent-module control's time loop, forward and back), `gru` (the GRU's and the
 //! CB-GRU's), `sgd` (Nesterov with clipping and freeze masks), `unroll` (the analyses' long drives
 //! on the engine). It knows the model's layout (`model`) and the learning flags (`regime`), no
 //! trainer.
 
 mod backward;
+mod cerebellum;
 mod forward;
 mod gru;
 mod layout;
