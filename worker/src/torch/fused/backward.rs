@@ -58,7 +58,7 @@ pub(super) fn backward_steps<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mu
     let dh = &mut s.dh[..b * h];
     let dh_next = sized(&mut s.dh_next, b * h);
     let (alpha, keep, slope) = (T::of(ALPHA), T::one() - T::of(ALPHA), T::of(NEGATIVE_SLOPE));
-    let w_rec = Mat::new(&w.w_rec[..n_rec * h], n_rec, h);
+    let w_rec = w.w_rec.block(n_rec, h);
     let mut dh: &mut [T] = dh;
     let mut dh_next: &mut [T] = dh_next;
     for t in (0..t_len).rev() {

@@ -32,17 +32,17 @@ pub(super) fn forward_step<T: Real>(
         }
     }
     purkinje.chunks_mut(p).for_each(|r| r.copy_from_slice(w.w(model::B_PC)));
-    matmul(purkinje, p, Mat::new(granule, b, g), Mat::new(&w.w_pc_t, g, p), true); // [B, P]
+    matmul(purkinje, p, Mat::new(granule, b, g), w.w_pc_t.mat(), true); // [B, P]
     purkinje.iter_mut().for_each(|v| *v = v.max(T::zero()));
     output.chunks_mut(h).for_each(|r| r.copy_from_slice(w.w(model::B_DCN)));
-    matmul(output, h, Mat::new(purkinje, b, p), Mat::new(&w.w_dcn_t, p, h), true); // [B, H]
+    matmul(output, h, Mat::new(purkinje, b, p), w.w_dcn_t.mat(), true); // [B, H]
 }
 
 /// The Purkinje layer's pre-activation gradient of one step into `d_purkinje` [rows, P], from the
 /// gradient of the module's raw output `d_output` ([rows, H]) and the step's Purkinje activity.
 pub(super) fn purkinje_step<T: Real>(w: &Prepared<'_, T>, d_output: Mat<'_, T>, purkinje: &[T], d_purkinje: &mut [T]) {
-    let (h, p) = (w.dims.hidden as usize, w.dims.purkinje as usize);
-    matmul(d_purkinje, p, d_output, Mat::new(w.w(model::W_DCN), h, p), false); // [B, P]
+    let p = w.dims.purkinje as usize;
+    matmul(d_purkinje, p, d_output, w.w_dcn.mat(), false); // [B, P]
     d_purkinje.iter_mut().zip(purkinje).for_each(|(d, &v)| *d = if v > T::zero() { *d } else { T::zero() });
 }
 
@@ -52,7 +52,7 @@ pub(super) fn purkinje_step<T: Real>(w: &Prepared<'_, T>, d_output: Mat<'_, T>, 
 pub(super) fn granule_step<T: Real>(w: &Prepared<'_, T>, d_purkinje: &[T], granule: &[T], d_granule: &mut [T], n_rec: usize) {
     let (g, p) = (w.dims.granule as usize, w.dims.purkinje as usize);
     let b = d_purkinje.len() / p;
-    matmul(d_granule, n_rec, Mat::new(d_purkinje, b, p), Mat::new(w.w(model::W_PC), p, g), false); // [B, G]
+    matmul(d_granule, n_rec, Mat::new(d_purkinje, b, p), w.w_pc.mat(), false); // [B, G]
     for (dgi, gi) in d_granule.chunks_mut(n_rec).zip(granule.chunks(g)) {
         for (d, &v) in dgi[..g].iter_mut().zip(gi) {
             *d = if v > T::zero() { *d } else { T::zero() };

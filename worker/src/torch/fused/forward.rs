@@ -4,7 +4,7 @@
 
 use super::cerebellum;
 use super::layout::Layout;
-use super::matmul::{Mat, Real, matmul};
+use super::matmul::{Mat, Real, Weight, matmul};
 use crate::torch::model::{self, ALPHA, CbOutput, Dims};
 use crate::torch::tasks::TaskBatch;
 use cbsweep_common::{Arch, Core, ModuleKind};
@@ -89,12 +89,15 @@ pub(super) struct Prepared<'a, T> {
     pub(super) params: &'a [T],
     /// [H + G, H] and its transpose [H, H + G] (the RNN: W_h and its transpose; the recurrent
     /// module: [H + A, H]; the GRU: [3H (+ G), H]).
-    pub(super) w_rec: Vec<T>,
-    pub(super) w_rec_t: Vec<T>,
-    /// W_pc^T [G, P], W_dcn^T [P, H] (the recurrent module: W_aa^T [A, A], W_out^T [A, H]),
+    pub(super) w_rec: Weight<T>,
+    pub(super) w_rec_t: Weight<T>,
+    /// W_pc [P, G] and W_dcn [H, P] for the backward pass, their transposes W_pc^T [G, P] and
+    /// W_dcn^T [P, H] for the forward (the recurrent module: W_aa [A, A] and W_out [H, A]).
+    pub(super) w_pc: Weight<T>,
+    pub(super) w_dcn: Weight<T>,
+    pub(super) w_pc_t: Weight<T>,
+    pub(super) w_dcn_t: Weight<T>,
     /// W_o^T [H, 2].
-    pub(super) w_pc_t: Vec<T>,
-    pub(super) w_dcn_t: Vec<T>,
     pub(super) w_o_t: Vec<T>,
     /// b_x + b_h (+ W_x for a 1 bit), [H] each (the GRU: b_ih (+ W_ih), [3H]; its b_hh is added
     /// to the recurrent product).
@@ -121,25 +124,33 @@ impl<'a, T: Real> Prepared<'a, T> {
             }
         }
         let n_rec = w_rec.len() / h;
-        let w_rec_t = transpose(&w_rec, n_rec, h);
+        let w_rec_t = Weight::new(transpose(&w_rec, n_rec, h), h, n_rec);
+        let w_rec = Weight::new(w_rec, n_rec, h);
         let core_bias: Vec<T> = match dims.arch.core() {
             Core::Elman => w(model::B_X).iter().zip(w(model::B_H)).map(|(&a, &b)| a + b).collect(),
             Core::Gru => w(model::B_X).to_vec(),
         };
         let core_one = core_bias.iter().zip(w(model::W_X)).map(|(&b, &x)| b + x).collect();
-        let (w_pc_t, w_dcn_t, granule_drive) = match module {
+        // the module's second and third layers, [P, G] and [H, P] (the recurrent module's W_aa
+        // and W_out, [A, A] and [H, A]), as they are and transposed
+        let weights = |second: &[T], (r2, c2): (usize, usize), third: &[T], (r3, c3): (usize, usize)| {
+            let (w2, w3) = (Weight::new(second.to_vec(), r2, c2), Weight::new(third.to_vec(), r3, c3));
+            let (w2_t, w3_t) = (Weight::new(transpose(second, r2, c2), c2, r2), Weight::new(transpose(third, r3, c3), c3, r3));
+            [w2, w3, w2_t, w3_t]
+        };
+        let ([w_pc, w_dcn, w_pc_t, w_dcn_t], granule_drive) = match module {
             Some(ModuleKind::Cerebellar) => {
                 let b_gc = w(model::B_GC).to_vec();
                 let one = b_gc.iter().zip(w(model::W_GC).chunks(h + 1)).map(|(&b, row)| b + row[h]).collect();
-                (transpose(w(model::W_PC), p, g), transpose(w(model::W_DCN), h, p), [b_gc, one])
+                (weights(w(model::W_PC), (p, g), w(model::W_DCN), (h, p)), [b_gc, one])
             }
             Some(ModuleKind::Recurrent) => {
                 let a = dims.module_units() as usize;
                 let bias: Vec<T> = w(model::B_IN).iter().zip(w(model::B_AA)).map(|(&a, &b)| a + b).collect();
                 let one = bias.iter().zip(w(model::W_IN).chunks(h + 1)).map(|(&b, row)| b + row[h]).collect();
-                (transpose(w(model::W_AA), a, a), transpose(w(model::W_OUT), h, a), [bias, one])
+                (weights(w(model::W_AA), (a, a), w(model::W_OUT), (h, a)), [bias, one])
             }
-            None => (Vec::new(), Vec::new(), [Vec::new(), Vec::new()]),
+            None => ([Weight::none(), Weight::none(), Weight::none(), Weight::none()], [Vec::new(), Vec::new()]),
         };
         Prepared {
             dims,
@@ -147,6 +158,8 @@ impl<'a, T: Real> Prepared<'a, T> {
             params,
             w_rec,
             w_rec_t,
+            w_pc,
+            w_dcn,
             w_pc_t,
             w_dcn_t,
             w_o_t: transpose(w(model::W_O), 2, h),
@@ -233,7 +246,7 @@ pub(super) fn forward<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, cb: CbOutput,
         *dst = T::of(*src);
     }
     // the stacked product's columns: all of [H + G] with the module, the core's H without it
-    let w_rec_t = Mat::strided(&w.w_rec_t, h, n_rec, w.w_rec_t.len() / h);
+    let w_rec_t = w.w_rec_t.block(h, n_rec);
     let (keep, slope) = (T::one() - T::of(ALPHA), T::of(NEGATIVE_SLOPE));
     for t in 0..t_len {
         let (cur, next) = if store { (t, t + 1) } else { (t % 2, (t + 1) % 2) };

@@ -76,7 +76,7 @@ pub(super) fn forward<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, cb: CbOutput,
         *dst = T::of(*src);
     }
     // the stacked product's columns: all of [3H + G] with the module, the gates' 3H without it
-    let w_rec_t = Mat::strided(&w.w_rec_t, h, n_rec, w.w_rec_t.len() / h);
+    let w_rec_t = w.w_rec_t.block(h, n_rec);
     let b_hh = w.w(model::B_H);
     let slope = T::of(NEGATIVE_SLOPE);
     for t in 0..t_len {
@@ -153,7 +153,7 @@ pub(super) fn backward_steps<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mu
     let mut dh_next: &mut [T] = sized(&mut s.dh_next, b * h);
     let slope = T::of(NEGATIVE_SLOPE);
     let (floor, bound) = (T::of(MIN_SQUARED_NORM), T::of(GRU_CB_NORM_RATIO));
-    let w_rec = Mat::new(&w.w_rec[..n_rec * h], n_rec, h); // [3H (+ G), H]
+    let w_rec = w.w_rec.block(n_rec, h); // [3H (+ G), H]
     for t in (0..t_len).rev() {
         let dzt = &mut dz[t * b * n_rec..(t + 1) * b * n_rec];
         for i in 0..b {

@@ -1,11 +1,13 @@
-//! The CPU engine's arithmetic ground: the float types it computes in (`Real`) and its one
-//! matrix product over strided views of the engine's buffers. The time loop's products (a
-//! batch of 64 rows against a weight of at most a few hundred columns, both operands row-major)
-//! run in float32 on AVX-512 through `avx512::matmul`, a register-tiled kernel that reads the
-//! operands where they lie: at these sizes `gemm`'s packing of both operands on every call
-//! costs as much as the arithmetic. Everything else (the weight gradients' large products with
-//! a transposed operand, float64, CPUs without AVX-512) goes to `gemm`'s kernels. Each kernel
-//! sums every output over k in order, so a product's result depends only on its operands.
+//! The CPU engine's arithmetic ground: the float types it computes in (`Real`), the weights the
+//! time loop reuses at every step (`Weight`), and its one matrix product over strided views of
+//! the engine's buffers. The time loop's products (a batch of 64 rows against a weight of at
+//! most a few hundred columns, both operands row-major) run in float32 on AVX-512 through
+//! `avx512::matmul`, a register-tiled kernel that reads the operands where they lie: at these
+//! sizes `gemm`'s packing of both operands on every call costs as much as the arithmetic. On
+//! CPUs with FMA and without AVX-512 they run `gemm`'s microkernels over the weight packed once
+//! per training step (`fma::matmul`). Everything else (the weight gradients' large products with
+//! a transposed operand, float64) goes to `gemm`. Each kernel sums every output over k in order,
+//! so a product's result depends only on its operands.
 
 // `gemm` is an unsafe API over raw pointers; `matmul` is the one place that calls it, behind
 // bounds checks on every operand.
@@ -17,17 +19,93 @@ pub(crate) trait Real:
     num_traits::Float + std::ops::AddAssign + std::iter::Sum + Default + Send + Sync + std::fmt::Debug + 'static
 {
     fn of(v: f64) -> Self;
+
+    /// `b` ([k, n] row-major) in the panels of this CPU's kernel for weights (`fma`), where it
+    /// has one for this type.
+    fn pack(b: &[Self], k: usize, n: usize) -> Option<Packed>;
 }
 
 impl Real for f32 {
     fn of(v: f64) -> Self {
         v as f32
     }
+
+    fn pack(b: &[f32], k: usize, n: usize) -> Option<Packed> {
+        #[cfg(target_arch = "x86_64")]
+        if fma::available() {
+            return Some(Packed::new(b, k, n));
+        }
+        let _ = (b, k, n);
+        None
+    }
 }
 
 impl Real for f64 {
     fn of(v: f64) -> Self {
         v
+    }
+
+    fn pack(_: &[f64], _: usize, _: usize) -> Option<Packed> {
+        None
+    }
+}
+
+/// A float32 right operand [k, n] in panels of `PANEL` columns, each [k, PANEL] row-major and
+/// zero-padded past column n: `gemm`'s packed layout for its FMA microkernels.
+pub(crate) struct Packed {
+    data: Vec<f32>,
+    k: usize,
+    n: usize,
+}
+
+/// Columns of a panel: `gemm`'s MR for float32 on FMA (two vectors of 8).
+const PANEL: usize = 16;
+
+impl Packed {
+    /// Packs row-major `b` [k, n].
+    pub(crate) fn new(b: &[f32], k: usize, n: usize) -> Self {
+        assert!(b.len() >= k * n, "a packed weight exceeds its slice");
+        let mut data = vec![0f32; n.div_ceil(PANEL) * k * PANEL];
+        for (q, panel) in data.chunks_mut(k * PANEL).enumerate() {
+            let (j0, width) = (q * PANEL, (n - q * PANEL).min(PANEL));
+            for (kk, row) in panel.chunks_mut(PANEL).enumerate() {
+                row[..width].copy_from_slice(&b[kk * n + j0..kk * n + j0 + width]);
+            }
+        }
+        Packed { data, k, n }
+    }
+}
+
+/// A weight the time loop multiplies by at every step, row-major [rows, cols], with its panels
+/// packed once (`Real::pack`) where this CPU's kernel for weights runs.
+pub(super) struct Weight<T> {
+    pub(super) data: Vec<T>,
+    rows: usize,
+    cols: usize,
+    packed: Option<Packed>,
+}
+
+impl<T: Real> Weight<T> {
+    pub(super) fn new(data: Vec<T>, rows: usize, cols: usize) -> Self {
+        assert_eq!(data.len(), rows * cols, "a weight's shape");
+        let packed = T::pack(&data, rows, cols);
+        Weight { data, rows, cols, packed }
+    }
+
+    /// No weight (an architecture without the layer).
+    pub(super) fn none() -> Self {
+        Weight { data: Vec::new(), rows: 0, cols: 0, packed: None }
+    }
+
+    /// The whole weight as a product's right operand.
+    pub(super) fn mat(&self) -> Mat<'_, T> {
+        self.block(self.rows, self.cols)
+    }
+
+    /// Its first `rows` rows and `cols` columns as a product's right operand.
+    pub(super) fn block(&self, rows: usize, cols: usize) -> Mat<'_, T> {
+        assert!(rows <= self.rows && cols <= self.cols, "a block outside its weight");
+        Mat { packed: self.packed.as_ref(), ..Mat::strided(&self.data, rows, cols, self.cols) }
     }
 }
 
@@ -39,21 +117,23 @@ pub(super) struct Mat<'a, T> {
     cols: usize,
     rs: usize,
     cs: usize,
+    /// The same values in panels, when this is (a block of) a packed `Weight`.
+    packed: Option<&'a Packed>,
 }
 
 impl<'a, T> Mat<'a, T> {
     /// Row-major `rows` x `cols` at the start of `data`.
     pub(super) fn new(data: &'a [T], rows: usize, cols: usize) -> Self {
-        Mat { data, rows, cols, rs: cols, cs: 1 }
+        Mat::strided(data, rows, cols, cols)
     }
 
     /// Row-major with row stride `rs` (a block of columns of a wider matrix).
     pub(super) fn strided(data: &'a [T], rows: usize, cols: usize, rs: usize) -> Self {
-        Mat { data, rows, cols, rs, cs: 1 }
+        Mat { data, rows, cols, rs, cs: 1, packed: None }
     }
 
     pub(super) fn t(self) -> Self {
-        Mat { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
+        Mat { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, packed: None }
     }
 
     fn fits(&self) -> bool {
@@ -74,6 +154,17 @@ pub(super) fn matmul<T: Real>(dst: &mut [T], ld: usize, lhs: Mat<'_, T>, rhs: Ma
     if k == 0 {
         if !accumulate {
             (0..m).for_each(|i| dst[i * ld..i * ld + n].fill(T::zero()));
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(packed) = rhs.packed.filter(|_| fma::runs(m, n, k)) {
+        // SAFETY: only float32 weights are packed (`Real::pack`), so T is f32 and the casts
+        // reinterpret nothing; the asserts above keep every element of dst and lhs the kernel
+        // touches inside their slices, a block's k and n are inside its packed weight's, and
+        // `Packed` exists only where `fma::available()`.
+        unsafe {
+            fma::matmul(m, n, k, dst.as_mut_ptr().cast::<f32>(), ld, lhs.data.as_ptr().cast::<f32>(), (lhs.rs, lhs.cs), packed, accumulate);
         }
         return;
     }
@@ -123,6 +214,89 @@ pub(super) fn matmul<T: Real>(dst: &mut [T], ld: usize, lhs: Mat<'_, T>, rhs: Ma
             false,
             gemm::Parallelism::None,
         );
+    }
+}
+
+/// Float32 products by a packed `Weight` on CPUs with FMA and without AVX-512: `gemm`'s own FMA
+/// microkernels, tile by tile over the weight's panels, the left operand read in place. `gemm`
+/// packs the weight again on every call (about a tenth of a step's time); here it is packed
+/// once per training step. With k in one block (as `gemm` runs every k up to 512), each output
+/// is the same sum in the same order by the same kernel, so the bits are `gemm`'s.
+#[cfg(target_arch = "x86_64")]
+mod fma {
+    use super::{PANEL, Packed};
+    use gemm_f32::microkernel::fma::f32::UKR;
+
+    /// Rows of the left operand per tile: `gemm`'s NR.
+    const TILE: usize = 6;
+    /// The deepest product `gemm` runs in one block of k.
+    const MAX_K: usize = 512;
+
+    pub(super) fn available() -> bool {
+        std::arch::is_x86_feature_detected!("fma") && !std::arch::is_x86_feature_detected!("avx512f")
+    }
+
+    /// Whether a product of these sizes takes `gemm`'s microkernel path in one block of k (not
+    /// its matrix-vector or rank-2 paths), so that this kernel gives its bits.
+    pub(super) fn runs(m: usize, n: usize, k: usize) -> bool {
+        m >= 2 && n >= 2 && (3..=MAX_K).contains(&k)
+    }
+
+    /// `dst = a . b` (or `dst += a . b`) for b the first k rows and n columns of `b`: dst
+    /// [m, n] row-major with row stride `ldd`, a [m, k] with element (i, kk) at
+    /// `a + i * lda.0 + kk * lda.1`.
+    ///
+    /// # Safety
+    /// `available()`; `runs(m, n, k)`; k and n within `b`'s; every row i < m of dst holds n
+    /// elements from `dst + i * ldd`; every element of a lies at its address; dst overlaps
+    /// neither operand.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn matmul(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: *mut f32,
+        ldd: usize,
+        a: *const f32,
+        lda: (usize, usize),
+        b: &Packed,
+        accumulate: bool,
+    ) {
+        assert!(k <= b.k && n <= b.n, "a block outside its packed weight");
+        // gemm's transposed problem (its kernels vectorise the output's rows, ours its columns):
+        // dst^T [n, m] = b^T a^T, b^T's panels its packed left operand, a^T its right one
+        let (alpha, alpha_status) = if accumulate { (1.0, 1) } else { (0.0, 0) };
+        for i in (0..m).step_by(TILE) {
+            let rows = (m - i).min(TILE);
+            for q in 0..n.div_ceil(PANEL) {
+                let cols = (n - q * PANEL).min(PANEL);
+                let kernel = UKR[cols.div_ceil(8) - 1][rows - 1];
+                // SAFETY: the caller's contract; panel q holds b.k rows of PANEL values, of
+                // which the kernel reads the first k
+                unsafe {
+                    kernel(
+                        cols,
+                        rows,
+                        k,
+                        dst.add(i * ldd + q * PANEL),
+                        b.data.as_ptr().add(q * b.k * PANEL),
+                        a.add(i * lda.0),
+                        ldd as isize,
+                        1,
+                        PANEL as isize,
+                        lda.1 as isize,
+                        lda.0 as isize,
+                        alpha,
+                        1.0,
+                        alpha_status,
+                        false,
+                        false,
+                        false,
+                        std::ptr::null(),
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -343,6 +517,65 @@ mod tests {
                             "({m}, {k}, {n}, transposed {transposed}) [{i}, {j}]: {got} against {want}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// A product by a packed weight (or a block of one) against the same product by the
+    /// weight's plain values: the same bits, with or without accumulating, with the left operand
+    /// strided or transposed, at full and ragged tiles, and in the sizes `gemm` runs otherwise
+    /// (k of 1, 2 and past one block, a single row or column). Where the CPU has FMA the packed
+    /// kernel runs here directly too, AVX-512 or not.
+    #[test]
+    fn packed_weights_give_the_bits_of_the_plain_product() {
+        let mut state = 0x2545_f491_u32;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (f64::from(state) / f64::from(u32::MAX)) as f32 - 0.5
+        };
+        // (m, weight rows, weight cols, block rows = k, block cols = n)
+        let shapes = [
+            (64, 64, 320, 64, 320),
+            (64, 64, 320, 64, 64),
+            (64, 320, 64, 64, 64),
+            (64, 256, 64, 256, 64),
+            (64, 202, 202, 202, 202),
+            (64, 448, 116, 448, 116),
+            (13, 17, 25, 17, 9),
+            (7, 5, 8, 3, 7),
+            (6, 520, 40, 520, 40),
+            (2, 600, 3, 513, 2),
+            (1, 9, 9, 9, 9),
+            (9, 9, 1, 9, 1),
+            (9, 2, 9, 2, 9),
+            (5, 1, 18, 1, 18),
+        ];
+        for &(m, rows, cols, k, n) in &shapes {
+            let weight = Weight::new((0..rows * cols).map(|_| next()).collect(), rows, cols);
+            let plain = Mat::strided(&weight.data, k, n, cols);
+            for (accumulate, transposed) in [(false, false), (true, false), (false, true), (true, true)] {
+                let (lda, ldd) = (if transposed { m + 3 } else { k + 3 }, n + 5);
+                let a: Vec<f32> = (0..m.max(k) * lda).map(|_| next()).collect();
+                let lhs = if transposed { Mat::strided(&a, k, m, lda).t() } else { Mat::strided(&a, m, k, lda) };
+                let before: Vec<f32> = (0..m * ldd).map(|_| next()).collect();
+                let mut want = before.clone();
+                matmul(&mut want, ldd, lhs, plain, accumulate);
+                let mut got = before.clone();
+                matmul(&mut got, ldd, lhs, weight.block(k, n), accumulate);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                let case = format!("({m}, {k}, {n}) of [{rows}, {cols}], accumulate {accumulate}, transposed {transposed}");
+                assert_eq!(bits(&got), bits(&want), "{case}: through matmul");
+                #[cfg(target_arch = "x86_64")]
+                if std::arch::is_x86_feature_detected!("fma") && fma::runs(m, n, k) {
+                    let packed = Packed::new(&weight.data, rows, cols);
+                    let mut direct = before.clone();
+                    // SAFETY: the CPU has FMA; the sizes are inside the buffers as in matmul's
+                    // asserts above (the same operands passed them)
+                    unsafe { fma::matmul(m, n, k, direct.as_mut_ptr(), ldd, a.as_ptr(), (lhs.rs, lhs.cs), &packed, accumulate) };
+                    assert_eq!(bits(&direct), bits(&want), "{case}: the packed kernel");
                 }
             }
         }

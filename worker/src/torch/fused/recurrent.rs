@@ -36,8 +36,8 @@ pub(super) fn forward<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, cb: CbOutput,
     }
     // a_0 = 0 (docs/science.md#recurrent-module-control)
     states[..b * a].fill(T::zero());
-    let w_rec_t = Mat::new(&w.w_rec_t, h, n_rec); // [H, H + A]
-    let (w_aa_t, w_out_t) = (Mat::new(&w.w_pc_t, a, a), Mat::new(&w.w_dcn_t, a, h));
+    let w_rec_t = w.w_rec_t.block(h, n_rec); // [H, H + A]
+    let (w_aa_t, w_out_t) = (w.w_pc_t.mat(), w.w_dcn_t.mat()); // [A, A], [A, H]
     let b_out = w.w(model::B_OUT);
     let (keep, slope) = (T::one() - T::of(ALPHA), T::of(NEGATIVE_SLOPE));
     for t in 0..t_len {
@@ -97,8 +97,8 @@ pub(super) fn backward_steps<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mu
     let mut dh: &mut [T] = &mut s.dh[..b * h];
     let mut dh_next: &mut [T] = sized(&mut s.dh_next, b * h);
     let (alpha, keep, slope) = (T::of(ALPHA), T::one() - T::of(ALPHA), T::of(NEGATIVE_SLOPE));
-    let w_rec = Mat::new(&w.w_rec, n_rec, h); // [H + A, H]
-    let (w_aa, w_out) = (Mat::new(w.w(model::W_AA), a, a), Mat::new(w.w(model::W_OUT), h, a));
+    let w_rec = w.w_rec.block(n_rec, h); // [H + A, H]
+    let (w_aa, w_out) = (w.w_pc.mat(), w.w_dcn.mat()); // W_aa [A, A], W_out [H, A]
     for t in (0..t_len).rev() {
         let (pre, u) = (&s.a[t * b * h..(t + 1) * b * h], &s.g[t * b * a..(t + 1) * b * a]);
         let dzt = &mut dz[t * b * n_rec..(t + 1) * b * n_rec];
