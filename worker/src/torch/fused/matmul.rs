@@ -452,6 +452,22 @@ mod avx512 {
 mod tests {
     use super::*;
 
+    /// Values in [-0.5, 0.5) from a xorshift generator seeded with `state`.
+    fn noise(mut state: u32) -> impl FnMut() -> f32 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (f64::from(state) / f64::from(u32::MAX)) as f32 - 0.5
+        }
+    }
+
+    /// The left operand [m, k] held in `a` with leading dimension `lda`, row-major or stored
+    /// transposed.
+    fn left(a: &[f32], m: usize, k: usize, lda: usize, transposed: bool) -> Mat<'_, f32> {
+        if transposed { Mat::strided(a, k, m, lda).t() } else { Mat::strided(a, m, k, lda) }
+    }
+
     #[test]
     fn matmul_handles_strided_operands() {
         // [2 x 3] . [3 x 2] with the rhs a transposed view, accumulated onto ones
@@ -467,13 +483,7 @@ mod tests {
     /// the columns past each row's end stay untouched.
     #[test]
     fn float32_products_match_float64_at_every_tile_shape() {
-        let mut state = 0x9e37_79b9_u32;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            (f64::from(state) / f64::from(u32::MAX)) as f32 - 0.5
-        };
+        let mut next = noise(0x9e37_79b9_u32);
         // (m, k, n): the time loop's products, a weight gradient's (k = T x rows), ragged ones
         let shapes = [
             (64, 64, 320),
@@ -493,7 +503,7 @@ mod tests {
                 let a: Vec<f32> = (0..m.max(k) * lda).map(|_| next()).collect();
                 // element (i, kk) of the left operand, row-major or stored transposed
                 let at = |i: usize, kk: usize| if transposed { a[kk * lda + i] } else { a[i * lda + kk] };
-                let lhs = if transposed { Mat::strided(&a, k, m, lda).t() } else { Mat::strided(&a, m, k, lda) };
+                let lhs = left(&a, m, k, lda, transposed);
                 let b: Vec<f32> = (0..k * ldb).map(|_| next()).collect();
                 let before: Vec<f32> = (0..m * ldd).map(|_| next()).collect();
                 let mut dst = before.clone();
@@ -529,13 +539,7 @@ mod tests {
     /// kernel runs here directly too, AVX-512 or not.
     #[test]
     fn packed_weights_give_the_bits_of_the_plain_product() {
-        let mut state = 0x2545_f491_u32;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            (f64::from(state) / f64::from(u32::MAX)) as f32 - 0.5
-        };
+        let mut next = noise(0x2545_f491_u32);
         // (m, weight rows, weight cols, block rows = k, block cols = n)
         let shapes = [
             (64, 64, 320, 64, 320),
@@ -559,7 +563,7 @@ mod tests {
             for (accumulate, transposed) in [(false, false), (true, false), (false, true), (true, true)] {
                 let (lda, ldd) = (if transposed { m + 3 } else { k + 3 }, n + 5);
                 let a: Vec<f32> = (0..m.max(k) * lda).map(|_| next()).collect();
-                let lhs = if transposed { Mat::strided(&a, k, m, lda).t() } else { Mat::strided(&a, m, k, lda) };
+                let lhs = left(&a, m, k, lda, transposed);
                 let before: Vec<f32> = (0..m * ldd).map(|_| next()).collect();
                 let mut want = before.clone();
                 matmul(&mut want, ldd, lhs, plain, accumulate);
