@@ -3,8 +3,9 @@
 //! the weight gradients of all steps as three large products at the end (K = T x rows).
 
 use super::cerebellum;
-use super::forward::{Job, NEGATIVE_SLOPE, Prepared, Scratch, readout, sized};
+use super::forward::readout;
 use super::matmul::{Mat, Real, matmul};
+use super::step::{Job, NEGATIVE_SLOPE, Prepared, Scratch, add, add_column_sums, sized};
 use crate::torch::model::{self, ALPHA, CbOutput};
 
 /// The readout of the final states in slot `last` of `s.hs` and the cross-entropy: adds the
@@ -129,17 +130,4 @@ pub(super) fn weight_grads<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, s: &mut 
         };
         cerebellum::weight_grads(w, job, &stored, grads);
     }
-}
-
-pub(super) fn add<T: Real>(dst: &mut [T], src: &[T]) {
-    dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
-}
-
-/// Adds the column sums of row-major `m` (`cols` wide) to `dst`.
-pub(super) fn add_column_sums<T: Real>(dst: &mut [T], m: &[T], cols: usize) {
-    let mut sums = vec![T::zero(); cols];
-    for row in m.chunks(cols) {
-        add(&mut sums, row);
-    }
-    add(dst, &sums);
 }

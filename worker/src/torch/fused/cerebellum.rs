@@ -4,9 +4,8 @@
 //! core's stacked product (`offset` into rows of `n_rec`); the module's output b_cb = W_dcn p + b_dcn
 //! goes back to the core, which says how it enters and hands back its gradient.
 
-use super::backward::{add, add_column_sums};
-use super::forward::{Job, Prepared};
 use super::matmul::{Mat, Real, matmul};
+use super::step::{Job, Prepared, add, add_column_sums};
 use crate::torch::model;
 
 /// Granule and Purkinje activity and the raw output of one step, [rows, G], [rows, P], [rows, H],

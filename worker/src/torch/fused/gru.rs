@@ -7,10 +7,9 @@
 //! and the update; backward, those products' transposes; the weight gradients as products over
 //! T x rows at the end.
 
-use super::backward::add;
 use super::cerebellum;
-use super::forward::{Job, NEGATIVE_SLOPE, Prepared, Scratch, leaky_relu, sized, two_slots};
 use super::matmul::{Mat, Real, matmul};
+use super::step::{Job, NEGATIVE_SLOPE, Prepared, Scratch, add, leaky_relu, sized, two_slots};
 use crate::torch::model::{self, CbOutput, GRU_CB_NORM_RATIO, MIN_SQUARED_NORM};
 
 /// The rescaling of one sequence's module output at one step, from the squared norms of the

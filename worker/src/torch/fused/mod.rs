@@ -1,5 +1,5 @@
 //! The CPU engine: the forward pass and a hand-written backward pass through time of one trial's
-//! model (docs/science.md#models), on host memory, with `gemm`'s AVX-512/AVX2 kernels.
+//! model (docs/science.md#models), on host memory, with its own AVX-512 kernel and `gemm`'s.
 //!
 //! Why it exists: on a CPU the cost of these small networks is per-operation overhead and small
 //! matrix products, not arithmetic (issue 7). libtorch's autograd records ~40 operations per time
@@ -16,8 +16,9 @@
 //! Layouts follow libtorch's: a trial's parameters are one flat vector, each parameter
 //! row-major in `Dims::param_specs` order; activations are [T, rows, units].
 //!
-//! Files: `matmul` (the float types and the one product), `layout` (a trial's flat vector),
-//! `forward` (prepared weights, jobs, the time loop of the RNN and the CB-RNN), `backward` (back
+//! Files: `matmul` (the float types, the packed weights and the one product), `layout` (a
+//! trial's flat vector), `step` (what every time loop shares: prepared weights, jobs, scratch
+//! buffers), `forward` (the time loop of the RNN and the CB-RNN), `backward` (back
 //! through time; the readout's loss and gradient, which every architecture shares), `cerebellum`
 //! (the cerebellar module's step forward and back and its weight gradients, for the Elman core
 //! and the GRU alike), `recurrent`
@@ -34,6 +35,7 @@ mod layout;
 mod matmul;
 mod recurrent;
 mod sgd;
+mod step;
 pub(crate) mod unroll;
 
 #[cfg(test)]
@@ -43,13 +45,13 @@ mod timing;
 
 use crate::torch::model::{CbOutput, Dims};
 use crate::torch::tasks::TaskBatch;
-use backward::add;
 use cbsweep_common::Arch;
-use forward::{Job, Prepared, Scratch, jobs, readout, sized};
+use forward::readout;
 use layout::Layout;
 pub(crate) use matmul::Real;
 use rayon::prelude::*;
 use std::sync::Mutex;
+use step::{Job, Prepared, Scratch, add, jobs, sized};
 
 /// Whether the CPU engine has `arch`: every architecture today. A new one is a decision here;
 /// until the engine has it, its packs train on the libtorch engine (`train::engine_from` says so

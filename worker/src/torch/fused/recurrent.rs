@@ -6,9 +6,8 @@
 //! three products' transposes; the weight gradients as products over T x rows at the end. With
 //! the module switched off the model is the plain RNN, which `forward::forward` runs.
 
-use super::backward::add;
-use super::forward::{self, Job, NEGATIVE_SLOPE, Prepared, Scratch, leaky_relu, sized, two_slots};
 use super::matmul::{Mat, Real, matmul};
+use super::step::{Job, NEGATIVE_SLOPE, Prepared, Scratch, add, leaky_relu, sized, two_slots};
 use crate::torch::model::{self, ALPHA, CbOutput};
 
 /// The time loop of `job` (`forward::forward`'s contract). Keeps, with `store`, the core's input
@@ -17,7 +16,7 @@ use crate::torch::model::{self, ALPHA, CbOutput};
 #[inline(never)]
 pub(super) fn forward<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, cb: CbOutput, store: bool, s: &mut Scratch<T>) -> usize {
     if cb == CbOutput::Off {
-        return forward::forward(w, job, cb, store, s);
+        return super::forward::forward(w, job, cb, store, s);
     }
     let (h, a) = (w.dims.hidden as usize, w.dims.module_units() as usize);
     let n_rec = h + a;

@@ -3,8 +3,9 @@
 
 use super::FusedPack;
 use super::backward::{backward_steps, weight_grads};
-use super::forward::{Job, Prepared, Scratch, forward, readout, sized};
+use super::forward::{forward, readout};
 use super::matmul::{Mat, matmul};
+use super::step::{Job, Prepared, Scratch, sized};
 use crate::torch::model::{CbOutput, Dims, PackedModel, init_trial};
 use crate::torch::tasks::{self, Stream, draw_batch, draw_h0};
 use crate::torch::testing::small_spec;

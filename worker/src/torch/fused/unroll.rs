@@ -2,7 +2,7 @@
 //! thousands of steps): the time loop of every row on host memory, each step's activity handed
 //! to the observer as libtorch tensors.
 
-use super::forward::{Job, Prepared, Scratch};
+use super::step::{Job, Prepared, Scratch};
 use super::{FusedPack, forward, gru};
 use crate::torch::input::PackedInput;
 use crate::torch::model::{self, CbOutput, Observe, PackedModel};
