@@ -12,6 +12,17 @@
 //! - epochs to a level: the first epoch whose level reached is at least that level; epochs to
 //!   half max takes half a highest max level (`half_level`) as that level.
 //!
+//!
+//! The lab's measures (AlexVoce/Cortico-cerebellar_RNNs, analysis/learning_metrics.py), the ones
+//! to set beside the paper's figures, read another curve:
+//! - levels trained: index e - 1 holds the level trained in epoch e (it starts at the start
+//!   level, 2), carried forward at its last value to the epoch budget.
+//! - max N: the highest level trained, which is the highest level solved + 1 for a trial that
+//!   trained on after its last solve (solved 2..33: 34); the start level when none was solved.
+//! - area N: the trapezoid area under the levels trained, in level x epochs.
+//! - epochs to half max N: the first epoch whose level trained is at least half of the largest
+//!   max N over all groups compared; NaN (not censored) when the trial never gets there.
+//!
 //! Pure arithmetic on common's types: nothing here knows where a curve is stored.
 
 use crate::outcome::{EpochRecord, TrialResult};
@@ -48,6 +59,42 @@ pub fn levels_reached<'a>(curve: impl IntoIterator<Item = &'a EpochRecord>, epoc
     }
     reached.resize(epochs.max(last_epoch.unwrap_or(0)) as usize, best);
     reached
+}
+
+/// The lab's curve: the level trained in each epoch (index e - 1 for epoch e), a gap holding the
+/// level before it, carried forward at the last epoch's level to `epochs` (the budget). Empty for
+/// an empty curve. `curve` in epoch order with 1-based epoch numbers.
+pub fn levels_trained<'a>(curve: impl IntoIterator<Item = &'a EpochRecord>, epochs: u32) -> Vec<u32> {
+    let mut trained: Vec<u32> = Vec::with_capacity(epochs as usize);
+    for e in curve {
+        let i = (e.epoch as usize).saturating_sub(1);
+        if trained.len() < i {
+            let last = trained.last().copied().unwrap_or(e.level);
+            trained.resize(i, last);
+        }
+        trained.truncate(i);
+        trained.push(e.level);
+    }
+    if let Some(&last) = trained.last()
+        && trained.len() < epochs as usize
+    {
+        trained.resize(epochs as usize, last);
+    }
+    trained
+}
+
+/// The lab's max N: the highest level trained (0 for an empty curve).
+pub fn max_n(trained: &[u32]) -> u32 {
+    trained.iter().copied().max().unwrap_or(0)
+}
+
+/// The lab's epochs to a level: the first epoch whose level trained is at least `level`; NaN when
+/// none is, or when `level` is not positive.
+pub fn epochs_to_trained(trained: &[u32], level: f64) -> f64 {
+    if level.is_nan() || level <= 0.0 {
+        return f64::NAN;
+    }
+    trained.iter().position(|&n| n as f64 >= level).map_or(f64::NAN, |i| (i + 1) as f64)
 }
 
 /// Trapezoid area under `reached` (from `levels_reached`) over its epochs, in level x epochs.
@@ -101,6 +148,22 @@ mod tests {
         assert_eq!(epochs_to(&reached, half_level(3)), 2.0);
         assert_eq!(epochs_to(&reached, 4.0), 7.0, "never reached: budget + 1");
         assert!(epochs_to(&reached, half_level(0)).is_nan());
+    }
+
+    #[test]
+    fn the_labs_measures_read_the_level_trained() {
+        // solved 2 in epoch 2 and 3 in epoch 4, then trained at 4 to the end of a 6-epoch budget
+        let curve = [epoch(1, 2, false), epoch(2, 2, true), epoch(3, 3, false), epoch(4, 3, true), epoch(5, 4, false)];
+        let trained = levels_trained(&curve, 6);
+        assert_eq!(trained, [2, 2, 3, 3, 4, 4]);
+        assert_eq!(max_n(&trained), max_level(&curve) + 1, "highest solved + 1");
+        assert_eq!(auc_level_epochs(&trained), 2.0 + 2.5 + 3.0 + 3.5 + 4.0);
+        assert_eq!(epochs_to_trained(&trained, 3.0), 3.0);
+        assert!(epochs_to_trained(&trained, 5.0).is_nan(), "never reached: NaN, not censored");
+        // a trial that solved nothing trained at the start level throughout
+        let none = levels_trained(&[epoch(1, 2, false), epoch(2, 2, false)], 3);
+        assert_eq!((none.as_slice(), max_n(&none)), ([2, 2, 2].as_slice(), 2));
+        assert!(levels_trained(&[], 3).is_empty());
     }
 
     #[test]

@@ -12,7 +12,10 @@
 
 use crate::ids::{Seed, SweepId};
 use crate::model_size;
-use crate::trial::{AnalysisPlan, Arch, Curriculum, FreezePoint, Regime, STUDY_SIZE, Task, TrainBudget, TrialSpec};
+use crate::trial::{
+    AnalysisPlan, Arch, ComparePair, CompareSide, Curriculum, FreezePoint, Regime, RegimeKind, STUDY_SIZE, StatsPlan, Task, TrainBudget,
+    TrialSpec,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -44,13 +47,18 @@ struct RawSpec {
     stats: Option<RawStats>,
 }
 
-/// `[stats] compare = [["cbrnn", "rnn"], ...]`: the architecture pairs (a, b) the statistics
-/// compare, every other grid key equal. Absent: CB-RNN against the matched RNN, as before (and the
-/// resolved form leaves the section out, so older sweeps keep their text).
+/// `[stats]`: what the statistics compare. `compare = [["cbrnn", "rnn"], ["cbrnn:reservoir",
+/// "rnn:simult"], ...]`: pairs (a, b) of architectures, each side optionally in one regime
+/// (`CompareSide`); `freeze_vs_simult = false` drops the automatic freeze-point comparisons.
+/// Absent: CB-RNN against the matched RNN and each freeze point against simult, as before (and
+/// the resolved form leaves the section out, so older sweeps keep their text).
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawStats {
-    compare: Vec<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    compare: Option<Vec<Vec<String>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    freeze_vs_simult: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -132,9 +140,17 @@ struct RawTrain {
     clip_norm: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     lr_readout: Option<f64>,
-    /// No curriculum: train and test at this level for the whole budget.
+    /// No curriculum: train and test at this level (until the first solve, or the whole budget).
     #[serde(skip_serializing_if = "Option::is_none")]
     fixed_level: Option<i64>,
+    /// With `fixed_level`: "solved" (the lab's: the first solved epoch ends the trial) or
+    /// "budget" (train on for the whole budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fixed_until: Option<String>,
+    /// The lab's fixed-schedule control: the level goes up every this many epochs, whatever the
+    /// accuracy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    schedule_every: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -173,29 +189,34 @@ pub struct SweepSpec {
     pub resolved: String,
     /// The `CBSWEEP_SPEC__*` overrides the spec was validated with, sorted by key.
     pub overrides: Vec<SpecOverride>,
-    /// The architecture pairs (a, b) the statistics compare (`[stats] compare`; default
-    /// `DEFAULT_COMPARE`), each of the grid's architectures.
-    pub compare: Vec<(Arch, Arch)>,
+    /// What the statistics compare (`[stats]`; default `StatsPlan::default()`), each side of
+    /// the grid's architectures and regimes.
+    pub stats: StatsPlan,
 }
 
-/// The statistics' architecture pair when a spec names none: the CB-RNN against the matched RNN.
-pub const DEFAULT_COMPARE: [(Arch, Arch); 1] = [(Arch::Cbrnn, Arch::Rnn)];
-
-/// `SweepSpec::compare` of a stored sweep, from its resolved text alone (the `[stats]` section,
+/// `SweepSpec::stats` of a stored sweep, from its resolved text alone (the `[stats]` section,
 /// validated when the sweep was; no grid expansion): what a coordinator's export needs. A text
-/// without the section, or one this code cannot read, gives `DEFAULT_COMPARE`.
-pub fn resolved_compare(resolved: &str) -> Vec<(Arch, Arch)> {
-    let parsed = toml::from_str::<toml::Table>(resolved).ok().and_then(|t| {
-        let pairs = t.get("stats")?.get("compare")?.as_array()?;
-        pairs
+/// without the section, or one this code cannot read, gives `StatsPlan::default()`.
+pub fn resolved_stats(resolved: &str) -> StatsPlan {
+    let Some(stats) = toml::from_str::<toml::Table>(resolved).ok().and_then(|t| t.get("stats").cloned()) else {
+        return StatsPlan::default();
+    };
+    let default = StatsPlan::default();
+    let pairs = match stats.get("compare").and_then(|v| v.as_array()) {
+        None => Some(default.pairs),
+        Some(pairs) => pairs
             .iter()
             .map(|p| {
                 let p = p.as_array()?;
-                Some((p.first()?.as_str()?.parse().ok()?, p.get(1)?.as_str()?.parse().ok()?))
+                Some(ComparePair { a: p.first()?.as_str()?.parse().ok()?, b: p.get(1)?.as_str()?.parse().ok()? })
             })
-            .collect::<Option<Vec<(Arch, Arch)>>>()
-    });
-    parsed.unwrap_or_else(|| DEFAULT_COMPARE.to_vec())
+            .collect::<Option<Vec<_>>>(),
+    };
+    let freeze_vs_simult = stats.get("freeze_vs_simult").and_then(|v| v.as_bool()).unwrap_or(default.freeze_vs_simult);
+    match pairs {
+        Some(pairs) => StatsPlan { pairs, freeze_vs_simult },
+        None => StatsPlan::default(),
+    }
 }
 
 /// One environment override of a spec key (`CBSWEEP_SPEC__TRAIN__EPOCHS=20` is
@@ -409,6 +430,7 @@ pub const UPPER_BOUNDS: &[(&str, f64)] = &[
     ("train.start_level", 1_000.0),
     ("train.max_level", 1_000.0),
     ("train.fixed_level", 1_000.0),
+    ("train.schedule_every", 100_000.0),
     ("train.clip_norm", 1e6),
     ("train.lr_readout", 10.0),
     ("analysis.every_levels", 1_000.0),
@@ -559,16 +581,35 @@ fn validate(raw: RawSpec, path: &Path, resolved: String, overrides: Vec<SpecOver
     };
 
     let t = &raw.train;
-    let (start_level, max_level, curriculum) = match t.fixed_level {
-        // one level for the whole budget: it starts and tops the curriculum
-        Some(n) => {
+    let (start_level, max_level, curriculum) = match (t.fixed_level, t.schedule_every) {
+        (Some(_), Some(k)) => {
+            return Err(c.invalid("train.schedule_every", k, "cannot be combined with train.fixed_level (the level never moves there)"));
+        }
+        // one level: it starts and tops the curriculum
+        (Some(n), None) => {
             let n = c.positive("train.fixed_level", n)?;
             if n < 2 {
                 return Err(c.invalid("train.fixed_level", n, "must be at least 2 (the oddball context needs two bits)"));
             }
-            (n, n, Curriculum::Fixed)
+            let until = match t.fixed_until.as_deref() {
+                None | Some("solved") => Curriculum::FixedUntilSolved,
+                Some("budget") => Curriculum::Fixed,
+                Some(other) => {
+                    return Err(c.invalid("train.fixed_until", format!("{other:?}"), "expected \"solved\" (the lab's: stop at the first solve) or \"budget\""));
+                }
+            };
+            (n, n, until)
         }
-        None => (c.positive("train.start_level", t.start_level)?, c.positive("train.max_level", t.max_level)?, Curriculum::Climb),
+        (None, schedule) => {
+            if let Some(until) = &t.fixed_until {
+                return Err(c.invalid("train.fixed_until", format!("{until:?}"), "applies only with train.fixed_level"));
+            }
+            let curriculum = match schedule {
+                Some(k) => Curriculum::Schedule { every: c.positive("train.schedule_every", k)? },
+                None => Curriculum::Climb,
+            };
+            (c.positive("train.start_level", t.start_level)?, c.positive("train.max_level", t.max_level)?, curriculum)
+        }
     };
     if start_level < 2 {
         return Err(c.invalid("train.start_level", start_level, "must be at least 2 (the oddball context needs two bits)"));
@@ -666,7 +707,9 @@ fn validate(raw: RawSpec, path: &Path, resolved: String, overrides: Vec<SpecOver
             regime: cell.regime,
             lr_core: cell.lr_core,
             lr_cb: cell.lr_cb,
-            lr_readout: lr_readout.unwrap_or(cell.lr_core),
+            // the readout learns in the core's group (the lab's optimiser), so a plasticity
+            // factor scales it too, unless the spec names a rate of its own
+            lr_readout: lr_readout.unwrap_or(cell.lr_core * cell.core_plasticity),
             core_plasticity: cell.core_plasticity,
             budget,
             analysis,
@@ -683,7 +726,7 @@ fn validate(raw: RawSpec, path: &Path, resolved: String, overrides: Vec<SpecOver
     if trials.is_empty() {
         return Err(c.invalid("grid.exclude", "(every cell)", "leaves no cell to run"));
     }
-    if budget.curriculum == Curriculum::Fixed
+    if budget.curriculum.is_fixed()
         && let Some(t) = trials.iter().find(|t| t.regime != Regime::Simult && matches!(t.regime.freeze(), FreezePoint::Level(_)))
     {
         return Err(c.invalid(
@@ -692,39 +735,60 @@ fn validate(raw: RawSpec, path: &Path, resolved: String, overrides: Vec<SpecOver
             "freezes once a level is solved, which never comes with train.fixed_level (the level never moves): freeze at epoch:N or step:N",
         ));
     }
-    let compare = match &raw.stats {
-        None => DEFAULT_COMPARE.to_vec(),
-        Some(st) => compare_pairs(&c, &st.compare, &archs)?,
+    let stats = match &raw.stats {
+        None => StatsPlan::default(),
+        Some(st) => {
+            let kinds: BTreeSet<RegimeKind> = trials.iter().map(|t| t.regime.kind()).collect();
+            StatsPlan {
+                pairs: match &st.compare {
+                    Some(pairs) => compare_pairs(&c, pairs, &archs, &kinds)?,
+                    None => StatsPlan::default().pairs,
+                },
+                freeze_vs_simult: st.freeze_vs_simult.unwrap_or(true),
+            }
+        }
     };
-    Ok(SweepSpec { id, description: raw.sweep.description, run, trials, resolved, overrides, compare })
+    Ok(SweepSpec { id, description: raw.sweep.description, run, trials, resolved, overrides, stats })
 }
 
-/// `stats.compare`'s pairs, each two distinct architectures of the grid.
-fn compare_pairs(c: &Checker, pairs: &[Vec<String>], archs: &[Arch]) -> Result<Vec<(Arch, Arch)>, SpecError> {
+/// `stats.compare`'s pairs: each side an architecture of the grid, optionally in one of its
+/// regimes (`"cbrnn:reservoir"`), the two sides distinct.
+fn compare_pairs(c: &Checker, pairs: &[Vec<String>], archs: &[Arch], kinds: &BTreeSet<RegimeKind>) -> Result<Vec<ComparePair>, SpecError> {
     c.nonempty("stats.compare", pairs)?;
     let grid = archs.iter().map(|a| format!("{:?}", a.to_string())).collect::<Vec<_>>().join(", ");
+    let regimes = kinds.iter().map(|r| format!("{:?}", r.name())).collect::<Vec<_>>().join(", ");
     let mut out = Vec::new();
     for (i, pair) in pairs.iter().enumerate() {
         let field = format!("stats.compare[{i}]");
         if pair.len() != 2 {
-            return Err(c.invalid(&field, format!("{pair:?}"), "a comparison names two architectures: [\"a\", \"b\"]"));
+            return Err(c.invalid(
+                &field,
+                format!("{pair:?}"),
+                "a comparison names two sides, each an architecture or architecture:regime: [\"a\", \"b\"] or [\"cbrnn:reservoir\", \"rnn:simult\"]",
+            ));
         }
         let mut two = Vec::new();
         for (j, name) in pair.iter().enumerate() {
             let f = format!("{field}[{j}]");
-            let arch: Arch = name.parse().map_err(|why: String| c.invalid(&f, format!("{name:?}"), &why))?;
-            if !archs.contains(&arch) {
+            let side: CompareSide = name.parse().map_err(|why: String| c.invalid(&f, format!("{name:?}"), &why))?;
+            if !archs.contains(&side.arch) {
                 return Err(c.invalid(&f, format!("{name:?}"), &format!("not an architecture of the grid (grid.arch = [{grid}])")));
             }
-            two.push(arch);
+            if let Some(r) = side.regime
+                && !kinds.contains(&r)
+            {
+                return Err(c.invalid(&f, format!("{name:?}"), &format!("not a regime of the grid (its regimes: [{regimes}])")));
+            }
+            two.push(side);
         }
-        if two[0] == two[1] {
-            return Err(c.invalid(&field, format!("{pair:?}"), "compares an architecture with itself"));
+        let p = ComparePair { a: two[0], b: two[1] };
+        if p.a == p.b || (p.a.arch == p.b.arch && (p.a.regime.is_none() || p.b.regime.is_none())) {
+            return Err(c.invalid(&field, format!("{pair:?}"), "compares a group with itself (the same architecture needs two regimes)"));
         }
-        if out.contains(&(two[0], two[1])) {
+        if out.contains(&p) {
             return Err(c.invalid(&field, format!("{pair:?}"), "is listed twice"));
         }
-        out.push((two[0], two[1]));
+        out.push(p);
     }
     Ok(out)
 }

@@ -328,18 +328,22 @@ fn an_exclude_matching_nothing_or_naming_a_bad_value_is_refused() {
 
 #[test]
 fn stats_compare_defaults_to_cbrnn_against_rnn_and_names_grid_architectures() {
+    let pair = |a: &str, b: &str| ComparePair { a: a.parse().unwrap(), b: b.parse().unwrap() };
     let s = parse(MINIMAL).unwrap();
-    assert_eq!(s.compare, vec![(Arch::Cbrnn, Arch::Rnn)]);
+    assert_eq!(s.stats, StatsPlan { pairs: vec![pair("cbrnn", "rnn")], freeze_vs_simult: true });
     assert!(!s.resolved.contains("[stats]"), "the default leaves the resolved text as it was");
     let s = parse(&format!("{MINIMAL}[stats]\ncompare = [[\"rnn\", \"cbrnn\"]]\n")).unwrap();
-    assert_eq!(s.compare, vec![(Arch::Rnn, Arch::Cbrnn)]);
-    assert_eq!(parse_resolved(&s.resolved, Path::new("stored"), vec![]).unwrap().compare, s.compare);
-    assert_eq!(resolved_compare(&s.resolved), s.compare, "a stored sweep's pairs read back without expanding it");
-    assert_eq!(resolved_compare(&parse(MINIMAL).unwrap().resolved), DEFAULT_COMPARE.to_vec());
+    assert_eq!(s.stats.pairs, vec![pair("rnn", "cbrnn")]);
+    assert_eq!(parse_resolved(&s.resolved, Path::new("stored"), vec![]).unwrap().stats, s.stats);
+    assert_eq!(resolved_stats(&s.resolved), s.stats, "a stored sweep's pairs read back without expanding it");
+    assert_eq!(resolved_stats(&parse(MINIMAL).unwrap().resolved), StatsPlan::default());
     for (compare, shown) in [
         ("[[\"cbrnn\", \"lstm\"]]", "stats.compare[0][1] = \"lstm\""),
         ("[[\"cbrnn\"]]", "stats.compare[0] = [\"cbrnn\"]"),
         ("[[\"rnn\", \"rnn\"]]", "stats.compare[0] = [\"rnn\", \"rnn\"]"),
+        ("[[\"cbrnn:reservoir\", \"rnn\"]]", "not a regime of the grid"),
+        ("[[\"cbrnn:frozen\", \"rnn\"]]", "unknown regime"),
+        ("[[\"cbrnn\", \"cbrnn:simult\"]]", "compares a group with itself"),
         ("[]", "stats.compare = []"),
     ] {
         let e = err(&format!("{MINIMAL}[stats]\ncompare = {compare}\n"));
@@ -349,12 +353,36 @@ fn stats_compare_defaults_to_cbrnn_against_rnn_and_names_grid_architectures() {
     assert!(e.contains("stats.compare[0][1] = \"rnn\"") && e.contains("not an architecture of the grid"), "{e}");
 }
 
+/// Claim 3's comparisons cross regimes: the reservoir CB-RNN against the simult RNN and the
+/// simult CB-RNN, named in `[stats]` and read back from a stored sweep's text.
+#[test]
+fn stats_compare_names_sides_across_regimes() {
+    let grid = MINIMAL.replace("seed = [0, 1]", "seed = [0, 1]\nregime = [\"simult\", \"reservoir\"]\nfreeze = [\"level:2\"]");
+    let text = format!(
+        "{grid}[stats]\ncompare = [[\"cbrnn:reservoir\", \"rnn:simult\"], [\"cbrnn:reservoir\", \"cbrnn:simult\"]]\nfreeze_vs_simult = false\n"
+    );
+    let s = parse(&text).unwrap();
+    let names: Vec<String> = s.stats.pairs.iter().map(ToString::to_string).collect();
+    assert_eq!(names, ["cbrnn:reservoir_vs_rnn:simult", "cbrnn:reservoir_vs_cbrnn:simult"]);
+    assert!(!s.stats.freeze_vs_simult);
+    assert_eq!(s.stats.pairs[0].differing_keys(), ["arch", "regime", "freeze", "refresh"]);
+    assert_eq!(resolved_stats(&s.resolved), s.stats);
+}
+
 #[test]
 fn fixed_level_trains_at_one_level_and_is_refused_where_it_cannot_work() {
     let s = parse(&format!("{MINIMAL}[train]\nfixed_level = 5\n")).unwrap();
     for t in &s.trials {
-        assert_eq!((t.budget.start_level, t.budget.max_level, t.budget.curriculum), (5, 5, Curriculum::Fixed));
+        assert_eq!((t.budget.start_level, t.budget.max_level, t.budget.curriculum), (5, 5, Curriculum::FixedUntilSolved));
     }
+    // training on past the first solve is today's named option, with ids of its own
+    let budget = parse(&format!("{MINIMAL}[train]\nfixed_level = 5\nfixed_until = \"budget\"\n")).unwrap();
+    assert!(budget.trials.iter().all(|t| t.budget.curriculum == Curriculum::Fixed));
+    assert!(budget.trials.iter().zip(&s.trials).all(|(b, f)| b.id() != f.id()));
+    let e = err(&format!("{MINIMAL}[train]\nfixed_level = 5\nfixed_until = \"forever\"\n"));
+    assert!(e.contains("train.fixed_until = \"forever\"") && e.contains("\"solved\""), "{e}");
+    let e = err(&format!("{MINIMAL}[train]\nfixed_until = \"budget\"\n"));
+    assert!(e.contains("train.fixed_until") && e.contains("only with train.fixed_level"), "{e}");
     // the same cells with the curriculum are other trials
     let climb = parse(MINIMAL).unwrap();
     assert!(s.trials.iter().zip(&climb.trials).all(|(f, c)| f.id() != c.id() && f.cell_key() == c.cell_key()));
@@ -369,4 +397,31 @@ fn fixed_level_trains_at_one_level_and_is_refused_where_it_cannot_work() {
     // a freeze by epochs works at a fixed level
     parse(&MINIMAL.replace("seed = [0, 1]", "seed = [0, 1]\nregime = [\"reservoir\"]\nfreeze = [\"epoch:3\"]\n[train]\nfixed_level = 5"))
         .unwrap();
+}
+
+#[test]
+fn a_fixed_schedule_is_a_curriculum_of_its_own() {
+    let s = parse(&format!("{MINIMAL}[train]\nschedule_every = 5\n")).unwrap();
+    assert!(s.trials.iter().all(|t| t.budget.curriculum == Curriculum::Schedule { every: 5 } && t.budget.start_level == 2));
+    let climb = parse(MINIMAL).unwrap();
+    assert!(s.trials.iter().zip(&climb.trials).all(|(f, c)| f.id() != c.id() && f.cell_key() == c.cell_key()));
+    for (train, shown) in [
+        ("schedule_every = 0", "train.schedule_every = 0"),
+        ("schedule_every = 5\nfixed_level = 3", "cannot be combined with train.fixed_level"),
+    ] {
+        let e = err(&format!("{MINIMAL}[train]\n{train}\n"));
+        assert!(e.contains(shown), "{train}: {e}");
+    }
+}
+
+/// The readout learns in the core's group (the lab's optimiser): a plasticity factor scales its
+/// rate too, unless the spec names a readout rate; at full plasticity nothing changes.
+#[test]
+fn the_readout_rate_follows_the_core_unless_named() {
+    let s = parse(&MINIMAL.replace("seed = [0, 1]", "seed = [0]\ncore_plasticity = [1.0, 0.1, 0.01]")).unwrap();
+    let rates: BTreeSet<(u64, u64)> = s.trials.iter().map(|t| (t.core_plasticity.to_bits(), t.lr_readout.to_bits())).collect();
+    let expected = [(1.0, 0.01), (0.1, 0.001), (0.01, 0.0001)].map(|(f, r): (f64, f64)| (f.to_bits(), r.to_bits()));
+    assert_eq!(rates, BTreeSet::from(expected));
+    let named = parse(&format!("{}[train]\nlr_readout = 0.01\n", MINIMAL.replace("seed = [0, 1]", "seed = [0]\ncore_plasticity = [0.01]"))).unwrap();
+    assert!(named.trials.iter().all(|t| t.lr_readout == 0.01));
 }

@@ -130,21 +130,41 @@ pub struct TrainBudget {
     pub curriculum: Curriculum,
 }
 
-/// How a trial's level moves (docs/science.md#training).
+/// How a trial's level moves (docs/science.md#curriculum).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Curriculum {
     /// Each solved level moves the trial to the next, up to `max_level`, where it ends.
     #[default]
     Climb,
     /// The trial trains and is tested at `start_level` (= `max_level`) for every epoch of its
-    /// budget; a solved epoch is recorded and neither moves nor ends it (spec: `train.fixed_level`).
+    /// budget; a solved epoch is recorded and neither moves nor ends it (spec:
+    /// `train.fixed_level` with `train.fixed_until = "budget"`).
     Fixed,
+    /// The lab's fixed level: trains and is tested at `start_level` (= `max_level`) until the
+    /// first solved epoch, which ends the trial (spec: `train.fixed_level`, the default
+    /// `train.fixed_until = "solved"`).
+    FixedUntilSolved,
+    /// The lab's fixed-schedule control: the level goes up by one after every `every` epochs,
+    /// whatever the accuracy; the trial ends once its `every` epochs at `max_level` are done.
+    /// A solved test is recorded (and its first at a level analysed) but moves nothing (spec:
+    /// `train.schedule_every`).
+    Schedule { every: u32 },
 }
 
 impl Curriculum {
     pub fn is_climb(&self) -> bool {
         *self == Curriculum::Climb
+    }
+
+    /// Whether the trial stays at one level for its whole run.
+    pub fn is_fixed(&self) -> bool {
+        matches!(self, Curriculum::Fixed | Curriculum::FixedUntilSolved)
+    }
+
+    /// Whether a solved test moves the trial on (to the next level, or to its end).
+    pub fn solving_moves(&self) -> bool {
+        matches!(self, Curriculum::Climb | Curriculum::FixedUntilSolved)
     }
 }
 
@@ -323,6 +343,14 @@ impl Regime {
         }
     }
 
+    pub fn kind(&self) -> RegimeKind {
+        match self {
+            Regime::Simult => RegimeKind::Simult,
+            Regime::Reservoir { .. } => RegimeKind::Reservoir,
+            Regime::Interleaved { .. } => RegimeKind::Interleaved,
+        }
+    }
+
     pub fn freeze(&self) -> FreezePoint {
         match self {
             Regime::Simult => FreezePoint::Never,
@@ -377,6 +405,119 @@ impl FromStr for Arch {
             let names: Vec<&str> = Arch::ALL.iter().map(|a| a.name()).collect();
             format!("unknown architecture (expected one of: {})", names.join(", "))
         })
+    }
+}
+
+/// A regime without its freeze point and refresh: what a statistics comparison may select.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RegimeKind {
+    Simult,
+    Reservoir,
+    Interleaved,
+}
+
+impl RegimeKind {
+    pub const ALL: [RegimeKind; 3] = [RegimeKind::Simult, RegimeKind::Reservoir, RegimeKind::Interleaved];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RegimeKind::Simult => "simult",
+            RegimeKind::Reservoir => "reservoir",
+            RegimeKind::Interleaved => "interleaved",
+        }
+    }
+}
+
+impl FromStr for RegimeKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        RegimeKind::ALL.into_iter().find(|r| r.name() == s).ok_or_else(|| "unknown regime (expected one of: simult, reservoir, interleaved)".to_string())
+    }
+}
+
+impl fmt::Display for RegimeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One side of a statistics comparison (`[stats] compare`): an architecture's conditions, in
+/// one regime when `regime` is given (`"cbrnn:reservoir"`), else in every regime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CompareSide {
+    pub arch: Arch,
+    pub regime: Option<RegimeKind>,
+}
+
+/// A comparison the statistics make: group a against group b, every other grid key equal. When
+/// neither side names a regime the two groups share it too (and its freeze point); when one
+/// does, regime, freeze point and refresh may differ (claim 3: the reservoir CB-RNN against the
+/// simult RNN).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ComparePair {
+    pub a: CompareSide,
+    pub b: CompareSide,
+}
+
+/// What `cbsweep stats` compares in a sweep (`[stats]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatsPlan {
+    pub pairs: Vec<ComparePair>,
+    /// Also compare every non-simult regime and freeze point with simult, the same architecture
+    /// and every other key equal (`freeze_vs_simult`).
+    pub freeze_vs_simult: bool,
+}
+
+impl CompareSide {
+    pub fn arch(arch: Arch) -> Self {
+        CompareSide { arch, regime: None }
+    }
+
+    /// Whether a trial of `spec` is in this side's group.
+    pub fn selects(&self, spec: &TrialSpec) -> bool {
+        spec.arch == self.arch && self.regime.is_none_or(|r| spec.regime.kind() == r)
+    }
+}
+
+impl ComparePair {
+    /// The grid keys on which the two groups may differ (the condition's key names).
+    pub fn differing_keys(&self) -> &'static [&'static str] {
+        if self.a.regime.is_none() && self.b.regime.is_none() { &["arch"] } else { &["arch", "regime", "freeze", "refresh"] }
+    }
+}
+
+impl Default for StatsPlan {
+    /// The CB-RNN against the matched RNN, and each freeze point against simult.
+    fn default() -> Self {
+        StatsPlan { pairs: vec![ComparePair { a: CompareSide::arch(Arch::Cbrnn), b: CompareSide::arch(Arch::Rnn) }], freeze_vs_simult: true }
+    }
+}
+
+impl FromStr for CompareSide {
+    type Err = String;
+    /// `"cbrnn"` or `"cbrnn:reservoir"`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (arch, regime) = match s.split_once(':') {
+            Some((a, r)) => (a, Some(r.parse::<RegimeKind>()?)),
+            None => (s, None),
+        };
+        Ok(CompareSide { arch: arch.parse()?, regime })
+    }
+}
+
+impl fmt::Display for CompareSide {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.regime {
+            Some(r) => write!(f, "{}:{r}", self.arch),
+            None => write!(f, "{}", self.arch),
+        }
+    }
+}
+
+impl fmt::Display for ComparePair {
+    /// The comparison column's value: `cbrnn_vs_rnn`, `cbrnn:reservoir_vs_rnn:simult`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}_vs_{}", self.a, self.b)
     }
 }
 

@@ -61,8 +61,9 @@ fn print_out(text: impl std::fmt::Display) -> Result<(), CliError> {
 }
 
 /// `cbsweep validate SPEC`: load, validate, describe: one row per condition (not per seed), in
-/// grid order, with the model's sizes, its parameter count and, for a model whose sizes follow
-/// the grid's shape by parameter matching, the CB-RNN shape it is matched to.
+/// grid order, with the model's sizes, its parameter count, for a model whose sizes follow the
+/// grid's shape by parameter matching the CB-RNN shape it is matched to, and the effective
+/// learning rates of its core, readout and module.
 pub fn validate(spec_path: &Path) -> Result<(), CliError> {
     let spec = load_spec(spec_path)?;
     let mut conditions: Vec<(String, &cbsweep_common::TrialSpec, u32)> = Vec::new();
@@ -94,6 +95,9 @@ pub fn validate(spec_path: &Path) -> Result<(), CliError> {
         "purkinje",
         "params",
         "matched to",
+        "lr core",
+        "lr readout",
+        "lr module",
         "seeds",
     ]);
     for (c, t, n) in &conditions {
@@ -111,6 +115,11 @@ pub fn validate(spec_path: &Path) -> Result<(), CliError> {
             t.purkinje.to_string(),
             t.param_count().to_string(),
             matched,
+            // the effective rates: the core's scaled by its plasticity, the readout's in the
+            // core's group unless the spec names it
+            format!("{}", t.lr_core * t.core_plasticity),
+            format!("{}", t.lr_readout),
+            if t.arch.module().is_some() { format!("{}", t.lr_cb) } else { "-".into() },
             n.to_string(),
         ]);
     }
@@ -177,8 +186,8 @@ pub fn stats(state: &Path, sweep: &SweepId, out: &Path) -> Result<PathBuf, CliEr
     if rows.is_empty() {
         return Err(CliError::UnknownSweep { sweep: sweep.clone(), state: state.to_owned(), out: out.to_owned() });
     }
-    let compare = cbsweep_results::ResultsSource::sweep(&store, sweep)?.map(|m| m.compare).unwrap_or_default();
-    let stat_rows = stats::compute(&rows, &store.curves(sweep)?, &compare);
+    let plan = cbsweep_results::ResultsSource::sweep(&store, sweep)?.map(|m| m.stats).unwrap_or_default();
+    let stat_rows = stats::compute(&rows, &store.curves(sweep)?, &plan);
     print!("{}", stats::print(&stat_rows));
     let path = sweep_dir(out, sweep).join(stats::FILE);
     stats::write(&path, &stat_rows)?;

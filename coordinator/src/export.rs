@@ -17,7 +17,7 @@ impl ResultsSource for Store {
         // The stored text is the validated spec's resolved form, so this is `SweepSpec::hash`.
         Ok(Store::sweep(self, sweep)?.map(|s| SweepMeta {
             spec_hash: cbsweep_common::spec_hash(&s.spec_toml),
-            compare: cbsweep_common::spec::resolved_compare(&s.spec_toml),
+            stats: cbsweep_common::spec::resolved_stats(&s.spec_toml),
             spec_overrides: s.overrides,
         }))
     }

@@ -35,6 +35,16 @@ impl From<c::TrainBudget> for v1::TrainBudget {
             momentum: b.momentum,
             clip_norm: b.clip_norm,
             fixed_level: b.curriculum == c::Curriculum::Fixed,
+            curriculum: match b.curriculum {
+                c::Curriculum::Climb => v1::Curriculum::Climb,
+                c::Curriculum::Fixed => v1::Curriculum::Fixed,
+                c::Curriculum::FixedUntilSolved => v1::Curriculum::FixedUntilSolved,
+                c::Curriculum::Schedule { .. } => v1::Curriculum::Schedule,
+            } as i32,
+            schedule_every: match b.curriculum {
+                c::Curriculum::Schedule { every } => every,
+                _ => 0,
+            },
         }
     }
 }
@@ -55,7 +65,14 @@ impl TryFrom<v1::TrainBudget> for c::TrainBudget {
             solve_threshold: b.solve_threshold,
             momentum: b.momentum,
             clip_norm: b.clip_norm,
-            curriculum: if b.fixed_level { c::Curriculum::Fixed } else { c::Curriculum::Climb },
+            curriculum: match v1::Curriculum::try_from(b.curriculum) {
+                Ok(v1::Curriculum::Unspecified) if b.fixed_level => c::Curriculum::Fixed,
+                Ok(v1::Curriculum::Unspecified | v1::Curriculum::Climb) => c::Curriculum::Climb,
+                Ok(v1::Curriculum::Fixed) => c::Curriculum::Fixed,
+                Ok(v1::Curriculum::FixedUntilSolved) => c::Curriculum::FixedUntilSolved,
+                Ok(v1::Curriculum::Schedule) => c::Curriculum::Schedule { every: positive("budget.schedule_every", b.schedule_every)? },
+                Err(_) => return Err(ConvertError::Invalid { field: "budget.curriculum", value: b.curriculum.to_string() }),
+            },
         })
     }
 }

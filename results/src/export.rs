@@ -23,7 +23,7 @@ pub fn export(source: &impl ResultsSource, sweep: &SweepId, out: &Path) -> Resul
     curves::write(&dir.join(curves::FILE), &rows, &curves)?;
     levels::write(&dir.join(levels::FILE), &rows, &curves)?;
     analyses::write(&dir.join(analyses::FILE), &rows, &analyses)?;
-    stats::write(&dir.join(stats::FILE), &stats::compute(&rows, &curves, &meta.compare))?;
+    stats::write(&dir.join(stats::FILE), &stats::compute(&rows, &curves, &meta.stats))?;
     tracing::info!(sweep = %sweep, trials = rows.len(), curve_rows = curves.len(), dir = %dir.display(), "results exported");
     Ok(dir)
 }

@@ -2,18 +2,19 @@
 //! DejaVu Sans, bundled as bytes by the `dejavu` crate, so drawing needs no system font library.
 //!
 //! Figures (each skipped when it has no data):
-//! - learning_curves: level reached against epoch, mean with a ±sem band per condition, one
-//!   panel per task (the study's main figure).
-//! - learning_measures: per condition, the area under that curve and the epochs to reach half the
-//!   task's highest level, seeds as dots, mean and ±sem as bars; one row per task.
-//! - freeze_points: level reached against epoch per regime and freeze point, one panel per task
-//!   and architecture; only when the sweep has more than one regime or freeze point.
+//! - learning_curves: the level trained (the lab's curve, N) against epoch, mean with a ±sem band
+//!   per condition, one panel per task (the study's main figure).
+//! - learning_measures: per condition, the lab's max_N, the area under that curve and the epochs
+//!   to reach half the task's largest max_N, seeds as dots, mean and ±sem as bars; one row per
+//!   task.
+//! - freeze_points: the level trained against epoch per regime and freeze point, one panel per
+//!   task and architecture; only when the sweep has more than one regime or freeze point.
 //! - ablation: the ablation drop (metric `ablation_drop`) per checkpoint level, mean ± sem.
 //! - dimensionality: `DIMENSIONALITY_METRICS` per level, one line per condition and population.
 //! - timescales: `TIMESCALE_METRICS` per level, one line per condition and population.
 //!
-//! Curves and measures are those of stats.parquet (`crate::measures`: levels reached, carried
-//! forward to the epoch budget). Every file is drawn under a temporary name and then renamed.
+//! Curves and measures are the lab's of stats.parquet (`crate::measures`: levels trained,
+//! carried forward to the epoch budget), so a figure can be set beside the paper's. Every file is drawn under a temporary name and then renamed.
 
 use crate::conditions::{by_condition, namer};
 use crate::measures::{Measure, TrialCurve, half_max, trial_curves};
@@ -225,12 +226,12 @@ fn figures(trials: &[TrialRow], curves: &[(TrialId, EpochRecord)], analyses: &[(
 
 type Groups<'g, 'a> = [(&'a str, Vec<&'g TrialCurve<'a>>)];
 
-/// Mean ± sem of the level reached at each epoch over `group`.
+/// Mean ± sem of the level trained at each epoch over `group` (the lab's curve).
 fn level_line(group: &[&TrialCurve], style: Style) -> Line {
-    let epochs = group.iter().map(|t| t.reached.len()).max().unwrap_or(0);
+    let epochs = group.iter().map(|t| t.trained.len()).max().unwrap_or(0);
     let points = (0..epochs)
         .map(|e| {
-            let v: Vec<f64> = group.iter().filter_map(|t| t.reached.get(e)).map(|&r| r as f64).collect();
+            let v: Vec<f64> = group.iter().filter_map(|t| t.trained.get(e)).map(|&r| r as f64).collect();
             let s = Summary::of(&v);
             ((e + 1) as f64, s.mean, s.sem)
         })
@@ -244,12 +245,12 @@ fn learning_curves(groups: &Groups, tasks: &[Task]) -> Figure {
         .iter()
         .map(|task| {
             let lines = in_task(groups, task).map(|(c, g)| legend.condition_line(c, g)).collect();
-            Panel { title: task.to_string(), x_desc: "epoch".into(), y_desc: "level reached N".into(), content: Content::Lines(lines) }
+            Panel { title: task.to_string(), x_desc: "epoch".into(), y_desc: "level trained N".into(), content: Content::Lines(lines) }
         })
         .collect();
     Figure {
         name: LEARNING_CURVES,
-        title: "Level reached (mean ± sem across seeds)".into(),
+        title: "Level trained N (mean ± sem across seeds)".into(),
         cols: tasks.len().min(3),
         panels,
         legend: legend.entries,
@@ -260,10 +261,11 @@ fn learning_measures(groups: &Groups, tasks: &[Task]) -> Figure {
     let mut legend = Legend::new(groups.iter().map(|(c, _)| *c));
     let mut panels = Vec::new();
     for task in tasks {
-        let half = half_max(in_task(groups, task).flat_map(|(_, g)| g.iter().copied()));
+        let half = half_max(Measure::EpochsToHalfMaxN, in_task(groups, task).flat_map(|(_, g)| g.iter().copied()));
         for (m, y_desc) in [
-            (Measure::AucLevelEpochs, "area under level curve (level x epochs)".to_string()),
-            (Measure::EpochsToHalfMax, format!("epochs to reach level >= {half}")),
+            (Measure::MaxN, "max_N (highest level trained)".to_string()),
+            (Measure::AreaN, "area under N curve (level x epochs)".to_string()),
+            (Measure::EpochsToHalfMaxN, format!("epochs to reach N >= {half}")),
         ] {
             let strips = in_task(groups, task)
                 .map(|(c, g)| {
@@ -277,8 +279,8 @@ fn learning_measures(groups: &Groups, tasks: &[Task]) -> Figure {
     }
     Figure {
         name: LEARNING_MEASURES,
-        title: "Learning measures per condition (dots: seeds; bars: mean ± sem)".into(),
-        cols: 2,
+        title: "Learning measures per condition, the lab's (dots: seeds; bars: mean ± sem)".into(),
+        cols: 3,
         panels,
         legend: Vec::new(),
     }
@@ -298,7 +300,7 @@ fn freeze_points(groups: &Groups, tasks: &[Task]) -> Figure {
                 panels.push(Panel {
                     title: format!("{task}, {arch}"),
                     x_desc: "epoch".into(),
-                    y_desc: "level reached N".into(),
+                    y_desc: "level trained N".into(),
                     content: Content::Lines(lines),
                 });
             }
@@ -306,7 +308,7 @@ fn freeze_points(groups: &Groups, tasks: &[Task]) -> Figure {
     }
     Figure {
         name: FREEZE_POINTS,
-        title: "Level reached per regime and freeze point (mean ± sem)".into(),
+        title: "Level trained N per regime and freeze point (mean ± sem)".into(),
         cols: archs.len(),
         panels,
         legend: legend.entries,

@@ -5,7 +5,7 @@
 //! Sweep-level metadata (`SweepMeta`) is the source's to compute: this crate neither parses nor
 //! hashes spec text.
 
-use cbsweep_common::{AnalysisRecord, Arch, EpochRecord, SweepId, TrialId, TrialSpec, TrialState};
+use cbsweep_common::{AnalysisRecord, EpochRecord, StatsPlan, SweepId, TrialId, TrialSpec, TrialState};
 
 /// Read-only access to one sweep's state, in grid order.
 pub trait ResultsSource {
@@ -29,14 +29,14 @@ pub struct SweepMeta {
     /// trials.parquet's spec_overrides: the `CBSWEEP_SPEC__*` overrides the spec was validated
     /// with, in `cbsweep_common::overrides_text`'s form (empty when none).
     pub spec_overrides: String,
-    /// The architecture pairs (a, b) stats.parquet compares (the spec's `[stats] compare`).
-    pub compare: Vec<(Arch, Arch)>,
+    /// What stats.parquet compares (the spec's `[stats]`).
+    pub stats: StatsPlan,
 }
 
 impl Default for SweepMeta {
     /// No hash or overrides; the default comparison (CB-RNN against the matched RNN).
     fn default() -> SweepMeta {
-        SweepMeta { spec_hash: String::new(), spec_overrides: String::new(), compare: cbsweep_common::spec::DEFAULT_COMPARE.to_vec() }
+        SweepMeta { spec_hash: String::new(), spec_overrides: String::new(), stats: StatsPlan::default() }
     }
 }
 

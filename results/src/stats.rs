@@ -22,10 +22,18 @@
 //!   a comparison row: both groups; the threshold is in column half_max_level). A trial that never
 //!   gets there counts as budget + 1 epochs (censored: the rank test treats it as the slowest).
 //!   When no trial solved anything the threshold is 0 and the value is NaN.
-//! - Comparisons: each architecture pair of the spec's `[stats] compare` (by default the CB-RNN,
-//!   group a, against the matched RNN, group b) with every other grid key equal
-//!   ("cbrnn_vs_rnn": a_vs_b); each non-simult regime and freeze point (group a) against simult
-//!   (group b) with the same task, architecture and every other grid key equal
+//! - The lab's measures (the paper's figures' definitions, `cbsweep_common::measures`): the
+//!   curve is the level trained per epoch (N, from the start level 2), carried forward to the
+//!   budget; max_n the highest N (highest solved + 1); area_n the trapezoid area under N;
+//!   epochs_to_half_max_n the first epoch whose N is at least half of the largest max_n among the
+//!   trials compared (as for epochs_to_half_max), NaN for a trial that never gets there (not
+//!   censored: it leaves the mean and the tests, as the lab's nanmean does).
+//! - Comparisons: each pair of the spec's `[stats] compare` (by default the CB-RNN, group a,
+//!   against the matched RNN, group b) with every other grid key equal ("cbrnn_vs_rnn": a_vs_b);
+//!   a side may name a regime ("cbrnn:reservoir_vs_rnn:simult", claim 3's comparison), and then
+//!   regime, freeze point and refresh may differ between the groups. Unless `[stats]
+//!   freeze_vs_simult = false`, also each non-simult regime and freeze point (group a) against
+//!   simult (group b) with the same task, architecture and every other grid key equal
 //!   ("freeze_vs_simult"). The key columns describe group a; `reference` names group b.
 //! - Signs follow a - b: cohens_d > 0 and rank_biserial > 0 mean group a's values are larger
 //!   (for epochs_to_half_max larger is slower). rank_biserial = 2 U / (n_a n_b) - 1 with U the
@@ -49,7 +57,7 @@ use crate::summary::{Summary, Tests, holm};
 use crate::table::write_table;
 use arrow_array::{ArrayRef, Float64Array, StringArray, UInt32Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use cbsweep_common::{Arch, EpochRecord, Regime, SweepId, TrialId, TrialSpec};
+use cbsweep_common::{ComparePair, EpochRecord, Regime, StatsPlan, SweepId, TrialId, TrialSpec};
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use std::collections::HashMap;
 use std::path::Path;
@@ -90,9 +98,10 @@ pub const MWU_METHOD: &str = "mwu_method";
 /// Which pairs of conditions a comparison row contrasts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Comparison {
-    /// Architecture a against architecture b, every other grid key equal (the spec's
-    /// `[stats] compare`; by default the CB-RNN against the parameter-matched RNN).
-    Archs(Arch, Arch),
+    /// A pair of the spec's `[stats] compare` (by default the CB-RNN against the
+    /// parameter-matched RNN): architecture a against b, each side optionally in one regime,
+    /// every other grid key equal (`ComparePair`).
+    Pair(ComparePair),
     /// A non-simult regime and freeze point (a) against simult (b), every other grid key equal.
     FreezeVsSimult,
 }
@@ -118,11 +127,11 @@ pub struct StatRow {
 }
 
 impl Comparison {
-    /// The comparison column's value: "cbrnn_vs_rnn" (a_vs_b, the architectures' names) or
-    /// "freeze_vs_simult".
+    /// The comparison column's value: "cbrnn_vs_rnn" (a_vs_b, the sides as the spec names
+    /// them: "cbrnn:reservoir_vs_rnn:simult") or "freeze_vs_simult".
     pub fn name(&self) -> String {
         match self {
-            Comparison::Archs(a, b) => format!("{a}_vs_{b}"),
+            Comparison::Pair(p) => p.to_string(),
             Comparison::FreezeVsSimult => "freeze_vs_simult".to_string(),
         }
     }
@@ -130,29 +139,29 @@ impl Comparison {
     /// The condition keys (as in `TrialSpec::condition`) on which a and b may differ.
     fn differing_keys(&self) -> &'static [&'static str] {
         match self {
-            Comparison::Archs(..) => &["arch"],
+            Comparison::Pair(p) => p.differing_keys(),
             Comparison::FreezeVsSimult => &["regime", "freeze", "refresh"],
         }
     }
 
     fn is_a(&self, s: &TrialSpec) -> bool {
         match self {
-            Comparison::Archs(a, _) => s.arch == *a,
+            Comparison::Pair(p) => p.a.selects(s),
             Comparison::FreezeVsSimult => s.regime != Regime::Simult,
         }
     }
 
     fn is_b(&self, s: &TrialSpec) -> bool {
         match self {
-            Comparison::Archs(_, b) => s.arch == *b,
+            Comparison::Pair(p) => p.b.selects(s),
             Comparison::FreezeVsSimult => s.regime == Regime::Simult,
         }
     }
 }
 
-/// Condition summaries and comparisons of a sweep's trials (see the module docs); `compare`:
-/// the architecture pairs (a, b) to compare (`SweepMeta::compare`).
-pub fn compute(trials: &[TrialRow], curves: &[(TrialId, EpochRecord)], compare: &[(Arch, Arch)]) -> Vec<StatRow> {
+/// Condition summaries and comparisons of a sweep's trials (see the module docs); `plan`: what
+/// to compare (`SweepMeta::stats`).
+pub fn compute(trials: &[TrialRow], curves: &[(TrialId, EpochRecord)], plan: &StatsPlan) -> Vec<StatRow> {
     let tc = trial_curves(trials, curves);
     let groups = by_condition(&tc, |t| t.trial.condition.as_str());
     let mut rows = Vec::new();
@@ -170,7 +179,7 @@ pub fn compute(trials: &[TrialRow], curves: &[(TrialId, EpochRecord)], compare: 
             });
         }
     }
-    for (comparison, a, b) in pairs(&groups, compare) {
+    for (comparison, a, b) in pairs(&groups, plan) {
         let (ga, gb) = (&groups[a].1, &groups[b].1);
         for m in Measure::ALL {
             let half = threshold(m, ga.iter().chain(gb).copied());
@@ -272,14 +281,16 @@ pub fn write(path: &Path, rows: &[StatRow]) -> Result<(), ResultsError> {
     write_table(path, schema(), cols, "stats")
 }
 
-/// The comparisons as text tables for people: per condition the mean ± sem of each measure, then
-/// one line per comparison and measure with effect sizes and Holm-adjusted p-values. A comparison
-/// is named by the grid values its groups share ("within") and those that differ ("a vs b").
+/// The comparisons as text tables for people, in the lab's measures (`Measure::LAB`, the ones set
+/// beside the paper's figures; cbsweep's own are in stats.parquet): per condition the mean ± sem
+/// of each, then one line per comparison and measure with effect sizes and Holm-adjusted
+/// p-values. A comparison is named by the grid values its groups share ("within") and those that
+/// differ ("a vs b").
 pub fn print(rows: &[StatRow]) -> String {
     let name = namer(rows.iter().map(|r| r.condition.as_str()), &[]);
     let mut conditions = Table::new();
     let mut header = vec!["condition".to_string(), "n".to_string()];
-    header.extend(Measure::ALL.iter().map(|m| format!("{} (mean ± sem)", m.name())));
+    header.extend(Measure::LAB.iter().map(|m| format!("{} (mean ± sem)", m.name())));
     conditions.load_preset(UTF8_BORDERS_ONLY).set_header(header);
     let summaries: HashMap<(&str, Measure), &Summary> =
         rows.iter().filter_map(|r| Some(((r.condition.as_str(), r.measure), r.summary()?))).collect();
@@ -289,12 +300,13 @@ pub fn print(rows: &[StatRow]) -> String {
             continue;
         }
         let of = |m: Measure| summaries.get(&(r.condition.as_str(), m)).copied();
-        let mut line = vec![name(&r.condition).join(" "), of(Measure::MaxLevel).map(|s| s.n.to_string()).unwrap_or_default()];
-        line.extend(Measure::ALL.map(|m| of(m).map(|s| format!("{} ± {}", num(s.mean), num(s.sem))).unwrap_or_default()));
+        let mut line = vec![name(&r.condition).join(" "), of(Measure::MaxN).map(|s| s.n.to_string()).unwrap_or_default()];
+        line.extend(Measure::LAB.map(|m| of(m).map(|s| format!("{} ± {}", num(s.mean), num(s.sem))).unwrap_or_default()));
         conditions.add_row(line);
     }
     let mut comparisons = Table::new();
     comparisons.load_preset(UTF8_BORDERS_ONLY).set_header([
+        "comparison",
         "within",
         "a vs b",
         "measure",
@@ -306,13 +318,14 @@ pub fn print(rows: &[StatRow]) -> String {
         "MWU p (Holm)",
     ]);
     let mut any = false;
-    for r in rows {
+    for r in rows.iter().filter(|r| Measure::LAB.contains(&r.measure)) {
         if let StatValues::Comparison { reference, tests: t, .. } = &r.values {
             any = true;
             let (a, b) = (name(&r.condition), name(reference));
             let only = |x: &[String], y: &[String]| x.iter().filter(|p| !y.contains(p)).cloned().collect::<Vec<_>>().join(" ");
             let within: Vec<String> = a.iter().filter(|p| b.contains(p)).cloned().collect();
             comparisons.add_row([
+                r.comparison().map(|c| c.name()).unwrap_or_default(),
                 within.join(" "),
                 format!("{} vs {}", only(&a, &b), only(&b, &a)),
                 r.measure.name().to_string(),
@@ -325,14 +338,18 @@ pub fn print(rows: &[StatRow]) -> String {
             ]);
         }
     }
-    let mut out =
-        format!("conditions (across seeds; epochs_to_half_max here counts to half the condition's own highest level)\n{conditions}\n");
+    let mut out = format!(
+        "conditions (across seeds; the lab's measures: N is the level trained, max_n the highest (highest solved + 1), \
+         area_n the area under N; epochs_to_half_max_n here counts to half the condition's own largest max_n, \
+         trials that never get there left out)\n{conditions}\n"
+    );
     if any {
         out += &format!(
             "\ncomparisons (two-sided; Holm across all comparisons of a measure, per test; d and rank-biserial > 0: a larger; \
-             epochs_to_half_max counts to half the pair's highest level)\n{comparisons}\n"
+             epochs_to_half_max_n counts to half the pair's largest max_n)\n{comparisons}\n"
         );
     }
+    out += "cbsweep's own measures (max_level, final_level, auc_level_epochs, epochs_to_half_max: the level reached) are in stats.parquet too\n";
     out
 }
 
@@ -366,17 +383,20 @@ impl StatRow {
     }
 }
 
-/// (comparison, index of group a, index of group b) for every matched pair of conditions.
-fn pairs(groups: &[(&str, Vec<&TrialCurve>)], compare: &[(Arch, Arch)]) -> Vec<(Comparison, usize, usize)> {
+/// (comparison, index of group a, index of group b) for every matched pair of conditions: each
+/// a condition with every b condition that shares the keys the comparison holds equal.
+fn pairs(groups: &[(&str, Vec<&TrialCurve>)], plan: &StatsPlan) -> Vec<(Comparison, usize, usize)> {
     let spec = |i: usize| &groups[i].1[0].trial.spec;
     let mut out = Vec::new();
-    let comparisons = compare.iter().map(|&(a, b)| Comparison::Archs(a, b)).chain([Comparison::FreezeVsSimult]);
-    for comparison in comparisons {
+    let freeze = plan.freeze_vs_simult.then_some(Comparison::FreezeVsSimult);
+    for comparison in plan.pairs.iter().map(|&p| Comparison::Pair(p)).chain(freeze) {
         let keys = comparison.differing_keys();
-        let references: HashMap<String, usize> =
-            (0..groups.len()).filter(|&b| comparison.is_b(spec(b))).map(|b| (without(groups[b].0, keys), b)).collect();
+        let mut references: HashMap<String, Vec<usize>> = HashMap::new();
+        for b in (0..groups.len()).filter(|&b| comparison.is_b(spec(b))) {
+            references.entry(without(groups[b].0, keys)).or_default().push(b);
+        }
         for a in (0..groups.len()).filter(|&a| comparison.is_a(spec(a))) {
-            if let Some(&b) = references.get(&without(groups[a].0, keys)) {
+            for &b in references.get(&without(groups[a].0, keys)).into_iter().flatten() {
                 out.push((comparison, a, b));
             }
         }
@@ -384,10 +404,10 @@ fn pairs(groups: &[(&str, Vec<&TrialCurve>)], compare: &[(Arch, Arch)]) -> Vec<(
     out
 }
 
-/// The level threshold of `m` over `group`: for epochs_to_half_max, half its highest
-/// max_level; None for the other measures.
+/// The level threshold of `m` over `group`: for the half-max measures half its highest level
+/// (`half_max`); None for the other measures.
 fn threshold<'a, 'b: 'a>(m: Measure, group: impl Iterator<Item = &'a TrialCurve<'b>>) -> Option<f64> {
-    (m == Measure::EpochsToHalfMax).then(|| half_max(group))
+    m.is_half_max().then(|| half_max(m, group))
 }
 
 /// The finite values of `m` over `group`.

@@ -3,13 +3,13 @@
 
 use crate::error::ResultsError;
 use crate::keys::{key_columns, key_fields};
-use crate::measures::trial_curves;
+use crate::measures::{Measure, trial_curves};
 use crate::source::{SweepMeta, TrialRow};
 use crate::table::write_table;
 use arrow_array::{ArrayRef, BooleanArray, Float64Array, StringArray, UInt32Array, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use cbsweep_common::measures::half_level;
-use cbsweep_common::{EpochRecord, TrialId};
+use cbsweep_common::{EpochRecord, Task, TrialId};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -40,6 +40,11 @@ pub const EPOCHS_TO_HALF_MAX: &str = "epochs_to_half_max";
 pub const RESUMES: &str = "resumes";
 pub const EPOCHS_LOST: &str = "epochs_lost";
 pub const MODULE_UNITS: &str = "module_units";
+/// The lab's measures (docs/results.md): max_N, the area under the level-trained curve, and the
+/// epochs to half the largest max_N among the sweep's trials of the same task.
+pub const MAX_N: &str = "max_n";
+pub const AREA_N: &str = "area_n";
+pub const EPOCHS_TO_HALF_MAX_N: &str = "epochs_to_half_max_n";
 
 pub fn schema() -> SchemaRef {
     let mut fields = key_fields();
@@ -68,16 +73,33 @@ pub fn schema() -> SchemaRef {
         Field::new(RESUMES, DataType::UInt32, false),
         Field::new(EPOCHS_LOST, DataType::UInt32, false),
         Field::new(MODULE_UNITS, DataType::UInt32, true),
+        Field::new(MAX_N, DataType::UInt32, true),
+        Field::new(AREA_N, DataType::Float64, true),
+        Field::new(EPOCHS_TO_HALF_MAX_N, DataType::Float64, true),
     ]);
     Arc::new(Schema::new(fields))
 }
 
-/// `curves` gives the per-trial learning measures (AUC of the level reached over epochs, in
-/// level x epochs; epochs to half the trial's own highest level); `meta` names the spec and
-/// the overrides it was validated with.
+/// `curves` gives the per-trial learning measures (cbsweep's: AUC of the level reached over
+/// epochs, in level x epochs; epochs to half the trial's own highest level; the lab's: max_N,
+/// the area under the level trained, epochs to half the largest max_N of the sweep's trials of
+/// the same task); `meta` names the spec and the overrides it was validated with.
 pub fn write(path: &Path, rows: &[TrialRow], curves: &[(TrialId, EpochRecord)], meta: &SweepMeta) -> Result<(), ResultsError> {
+    let tc = trial_curves(rows, curves);
     let measures: HashMap<&TrialId, (f64, f64)> =
-        trial_curves(rows, curves).iter().map(|c| (&c.trial.id, (c.auc_level_epochs(), c.epochs_to(half_level(c.max_level))))).collect();
+        tc.iter().map(|c| (&c.trial.id, (c.auc_level_epochs(), c.epochs_to(half_level(c.max_level))))).collect();
+    let mut task_max_n: HashMap<Task, u32> = HashMap::new();
+    for c in &tc {
+        let m = task_max_n.entry(c.trial.spec.task).or_default();
+        *m = (*m).max(c.max_n);
+    }
+    let lab: HashMap<&TrialId, (u32, f64, f64)> = tc
+        .iter()
+        .map(|c| {
+            let half = half_level(task_max_n[&c.trial.spec.task]);
+            (&c.trial.id, (c.max_n, c.value(Measure::AreaN, half), c.value(Measure::EpochsToHalfMaxN, half)))
+        })
+        .collect();
     let mut cols = key_columns(rows.iter());
     cols.extend::<[ArrayRef; 17]>([
         Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.cell_index))),
@@ -106,6 +128,11 @@ pub fn write(path: &Path, rows: &[TrialRow], curves: &[(TrialId, EpochRecord)], 
         Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.resumes))),
         Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.epochs_lost))),
         Arc::new(UInt32Array::from_iter(rows.iter().map(|r| r.spec.module_units()))),
+    ]);
+    cols.extend::<[ArrayRef; 3]>([
+        Arc::new(UInt32Array::from_iter(rows.iter().map(|r| lab.get(&r.id).map(|m| m.0)))),
+        Arc::new(Float64Array::from_iter(rows.iter().map(|r| lab.get(&r.id).map(|m| m.1)))),
+        Arc::new(Float64Array::from_iter(rows.iter().map(|r| lab.get(&r.id).map(|m| m.2)))),
     ]);
     write_table(path, schema(), cols, "trials")
 }

@@ -2,7 +2,7 @@
 //! trials.parquet and curves.parquet by scipy in the project's Python and must agree within 1e-9
 //! relative; every figure kind with data is written as a non-empty PNG and SVG.
 
-use cbsweep_common::{AnalysisRecord, Arch, EpochRecord, Regime, TrialId, TrialState, parse_spec};
+use cbsweep_common::{AnalysisRecord, Arch, ComparePair, EpochRecord, Regime, StatsPlan, TrialId, TrialState, parse_spec};
 use cbsweep_results::measures::Measure;
 use cbsweep_results::{TrialRow, curves, plot, stats, trials};
 use rand::rngs::StdRng;
@@ -130,44 +130,75 @@ fn python() -> PathBuf {
     p
 }
 
-#[test]
-fn stats_parquet_matches_scipy_recomputed_from_the_curves() {
-    let (rows, curve, _) = sweep();
+/// Writes the sweep's tables and `plan` (as plan.json) to a folder and has scipy recompute
+/// stats.parquet from trials.parquet and curves.parquet; returns scipy's report.
+fn check_with_scipy(rows: &[TrialRow], curve: &[(TrialId, EpochRecord)], stat_rows: &[stats::StatRow], plan: &StatsPlan) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let stat_rows = stats::compute(&rows, &curve, &cbsweep_common::spec::DEFAULT_COMPARE);
     let meta = cbsweep_results::SweepMeta { spec_hash: "test".into(), spec_overrides: "train.epochs=20".into(), ..Default::default() };
-    trials::write(&dir.path().join(trials::FILE), &rows, &curve, &meta).unwrap();
-    curves::write(&dir.path().join(curves::FILE), &rows, &curve).unwrap();
-    stats::write(&dir.path().join(stats::FILE), &stat_rows).unwrap();
-
-    let conditions = stat_rows.iter().filter(|r| r.summary().is_some()).count();
-    let comparisons = stat_rows.iter().filter(|r| r.tests().is_some()).count();
-    // 8 conditions; 4 CB-RNN vs RNN and 4 freeze vs simult pairs; 4 measures each.
-    assert_eq!((conditions, comparisons), (8 * 4, 8 * 4));
-    let degenerate = stat_rows.iter().filter_map(|r| r.tests()).filter(|t| t.a.n < 2 || t.b.n < 2).count();
-    assert_eq!(degenerate, 2 * 4, "the single-trial condition is in two comparisons");
-
+    trials::write(&dir.path().join(trials::FILE), rows, curve, &meta).unwrap();
+    curves::write(&dir.path().join(curves::FILE), rows, curve).unwrap();
+    stats::write(&dir.path().join(stats::FILE), stat_rows).unwrap();
+    let pairs: Vec<String> = plan.pairs.iter().map(|p| format!("[\"{}\", \"{}\"]", p.a, p.b)).collect();
+    let json = format!("{{\"pairs\": [{}], \"freeze_vs_simult\": {}}}", pairs.join(", "), plan.freeze_vs_simult);
+    std::fs::write(dir.path().join("plan.json"), json).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stats_check.py");
     let out = Command::new(python()).arg(&script).arg(dir.path()).output().expect("python runs");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "scipy disagrees:\n{text}");
     assert!(text.contains(&format!("checked {} rows", stat_rows.len())), "{text}");
-    println!("{text}");
+    text
+}
+
+#[test]
+fn stats_parquet_matches_scipy_recomputed_from_the_curves() {
+    let (rows, curve, _) = sweep();
+    let stat_rows = stats::compute(&rows, &curve, &StatsPlan::default());
+    let conditions = stat_rows.iter().filter(|r| r.summary().is_some()).count();
+    let comparisons = stat_rows.iter().filter(|r| r.tests().is_some()).count();
+    // 8 conditions; 4 CB-RNN vs RNN and 4 freeze vs simult pairs; 7 measures each.
+    assert_eq!((conditions, comparisons), (8 * 7, 8 * 7));
+    let degenerate = stat_rows.iter().filter_map(|r| r.tests()).filter(|t| t.a.n < 2 || t.b.n < 2).count();
+    assert_eq!(degenerate, 2 * 7, "the single-trial condition is in two comparisons");
+    println!("{}", check_with_scipy(&rows, &curve, &stat_rows, &StatsPlan::default()));
+}
+
+/// Claim 3 as the lab compares it: the reservoir CB-RNN against the simult RNN and the simult
+/// CB-RNN, across regimes, in the lab's measures; scipy recomputes every row.
+#[test]
+fn comparisons_across_regimes_match_scipy() {
+    let (rows, curve, _) = sweep();
+    let pair = |a: &str, b: &str| ComparePair { a: a.parse().unwrap(), b: b.parse().unwrap() };
+    let plan = StatsPlan { pairs: vec![pair("cbrnn:reservoir", "rnn:simult"), pair("cbrnn:reservoir", "cbrnn:simult")], freeze_vs_simult: false };
+    let stat_rows = stats::compute(&rows, &curve, &plan);
+    let compared: Vec<&stats::StatRow> = stat_rows.iter().filter(|r| r.tests().is_some() && r.measure == Measure::MaxN).collect();
+    // one row per task and pair: group a the reservoir CB-RNN, b the simult RNN or CB-RNN
+    assert_eq!(compared.len(), 2 * 2, "{compared:?}");
+    for r in &compared {
+        let stats::StatValues::Comparison { reference, comparison, .. } = &r.values else { unreachable!() };
+        assert_eq!((r.spec.arch, r.spec.regime.name()), (Arch::Cbrnn, "reservoir"));
+        let b_arch = if comparison.name().ends_with("rnn:simult") && !comparison.name().ends_with("cbrnn:simult") { "rnn" } else { "cbrnn" };
+        assert!(reference.contains(&format!("arch={b_arch} ")) && reference.contains("regime=simult"), "{reference}");
+        assert!(reference.contains(&format!("task={} ", r.spec.task)), "the same task: {reference}");
+    }
+    let text = stats::print(&stat_rows);
+    assert!(text.contains("max_n") && text.contains("area_n") && text.contains("epochs_to_half_max_n"), "{text}");
+    println!("{}", check_with_scipy(&rows, &curve, &stat_rows, &plan));
 }
 
 #[test]
 fn printed_stats_show_each_comparison_and_measure() {
     let (rows, curve, _) = sweep();
-    let text = stats::print(&stats::compute(&rows, &curve, &cbsweep_common::spec::DEFAULT_COMPARE));
+    let text = stats::print(&stats::compute(&rows, &curve, &StatsPlan::default()));
     println!("{text}");
     let (conditions, comparisons) = text.split_once("comparisons (").expect("a comparisons table");
     assert_eq!(conditions.lines().filter(|l| l.contains(" dms ") || l.contains(" parity ")).count(), 8, "{text}");
     for m in Measure::ALL {
         let lines = comparisons.lines().filter(|l| l.starts_with('│') && l.contains(&format!(" {} ", m.name()))).count();
-        assert_eq!(lines, 8, "one line per comparison for {}:\n{text}", m.name());
+        let shown = if Measure::LAB.contains(&m) { 8 } else { 0 };
+        assert_eq!(lines, shown, "one line per comparison for each of the lab's measures, {}:\n{text}", m.name());
     }
     let line =
-        |within: &str, pair: &str| comparisons.lines().any(|l| l.contains(&format!("│ {within} ")) && l.contains(&format!(" {pair} ")));
+        |within: &str, pair: &str| comparisons.lines().any(|l| l.contains(&format!(" {within} ")) && l.contains(&format!(" {pair} ")));
     assert!(line("dms simult", "cbrnn vs rnn"), "{text}");
     assert!(line("parity cbrnn", "reservoir level:2 vs simult"), "{text}");
 }
@@ -200,7 +231,7 @@ fn figures_without_data_are_skipped() {
     let (rows, curve, _) = sweep();
     let dir = tempfile::tempdir().unwrap();
     assert!(plot::plot(&rows, &[], &[], dir.path()).unwrap().is_empty());
-    assert!(stats::compute(&rows, &[], &cbsweep_common::spec::DEFAULT_COMPARE).is_empty());
+    assert!(stats::compute(&rows, &[], &StatsPlan::default()).is_empty());
     // One regime only: no freeze-point figure; no analyses: no analysis figures.
     let simult: Vec<TrialRow> = rows.into_iter().filter(|r| r.spec.regime == Regime::Simult).collect();
     let written = plot::plot(&simult, &curve, &[], dir.path()).unwrap();
@@ -259,8 +290,9 @@ fn mann_whitney_p_values_and_methods_match_scipy() {
 #[test]
 fn the_compared_architectures_are_the_specs() {
     let (rows, curve, _) = sweep();
-    let default = stats::compute(&rows, &curve, &cbsweep_common::spec::DEFAULT_COMPARE);
-    let reversed = stats::compute(&rows, &curve, &[(Arch::Rnn, Arch::Cbrnn)]);
+    let default = stats::compute(&rows, &curve, &StatsPlan::default());
+    let pair = |a: &str, b: &str| ComparePair { a: a.parse().unwrap(), b: b.parse().unwrap() };
+    let reversed = stats::compute(&rows, &curve, &StatsPlan { pairs: vec![pair("rnn", "cbrnn")], freeze_vs_simult: true });
     let named = |rs: &[stats::StatRow], name: &str| -> Vec<stats::StatRow> {
         rs.iter().filter(|r| r.comparison().map(|c| c.name()).as_deref() == Some(name)).cloned().collect()
     };
@@ -271,10 +303,14 @@ fn the_compared_architectures_are_the_specs() {
         let (tf, tb) = (f.tests().unwrap(), b.tests().unwrap());
         assert_eq!(f.spec.arch, Arch::Cbrnn);
         assert_eq!(b.spec.arch, Arch::Rnn, "group a is the pair's first architecture");
-        assert_eq!((tf.a.n, tf.a.mean, tf.b.n, tf.b.mean), (tb.b.n, tb.b.mean, tb.a.n, tb.a.mean));
+        let same = |x: f64, y: f64| x == y || x.is_nan() && y.is_nan();
+        assert_eq!((tf.a.n, tf.b.n), (tb.b.n, tb.a.n));
+        assert!(same(tf.a.mean, tb.b.mean) && same(tf.b.mean, tb.a.mean), "{:?} {tf:?} {tb:?}", f.measure);
         assert!(tf.mwu_p.is_nan() && tb.mwu_p.is_nan() || (tf.mwu_p - tb.mwu_p).abs() < 1e-12);
     }
-    let none = stats::compute(&rows, &curve, &[]);
-    assert!(none.iter().all(|r| r.comparison() != Some(stats::Comparison::Archs(Arch::Cbrnn, Arch::Rnn))));
+    let none = stats::compute(&rows, &curve, &StatsPlan { pairs: vec![], freeze_vs_simult: true });
+    assert!(named(&none, "cbrnn_vs_rnn").is_empty());
     assert_eq!(named(&none, "freeze_vs_simult").len(), named(&default, "freeze_vs_simult").len());
+    let no_freeze = stats::compute(&rows, &curve, &StatsPlan { freeze_vs_simult: false, ..StatsPlan::default() });
+    assert!(named(&no_freeze, "freeze_vs_simult").is_empty() && named(&no_freeze, "cbrnn_vs_rnn").len() == forward.len());
 }

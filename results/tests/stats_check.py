@@ -4,9 +4,13 @@ compares every value within 1e-9 relative. Usage: stats_check.py DIR. Exits 1 on
 
 Independent of the Rust code: the per-trial measures, the grouping into conditions, the pairing
 of comparisons, the tests and the Holm correction are all redone here from the documented
-definitions (results/src/stats.rs, common/src/measures.rs)."""
+definitions (results/src/stats.rs, common/src/measures.rs). What is compared comes from
+DIR/plan.json when present ({"pairs": [["cbrnn:reservoir", "rnn:simult"], ...],
+"freeze_vs_simult": false}), else the default (CB-RNN against RNN, freeze points against simult)."""
 
+import json
 import math
+import os
 import sys
 from collections import defaultdict
 
@@ -16,7 +20,7 @@ from scipy import stats as st
 
 KEYS = ["task", "arch", "hidden", "granule", "purkinje", "regime", "freeze", "refresh_every",
         "core_plasticity", "lr_core", "lr_cb"]
-MEASURES = ["max_level", "final_level", "auc_level_epochs", "epochs_to_half_max"]
+MEASURES = ["max_n", "area_n", "epochs_to_half_max_n", "max_level", "final_level", "auc_level_epochs", "epochs_to_half_max"]
 
 def mwu_p(a, b):
     """The Mann-Whitney p and its method as docs/results.md defines them: scipy's auto choice,
@@ -76,8 +80,24 @@ class Trial:
         last = epochs[-1]
         self.final_level = float(last["level"] + (1 if last["solved"] else 0))
         self.auc = float(np.trapezoid(self.reached))
+        # the lab's curve: the level trained in each epoch, the last carried to the budget
+        trained = np.zeros(budget)
+        for c in epochs:
+            trained[c["epoch"] - 1:] = c["level"]
+        self.trained = trained
+        self.max_n = float(trained.max())
+        self.area_n = float(np.trapezoid(trained))
 
     def value(self, measure, half):
+        if measure == "max_n":
+            return self.max_n
+        if measure == "area_n":
+            return self.area_n
+        if measure == "epochs_to_half_max_n":
+            if half <= 0:
+                return math.nan
+            hit = np.nonzero(self.trained >= half)[0]
+            return float(hit[0] + 1) if len(hit) else math.nan
         if measure == "max_level":
             return self.max_level
         if measure == "final_level":
@@ -101,7 +121,11 @@ def key_dict(key):
 
 
 def half_max(measure, members):
-    return max(t.max_level for t in members) / 2 if measure == "epochs_to_half_max" else None
+    if measure == "epochs_to_half_max":
+        return max(t.max_level for t in members) / 2
+    if measure == "epochs_to_half_max_n":
+        return max(t.max_n for t in members) / 2
+    return None
 
 
 def values(members, measure, half):
@@ -152,32 +176,63 @@ for key, members in groups.items():
     for m in MEASURES:
         half = half_max(m, members)
         row = dict(kind="condition", comparison=None, half_max_level=half, **summary(values(members, m, half)))
-        expected[("condition", None, key, m)] = row
+        expected[("condition", None, key, None, m)] = row
+
+plan = {"pairs": [["cbrnn", "rnn"]], "freeze_vs_simult": True}
+if os.path.exists(f"{d}/plan.json"):
+    plan = json.load(open(f"{d}/plan.json"))
+
+
+def side(name):
+    arch, _, regime = name.partition(":")
+    return arch, regime or None
+
+
+def selects(s, k):
+    return k["arch"] == s[0] and (s[1] is None or k["regime"] == s[1])
+
 
 pairs = []
-for a in groups:
-    ka = key_dict(a)
-    for b in groups:
-        kb = key_dict(b)
-        same = lambda skip: all(ka[k] == kb[k] for k in KEYS if k not in skip)
-        if ka["arch"] == "cbrnn" and kb["arch"] == "rnn" and same({"arch", "hidden"}):
-            pairs.append(("cbrnn_vs_rnn", a, b))
-        if ka["regime"] != "simult" and kb["regime"] == "simult" and same({"regime", "freeze", "refresh_every"}):
-            pairs.append(("freeze_vs_simult", a, b))
+for sa, sb in plan["pairs"]:
+    a_side, b_side = side(sa), side(sb)
+    skip = {"arch", "hidden"} if a_side[1] is None and b_side[1] is None else {"arch", "hidden", "regime", "freeze", "refresh_every"}
+    for a in groups:
+        ka = key_dict(a)
+        for b in groups:
+            kb = key_dict(b)
+            if selects(a_side, ka) and selects(b_side, kb) and all(ka[k] == kb[k] for k in KEYS if k not in skip):
+                pairs.append((f"{sa}_vs_{sb}", a, b))
+if plan["freeze_vs_simult"]:
+    for a in groups:
+        ka = key_dict(a)
+        for b in groups:
+            kb = key_dict(b)
+            if ka["regime"] != "simult" and kb["regime"] == "simult" and all(
+                    ka[k] == kb[k] for k in KEYS if k not in {"regime", "freeze", "refresh_every"}):
+                pairs.append(("freeze_vs_simult", a, b))
 for comparison, a, b in pairs:
     for m in MEASURES:
         half = half_max(m, groups[a] + groups[b])
         row = dict(kind="comparison", comparison=comparison, half_max_level=half,
                    **tests(values(groups[a], m, half), values(groups[b], m, half)))
-        expected[("comparison", comparison, a, m)] = row
+        expected[("comparison", comparison, a, b, m)] = row
 for m in MEASURES:
-    fam = [r for k, r in expected.items() if k[0] == "comparison" and k[3] == m]
+    fam = [r for k, r in expected.items() if k[0] == "comparison" and k[4] == m]
     for test in ["welch", "mwu"]:
         for r, h in zip(fam, holm([r[f"{test}_p"] for r in fam])):
             r[f"{test}_p_holm"] = h
 
 
 worst, worst_at = 0.0, ""
+
+
+def reference_matches(b, reference):
+    """Whether condition key b is the one stats.parquet names as `reference` (its condition
+    string: every key=value of b that the condition string carries)."""
+    kb = key_dict(b)
+    parts = dict(p.split("=", 1) for p in reference.split(" "))
+    checks = {"task": kb["task"], "arch": kb["arch"], "regime": kb["regime"], "freeze": kb["freeze"]}
+    return all(parts.get(k) == str(v) for k, v in checks.items() if k in parts)
 
 
 def same(x, y, col=""):
@@ -197,8 +252,16 @@ errors = []
 sweeps = {t["sweep_id"] for t in trials}
 errors += [f"row with sweep_id {g['sweep_id']!r}" for g in got if g["sweep_id"] not in sweeps]
 seen = set()
+by_condition = {}
+for key, members in groups.items():
+    by_condition[" ".join(f"{k}={v}" for k, v in zip(KEYS, key))] = key
 for g in got:
-    k = (g["kind"], g["comparison"], tuple(g[k] for k in KEYS), g["measure"])
+    ref = None
+    if g["kind"] == "comparison":
+        # the reference's keys: group a's, with what the comparison may change taken from b
+        ref = next((b for (kind, c, a, b, m) in expected if kind == "comparison" and c == g["comparison"]
+                    and a == tuple(g[k] for k in KEYS) and m == g["measure"] and reference_matches(b, g["reference"])), None)
+    k = (g["kind"], g["comparison"], tuple(g[k] for k in KEYS), ref, g["measure"])
     if k in seen:
         errors.append(f"duplicate row {k}")
     seen.add(k)
@@ -221,6 +284,23 @@ for row in trials:
         errors.append(f"trial {row['trial_id']}: auc_level_epochs {row['auc_level_epochs']} != {t.auc}")
     if not same(row["epochs_to_half_max"], t.value("epochs_to_half_max", t.max_level / 2), "epochs_to_half_max"):
         errors.append(f"trial {row['trial_id']}: epochs_to_half_max {row['epochs_to_half_max']}")
+# the lab's measures in trials.parquet: epochs to half the largest max_n of the trial's task
+task_max_n = defaultdict(float)
+for row in trials:
+    if by_trial.get(row["trial_id"]):
+        t = Trial(row, by_trial[row["trial_id"]])
+        task_max_n[row["task"]] = max(task_max_n[row["task"]], t.max_n)
+for row in trials:
+    eps = by_trial.get(row["trial_id"])
+    if not eps:
+        if row["max_n"] is not None:
+            errors.append(f"trial {row['trial_id']} without a curve has a max_n")
+        continue
+    t = Trial(row, eps)
+    for col, want in [("max_n", t.max_n), ("area_n", t.area_n),
+                      ("epochs_to_half_max_n", t.value("epochs_to_half_max_n", task_max_n[row["task"]] / 2))]:
+        if not same(None if row[col] is None else float(row[col]), want, col):
+            errors.append(f"trial {row['trial_id']}: {col} {row[col]} != {want}")
 missing = set(expected) - seen
 errors += [f"missing row {k}" for k in sorted(missing, key=str)]
 print("\n".join(errors[:40]))

@@ -131,9 +131,9 @@ pub(crate) fn sweep_detail(state_dir: &Path, sweep: &SweepId) -> Result<Option<S
     names.sort();
     names.dedup();
     let short = cbsweep_common::varying_parts(names.iter().copied());
-    // the spec's architecture pairs, as the export compares them
-    let compare = store.sweep(sweep)?.map(|s| cbsweep_common::spec::resolved_compare(&s.spec_toml)).unwrap_or_default();
-    let stat_rows = stats::compute(&rows, &curves, &compare);
+    // the spec's comparisons, as the export makes them
+    let plan = store.sweep(sweep)?.map(|s| cbsweep_common::spec::resolved_stats(&s.spec_toml)).unwrap_or_default();
+    let stat_rows = stats::compute(&rows, &curves, &plan);
     let sem: HashMap<&str, f64> = stat_rows
         .iter()
         .filter(|r| r.measure == Measure::MaxLevel)

@@ -110,20 +110,22 @@ impl PackRun {
                     // this epoch ends for every trial as usual; the pack stops at its end
                     Control::StopAll => stop_all = true,
                 }
-                // at a fixed level only its first solved epoch counts (and is analysed); the trial
-                // stays at it for its whole budget
-                let fixed = budget.curriculum == Curriculum::Fixed;
-                if solved && !(fixed && t.levels_solved() > 0) {
-                    if t.solve_level() {
-                        due.push(Due { row, trial: i, level: t.level, epoch });
-                    }
-                    if !fixed && t.level >= budget.max_level {
+                // a level counts as solved (and is analysed) at its first solved epoch only: a
+                // curriculum whose level a solve does not move records the later ones as epochs
+                if solved && !t.solved_here_before() && t.solve_level() {
+                    due.push(Due { row, trial: i, level: t.level, epoch });
+                }
+                let advance = match budget.curriculum {
+                    Curriculum::Climb | Curriculum::FixedUntilSolved => solved,
+                    Curriculum::Fixed => false,
+                    Curriculum::Schedule { every } => epoch.is_multiple_of(every),
+                };
+                if advance {
+                    if t.level >= budget.max_level {
                         t.finish(TrialOutcome::Completed);
                         continue;
                     }
-                    if !fixed {
-                        t.level += 1;
-                    }
+                    t.level += 1;
                 }
                 if epoch >= budget.epochs {
                     t.finish(TrialOutcome::Completed);

@@ -220,6 +220,81 @@ fn a_fixed_level_trial_trains_at_its_level_for_the_whole_budget() {
     }
 }
 
+/// The lab's fixed level: the first solved epoch ends the trial (analysed there).
+#[test]
+fn a_fixed_level_trial_stops_at_its_first_solve() {
+    let mut spec = small_spec(4, Task::Dms, Arch::Cbrnn, Regime::Simult);
+    spec.budget.solve_threshold = 0.0;
+    spec.budget.epochs = 4;
+    spec.analysis = analysis_plan();
+    (spec.budget.start_level, spec.budget.max_level) = (3, 3);
+    spec.budget.curriculum = cbsweep_common::Curriculum::FixedUntilSolved;
+    let (results, _) = train(&[spec]);
+    assert_eq!(results[0].outcome, TrialOutcome::Completed);
+    let curve: Vec<(u32, u32, bool)> = results[0].curve.iter().map(|e| (e.epoch, e.level, e.solved)).collect();
+    assert_eq!(curve, [(1, 3, true)], "stops at the first solve");
+    assert!(results[0].analyses.iter().all(|a| (a.level, a.epoch) == (3, 1)) && !results[0].analyses.is_empty());
+}
+
+/// The lab's fixed-schedule control: the level goes up every k epochs whether or not it was
+/// solved; each level's first solved epoch is analysed, the trial ends after k epochs at the cap.
+#[test]
+fn a_fixed_schedule_moves_the_level_every_k_epochs_whatever_the_accuracy() {
+    let mut never = small_spec(4, Task::Dms, Arch::Cbrnn, Regime::Simult);
+    never.budget.solve_threshold = 1.0 + f64::EPSILON; // no epoch can pass
+    never.budget.epochs = 9;
+    never.budget.max_level = 4;
+    never.budget.curriculum = cbsweep_common::Curriculum::Schedule { every: 2 };
+    let mut always = TrialSpec { seed: Seed(41), ..never.clone() };
+    always.budget.solve_threshold = 0.0;
+    always.analysis = analysis_plan();
+    // (their thresholds differ, so they are packs of their own)
+    let results: Vec<TrialResult> = [never, always].iter().map(|s| train(std::slice::from_ref(s)).0.remove(0)).collect();
+    for r in &results {
+        let levels: Vec<u32> = r.curve.iter().map(|e| e.level).collect();
+        assert_eq!(levels, [2, 2, 3, 3, 4, 4], "two epochs a level, then the cap's two end it");
+        assert_eq!(r.outcome, TrialOutcome::Completed);
+    }
+    assert!(results[0].curve.iter().all(|e| !e.solved) && results[0].analyses.is_empty());
+    let analysed: BTreeSet<(u32, u32)> = results[1].analyses.iter().map(|a| (a.level, a.epoch)).collect();
+    assert_eq!(analysed, BTreeSet::from([(2, 1), (3, 3), (4, 5)]), "each level once, at its first solved epoch");
+}
+
+/// Claim 2's reduced plasticity is the lab's: the readout learns in the core's group, so a
+/// spec with `core_plasticity = 0.01` trains bit for bit as one with `lr_core = 1e-4`, readout
+/// included, on both engines.
+#[test]
+fn reduced_plasticity_trains_as_the_scaled_core_rate_readout_included() {
+    let spec = |grid: &str| {
+        let text = format!(
+            "[sweep]\nname = \"p\"\n[grid]\ntask = [\"dms\"]\narch = [\"cbrnn\", \"rnn\"]\nseed = [3]\ngranule = [32]\n{grid}\n\
+             [train]\nepochs = 4\nsteps_per_epoch = 10\ntest_batches = 3\nbatch_size = 16\nsolve_threshold = 0.6\n"
+        );
+        let mut trials = cbsweep_common::parse_spec_with_overrides(&text, Path::new("p.toml"), vec![]).unwrap().trials;
+        for t in &mut trials {
+            (t.hidden, t.purkinje, t.grid_hidden) = if t.arch == Arch::Cbrnn { (16, 8, 16) } else { (24, 8, 16) };
+            t.analysis = analysis_plan();
+        }
+        trials
+    };
+    let (reduced, scaled) = (spec("core_plasticity = [0.01]\nlr_core = [0.01]"), spec("lr_core = [0.0001]"));
+    for (r, s) in reduced.iter().zip(&scaled) {
+        assert_eq!((r.lr_core * r.core_plasticity, r.lr_readout), (s.lr_core, s.lr_readout), "{}: the rates", r.arch);
+        assert_eq!(r.lr_readout, 1e-4, "{}: the readout learns at the core's reduced rate", r.arch);
+    }
+    one_thread();
+    for engine in [Engine::Fused, Engine::Libtorch] {
+        let run = |pack: &[TrialSpec]| {
+            let mut trainer = TorchTrainer::new(Device::Cpu).with_engine(engine);
+            finished(trainer.train_pack(pack, &mut |_, _| Control::Continue))
+        };
+        for (r, s) in run(&reduced).iter().zip(run(&scaled)) {
+            assert_eq!(r.curve, s.curve, "{engine:?}: the same curve, bit for bit");
+            assert_eq!(r.analyses, s.analyses, "{engine:?}: the same analyses");
+        }
+    }
+}
+
 /// Every (population, metric) a CB-RNN checkpoint reports.
 fn cbrnn_metrics() -> Vec<(&'static str, &'static str)> {
     metrics_of(&["hidden", "granule", "purkinje", "cb_output"], true)

@@ -115,6 +115,13 @@ impl<'a> TrialRun<'a> {
         self.levels_solved
     }
 
+    /// Whether an epoch before the latest (the one just recorded) passed its test at the
+    /// current level: at a fixed level, or on a fixed schedule, a level can be passed again.
+    pub(crate) fn solved_here_before(&self) -> bool {
+        let earlier = &self.curve[..self.curve.len().saturating_sub(1)];
+        earlier.iter().rev().take_while(|r| r.level == self.level).any(|r| r.solved)
+    }
+
     /// Whether it has ended with an outcome (not stopped).
     pub(crate) fn has_outcome(&self) -> bool {
         matches!(self.end, Some(Ending::Outcome { .. }))
