@@ -183,9 +183,13 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Copy a coordinator's state to FILE, consistently, while it runs (SQLite's online backup).
+    /// Copy a coordinator's state to FILE, consistently, while it runs (SQLite's online backup);
+    /// refuses FILE when it is one of the state's own files, or exists (unless --overwrite).
     Backup {
         file: PathBuf,
+        /// Replace FILE if it exists (a periodic backup to the same file).
+        #[arg(long)]
+        overwrite: bool,
         /// The coordinator's state folder (for `run`: OUT/.cbsweep).
         #[arg(long)]
         state: Option<PathBuf>,
@@ -448,16 +452,19 @@ async fn dispatch_other(cmd: Command) -> Result<(), CliError> {
         }
         Command::Cancel { sweep, client } => cli::cancel(&client.coordinator, client.token_file.as_deref(), &sweep).await,
         Command::RetryFailed { sweep, client } => cli::retry_failed(&client.coordinator, client.token_file.as_deref(), &sweep).await,
-        Command::Backup { file, state, out } => {
+        Command::Backup { file, overwrite, state, out } => {
             let state = state.unwrap_or_else(|| out.join(cbsweep_coordinator::local::STATE_DIR));
-            cbsweep_coordinator::store::Store::open_read_only(&state)?.backup_to(&file)?;
+            cbsweep_coordinator::store::Store::open_read_only(&state)?.backup_to(&file, overwrite)?;
             println!("backed up {} to {}", state.display(), file.display());
             Ok(())
         }
         Command::Restore { file, state, out, state_fs: _ } => {
             let state = state.unwrap_or_else(|| out.join(cbsweep_coordinator::local::STATE_DIR));
-            cbsweep_coordinator::store::Store::restore_from(&state, &file)?;
+            let kept = cbsweep_coordinator::store::Store::restore_from(&state, &file)?;
             println!("restored {} into {}", file.display(), state.display());
+            if let Some(kept) = kept {
+                println!("the state it replaced is kept in {}", kept.display());
+            }
             Ok(())
         }
         Command::Export { sweep, state, out } => {

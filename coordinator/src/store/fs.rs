@@ -218,7 +218,7 @@ mod tests {
     fn a_restore_into_a_folder_on_lustre_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let backup = dir.path().join("backup.sqlite");
-        on_fs(0xEF53, || Store::open(&dir.path().join("a"))).unwrap().backup_to(&backup).unwrap();
+        on_fs(0xEF53, || Store::open(&dir.path().join("a"))).unwrap().backup_to(&backup, false).unwrap();
         let target = dir.path().join("b");
         let e = on_fs(0x0BD0_0BD0, || Store::restore_from(&target, &backup)).unwrap_err();
         assert!(matches!(e, StoreError::NetworkFs { kind: "Lustre", .. }), "{e:?}");

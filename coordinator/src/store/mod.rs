@@ -73,6 +73,9 @@ pub enum StoreError {
     Damaged { path: PathBuf, what: String },
     #[error("cannot back up or restore coordinator state {}: {source}", path.display())]
     Backup { path: PathBuf, source: rusqlite::Error },
+    /// A backup or restore that would destroy or lose a state, refused before it wrote anything.
+    #[error("refused: {} {why}", path.display())]
+    Refused { path: PathBuf, why: String },
     #[error("{}: {source}", path.display())]
     File { path: PathBuf, source: std::io::Error },
 }
