@@ -370,3 +370,21 @@ fn fixed_level_trains_at_one_level_and_is_refused_where_it_cannot_work() {
     parse(&MINIMAL.replace("seed = [0, 1]", "seed = [0, 1]\nregime = [\"reservoir\"]\nfreeze = [\"epoch:3\"]\n[train]\nfixed_level = 5"))
         .unwrap();
 }
+
+#[test]
+fn readout_recovery_defaults_to_the_study_and_only_a_change_moves_the_trials() {
+    let study = parse(MINIMAL).unwrap();
+    assert!(study.trials.iter().all(|t| (t.analysis.recovery_steps, t.analysis.recovery_eval_batches) == (500, 50)));
+    assert!(!study.resolved.contains("recovery"), "the study's values leave the resolved text as it was");
+    let same = parse(&format!("{MINIMAL}[analysis]\nrecovery_steps = 500\nrecovery_eval_batches = 50\n")).unwrap();
+    assert!(same.trials.iter().zip(&study.trials).all(|(a, b)| a.id() == b.id()), "the study's values given keep the ids");
+    let off = parse(&format!("{MINIMAL}[analysis]\nrecovery_steps = 0\nrecovery_eval_batches = 7\n")).unwrap();
+    assert!(off.trials.iter().all(|t| (t.analysis.recovery_steps, t.analysis.recovery_eval_batches) == (0, 7)));
+    assert!(off.trials.iter().zip(&study.trials).all(|(a, b)| a.id() != b.id()));
+    let back = parse_resolved(&off.resolved, Path::new("stored"), Vec::new()).unwrap();
+    assert_eq!(back.trials, off.trials);
+    let e = err(&format!("{MINIMAL}[analysis]\nrecovery_eval_batches = 0\n"));
+    assert!(e.contains("analysis.recovery_eval_batches"), "{e}");
+    let e = err(&format!("{MINIMAL}[analysis]\nrecovery_steps = -1\n"));
+    assert!(e.contains("analysis.recovery_steps"), "{e}");
+}
