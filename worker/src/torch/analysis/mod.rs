@@ -65,12 +65,13 @@ pub(crate) fn analyse(
         });
     };
 
-    // the readout recovery is evaluated on the fixed batches too (where its plan runs it)
-    let recovery_eval = if plan.recovery_steps > 0 { plan.recovery_eval_batches } else { 0 };
+    // the readout recovery (of a model with a module) is evaluated on the fixed batches too
+    let recovers = plan.recovery_steps > 0 && model.dims().arch.module().is_some();
+    let recovery_eval = if recovers { plan.recovery_eval_batches } else { 0 };
     let fixed = fixed_batches(points, plan.ablation_batches.max(plan.dimensionality_batches).max(recovery_eval) as usize, model);
     let first_n = |n: u32| fixed.iter().map(|b| b[..n as usize].to_vec()).collect::<Vec<_>>();
     ablation::ablation(model, first_n(plan.ablation_batches), kind, device, &mut push)?;
-    if model.dims().arch.module().is_some() && plan.recovery_steps > 0 {
+    if recovers {
         let train = draw_batches(points, plan.recovery_steps as usize, [Stream::RecoveryData, Stream::RecoveryH0], model);
         recovery::recovery(model, train, first_n(recovery_eval), kind, device, &mut push)?;
     }

@@ -20,8 +20,8 @@ const LR: f64 = 0.01;
 const MOMENTUM: f64 = 0.1;
 
 /// Recovers each row's readout on its `train` batches (one SGD step per batch) and evaluates it
-/// on its `eval` batches; `push(row, population, metric, value)`. Nothing for a model without a
-/// module, or without batches to train or evaluate on.
+/// on its `eval` batches; `push(row, population, metric, value)`. For a model with a module;
+/// nothing without batches to train or evaluate on.
 pub(super) fn recovery(
     model: &PackedModel,
     train: Batches,
@@ -31,7 +31,7 @@ pub(super) fn recovery(
     push: &mut dyn FnMut(usize, &str, &str, f64),
 ) -> Result<(), TchError> {
     let empty = |b: &Batches| b.first().is_none_or(Vec::is_empty);
-    if model.dims().arch.module().is_none() || empty(&train) || empty(&eval) {
+    if empty(&train) || empty(&eval) {
         return Ok(());
     }
     let sequences = eval[0].iter().map(|(b, _)| b.labels.len()).sum::<usize>() as f64;
