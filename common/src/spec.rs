@@ -73,6 +73,12 @@ struct RawAnalysis {
     timescale_max_lag: i64,
     timescale_fit_lags: i64,
     save_checkpoints: bool,
+    /// The readout recovery's steps and evaluation batches; absent: the study's 500 and 50 (and
+    /// the resolved form leaves them out, so older sweeps keep their text).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovery_steps: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovery_eval_batches: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -441,6 +447,8 @@ pub const UPPER_BOUNDS: &[(&str, f64)] = &[
     ("analysis.timescale_burn_in", 1_000_000.0),
     ("analysis.timescale_max_lag", 100_000.0),
     ("analysis.timescale_fit_lags", 100_000.0),
+    ("analysis.recovery_steps", 1_000_000.0),
+    ("analysis.recovery_eval_batches", 10_000.0),
     ("run.max_attempts", 100.0),
     ("run.pack_size", 4_096.0),
     ("run.lease_seconds", 86_400.0),
@@ -595,7 +603,11 @@ fn validate(raw: RawSpec, path: &Path, resolved: String, overrides: Vec<SpecOver
                 None | Some("solved") => Curriculum::FixedUntilSolved,
                 Some("budget") => Curriculum::Fixed,
                 Some(other) => {
-                    return Err(c.invalid("train.fixed_until", format!("{other:?}"), "expected \"solved\" (the lab's: stop at the first solve) or \"budget\""));
+                    return Err(c.invalid(
+                        "train.fixed_until",
+                        format!("{other:?}"),
+                        "expected \"solved\" (the lab's: stop at the first solve) or \"budget\"",
+                    ));
                 }
             };
             (n, n, until)
@@ -650,6 +662,10 @@ fn validate(raw: RawSpec, path: &Path, resolved: String, overrides: Vec<SpecOver
         timescale_max_lag: c.positive("analysis.timescale_max_lag", a.timescale_max_lag)?,
         timescale_fit_lags: c.positive("analysis.timescale_fit_lags", a.timescale_fit_lags)?,
         save_checkpoints: a.save_checkpoints,
+        recovery_steps: a.recovery_steps.map_or(Ok(crate::trial::STUDY_RECOVERY_STEPS), |v| nonneg("analysis.recovery_steps", v))?,
+        recovery_eval_batches: a
+            .recovery_eval_batches
+            .map_or(Ok(crate::trial::STUDY_RECOVERY_EVAL_BATCHES), |v| c.positive("analysis.recovery_eval_batches", v))?,
     };
     if analysis.timescale_steps > 0 && analysis.timescale_steps <= analysis.timescale_burn_in + analysis.timescale_max_lag {
         return Err(c.invalid(

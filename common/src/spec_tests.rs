@@ -422,6 +422,25 @@ fn the_readout_rate_follows_the_core_unless_named() {
     let rates: BTreeSet<(u64, u64)> = s.trials.iter().map(|t| (t.core_plasticity.to_bits(), t.lr_readout.to_bits())).collect();
     let expected = [(1.0, 0.01), (0.1, 0.001), (0.01, 0.0001)].map(|(f, r): (f64, f64)| (f.to_bits(), r.to_bits()));
     assert_eq!(rates, BTreeSet::from(expected));
-    let named = parse(&format!("{}[train]\nlr_readout = 0.01\n", MINIMAL.replace("seed = [0, 1]", "seed = [0]\ncore_plasticity = [0.01]"))).unwrap();
+    let named = parse(&format!("{}[train]\nlr_readout = 0.01\n", MINIMAL.replace("seed = [0, 1]", "seed = [0]\ncore_plasticity = [0.01]")))
+        .unwrap();
     assert!(named.trials.iter().all(|t| t.lr_readout == 0.01));
+}
+
+#[test]
+fn readout_recovery_defaults_to_the_study_and_only_a_change_moves_the_trials() {
+    let study = parse(MINIMAL).unwrap();
+    assert!(study.trials.iter().all(|t| (t.analysis.recovery_steps, t.analysis.recovery_eval_batches) == (500, 50)));
+    assert!(!study.resolved.contains("recovery"), "the study's values leave the resolved text as it was");
+    let same = parse(&format!("{MINIMAL}[analysis]\nrecovery_steps = 500\nrecovery_eval_batches = 50\n")).unwrap();
+    assert!(same.trials.iter().zip(&study.trials).all(|(a, b)| a.id() == b.id()), "the study's values given keep the ids");
+    let off = parse(&format!("{MINIMAL}[analysis]\nrecovery_steps = 0\nrecovery_eval_batches = 7\n")).unwrap();
+    assert!(off.trials.iter().all(|t| (t.analysis.recovery_steps, t.analysis.recovery_eval_batches) == (0, 7)));
+    assert!(off.trials.iter().zip(&study.trials).all(|(a, b)| a.id() != b.id()));
+    let back = parse_resolved(&off.resolved, Path::new("stored"), Vec::new()).unwrap();
+    assert_eq!(back.trials, off.trials);
+    let e = err(&format!("{MINIMAL}[analysis]\nrecovery_eval_batches = 0\n"));
+    assert!(e.contains("analysis.recovery_eval_batches"), "{e}");
+    let e = err(&format!("{MINIMAL}[analysis]\nrecovery_steps = -1\n"));
+    assert!(e.contains("analysis.recovery_steps"), "{e}");
 }

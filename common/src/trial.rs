@@ -186,6 +186,34 @@ pub struct AnalysisPlan {
     pub timescale_fit_lags: u32,
     /// Save each checkpoint's weights (safetensors) beside the results.
     pub save_checkpoints: bool,
+    /// SGD steps of the readout-recovery analysis (the readout alone relearnt with the module
+    /// off; 0: skip it). Left out of the hashed form at the study's 500, so earlier trials keep
+    /// their ids.
+    #[serde(default = "study_recovery_steps", skip_serializing_if = "is_study_recovery_steps")]
+    pub recovery_steps: u32,
+    /// Fixed batches the readout recovery is evaluated on (left out at the study's 50).
+    #[serde(default = "study_recovery_eval_batches", skip_serializing_if = "is_study_recovery_eval_batches")]
+    pub recovery_eval_batches: u32,
+}
+
+/// The study's readout recovery: 500 steps, evaluated on 50 batches (docs/science.md).
+pub const STUDY_RECOVERY_STEPS: u32 = 500;
+pub const STUDY_RECOVERY_EVAL_BATCHES: u32 = 50;
+
+fn study_recovery_steps() -> u32 {
+    STUDY_RECOVERY_STEPS
+}
+
+fn is_study_recovery_steps(v: &u32) -> bool {
+    *v == STUDY_RECOVERY_STEPS
+}
+
+fn study_recovery_eval_batches() -> u32 {
+    STUDY_RECOVERY_EVAL_BATCHES
+}
+
+fn is_study_recovery_eval_batches(v: &u32) -> bool {
+    *v == STUDY_RECOVERY_EVAL_BATCHES
 }
 
 impl AnalysisPlan {
@@ -201,6 +229,8 @@ impl AnalysisPlan {
             timescale_max_lag: 200,
             timescale_fit_lags: 30,
             save_checkpoints: true,
+            recovery_steps: STUDY_RECOVERY_STEPS,
+            recovery_eval_batches: STUDY_RECOVERY_EVAL_BATCHES,
         }
     }
 }
@@ -431,7 +461,10 @@ impl RegimeKind {
 impl FromStr for RegimeKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        RegimeKind::ALL.into_iter().find(|r| r.name() == s).ok_or_else(|| "unknown regime (expected one of: simult, reservoir, interleaved)".to_string())
+        RegimeKind::ALL
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| "unknown regime (expected one of: simult, reservoir, interleaved)".to_string())
     }
 }
 
@@ -489,7 +522,10 @@ impl ComparePair {
 impl Default for StatsPlan {
     /// The CB-RNN against the matched RNN, and each freeze point against simult.
     fn default() -> Self {
-        StatsPlan { pairs: vec![ComparePair { a: CompareSide::arch(Arch::Cbrnn), b: CompareSide::arch(Arch::Rnn) }], freeze_vs_simult: true }
+        StatsPlan {
+            pairs: vec![ComparePair { a: CompareSide::arch(Arch::Cbrnn), b: CompareSide::arch(Arch::Rnn) }],
+            freeze_vs_simult: true,
+        }
     }
 }
 

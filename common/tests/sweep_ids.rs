@@ -47,7 +47,11 @@ fn existing_sweeps_keep_their_trial_ids_cell_keys_and_spec_hashes() {
         let restated = RESTATED.contains(&name);
         if cols[1] == "spec" {
             if !restated {
-                assert_eq!((cols[2], cols[3]), (now.hash.as_str(), now.count.to_string().as_str()), "{name}: the spec's text or size changed");
+                assert_eq!(
+                    (cols[2], cols[3]),
+                    (now.hash.as_str(), now.count.to_string().as_str()),
+                    "{name}: the spec's text or size changed"
+                );
             }
             continue;
         }
@@ -63,7 +67,10 @@ fn existing_sweeps_keep_their_trial_ids_cell_keys_and_spec_hashes() {
             }
             None => {
                 assert!(restated, "{name}: {cell} left the sweep");
-                assert!(cell.contains(" arch=rnn ") && !cell.contains(" regime=simult "), "{name}: only frozen-core RNN cells leave: {cell}");
+                assert!(
+                    cell.contains(" arch=rnn ") && !cell.contains(" regime=simult "),
+                    "{name}: only frozen-core RNN cells leave: {cell}"
+                );
                 dropped += 1;
             }
         }

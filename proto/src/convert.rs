@@ -89,6 +89,8 @@ impl From<c::AnalysisPlan> for v1::AnalysisPlan {
             timescale_max_lag: a.timescale_max_lag,
             timescale_fit_lags: a.timescale_fit_lags,
             save_checkpoints: a.save_checkpoints,
+            recovery_steps: a.recovery_steps,
+            recovery_eval_batches: a.recovery_eval_batches,
         }
     }
 }
@@ -105,6 +107,8 @@ impl From<v1::AnalysisPlan> for c::AnalysisPlan {
             timescale_max_lag: a.timescale_max_lag.max(1),
             timescale_fit_lags: a.timescale_fit_lags.max(1),
             save_checkpoints: a.save_checkpoints,
+            recovery_steps: a.recovery_steps,
+            recovery_eval_batches: a.recovery_eval_batches.max(1),
         }
     }
 }

@@ -9,12 +9,15 @@
 //!   task.
 //! - freeze_points: the level trained against epoch per regime and freeze point, one panel per
 //!   task and architecture; only when the sweep has more than one regime or freeze point.
-//! - ablation: the ablation drop (metric `ablation_drop`) per checkpoint level, mean ± sem.
+//! - ablation: per checkpoint level, mean ± sem, the accuracy with the module on, off and off
+//!   with the readout retrained (`ABLATION_ACCURACY_METRICS`), and the accuracy lost without the
+//!   module, before and after the readout's retraining (`ABLATION_LOSS_METRICS`).
 //! - dimensionality: `DIMENSIONALITY_METRICS` per level, one line per condition and population.
 //! - timescales: `TIMESCALE_METRICS` per level, one line per condition and population.
 //!
 //! Curves and measures are the lab's of stats.parquet (`crate::measures`: levels trained,
-//! carried forward to the epoch budget), so a figure can be set beside the paper's. Every file is drawn under a temporary name and then renamed.
+//! carried forward to the epoch budget), so a figure can be set beside the paper's. Every file is
+//! drawn under a temporary name and then renamed.
 
 use crate::conditions::{by_condition, namer};
 use crate::measures::{Measure, TrialCurve, half_max, trial_curves};
@@ -34,8 +37,14 @@ pub const ABLATION: &str = "ablation";
 pub const DIMENSIONALITY: &str = "dimensionality";
 pub const TIMESCALES: &str = "timescales";
 
-/// The analysis metric of the ablation figure.
+/// The ablation's drop, the accuracy lost with the module off (the dashboard's ablation line).
 pub const ABLATION_METRIC: &str = "ablation_drop";
+/// The ablation figure's accuracies, one line each in one row of panels: module on, off, and
+/// off with the readout retrained (the readout recovery).
+pub const ABLATION_ACCURACY_METRICS: [&str; 3] = ["accuracy_cb_on", "accuracy_cb_off", "recovery_accuracy"];
+/// The ablation figure's accuracy lost, one line each in a second row: the drop with the module
+/// off, and the gap left after the readout's retraining.
+pub const ABLATION_LOSS_METRICS: [&str; 2] = [ABLATION_METRIC, "recovery_gap"];
 /// The analysis metrics of the dimensionality figure, one row of panels each when present (the
 /// component counts d90 and d95 stay in analyses.parquet: the fractions compare populations).
 pub const DIMENSIONALITY_METRICS: [&str; 3] = ["participation_ratio", "d95_fraction", "d90_fraction"];
@@ -211,17 +220,36 @@ fn figures(trials: &[TrialRow], curves: &[(TrialId, EpochRecord)], analyses: &[(
     let present = |metrics: &[&str]| -> Vec<String> {
         metrics.iter().map(|m| m.to_string()).filter(|m| records.iter().any(|(_, a)| &a.metric == m)).collect()
     };
-    let analysis_figures: [(&'static str, &str, Vec<String>); 3] = [
-        (ABLATION, "Ablation: accuracy lost with the cerebellar output off, per level", present(&[ABLATION_METRIC])),
-        (DIMENSIONALITY, "Dimensionality per level and population", present(&DIMENSIONALITY_METRICS)),
-        (TIMESCALES, "Timescales per level and population", present(&TIMESCALE_METRICS)),
+    // a row per metric, titled by it
+    let one_each = |metrics: &[&str]| -> Vec<MetricRow> {
+        present(metrics).into_iter().map(|m| MetricRow { title: m.clone(), metrics: vec![m] }).collect()
+    };
+    // the ablation's rows only when it has a drop (a sweep of plain models has accuracies alone)
+    let ablation = if present(&[ABLATION_METRIC]).is_empty() {
+        Vec::new()
+    } else {
+        vec![
+            MetricRow { title: "accuracy".into(), metrics: present(&ABLATION_ACCURACY_METRICS) },
+            MetricRow { title: "accuracy lost".into(), metrics: present(&ABLATION_LOSS_METRICS) },
+        ]
+    };
+    let analysis_figures: [(&'static str, &str, Vec<MetricRow>); 3] = [
+        (ABLATION, "Ablation: the module's output off, and the readout retrained without it, per level", ablation),
+        (DIMENSIONALITY, "Dimensionality per level and population", one_each(&DIMENSIONALITY_METRICS)),
+        (TIMESCALES, "Timescales per level and population", one_each(&TIMESCALE_METRICS)),
     ];
-    for (name, title, metrics) in analysis_figures {
-        if !metrics.is_empty() {
-            figs.push(analysis_figure(name, title, &metrics, &records, &tasks));
+    for (name, title, rows) in analysis_figures {
+        if !rows.is_empty() {
+            figs.push(analysis_figure(name, title, &rows, &records, &tasks));
         }
     }
     figs
+}
+
+/// A row of panels of an analysis figure: its title and the metrics it draws.
+struct MetricRow {
+    title: String,
+    metrics: Vec<String>,
 }
 
 type Groups<'g, 'a> = [(&'a str, Vec<&'g TrialCurve<'a>>)];
@@ -315,25 +343,26 @@ fn freeze_points(groups: &Groups, tasks: &[Task]) -> Figure {
     }
 }
 
-/// One row of panels per metric, one column per task; a line per condition and population,
-/// coloured by population and dashed by condition (coloured by condition when there is only
-/// one population).
+/// One row of panels per `MetricRow`, one column per task; a line per condition, population and
+/// metric of the row, coloured by population (by metric in a row of several) and dashed by
+/// condition (coloured by condition when the figure has only one population and metric per row).
 fn analysis_figure(
     name: &'static str,
     title: &str,
-    metrics: &[String],
+    rows: &[MetricRow],
     records: &[(&TrialRow, &AnalysisRecord)],
     tasks: &[Task],
 ) -> Figure {
     let population_rank = |p: &str| POPULATIONS.iter().position(|x| *x == p).unwrap_or(POPULATIONS.len());
     let mut conditions: Vec<&str> = Vec::new();
     let mut condition_index: HashMap<&str, usize> = HashMap::new();
-    // Indices of (metric, task, condition), population rank, population.
-    type Series<'r> = (usize, usize, usize, usize, &'r str);
+    // Indices of (row, task, condition, metric in the row), population rank, population.
+    type Series<'r> = (usize, usize, usize, usize, usize, &'r str);
     // Series -> level -> values, in one pass.
     let mut series: BTreeMap<Series, BTreeMap<u32, Vec<f64>>> = BTreeMap::new();
+    let place = |metric: &str| rows.iter().enumerate().find_map(|(ri, r)| r.metrics.iter().position(|m| m == metric).map(|mi| (ri, mi)));
     for (t, a) in records {
-        let (Some(mi), Some(ti)) = (metrics.iter().position(|m| *m == a.metric), tasks.iter().position(|x| *x == t.spec.task)) else {
+        let (Some((ri, mi)), Some(ti)) = (place(&a.metric), tasks.iter().position(|x| *x == t.spec.task)) else {
             continue;
         };
         if !a.value.is_finite() {
@@ -343,25 +372,36 @@ fn analysis_figure(
             conditions.push(&t.condition);
             conditions.len() - 1
         });
-        series.entry((mi, ti, ci, population_rank(&a.population), &a.population)).or_default().entry(a.level).or_default().push(a.value);
+        series
+            .entry((ri, ti, ci, mi, population_rank(&a.population), &a.population))
+            .or_default()
+            .entry(a.level)
+            .or_default()
+            .push(a.value);
     }
     let mut legend = Legend::new(conditions.iter().copied());
-    let mut populations: Vec<&str> = series.keys().map(|k| k.4).collect();
+    let mut populations: Vec<&str> = series.keys().map(|k| k.5).collect();
     populations.sort();
     populations.dedup();
-    // With one population (the ablation's "network") lines are coloured by condition instead.
-    let one_population = populations.len() == 1;
+    // What tells a condition's lines apart: the population, the metric in a row of several, both
+    // or (one population, one metric per row) nothing, and then lines are coloured by condition.
+    let kind = |ri: usize, mi: usize, population: &str| {
+        let metric = (rows[ri].metrics.len() > 1).then(|| rows[ri].metrics[mi].as_str());
+        let population = (populations.len() > 1).then_some(population);
+        population.into_iter().chain(metric).collect::<Vec<_>>().join(" ")
+    };
     let mut panels = Vec::new();
-    for (mi, metric) in metrics.iter().enumerate() {
+    for (ri, row) in rows.iter().enumerate() {
         for (ti, task) in tasks.iter().enumerate() {
             let lines = series
-                .range((mi, ti, 0, 0, "")..(mi, ti + 1, 0, 0, ""))
-                .map(|(&(_, _, ci, _, population), levels)| {
+                .range((ri, ti, 0, 0, 0, "")..(ri, ti + 1, 0, 0, 0, ""))
+                .map(|(&(_, _, ci, mi, _, population), levels)| {
                     let condition = (legend.name)(conditions[ci]);
-                    let style = if one_population {
+                    let kind = kind(ri, mi, population);
+                    let style = if kind.is_empty() {
                         legend.style(&condition, &condition, "")
                     } else {
-                        legend.style(&format!("{condition} {population}"), population, &condition)
+                        legend.style(&format!("{condition} {kind}"), &kind, &condition)
                     };
                     let points = levels
                         .iter()
@@ -374,9 +414,9 @@ fn analysis_figure(
                 })
                 .collect();
             panels.push(Panel {
-                title: format!("{task}: {metric}"),
+                title: format!("{task}: {}", row.title),
                 x_desc: "level N".into(),
-                y_desc: metric.clone(),
+                y_desc: row.title.clone(),
                 content: Content::Lines(lines),
             });
         }

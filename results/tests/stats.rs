@@ -113,7 +113,17 @@ fn synthetic_analysis(arch: Arch, level: u32, rng: &mut StdRng) -> Vec<(&'static
         _ => &["hidden"],
     };
     if arch == Arch::Cbrnn {
-        out.push(("network", "ablation_drop", 0.1 + 0.02 * level as f64 + 0.05 * rng.random::<f64>()));
+        let drop = 0.1 + 0.02 * level as f64 + 0.05 * rng.random::<f64>();
+        // the readout recovery wins back most of the drop (no draw: the other values stay)
+        out.extend([
+            ("network", "accuracy_cb_on", 0.99),
+            ("network", "accuracy_cb_off", 0.99 - drop),
+            ("network", "ablation_drop", drop),
+            ("network", "recovery_accuracy", 0.99 - drop / 4.0),
+            ("network", "recovery_gap", drop / 4.0),
+        ]);
+    } else {
+        out.push(("network", "accuracy_cb_on", 0.98));
     }
     for (k, p) in populations.iter().enumerate() {
         out.push((*p, "participation_ratio", 2.0 + k as f64 + 0.1 * level as f64 + rng.random::<f64>()));
@@ -168,7 +178,8 @@ fn stats_parquet_matches_scipy_recomputed_from_the_curves() {
 fn comparisons_across_regimes_match_scipy() {
     let (rows, curve, _) = sweep();
     let pair = |a: &str, b: &str| ComparePair { a: a.parse().unwrap(), b: b.parse().unwrap() };
-    let plan = StatsPlan { pairs: vec![pair("cbrnn:reservoir", "rnn:simult"), pair("cbrnn:reservoir", "cbrnn:simult")], freeze_vs_simult: false };
+    let plan =
+        StatsPlan { pairs: vec![pair("cbrnn:reservoir", "rnn:simult"), pair("cbrnn:reservoir", "cbrnn:simult")], freeze_vs_simult: false };
     let stat_rows = stats::compute(&rows, &curve, &plan);
     let compared: Vec<&stats::StatRow> = stat_rows.iter().filter(|r| r.tests().is_some() && r.measure == Measure::MaxN).collect();
     // one row per task and pair: group a the reservoir CB-RNN, b the simult RNN or CB-RNN
@@ -176,7 +187,8 @@ fn comparisons_across_regimes_match_scipy() {
     for r in &compared {
         let stats::StatValues::Comparison { reference, comparison, .. } = &r.values else { unreachable!() };
         assert_eq!((r.spec.arch, r.spec.regime.name()), (Arch::Cbrnn, "reservoir"));
-        let b_arch = if comparison.name().ends_with("rnn:simult") && !comparison.name().ends_with("cbrnn:simult") { "rnn" } else { "cbrnn" };
+        let b_arch =
+            if comparison.name().ends_with("rnn:simult") && !comparison.name().ends_with("cbrnn:simult") { "rnn" } else { "cbrnn" };
         assert!(reference.contains(&format!("arch={b_arch} ")) && reference.contains("regime=simult"), "{reference}");
         assert!(reference.contains(&format!("task={} ", r.spec.task)), "the same task: {reference}");
     }
@@ -220,6 +232,12 @@ fn plot_writes_a_png_and_an_svg_for_every_figure_with_data() {
         assert!(png.len() > 1000 && png.starts_with(b"\x89PNG\r\n\x1a\n"), "{name}.png is not a PNG");
         let svg = std::fs::read_to_string(dir.path().join(format!("{name}.svg"))).unwrap();
         assert!(svg.contains("<svg") && svg.contains("</svg>") && svg.contains("<text"), "{name}.svg has no drawing");
+    }
+    // the ablation figure draws the recovered accuracy beside the module on and off, and the gap
+    // left beside the drop
+    let ablation = std::fs::read_to_string(dir.path().join(format!("{}.svg", plot::ABLATION))).unwrap();
+    for text in ["accuracy_cb_on", "accuracy_cb_off", "recovery_accuracy", "ablation_drop", "recovery_gap", "accuracy lost"] {
+        assert!(ablation.contains(text), "the ablation figure names {text}");
     }
     let left: Vec<_> =
         std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().starts_with('.')).collect();

@@ -25,6 +25,8 @@ timescale_steps = 400
 timescale_burn_in = 50
 timescale_max_lag = 40
 timescale_fit_lags = 10
+recovery_steps = 100
+recovery_eval_batches = 10
 [run]
 pack_size = 3
 "#;
@@ -60,6 +62,29 @@ fn a_sweep_of_the_cbrnn_the_recurrent_module_control_and_the_matched_rnn_runs_wi
     ));
     let populations: Vec<&str> = analysed.iter().filter_map(|r| r["population"].as_str()).collect();
     assert_eq!(populations, ["cb_output", "hidden", "network", "recurrent_module"], "{analysed:?}");
+    // every analysed checkpoint of a model with a module has the readout recovery, the RNN none
+    let checkpoints = duckdb(&format!(
+        "SELECT t.arch, a.trial_id, a.level, count(*) FILTER (WHERE a.metric LIKE 'recovery_%') AS recovery_rows,
+                any_value(a.value) FILTER (WHERE a.metric = 'recovery_intact_accuracy') AS intact,
+                any_value(a.value) FILTER (WHERE a.metric = 'recovery_zero_shot_accuracy') AS zero_shot,
+                any_value(a.value) FILTER (WHERE a.metric = 'recovery_accuracy') AS recovered,
+                any_value(a.value) FILTER (WHERE a.metric = 'recovery_gap') AS gap
+         FROM '{}' a JOIN '{}' t USING (trial_id) WHERE a.population = 'network' GROUP BY ALL ORDER BY ALL",
+        results.join("analyses.parquet").display(),
+        results.join("trials.parquet").display()
+    ));
+    for arch in ["cbrnn", "rmrnn"] {
+        assert!(checkpoints.iter().any(|r| r["arch"] == arch), "{arch} has analysed checkpoints: {checkpoints:?}");
+    }
+    for r in &checkpoints {
+        let module = r["arch"] != "rnn";
+        assert_eq!(r["recovery_rows"], if module { 4 } else { 0 }, "{r}");
+        if module {
+            let [intact, zero_shot, recovered, gap] = ["intact", "zero_shot", "recovered", "gap"].map(|k| r[k].as_f64().unwrap());
+            assert!([intact, zero_shot, recovered].iter().all(|a| (0.0..=1.0).contains(a)), "{r}");
+            assert_eq!(gap, intact - recovered, "{r}");
+        }
+    }
     let conditions =
         duckdb(&format!("SELECT DISTINCT arch FROM '{}' WHERE kind = 'condition' ORDER BY 1", results.join("stats.parquet").display()));
     let archs: Vec<&str> = conditions.iter().filter_map(|r| r["arch"].as_str()).collect();

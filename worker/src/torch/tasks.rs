@@ -30,6 +30,11 @@ pub(crate) enum Stream {
     TimescaleInput = 7,
     /// h_0 of the timescale analysis' drive.
     TimescaleH0 = 8,
+    /// Lengths and bits of the readout recovery's training batches (re-seeded at every
+    /// checkpoint).
+    RecoveryData = 9,
+    /// h_0 of the readout recovery's training batches.
+    RecoveryH0 = 10,
 }
 
 /// One batch of one trial: B sequences of the same length T.

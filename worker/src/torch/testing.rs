@@ -78,6 +78,8 @@ pub(crate) fn analysis_plan() -> AnalysisPlan {
         timescale_max_lag: 40,
         timescale_fit_lags: 10,
         save_checkpoints: false,
+        recovery_steps: 20,
+        recovery_eval_batches: 2,
     }
 }
 

@@ -301,9 +301,22 @@ fn cbrnn_metrics() -> Vec<(&'static str, &'static str)> {
 }
 
 /// Every (population, metric) a checkpoint of a model with these populations reports; the
-/// ablation's module-off accuracy and drop only for a model with a module.
+/// ablation's module-off accuracy and drop, and the readout recovery, only for a model with a
+/// module.
 fn metrics_of(populations: &[&'static str], module: bool) -> Vec<(&'static str, &'static str)> {
-    let ablation: &[&str] = if module { &["accuracy_cb_on", "accuracy_cb_off", "ablation_drop"] } else { &["accuracy_cb_on"] };
+    let ablation: &[&str] = if module {
+        &[
+            "accuracy_cb_on",
+            "accuracy_cb_off",
+            "ablation_drop",
+            "recovery_intact_accuracy",
+            "recovery_zero_shot_accuracy",
+            "recovery_accuracy",
+            "recovery_gap",
+        ]
+    } else {
+        &["accuracy_cb_on"]
+    };
     let mut expected: Vec<(&str, &str)> = ablation.iter().map(|&m| ("network", m)).collect();
     let dimensionality = ["d90", "d95", "d90_fraction", "d95_fraction", "participation_ratio"];
     let timescales = ["units_fitted", "timescale_median_steps", "timescale_mean_steps", "population_lag_1e_steps"];
@@ -391,6 +404,65 @@ fn a_plain_rnn_checkpoint_reports_the_hidden_population_only() {
     let metrics: Vec<(&str, &str)> = results[0].analyses.iter().map(|a| (a.population.as_str(), a.metric.as_str())).collect();
     let expected: Vec<(&str, &str)> = cbrnn_metrics().into_iter().filter(|&(p, m)| p == "hidden" || m == "accuracy_cb_on").collect();
     assert_eq!(metrics, expected);
+}
+
+/// The value of `metric` at each analysed level of `r`, in the order taken.
+fn metric_at_levels(r: &TrialResult, metric: &str) -> Vec<(u32, f64)> {
+    r.analyses.iter().filter(|a| a.metric == metric).map(|a| (a.level, a.value)).collect()
+}
+
+/// The study's recovery (500 steps, 50 batches) at the checkpoints of a trained CB-RNN that
+/// solves levels 2 to 4 at 90%: with the module off the accuracy drops, and retraining the
+/// readout alone never leaves it lower and wins most of a large drop back.
+#[test]
+fn a_trained_checkpoint_recovers_its_readout_without_the_module() {
+    let mut spec = small_spec(5, Task::Dms, Arch::Cbrnn, Regime::Simult);
+    spec.budget = TrainBudget { epochs: 60, steps_per_epoch: 25, test_batches: 4, solve_threshold: 0.9, max_level: 4, ..small_budget() };
+    spec.analysis = AnalysisPlan { dimensionality_batches: 1, timescale_steps: 0, ..AnalysisPlan::study() };
+    let (results, _) = train(std::slice::from_ref(&spec));
+    let r = &results[0];
+    let intact = metric_at_levels(r, "recovery_intact_accuracy");
+    let zero_shot = metric_at_levels(r, "recovery_zero_shot_accuracy");
+    let recovered = metric_at_levels(r, "recovery_accuracy");
+    let gap = metric_at_levels(r, "recovery_gap");
+    println!("levels and accuracies, intact {intact:?}, zero-shot {zero_shot:?}, recovered {recovered:?}");
+    let solved: Vec<u32> = r.curve.iter().filter(|e| e.solved).map(|e| e.level).collect();
+    assert_eq!(solved, [2, 3, 4], "{:?}", r.curve);
+    assert_eq!(intact.iter().map(|&(l, _)| l).collect::<Vec<_>>(), solved, "a recovery at every analysed level");
+    for i in 0..intact.len() {
+        let level = intact[i].0;
+        assert!(intact[i].1 > 0.75, "level {level}: the intact model solved it ({})", intact[i].1);
+        assert!(recovered[i].1 >= zero_shot[i].1, "level {level}: recovered {} below zero-shot {}", recovered[i].1, zero_shot[i].1);
+        assert_eq!(gap[i].1, intact[i].1 - recovered[i].1, "level {level}");
+    }
+    // where the module matters most, the retrained readout wins back most of what was lost
+    let most = (0..intact.len()).max_by(|&i, &j| (intact[i].1 - zero_shot[i].1).total_cmp(&(intact[j].1 - zero_shot[j].1))).unwrap();
+    let lost = intact[most].1 - zero_shot[most].1;
+    assert!(lost > 0.1, "level {}: the module matters ({lost})", intact[most].0);
+    assert!(gap[most].1 < lost / 2.0, "level {}: the gap {} is under half the drop {lost}", intact[most].0, gap[most].1);
+}
+
+/// The recovery trains a copy of the readout: with it and without it, a trial's training, levels
+/// and other analyses are the same to the bit.
+#[test]
+fn the_readout_recovery_leaves_the_training_that_follows_bit_identical() {
+    let mut with = small_spec(4, Task::Dms, Arch::Cbrnn, Regime::Simult);
+    with.budget = TrainBudget { epochs: 8, solve_threshold: 0.7, max_level: 5, ..small_budget() };
+    with.analysis = AnalysisPlan { recovery_steps: 60, ..analysis_plan() };
+    let without = TrialSpec { analysis: AnalysisPlan { recovery_steps: 0, ..with.analysis }, ..with.clone() };
+    let (a, _) = train(std::slice::from_ref(&with));
+    let (b, _) = train(std::slice::from_ref(&without));
+    let (a, b) = (&a[0], &b[0]);
+    let analysed: BTreeSet<u32> = metric_at_levels(a, "recovery_accuracy").iter().map(|&(l, _)| l).collect();
+    let solved: BTreeSet<u32> = a.curve.iter().filter(|e| e.solved).map(|e| e.level).collect();
+    assert!(!analysed.is_empty() && analysed == solved, "recovered at {analysed:?}, solved {solved:?}");
+    let first_solve = a.curve.iter().position(|e| e.solved).unwrap();
+    assert!(first_solve + 1 < a.curve.len(), "the trial trains on after its first checkpoint: {:?}", a.curve);
+    assert_eq!(a.outcome, b.outcome);
+    assert_eq!(a.curve, b.curve, "the curves, losses and gradient norms included");
+    let others = |r: &TrialResult| r.analyses.iter().filter(|x| !x.metric.starts_with("recovery_")).cloned().collect::<Vec<_>>();
+    assert_eq!(others(a), others(b), "the other analyses");
+    assert!(b.analyses.iter().all(|x| !x.metric.starts_with("recovery_")), "recovery_steps = 0 skips it");
 }
 
 #[test]

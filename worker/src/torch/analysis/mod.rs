@@ -1,14 +1,14 @@
-//! The checkpoint analyses (docs/science.md#analyses): the cerebellar
-//! output's ablation, PCA dimensionality and timescales per population, and the checkpoint's
-//! weights as safetensors.
+//! The checkpoint analyses (docs/science.md#analyses): the cerebellar output's ablation, the
+//! readout's recovery without the module, PCA dimensionality and timescales per population, and
+//! the checkpoint's weights as safetensors.
 //!
 //! They run under no_grad on a pack with one row per analysed trial and draw only from the
-//! analysis streams (`Stream::Analysis*`, `Stream::Timescale*`), re-seeded at every checkpoint:
-//! successive checkpoints see the same inputs at a given level, and a trial's training data never
-//! shifts because it was analysed.
+//! analysis streams (`Stream::Analysis*`, `Stream::Recovery*`, `Stream::Timescale*`), re-seeded
+//! at every checkpoint: successive checkpoints see the same inputs at a given level, and a
+//! trial's training data never shifts because it was analysed.
 //!
-//! Files: `ablation`, `pca` (dimensionality), `timescales` with its exponential `fits`, and
-//! `checkpoint` (the weights as safetensors). The analyses run on packed tensors
+//! Files: `ablation`, `recovery`, `pca` (dimensionality), `timescales` with its exponential
+//! `fits`, and `checkpoint` (the weights as safetensors). The analyses run on packed tensors
 //! (`PackedModel`) whatever engine trained them; the timescales' long drive runs on the time
 //! loop the caller passes (`PackEngine::unroll`), so they know no engine.
 
@@ -16,6 +16,7 @@ mod ablation;
 pub(crate) mod checkpoint;
 mod fits;
 mod pca;
+mod recovery;
 mod timescales;
 
 use super::input::Batches;
@@ -26,7 +27,7 @@ use tch::{Device, Kind, TchError};
 
 pub(crate) use checkpoint::{checkpoint_path, save_checkpoint};
 
-/// Sequences per batch of the ablation and dimensionality analyses (the study's 64).
+/// Sequences per batch of the ablation, recovery and dimensionality analyses (the study's 64).
 const BATCH: usize = 64;
 
 /// One trial's checkpoint: the level it just solved and the epoch it solved it in.
@@ -64,9 +65,16 @@ pub(crate) fn analyse(
         });
     };
 
-    let fixed = fixed_batches(points, plan.ablation_batches.max(plan.dimensionality_batches) as usize, model);
+    // the readout recovery (of a model with a module) is evaluated on the fixed batches too
+    let recovers = plan.recovery_steps > 0 && model.dims().arch.module().is_some();
+    let recovery_eval = if recovers { plan.recovery_eval_batches } else { 0 };
+    let fixed = fixed_batches(points, plan.ablation_batches.max(plan.dimensionality_batches).max(recovery_eval) as usize, model);
     let first_n = |n: u32| fixed.iter().map(|b| b[..n as usize].to_vec()).collect::<Vec<_>>();
     ablation::ablation(model, first_n(plan.ablation_batches), kind, device, &mut push)?;
+    if recovers {
+        let train = draw_batches(points, plan.recovery_steps as usize, [Stream::RecoveryData, Stream::RecoveryH0], model);
+        recovery::recovery(model, train, first_n(recovery_eval), kind, device, &mut push)?;
+    }
     pca::dimensionality(model, first_n(plan.dimensionality_batches), kind, device, &mut push)?;
     let seeds: Vec<Seed> = points.iter().map(|p| p.spec.seed).collect();
     timescales::timescales(model, &seeds, &plan, kind, device, unroll, &mut push)?;
@@ -75,12 +83,18 @@ pub(crate) fn analyse(
 
 /// `n` fixed batches of `BATCH` sequences per point at its level, from its analysis streams.
 fn fixed_batches(points: &[Checkpoint], n: usize, model: &PackedModel) -> Batches {
+    draw_batches(points, n, [Stream::AnalysisData, Stream::AnalysisH0], model)
+}
+
+/// `n` batches of `BATCH` sequences per point at its level, from the start of its streams of
+/// data and h_0.
+fn draw_batches(points: &[Checkpoint], n: usize, [data, h0]: [Stream; 2], model: &PackedModel) -> Batches {
     let hidden = model.dims().hidden as usize;
     points
         .iter()
         .map(|p| {
-            let mut data = tasks::stream(p.spec.seed, Stream::AnalysisData);
-            let mut h0 = tasks::stream(p.spec.seed, Stream::AnalysisH0);
+            let mut data = tasks::stream(p.spec.seed, data);
+            let mut h0 = tasks::stream(p.spec.seed, h0);
             (0..n)
                 .map(|_| {
                     let batch = tasks::draw_batch(&mut data, p.spec.task, p.level, BATCH);
@@ -103,7 +117,7 @@ mod tests {
     use rand_distr::{Distribution, StandardNormal};
 
     fn ablation_plan() -> AnalysisPlan {
-        AnalysisPlan { dimensionality_batches: 0, timescale_steps: 0, ..analysis_plan() }
+        AnalysisPlan { dimensionality_batches: 0, timescale_steps: 0, recovery_steps: 0, ..analysis_plan() }
     }
 
     fn records<'r>(records: &'r [AnalysisRecord], population: &str, metric: &str) -> Vec<&'r AnalysisRecord> {
@@ -167,12 +181,13 @@ mod tests {
         let only = |plan: AnalysisPlan| TrialSpec { analysis: plan, ..spec.clone() };
         let study = AnalysisPlan::study();
         let parts = [
-            ("ablation", only(AnalysisPlan { dimensionality_batches: 0, timescale_steps: 0, ..study })),
-            ("dimensionality", only(AnalysisPlan { ablation_batches: 0, timescale_steps: 0, ..study })),
-            ("timescales", only(AnalysisPlan { ablation_batches: 0, dimensionality_batches: 0, ..study })),
+            ("ablation", only(AnalysisPlan { dimensionality_batches: 0, timescale_steps: 0, recovery_steps: 0, ..study })),
+            ("recovery", only(AnalysisPlan { ablation_batches: 0, dimensionality_batches: 0, timescale_steps: 0, ..study })),
+            ("dimensionality", only(AnalysisPlan { ablation_batches: 0, timescale_steps: 0, recovery_steps: 0, ..study })),
+            ("timescales", only(AnalysisPlan { ablation_batches: 0, dimensionality_batches: 0, recovery_steps: 0, ..study })),
             ("all", spec.clone()),
         ];
-        for level in [2, 6] {
+        for level in [2, 6, 35] {
             for (what, spec) in &parts {
                 let started = std::time::Instant::now();
                 let out = analyse(&model, &[Checkpoint { spec, level, epoch: 1 }], Kind::Float, Device::Cpu, &fastest_unroll).unwrap();
