@@ -411,6 +411,18 @@ fn finished(summary: &cbsweep_coordinator::local::RunSummary) -> u8 {
     exit::TRIALS_FAILED
 }
 
+/// A command whose reader went away (`cbsweep status | head -1`, `stats | true`) ends there,
+/// quietly, as `cat` or `ls` do: SIGPIPE back to its default for the one-shot commands. (Rust
+/// ignores it, so a closed pipe became a panic in `print!`.) The long-running commands keep it
+/// ignored; their sockets never raise it (sends use MSG_NOSIGNAL).
+#[allow(unsafe_code, reason = "signal(2) is unsafe in nix; restoring SIGPIPE's default disposition runs no handler")]
+fn quiet_on_broken_pipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: restores the default disposition, no handler runs; done before any thread of ours
+    // writes to standard output.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 /// Runs a command; Ok carries the exit code of a command that ran to its end.
 async fn dispatch(cmd: Command) -> Result<u8, CliError> {
     // The commands that take a state folder for writing reach the store through the scheduler
@@ -422,6 +434,9 @@ async fn dispatch(cmd: Command) -> Result<u8, CliError> {
     };
     if state_fs.is_some_and(|a| a.allow_network_state) {
         cbsweep_coordinator::store::fs::allow_network_state();
+    }
+    if !matches!(cmd, Command::Run { .. } | Command::Resume { .. } | Command::Coordinator { .. }) {
+        quiet_on_broken_pipe();
     }
     match cmd {
         Command::Run { spec, args } => cli::run(&spec, args.options()).await.map(|s| finished(&s)),

@@ -492,7 +492,7 @@ mod tests {
         assert!(c.contains("\nCBSWEEP_STATE='/shared/state'\n"), "{c}");
         assert!(!c.contains("\nCBSWEEP_LOCAL_STATE="), "unset: the environment's or the script's default: {c}");
         assert!(c.contains(r#"--state "$local_state""#) && !c.contains(r#"--state "$state""#), "{c}");
-        assert!(c.contains(r#"--token-file "$token_file""#) && c.contains(r#"backup "$backup" --state "$local_state""#), "{c}");
+        assert!(c.contains(r#"--token-file "$token_file""#) && c.contains(r#"backup "$backup" --overwrite --state "$local_state""#), "{c}");
         let mut p = plan(job());
         let Coordinator::Job(j) = &mut p.coordinator else { unreachable!() };
         j.local_state = Some("/scratch/cbsweep".into());

@@ -13,8 +13,7 @@ use std::path::{Path, PathBuf};
 
 /// The tables (and a column of each) every cbsweep state has had since its first schema: what
 /// `restore` asks of a file before it takes it as a state.
-const KNOWN_SCHEMA: [(&str, &str); 4] =
-    [("sweeps", "spec_toml"), ("trials", "spec_json"), ("curves", "trial_id"), ("analyses", "metric")];
+const KNOWN_SCHEMA: [(&str, &str); 4] = [("sweeps", "spec_toml"), ("trials", "spec_json"), ("curves", "trial_id"), ("analyses", "metric")];
 
 /// The state's own files in `state_dir`: the database, its write-ahead log and shared memory,
 /// a rollback journal, the lock.
@@ -195,7 +194,8 @@ mod tests {
             }
         }
         assert_eq!(std::fs::read(&db).unwrap(), before, "the state is untouched");
-        let left: Vec<_> = std::fs::read_dir(&state).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().contains("tmp")).collect();
+        let left: Vec<_> =
+            std::fs::read_dir(&state).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().contains("tmp")).collect();
         assert!(left.is_empty(), "no temporary file left: {left:?}");
 
         // an existing file elsewhere: only with --overwrite
