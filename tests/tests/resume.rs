@@ -58,6 +58,16 @@ fn saved_epochs(log: &Path, from: usize) -> Vec<u32> {
         .collect()
 }
 
+/// The epochs a worker's log says it trained (`epoch trained`, logged as each one ends), in order.
+fn trained_epochs(log: &Path) -> Vec<u32> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("epoch trained"))
+        .filter_map(|l| l.split(" epoch=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
 /// Waits until the log shows a checkpoint of at least `epochs` epochs past its first `from`
 /// bytes.
 fn wait_for_checkpoint(log: &Path, from: usize, epochs: u32) {
@@ -228,9 +238,9 @@ fn a_preemption_warning_hands_the_trial_over_with_its_checkpoint_losing_under_ch
     let weights = dir.path().join("weights");
     let first_log = dir.path().join("first.log");
     let mut first = worker(port, token, &weights, &first_log, &[]);
-    // past the checkpoint of epoch 10, before the one of 15
+    // past the checkpoint of epoch 10 by a whole epoch, before the one of 15
     wait_for_checkpoint(&first_log, 0, 10);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    wait_until(120, "the first worker to train epoch 11", || trained_epochs(&first_log).last().is_some_and(|&e| e > 10));
     let warned = std::time::Instant::now();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(first.pid()), nix::sys::signal::Signal::SIGUSR1).unwrap();
     assert_eq!(first.wait_for(30), Some(0), "the warned worker hands back and exits");
@@ -251,7 +261,9 @@ fn a_preemption_warning_hands_the_trial_over_with_its_checkpoint_losing_under_ch
     assert_bit_identical(&got, &want, &weights, &want.join("checkpoints"));
     let (resumes, lost) = interruption_cost(&got);
     eprintln!("SIGUSR1: handed back in {handed:?}, resumed from epoch {from}, {lost} epochs re-trained");
-    assert!(from > 10, "it handed back the state of the epoch it was in, not the periodic checkpoint of epoch 10: {from}");
+    let trained = *trained_epochs(&first_log).last().unwrap();
+    assert!(from > 10, "it handed back the state of the latest epoch boundary, not the periodic checkpoint of epoch 10: {from}");
+    assert_eq!(from, trained, "the hand-back is of the last epoch the first worker trained");
     assert_eq!(resumes, 1);
     assert!(lost <= u64::from(every), "no more than checkpoint_every epochs re-trained: {lost}");
 }

@@ -121,8 +121,9 @@ fn a_sweep_runs_over_tls_and_a_client_without_the_ca_is_refused() {
         )
     };
     assert_eq!(worker.wait_for(60), Some(0), "the worker drains the sweep over TLS");
+    // the final export (a partial one is written after the first trial)
+    wait_until(30, "the results", || cbsweep_tests::sweep_done(&state.join("results/tls"), 4));
     let trials = state.join("results/tls/trials.parquet");
-    wait_until(30, "the results", || trials.exists());
     let rows = duckdb(&format!("SELECT count(*) AS n FROM '{}' WHERE status = 'done'", trials.display()));
     assert_eq!(rows[0]["n"], 4);
     let ok = cli(&["status", "tls"], true);
