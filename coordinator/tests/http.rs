@@ -200,9 +200,11 @@ async fn a_scrape_reads_no_trial_row_and_counts_what_status_tallies() {
     assert!(small_status.counts.contains(&(TrialState::Failed, 4)), "one failed, three expired: {small_status:?}");
     assert_eq!(small_status.resumes.epochs_lost, 3, "the handed-back trial's second attempt trains epochs 1-3 again");
     assert_eq!(tallied(&status), kept(&sched.metrics().await.unwrap()));
-    assert!(sched.retry_failed("small".into()).await.unwrap() > 0);
+    assert_eq!(sched.retry_failed("small".into()).await.unwrap(), 4, "the failed trial and the three expired ones");
     assert_eq!(tallied(&sched.status(None).await.unwrap()), kept(&sched.metrics().await.unwrap()));
-    assert!(sched.cancel("big".into()).await.unwrap() > 0);
+    // every trial of the big sweep but the diverged one (done): the pending ones, the retried
+    // failure and the two leases b still holds
+    assert_eq!(sched.cancel("big".into()).await.unwrap(), 9_999);
     let status = sched.status(None).await.unwrap();
     let m = sched.metrics().await.unwrap();
     assert_eq!(tallied(&status), kept(&m));

@@ -146,6 +146,9 @@ fn chaos_every_cell_once_every_acknowledged_result_kept_attempts_only_grow() {
     results_once(&out.join("chaos"), 24, 30);
 
     let (leases, acked) = read_logs(&logs);
+    // the logs were read at all: every cell was leased at least once
+    let leased: std::collections::HashSet<&str> = leases.iter().map(|(_, trial, _)| trial.as_str()).collect();
+    assert_eq!(leased.len(), 24, "a lease line for every cell in the workers' logs ({} lines)", leases.len());
     let mut last: HashMap<&str, u32> = HashMap::new();
     for (at, trial, attempt) in &leases {
         if let Some(&before) = last.get(trial.as_str()) {
