@@ -39,6 +39,49 @@ fn get(addr: std::net::SocketAddr, path: &str, headers: &str, wait: Duration) ->
     (status, head, body)
 }
 
+/// An open /api/events stream read on a thread of its own: its head once it arrived (the
+/// server subscribed before sending it), then its `data:` lines as they come.
+struct EventStream {
+    head: String,
+    messages: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl EventStream {
+    fn open(addr: std::net::SocketAddr, path: &'static str) -> EventStream {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n{}Connection: close\r\n\r\n", bearer()).unwrap();
+        let mut reader = std::io::BufReader::new(s);
+        let mut head = String::new();
+        while !head.ends_with("\r\n\r\n") {
+            let before = head.len();
+            std::io::BufRead::read_line(&mut reader, &mut head).unwrap();
+            assert!(head.len() > before, "the stream closed in its head: {head}");
+        }
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let (tx, messages) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(reader) {
+                let Ok(line) = line else { break };
+                if let Some(data) = line.strip_prefix("data: ")
+                    && tx.send(data.to_string()).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        EventStream { head, messages }
+    }
+
+    /// The next message (a generous limit: it is the event that is waited for).
+    async fn next(&mut self, what: &str) -> String {
+        match tokio::time::timeout(Duration::from_secs(30), self.messages.recv()).await {
+            Ok(Some(message)) => message,
+            Ok(None) => panic!("the event stream closed before {what}"),
+            Err(_) => panic!("no {what} on the event stream within 30 s"),
+        }
+    }
+}
+
 async fn fetch(addr: std::net::SocketAddr, path: &'static str, headers: String) -> (u16, String, String) {
     tokio::task::spawn_blocking(move || get(addr, path, &headers, Duration::from_secs(2))).await.unwrap()
 }
@@ -177,24 +220,28 @@ async fn the_dashboard_serves_the_results_crates_numbers_to_token_holders_only()
     let (last, last_result) = last.unwrap();
 
     // A busy sweep: a hundred progress reports within one window come out as one or two messages,
-    // and the result that follows as a message saying results changed.
-    let listen = tokio::task::spawn_blocking(move || get(addr, "/api/events?sweep=g", &bearer(), Duration::from_secs(6)));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // and the result that follows as a message saying results changed. Each step waits for the
+    // stream's own word: its head (the page is subscribed), then its messages.
+    // The scheduler sends a batch's events after its replies: one more command answered, and the
+    // completions' events are out before the page subscribes.
+    sched.metrics().await.unwrap();
+    let mut stream = tokio::task::spawn_blocking(move || EventStream::open(addr, "/api/events?sweep=g")).await.unwrap();
     let busy = Instant::now();
     for e in 0..100 {
         let mut r = last_result.curve[0];
         r.epoch = 1 + e % 4;
         sched.progress(w.clone(), vec![(last.id.clone(), last.attempt, r)]).await.unwrap();
     }
-    let windows = busy.elapsed().as_millis() as usize / 500 + 2;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut messages = vec![stream.next("a message for the progress").await];
+    assert!(messages[0].contains("\"results\":false"), "progress alone says results:false: {messages:?}");
     sched.complete(w.clone(), last.id.clone(), last.attempt, last_result).await.unwrap();
-    let (code, head, stream) = listen.await.unwrap();
-    assert!(code == 200 && head.contains("text/event-stream"), "{head}");
-    let messages: Vec<&str> = stream.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
-    assert!(messages.len() >= 2 && messages.len() <= windows + 1, "throttled per sweep ({windows} windows): {stream}");
-    assert!(messages.iter().any(|m| m.contains("\"results\":false")), "progress alone says results:false: {stream}");
-    assert!(messages.last().unwrap().contains("\"results\":true") && messages.last().unwrap().contains("\"sweep\":\"g\""), "{stream}");
+    while !messages.last().unwrap().contains("\"results\":true") {
+        messages.push(stream.next("a message for the result").await);
+    }
+    let windows = busy.elapsed().as_millis() as usize / 500 + 2;
+    assert!(messages.len() >= 2 && messages.len() <= windows + 1, "throttled per sweep ({windows} windows): {messages:?}");
+    assert!(messages.last().unwrap().contains("\"sweep\":\"g\""), "{messages:?}");
+    assert!(stream.head.contains("text/event-stream"), "{}", stream.head);
 
     // /api/status is the status's JSON form.
     let (code, _, body) = fetch(addr, "/api/status", session.clone()).await;

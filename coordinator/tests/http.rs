@@ -152,7 +152,7 @@ async fn a_scrape_reads_no_trial_row_and_counts_what_status_tallies() {
             .await
             .unwrap();
     // The small sweep is the oldest, so it is leased first; the big one is 10,000 trials.
-    sched.submit(grid("small", 3, "pack_size = 6\nmax_attempts = 1\nlease_seconds = 1\n"), "g.toml".into()).await.unwrap();
+    sched.submit(grid("small", 3, "pack_size = 6\nmax_attempts = 1\nlease_seconds = 30\n"), "g.toml".into()).await.unwrap();
     sched.submit(grid("big", 5_000, "pack_size = 4\nmax_attempts = 3\n"), "g.toml".into()).await.unwrap();
     const TRIALS: f64 = 10_006.0;
 
@@ -190,23 +190,21 @@ async fn a_scrape_reads_no_trial_row_and_counts_what_status_tallies() {
     sched.complete(b.clone(), big[0].id.clone(), big[0].attempt, result(TrialOutcome::Diverged)).await.unwrap();
     sched.complete(b.clone(), big[1].id.clone(), big[1].attempt, result(TrialOutcome::Failed("again".into()))).await.unwrap();
     assert_eq!(tallied(&sched.status(None).await.unwrap()), kept(&sched.metrics().await.unwrap()));
-    // The small sweep's other leases are not renewed: they expire (1 s), out of attempts.
-    for _ in 0..100 {
-        let m = sched.metrics().await.unwrap();
-        if m.sweeps.iter().any(|s| s.sweep.as_str() == "small" && s.counts.contains(&(TrialState::Leased, 0))) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The small sweep's other leases are not renewed: they expire (30 s; the tick's expiry run as
+    // of a minute from now, before the big sweep's 120 s leases), out of attempts.
+    let expired = sched.expire_leases_as_of(std::time::SystemTime::now() + Duration::from_secs(60)).await.unwrap();
+    assert_eq!(expired, 3, "the small sweep's three unrenewed leases");
     let status = sched.status(None).await.unwrap();
     let small_status = status.sweeps.iter().find(|s| s.sweep.as_str() == "small").unwrap();
     assert!(small_status.counts.contains(&(TrialState::Done, 2)), "{small_status:?}");
     assert!(small_status.counts.contains(&(TrialState::Failed, 4)), "one failed, three expired: {small_status:?}");
     assert_eq!(small_status.resumes.epochs_lost, 3, "the handed-back trial's second attempt trains epochs 1-3 again");
     assert_eq!(tallied(&status), kept(&sched.metrics().await.unwrap()));
-    assert!(sched.retry_failed("small".into()).await.unwrap() > 0);
+    assert_eq!(sched.retry_failed("small".into()).await.unwrap(), 4, "the failed trial and the three expired ones");
     assert_eq!(tallied(&sched.status(None).await.unwrap()), kept(&sched.metrics().await.unwrap()));
-    assert!(sched.cancel("big".into()).await.unwrap() > 0);
+    // every trial of the big sweep but the diverged one (done): the pending ones, the retried
+    // failure and the two leases b still holds
+    assert_eq!(sched.cancel("big".into()).await.unwrap(), 9_999);
     let status = sched.status(None).await.unwrap();
     let m = sched.metrics().await.unwrap();
     assert_eq!(tallied(&status), kept(&m));

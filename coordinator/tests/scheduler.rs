@@ -35,6 +35,12 @@ async fn worker(s: &SchedulerHandle, name: &str) -> cbsweep_common::WorkerId {
     s.register(WorkerHello { hostname: name.into(), device: "test".into(), pid: 1 }).await.unwrap()
 }
 
+/// The leases of 30 s held now expire, as the tick would make them a minute from now (no lease in
+/// these tests is short, so none can expire before it is meant to).
+async fn expire_leases(s: &SchedulerHandle) {
+    assert!(s.expire_leases_as_of(std::time::SystemTime::now() + Duration::from_secs(60)).await.unwrap() > 0, "a lease expired");
+}
+
 /// Leases (up to `max` at a time) until `worker` gets trial `id` again, once its lease expired.
 async fn lease_again(
     s: &SchedulerHandle,
@@ -54,11 +60,11 @@ async fn lease_again(
 async fn late_completion_from_an_expired_lease_is_rejected_and_keeps_the_newer_result() {
     let dir = tempfile::tempdir().unwrap();
     let s = SchedulerHandle::start(dir.path(), opts()).unwrap();
-    s.submit(spec("[0]", "[run]\nlease_seconds = 1\npack_size = 1\n"), "s.toml".into()).await.unwrap();
+    s.submit(spec("[0]", "[run]\nlease_seconds = 30\npack_size = 1\n"), "s.toml".into()).await.unwrap();
     let (a, b) = (worker(&s, "a").await, worker(&s, "b").await);
     let first = s.lease(a.clone(), 1, None).await.unwrap().trials.remove(0);
     assert_eq!(first.attempt, Attempt(1));
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    expire_leases(&s).await;
     // The lease expired: the trial goes back to the queue, and b gets it under attempt 2.
     let second = lease_again(&s, &b, &first.id, 4).await;
     assert_eq!(second.attempt, Attempt(2));
@@ -252,12 +258,12 @@ async fn attempt_numbers_only_grow_so_a_handed_back_attempts_late_result_stays_s
     let s = SchedulerHandle::start(dir.path(), opts()).unwrap();
     // One trial, so that every lease below is of it.
     let text = "[sweep]\nname = \"s\"\n[grid]\ntask = [\"dms\"]\narch = [\"rnn\"]\nseed = [0]\n[train]\nepochs = 2\n\
-                [run]\nlease_seconds = 1\npack_size = 1\nmax_attempts = 2\n";
+                [run]\nlease_seconds = 30\npack_size = 1\nmax_attempts = 2\n";
     s.submit(parse_spec(text, Path::new("s.toml")).unwrap(), "s.toml".into()).await.unwrap();
     let (a, b) = (worker(&s, "a").await, worker(&s, "b").await);
     let first = s.lease(a.clone(), 1, None).await.unwrap().trials.remove(0);
     assert_eq!(first.attempt, Attempt(1));
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    expire_leases(&s).await;
     // Expired; b leases it as attempt 2 and hands it back (a preempted job).
     let second = lease_again(&s, &b, &first.id, 1).await;
     assert_eq!(second.attempt, Attempt(2));
@@ -297,7 +303,7 @@ async fn attempt_numbers_only_grow_so_a_handed_back_attempts_late_result_stays_s
 async fn a_result_counts_only_from_the_registered_worker_holding_that_attempts_lease() {
     let dir = tempfile::tempdir().unwrap();
     let s = SchedulerHandle::start(dir.path(), opts()).unwrap();
-    s.submit(spec("[0]", "[run]\nlease_seconds = 1\npack_size = 1\n"), "s.toml".into()).await.unwrap();
+    s.submit(spec("[0]", "[run]\nlease_seconds = 30\npack_size = 1\n"), "s.toml".into()).await.unwrap();
     let (owner, intruder) = (worker(&s, "owner").await, worker(&s, "intruder").await);
     let t = s.lease(owner.clone(), 1, None).await.unwrap().trials.remove(0);
     let other = s.lease(owner.clone(), 1, None).await.unwrap().trials.remove(0);
@@ -311,8 +317,7 @@ async fn a_result_counts_only_from_the_registered_worker_holding_that_attempts_l
     // The owner's result counts.
     assert!(s.complete(owner.clone(), t.id.clone(), t.attempt, result(TrialOutcome::Completed)).await.unwrap());
     // After its lease expired, even the owner's late result is refused (the trial runs again).
-    tokio::time::sleep(Duration::from_millis(1300)).await;
-    let _ = s.status(None).await.unwrap();
+    expire_leases(&s).await;
     let r = s.complete(owner.clone(), other.id.clone(), other.attempt, result(TrialOutcome::Completed)).await;
     assert!(matches!(r, Err(SchedError::NotLeased { attempt: 1, .. })), "{r:?}");
     let again = s.lease(intruder.clone(), 1, None).await.unwrap().trials.remove(0);

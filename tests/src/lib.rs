@@ -246,10 +246,39 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Says why a test does not run here, on one line (shown with `--nocapture`, or nextest's
-/// `--success-output immediate`); the test then returns and passes.
+/// Whether every test must run here: CBSWEEP_REQUIRE_ALL=1 (.ci/run sets it), or CI=true
+/// (CBSWEEP_REQUIRE_ALL=0 says otherwise). Then a missing prerequisite fails its test.
+pub fn require_all() -> bool {
+    let on = |v: &str| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes");
+    match std::env::var("CBSWEEP_REQUIRE_ALL") {
+        Ok(v) if !v.trim().is_empty() => on(&v),
+        _ => std::env::var("CI").is_ok_and(|v| on(&v)),
+    }
+}
+
+/// The file a skipped test adds its line to (`make test` prints it after the run, since neither
+/// libtest nor nextest can mark a test skipped once it runs): TARGET/skipped-tests.txt.
+pub fn skip_log() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    // TARGET/PROFILE/deps/TEST-HASH
+    exe.ancestors().nth(3).expect("target folder").join("skipped-tests.txt")
+}
+
+/// A test whose prerequisite `why` is missing here. Where every test must run (`require_all`:
+/// CI) it fails, naming what is missing; elsewhere it says so on stderr and in `skip_log`, and
+/// the caller returns.
 pub fn skipped(test: &str, why: &str) {
-    println!("skipped: {test}: {why}");
+    assert!(
+        !require_all(),
+        "{test} cannot run here: {why}. CI requires every prerequisite (CBSWEEP_REQUIRE_ALL=1 or CI=true; \
+         `bash scripts/cluster-setup.sh` as root installs the packages)"
+    );
+    let line = format!("SKIPPED {test}: {}", why.split_whitespace().collect::<Vec<_>>().join(" "));
+    eprintln!("{line}");
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(skip_log()) {
+        let _ = writeln!(f, "{line}");
+    }
 }
 
 /// `GET path` over plain HTTP/1.1; the status code and body, or None if nothing answers.
@@ -284,11 +313,21 @@ pub fn coordinator_logged(state: &Path, out: &Path, port: u16, token: &str, leve
 pub struct Tmpfs(pub PathBuf);
 
 impl Tmpfs {
-    /// A tmpfs of `size` (mount's syntax: 4m) at `dir`; None when it cannot be mounted.
-    pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(dir).ok()?;
-        let ok = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).status().ok()?.success();
-        ok.then(|| Tmpfs(dir.to_owned()))
+    /// A tmpfs of `size` (mount's syntax: 4m) at `dir`, or why it cannot be mounted.
+    pub fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
+        if !is_root() {
+            return Err("not root (mounting a tmpfs needs root)".into());
+        }
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+        let o = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !o.status.success() {
+            return Err(format!("cannot mount a tmpfs at {}: {}", dir.display(), String::from_utf8_lossy(&o.stderr).trim()));
+        }
+        Ok(Tmpfs(dir.to_owned()))
     }
 
     /// Fills the mount to the last byte with a file FILLER; returns its path.

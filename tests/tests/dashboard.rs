@@ -126,12 +126,12 @@ fn dashboard_shows_the_status_numbers_and_new_results_without_a_reload() {
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
-    // 2 conditions x 4 seeds; seed 3 fails both attempts; one trial at a time, 6 epochs of 0.4 s
+    // 2 conditions x 4 seeds; seed 3 fails both attempts; one trial at a time, once a worker
+    // starts: only when the page watches, so that results land on the open page
     let spec = write_spec(dir.path(), "dash.toml", &spec_text("livecurves", 4, 6));
     submit(port, TOKEN, &spec);
     let sweep = "livecurves";
     let log = dir.path().join("exec.log");
-    let _worker = fake_worker(port, TOKEN, &log, 400, &["--fake-fail-seeds", "3"]);
     let grpc = format!("http://127.0.0.1:{port}");
     let status_args = ["--coordinator", grpc.as_str()];
 
@@ -178,7 +178,8 @@ fn dashboard_shows_the_status_numbers_and_new_results_without_a_reload() {
     let first = wait_for_page(&b, 20, "the sweep page", |p| !p["conditions"].as_array().unwrap().is_empty());
     b.eval("window.__samePage = 42; return null");
     let total = status_json(&status_args)["sweeps"][0]["total"].as_u64().unwrap();
-    assert!(first["finished"].as_u64().unwrap() < total, "the sweep finished before the page could watch it: {first}");
+    assert_eq!(first["finished"].as_u64(), Some(0), "no worker yet: {first}");
+    let _worker = fake_worker(port, TOKEN, &log, 100, &["--fake-fail-seeds", "3"]);
     let later = wait_for_page(&b, 60, "a new result on the open page", |p| p["finished"].as_u64() > first["finished"].as_u64());
     assert_eq!(later["same"], true, "the page was reloaded: {later}");
     assert!(later["updates"].as_u64() > first["updates"].as_u64(), "{later}");
@@ -245,11 +246,12 @@ fn a_local_run_is_reachable_by_status_and_the_dashboard_from_another_process() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let spec = write_spec(dir.path(), "local.toml", &spec_text("local", 2, 5));
+    // trials of 100 s: the run is still there for every check below, which ends it with Ctrl-C
+    let spec = write_spec(dir.path(), "local.toml", &spec_text("local", 2, 1000));
     let mut run = Proc::spawn(
         Command::new(bin("cbsweep"))
             .args(["run", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--workers", "1", "--trainer", "fake"])
-            .arg("--worker-arg=--fake-epoch-ms=500")
+            .arg("--worker-arg=--fake-epoch-ms=100")
             .env("CBSWEEP_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped()),
@@ -273,11 +275,14 @@ fn a_local_run_is_reachable_by_status_and_the_dashboard_from_another_process() {
     let api: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(api["sweeps"][0]["sweep"], "local");
     assert_eq!(api["sweeps"][0]["total"], 4);
-    assert_eq!(run.wait_for(120), Some(0), "cbsweep run did not finish");
+    // Ctrl-C: the workers hand their trials back, and the run ends as interrupted (130)
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(run.pid()), nix::sys::signal::Signal::SIGINT).unwrap();
+    let code = run.wait_for(60);
     let mut err = String::new();
     run.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(code, Some(130), "an interrupted run exits 130: {err}");
     assert!(err.contains(&format!("dashboard {url}")), "run prints the dashboard's URL: {err}");
-    assert!(!reach.join("address").exists() && !reach.join("token").exists(), "a finished run leaves no address behind");
+    assert!(!reach.join("address").exists() && !reach.join("token").exists(), "a run that ended leaves no address behind");
     let gone = Command::new(bin("cbsweep")).args(["status", "--out", out.to_str().unwrap()]).output().unwrap();
     assert!(!gone.status.success());
     assert!(String::from_utf8_lossy(&gone.stderr).contains(&reach.join("address").display().to_string()), "{gone:?}");

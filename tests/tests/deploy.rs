@@ -4,7 +4,8 @@
 //! shell scripts with `bash -n`. Each linter is also shown a broken file, so a linter that
 //! accepts anything fails the test. Beyond the schemas: every command line in these files uses
 //! flags the real binaries accept, the probes use the coordinator's HTTP endpoints, and the
-//! images build with the README's commands.
+//! Dockerfiles' build steps are the Makefile's and the README's (read as text: no image is built
+//! here).
 
 use cbsweep_tests::{bin, python, root};
 use serde_json::Value;
@@ -153,7 +154,7 @@ fn dockerfiles_pass_hadolint() {
 }
 
 #[test]
-fn images_build_with_the_readmes_commands() {
+fn dockerfiles_build_with_the_makefile_and_the_readmes_steps_and_real_flags() {
     let docker = |f: &str| std::fs::read_to_string(root().join("deploy/docker").join(f)).unwrap();
     let (worker, coordinator) = (docker("Dockerfile.worker"), docker("Dockerfile.coordinator"));
     let makefile = std::fs::read_to_string(root().join("Makefile")).unwrap();

@@ -26,13 +26,22 @@ fn killed_worker_trial_runs_again_elsewhere_and_appears_once() {
     let mut victim = fake_worker(port, token, &log, 100, &[]);
     wait_until(30, "the victim to start a trial", || !executions(&log).is_empty());
     victim.kill9();
-    let started_by_victim: Vec<String> = executions(&log).into_iter().filter(|(_, d)| !d).map(|(id, _)| id).collect();
+    // what the victim was training when it died (a trial it had finished may run again only if
+    // its result was still on the way; nothing is asserted about those)
+    let (started, finished) = counts(&log);
+    let cut_short: Vec<String> = started.keys().filter(|id| !finished.contains_key(*id)).cloned().collect();
+    assert!(!cut_short.is_empty(), "the victim died training a trial: {started:?} {finished:?}");
     let mut survivor = fake_worker(port, token, &log, 100, &[]);
     assert_eq!(survivor.wait_for(120), Some(0), "the survivor drains the sweep and exits");
     results_once(&state.join("results/kw"), 8, 10);
     let (starts, dones) = counts(&log);
-    assert!(dones.values().all(|&n| n == 1) && dones.len() == 8, "each trial finished once: {dones:?}");
-    assert!(started_by_victim.iter().all(|id| starts[id] == 2), "the killed trial ran again: {starts:?}");
+    assert_eq!(dones.len(), 8, "every trial finished: {dones:?}");
+    for id in dones.keys().filter(|id| !finished.contains_key(*id)) {
+        assert_eq!(dones[id], 1, "trial {id} finished once: {dones:?}");
+    }
+    for id in &cut_short {
+        assert_eq!(starts[id], 2, "the killed trial {id} ran again, once: {starts:?}");
+    }
 }
 
 #[test]
@@ -198,7 +207,7 @@ fn alive(pid: i32) -> bool {
 }
 
 #[test]
-fn the_workers_of_a_killed_run_stop_within_a_second_or_two() {
+fn the_workers_of_a_killed_run_stop_as_soon_as_they_see_their_parent_gone() {
     let dir = tempfile::tempdir().unwrap();
     let spec = write_spec(dir.path(), "orphan.toml", &spec_text("orphan", 4, 50, 1, 30));
     let out = dir.path().join("out");
@@ -219,10 +228,14 @@ fn the_workers_of_a_killed_run_stop_within_a_second_or_two() {
     assert_eq!(children.len(), 2, "two worker processes: {children:?}");
     run.kill9();
     let gone = std::time::Instant::now();
-    // They used to linger ~20 s retrying a coordinator that died with their parent; they check
-    // every 200 ms (a margin for a loaded machine here, far below the old linger).
-    wait_until(10, "the orphaned workers to exit", || !children.iter().any(|&p| alive(p)));
-    assert!(gone.elapsed() < std::time::Duration::from_secs(4), "they stopped after {:?}", gone.elapsed());
+    // They used to linger ~20 s retrying a coordinator that died with their parent; now they
+    // see their parent gone (checked every 200 ms) and stop, each saying so in its log.
+    wait_until(60, "the orphaned workers to exit", || !children.iter().any(|&p| alive(p)));
+    eprintln!("the orphaned workers stopped {:?} after the run", gone.elapsed());
+    for k in 0..2 {
+        let said = std::fs::read_to_string(out.join(format!("orphan/logs/worker-{k}.log"))).unwrap();
+        assert!(said.contains("the parent process is gone"), "worker {k} stopped because its parent died, not by giving up:\n{said}");
+    }
 }
 
 #[test]

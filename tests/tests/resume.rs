@@ -1,8 +1,9 @@
 //! Long trials survive anything: real coordinator and worker processes with the real libtorch
 //! trainer on a tiny budget, interrupted again and again (kill -9 of a worker, of the
 //! coordinator, of `cbsweep run`; a pre-emption warning), end with the curve, levels, analyses
-//! and saved weights (every solved level's and the final ones) of an uninterrupted run, bit for
-//! bit, and lose at most the epochs since their latest checkpoint.
+//! and saved weights (every solved level's and the final ones) of an uninterrupted run on one
+//! thread, bit for bit, whatever thread counts the interrupted run's workers had, and lose at
+//! most the epochs since their latest checkpoint.
 
 use cbsweep_tests::{Proc, bin, coordinator, duckdb, free_port, submit, wait_until, write_spec};
 use std::path::{Path, PathBuf};
@@ -31,12 +32,13 @@ fn reference(dir: &Path, name: &str, text: &str) -> PathBuf {
     out.join(name)
 }
 
-/// A real (libtorch) worker on one thread, logging its checkpoints to `log`.
-fn worker(port: u16, token: &str, checkpoints: &Path, log: &Path, extra: &[&str]) -> Proc {
+/// A real (libtorch) worker on `threads` threads, logging its checkpoints to `log`.
+fn worker(port: u16, token: &str, checkpoints: &Path, log: &Path, threads: u32, extra: &[&str]) -> Proc {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     Proc::spawn(
         Command::new(bin("cbsweep-worker"))
-            .args(["--coordinator", &format!("http://127.0.0.1:{port}"), "--device", "cpu", "--threads", "1", "--exit-when-drained"])
+            .args(["--coordinator", &format!("http://127.0.0.1:{port}"), "--device", "cpu", "--exit-when-drained"])
+            .args(["--threads", &threads.to_string()])
             .args(["--give-up-after-s", "60", "--checkpoint-dir", checkpoints.to_str().unwrap()])
             .args(extra)
             .env("CBSWEEP_TOKEN", token)
@@ -58,6 +60,16 @@ fn saved_epochs(log: &Path, from: usize) -> Vec<u32> {
         .collect()
 }
 
+/// The epochs a worker's log says it trained (`epoch trained`, logged as each one ends), in order.
+fn trained_epochs(log: &Path) -> Vec<u32> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("epoch trained"))
+        .filter_map(|l| l.split(" epoch=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
 /// Waits until the log shows a checkpoint of at least `epochs` epochs past its first `from`
 /// bytes.
 fn wait_for_checkpoint(log: &Path, from: usize, epochs: u32) {
@@ -76,13 +88,16 @@ fn rows(results: &Path, table: &str, columns: &str, order: &str) -> Vec<serde_js
     duckdb(&format!("SELECT {columns} FROM '{}' ORDER BY {order}", results.join(table).display()))
 }
 
-/// The curve, the analyses and every saved weights file of `got` equal `want`'s, bit for bit
-/// (the two sweeps share their name, so their trial ids agree).
+/// The curve, the solved levels, the analyses and every saved weights file of `got` equal
+/// `want`'s, bit for bit (the two sweeps share their name, so their trial ids agree).
 fn assert_bit_identical(got: &Path, want: &Path, got_weights: &Path, want_weights: &Path) {
     let curve = "trial_id, epoch, level, train_loss, test_accuracy, solved, grad_norm, core_learning, cb_learning";
     let (a, b) = (rows(got, "curves.parquet", curve, "epoch"), rows(want, "curves.parquet", curve, "epoch"));
     assert_eq!(a.len(), 30, "every epoch of the budget: {a:?}");
     assert_eq!(a, b, "the curve");
+    let (a, b) = (rows(got, "levels.parquet", "*", "trial_id, level"), rows(want, "levels.parquet", "*", "trial_id, level"));
+    assert!(!b.is_empty(), "the trial solved levels");
+    assert_eq!(a, b, "the solved levels");
     let analysis = "trial_id, level, epoch, population, metric, value";
     let (a, b) = (
         rows(got, "analyses.parquet", analysis, "level, population, metric"),
@@ -135,14 +150,15 @@ fn a_trial_whose_worker_is_killed_again_and_again_ends_bit_identical_to_an_unint
     let points = kill_points(11, 3);
     for (k, &at) in points.iter().enumerate() {
         let log = dir.path().join(format!("worker-{k}.log"));
-        let mut w = worker(port, token, &weights, &log, &[]);
+        // the reference trained on one thread; the interrupted run on two, three, one, ...
+        let mut w = worker(port, token, &weights, &log, [2, 3, 1][k % 3], &[]);
         wait_for_checkpoint(&log, 0, at);
         w.kill9();
         let resumed_from = std::fs::read_to_string(&log).unwrap().lines().any(|l| l.contains("resuming from its checkpoint"));
         assert_eq!(resumed_from, k > 0, "worker {k} resumed from the last one's checkpoint: {}", std::fs::read_to_string(&log).unwrap());
     }
     let log = dir.path().join("worker-last.log");
-    let mut last = worker(port, token, &weights, &log, &[]);
+    let mut last = worker(port, token, &weights, &log, 2, &[]);
     assert_eq!(last.wait_for(180), Some(0), "the last worker finishes the trial: {}", std::fs::read_to_string(&log).unwrap());
     let got = state.join("results").join(name);
     wait_until(20, "the export", || cbsweep_tests::sweep_done(&got, 1));
@@ -168,7 +184,7 @@ fn a_trial_whose_coordinator_or_run_is_killed_again_and_again_ends_bit_identical
     submit(port, token, &write_spec(dir.path(), "kc.toml", &text));
     let weights = dir.path().join("weights");
     let log = dir.path().join("worker.log");
-    let mut w = worker(port, token, &weights, &log, &[]);
+    let mut w = worker(port, token, &weights, &log, 2, &[]);
     for at in kill_points(5, 3) {
         wait_for_checkpoint(&log, 0, at);
         coord.kill9();
@@ -189,9 +205,10 @@ fn a_trial_whose_coordinator_or_run_is_killed_again_and_again_ends_bit_identical
     for (k, &at) in points.iter().enumerate() {
         let from = length(&run_log);
         let mut c = Command::new(bin("cbsweep"));
+        let threads = ["2", "3", "1"][k % 3];
         match k {
-            0 => c.args(["run", spec.to_str().unwrap(), "--workers", "1", "--threads", "1"]),
-            _ => c.args(["resume", name, "--workers", "1", "--threads", "1"]),
+            0 => c.args(["run", spec.to_str().unwrap(), "--workers", "1", "--threads", threads]),
+            _ => c.args(["resume", name, "--workers", "1", "--threads", threads]),
         };
         let mut run = Proc::spawn(
             c.args(["--out", out.to_str().unwrap()])
@@ -204,7 +221,7 @@ fn a_trial_whose_coordinator_or_run_is_killed_again_and_again_ends_bit_identical
         std::thread::sleep(std::time::Duration::from_millis(1500));
     }
     let o = Command::new(bin("cbsweep"))
-        .args(["resume", name, "--workers", "1", "--threads", "1", "--out", out.to_str().unwrap()])
+        .args(["resume", name, "--workers", "1", "--threads", "2", "--out", out.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", cbsweep_tests::text(&o));
@@ -227,10 +244,10 @@ fn a_preemption_warning_hands_the_trial_over_with_its_checkpoint_losing_under_ch
     submit(port, token, &write_spec(dir.path(), "w.toml", &text));
     let weights = dir.path().join("weights");
     let first_log = dir.path().join("first.log");
-    let mut first = worker(port, token, &weights, &first_log, &[]);
-    // past the checkpoint of epoch 10, before the one of 15
+    let mut first = worker(port, token, &weights, &first_log, 2, &[]);
+    // past the checkpoint of epoch 10 by a whole epoch, before the one of 15
     wait_for_checkpoint(&first_log, 0, 10);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    wait_until(120, "the first worker to train epoch 11", || trained_epochs(&first_log).last().is_some_and(|&e| e > 10));
     let warned = std::time::Instant::now();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(first.pid()), nix::sys::signal::Signal::SIGUSR1).unwrap();
     assert_eq!(first.wait_for(30), Some(0), "the warned worker hands back and exits");
@@ -238,7 +255,7 @@ fn a_preemption_warning_hands_the_trial_over_with_its_checkpoint_losing_under_ch
     let first_text = std::fs::read_to_string(&first_log).unwrap();
     assert!(first_text.contains("handed leases back"), "{first_text}");
     let second_log = dir.path().join("second.log");
-    let mut second = worker(port, token, &weights, &second_log, &[]);
+    let mut second = worker(port, token, &weights, &second_log, 1, &[]);
     assert_eq!(second.wait_for(180), Some(0));
     let second_text = std::fs::read_to_string(&second_log).unwrap();
     let from: u32 = second_text
@@ -251,7 +268,9 @@ fn a_preemption_warning_hands_the_trial_over_with_its_checkpoint_losing_under_ch
     assert_bit_identical(&got, &want, &weights, &want.join("checkpoints"));
     let (resumes, lost) = interruption_cost(&got);
     eprintln!("SIGUSR1: handed back in {handed:?}, resumed from epoch {from}, {lost} epochs re-trained");
-    assert!(from > 10, "it handed back the state of the epoch it was in, not the periodic checkpoint of epoch 10: {from}");
+    let trained = *trained_epochs(&first_log).last().unwrap();
+    assert!(from > 10, "it handed back the state of the latest epoch boundary, not the periodic checkpoint of epoch 10: {from}");
+    assert_eq!(from, trained, "the hand-back is of the last epoch the first worker trained");
     assert_eq!(resumes, 1);
     assert!(lost <= u64::from(every), "no more than checkpoint_every epochs re-trained: {lost}");
 }

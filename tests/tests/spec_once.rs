@@ -73,8 +73,8 @@ fn a_run_with_an_override_resumes_without_it_and_no_cell_changes() {
 
     // Running the file again without the override is a different spec: refused, naming the change.
     let o = command(&["run", spec.to_str().unwrap()]).output().unwrap();
-    assert!(!o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("epochs"), "the refusal names what changed: {}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "a resubmission that changes existing cells is bad input: {}", text(&o));
+    assert!(text(&o).contains("budget.epochs: 6 -> 30"), "the refusal names what changed, from what to what: {}", text(&o));
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! bearer token's file: written owner-only, a loose one warned about. And the HTTP side (the
 //! dashboard, health, metrics) over TLS with the same certificate, its session cookie Secure.
 
-use cbsweep_tests::{Proc, bin, duckdb, free_port, text, wait_until, write_spec};
+use cbsweep_tests::{Proc, bin, duckdb, free_port, skipped, text, wait_until, write_spec};
 use std::path::Path;
 use std::process::Command;
 
@@ -75,8 +75,7 @@ fn tls_coordinator(dir: &std::path::Path, port: u16, token: &str, args: &[&str])
 #[test]
 fn a_sweep_runs_over_tls_and_a_client_without_the_ca_is_refused() {
     if Command::new("openssl").arg("version").output().is_err() {
-        println!("skipped: no openssl binary to make test certificates");
-        return;
+        return skipped("a_sweep_runs_over_tls_and_a_client_without_the_ca_is_refused", "no openssl binary to make test certificates");
     }
     let dir = tempfile::tempdir().unwrap();
     certificates(dir.path());
@@ -122,8 +121,9 @@ fn a_sweep_runs_over_tls_and_a_client_without_the_ca_is_refused() {
         )
     };
     assert_eq!(worker.wait_for(60), Some(0), "the worker drains the sweep over TLS");
+    // the final export (a partial one is written after the first trial)
+    wait_until(30, "the results", || cbsweep_tests::sweep_done(&state.join("results/tls"), 4));
     let trials = state.join("results/tls/trials.parquet");
-    wait_until(30, "the results", || trials.exists());
     let rows = duckdb(&format!("SELECT count(*) AS n FROM '{}' WHERE status = 'done'", trials.display()));
     assert_eq!(rows[0]["n"], 4);
     let ok = cli(&["status", "tls"], true);
@@ -169,8 +169,7 @@ fn curl(dir: &Path, args: &[&str]) -> Option<String> {
 #[test]
 fn the_dashboard_is_served_over_tls_when_the_coordinator_has_it() {
     if Command::new("openssl").arg("version").output().is_err() || Command::new("curl").arg("--version").output().is_err() {
-        println!("skipped: the_dashboard_is_served_over_tls_when_the_coordinator_has_it: no openssl or curl binary");
-        return;
+        return skipped("the_dashboard_is_served_over_tls_when_the_coordinator_has_it", "no openssl or curl binary");
     }
     let dir = tempfile::tempdir().unwrap();
     certificates(dir.path());

@@ -440,10 +440,14 @@ struct Events {
     tx: mpsc::UnboundedSender<FromTrainer>,
     revoked: Arc<Vec<AtomicBool>>,
     stop: Arc<AtomicBool>,
+    /// The pack's trials, by index.
+    ids: Vec<TrialId>,
 }
 
 impl PackEvents for Events {
     fn epoch(&mut self, index: usize, record: &EpochRecord) -> Control {
+        // the epoch is over: a stop from now on hands back at least this epoch's boundary
+        tracing::debug!(trial_id = %self.ids[index], epoch = record.epoch, "epoch trained");
         let _ = self.tx.send(FromTrainer::Epoch(index, *record));
         if self.revoked[index].load(Ordering::Relaxed) { Control::StopTrial } else { Control::Continue }
     }
@@ -479,7 +483,7 @@ async fn train(
     for h in &pack {
         tracing::info!(trial_id = %h.id, attempt = h.attempt.0, cell = %h.spec.cell_key(), resumed = h.resume.is_some(), "training");
     }
-    let mut events = Events { tx, revoked: revoked.clone(), stop: stop.clone() };
+    let mut events = Events { tx, revoked: revoked.clone(), stop: stop.clone(), ids: pack.iter().map(|h| h.id.clone()).collect() };
     let mut task = tokio::task::spawn_blocking(move || {
         let ends = trainer.train(&trials, cadence, &mut events);
         (trainer, ends)

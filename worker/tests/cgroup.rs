@@ -2,10 +2,10 @@
 //! real binary, started inside a cgroup limited to 3 GiB, logs a budget of 1.5 GiB in its
 //! `pack limits` line. Needs root and a writable memory cgroup: v2 (memory among
 //! /sys/fs/cgroup/cgroup.controllers) or, on a v1 or hybrid host, v1's memory hierarchy at
-//! /sys/fs/cgroup/memory; otherwise it says why it skips. The worker runs in a leaf below the
-//! limited cgroup, so the limit is found by the walk up the ancestors, and v2's rule of no
-//! processes in a cgroup with controllers enabled for its children never bites. The cgroups
-//! are removed when the test ends, passed or failed.
+//! /sys/fs/cgroup/memory; otherwise it says why it skips (and fails in CI). The worker runs in
+//! a leaf below the limited cgroup, so the limit is found by the walk up the ancestors, and
+//! v2's rule of no processes in a cgroup with controllers enabled for its children never bites.
+//! The cgroups are removed when the test ends, passed or failed.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -26,10 +26,10 @@ impl TestCgroup {
     /// The cgroup, or None (after saying why) where this machine cannot make one.
     fn create(test: &str) -> Option<TestCgroup> {
         let skip = |why: String| {
-            println!("skipped: {test}: {why}");
+            cbsweep_tests::skipped(test, &why);
             None
         };
-        if !is_root() {
+        if !cbsweep_tests::is_root() {
             return skip("not root (making a cgroup and moving a process into it needs root)".into());
         }
         let root = Path::new(ROOT);
@@ -76,13 +76,6 @@ impl Drop for TestCgroup {
     }
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:").map(|u| u.split_whitespace().nth(1) == Some("0"))))
-        .unwrap_or(false)
-}
-
 fn mem_total() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kib = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().trim_end_matches("kB").trim().parse::<u64>().ok()?;
@@ -100,8 +93,7 @@ fn logged_budget(log: &str) -> Option<u64> {
 fn a_worker_in_a_memory_limited_cgroup_budgets_half_of_the_limit() {
     let test = "a_worker_in_a_memory_limited_cgroup_budgets_half_of_the_limit";
     if mem_total().is_none_or(|total| total <= LIMIT) {
-        println!("skipped: {test}: MemTotal is not above the 3 GiB limit, so the limit would not be what binds");
-        return;
+        return cbsweep_tests::skipped(test, "MemTotal is not above the 3 GiB limit, so the limit would not be what binds");
     }
     let Some(cgroup) = TestCgroup::create(test) else { return };
     let dir = tempfile::tempdir().unwrap();

@@ -217,6 +217,10 @@ pub(super) enum Command {
         sweep: SweepId,
         reply: Reply<SweepRow>,
     },
+    ExpireLeases {
+        at_ms: i64,
+        reply: Reply<u32>,
+    },
     Metrics {
         reply: Reply<MetricsReport>,
     },

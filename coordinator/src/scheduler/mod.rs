@@ -144,6 +144,14 @@ impl SchedulerHandle {
         Ok(self.metrics().await?.counters)
     }
 
+    /// Expires the leases that have expired by `at` (a time to come, in tests: a lease that must
+    /// expire needs no wait, and one that must not is never short), as the tick does with the
+    /// clock's time; the number expired.
+    pub async fn expire_leases_as_of(&self, at: std::time::SystemTime) -> Result<u32, SchedError> {
+        let at_ms = at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        self.call(|reply| Command::ExpireLeases { at_ms, reply }).await
+    }
+
     /// The stored row of a sweep (its spec text, for resume).
     pub async fn sweep_row(&self, sweep: SweepId) -> Result<SweepRow, SchedError> {
         self.call(|reply| Command::Spec { sweep, reply }).await

@@ -294,7 +294,7 @@ impl Scheduler {
             next = if answers.len() < MAX_BATCH { rx.try_recv().ok() } else { None };
         }
         if tick {
-            if let Err(e) = self.expire_leases() {
+            if let Err(e) = self.expire_leases(store::now_ms()) {
                 tracing::error!(error = %e, "lease expiry check failed");
             }
             if let Err(e) = self.write_last_seen() {
@@ -396,6 +396,7 @@ impl Scheduler {
                 self.scrapes.push(reply);
                 Box::new(|_: Option<&StoreError>| {})
             }
+            Command::ExpireLeases { at_ms, reply } => answer(reply, self.expire_leases(at_ms)),
             Command::Spec { sweep, reply } => {
                 answer(reply, self.store.sweep(&sweep).map_err(SchedError::from).and_then(|s| s.ok_or(SchedError::UnknownSweep(sweep))))
             }
@@ -619,9 +620,12 @@ impl Scheduler {
         Ok(())
     }
 
-    fn expire_leases(&mut self) -> Result<(), SchedError> {
-        let now = store::now_ms();
-        for (trial, attempt, counted, max_attempts) in self.store.expired(now)? {
+    /// Puts back (or fails, out of attempts) every lease that has expired by `now` (ms since the
+    /// epoch); how many.
+    fn expire_leases(&mut self, now: i64) -> Result<u32, SchedError> {
+        let expired = self.store.expired(now)?;
+        let n = expired.len() as u32;
+        for (trial, attempt, counted, max_attempts) in expired {
             let terminal = counted >= max_attempts;
             let error = format!("lease of attempt {attempt} expired (worker lost or too slow to heartbeat)");
             self.store.record_failure(&trial, &error, terminal)?;
@@ -635,7 +639,7 @@ impl Scheduler {
                 self.emit(Event::TrialRetry { sweep: lease.sweep, trial, error });
             }
         }
-        Ok(())
+        Ok(n)
     }
 
     fn status(&mut self, only: Option<SweepId>) -> Result<StatusReport, SchedError> {
