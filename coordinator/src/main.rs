@@ -435,7 +435,8 @@ async fn dispatch(cmd: Command) -> Result<u8, CliError> {
     if state_fs.is_some_and(|a| a.allow_network_state) {
         cbsweep_coordinator::store::fs::allow_network_state();
     }
-    if !matches!(cmd, Command::Run { .. } | Command::Resume { .. } | Command::Coordinator { .. }) {
+    // (validate writes through `cli::print_out`, which ends with exit 0 on a closed pipe)
+    if !matches!(cmd, Command::Run { .. } | Command::Resume { .. } | Command::Coordinator { .. } | Command::Validate { .. }) {
         quiet_on_broken_pipe();
     }
     match cmd {
