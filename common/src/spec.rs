@@ -12,7 +12,7 @@
 
 use crate::ids::{Seed, SweepId};
 use crate::model_size;
-use crate::trial::{AnalysisPlan, Arch, Curriculum, FreezePoint, Regime, STUDY_SIZE, Task, TrainBudget, TrialSpec};
+use crate::trial::{AnalysisPlan, Arch, Curriculum, FreezePoint, GruCell, ModuleStart, Regime, STUDY_SIZE, Task, TrainBudget, TrialSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -116,6 +116,9 @@ struct RawModel {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     purkinje: Option<i64>,
     rnn_match: String,
+    /// "lab" (the default) or "near_zero"; absent from the resolved form unless given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    recurrent_module_start: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -557,6 +560,10 @@ fn validate(raw: RawSpec, path: &Path, resolved: String, overrides: Vec<SpecOver
         "closest" => false,
         other => return Err(c.invalid("model.rnn_match", format!("{other:?}"), "expected \"published\" or \"closest\"")),
     };
+    let module_start = match raw.model.recurrent_module_start.as_deref() {
+        None => ModuleStart::Lab,
+        Some(name) => name.parse().map_err(|why: String| c.invalid("model.recurrent_module_start", format!("{name:?}"), &why))?,
+    };
 
     let t = &raw.train;
     let (start_level, max_level, curriculum) = match t.fixed_level {
@@ -671,6 +678,8 @@ fn validate(raw: RawSpec, path: &Path, resolved: String, overrides: Vec<SpecOver
             budget,
             analysis,
             grid_hidden: hidden,
+            gru_cell: GruCell::of(cell.arch),
+            module_start: module_start.of(cell.arch),
         };
         if seen.insert(trial.cell_key()) {
             trials.push(trial);

@@ -370,3 +370,19 @@ fn fixed_level_trains_at_one_level_and_is_refused_where_it_cannot_work() {
     parse(&MINIMAL.replace("seed = [0, 1]", "seed = [0, 1]\nregime = [\"reservoir\"]\nfreeze = [\"epoch:3\"]\n[train]\nfixed_level = 5"))
         .unwrap();
 }
+
+#[test]
+fn the_recurrent_module_start_is_the_labs_unless_named_and_a_wrong_name_is_refused() {
+    let control = MINIMAL.replace(r#"["cbrnn", "rnn"]"#, r#"["cbrnn", "rmrnn", "cbgru"]"#);
+    let start_of = |text: &str, arch| parse(text).unwrap().trials.iter().find(|t| t.arch == arch).map(|t| t.module_start);
+    assert_eq!(start_of(&control, Arch::Rmrnn), Some(ModuleStart::Lab));
+    let near_zero = format!("{control}[model]\nrecurrent_module_start = \"near_zero\"\n");
+    assert_eq!(start_of(&near_zero, Arch::Rmrnn), Some(ModuleStart::NearZero));
+    // the other architectures have no such module: their specs stay as they were
+    for text in [&control, &near_zero] {
+        assert_eq!(start_of(text, Arch::Cbrnn), Some(ModuleStart::Original));
+        assert_eq!(start_of(text, Arch::Cbgru), Some(ModuleStart::Original));
+    }
+    let e = err(&format!("{control}[model]\nrecurrent_module_start = \"zero\"\n"));
+    assert!(e.ends_with("model.recurrent_module_start = \"zero\": expected one of: \"near_zero\", \"lab\""), "{e}");
+}
