@@ -21,7 +21,7 @@ mod timescales;
 use super::input::Batches;
 use super::model::{PackedModel, Unroll};
 use super::tasks::{self, Stream};
-use cbsweep_common::{AnalysisRecord, Seed, TrialSpec};
+use cbsweep_common::{AnalysisRecord, TrialSpec};
 use tch::{Device, Kind, TchError};
 
 pub(crate) use checkpoint::{checkpoint_path, save_checkpoint};
@@ -68,23 +68,23 @@ pub(crate) fn analyse(
     let first_n = |n: u32| fixed.iter().map(|b| b[..n as usize].to_vec()).collect::<Vec<_>>();
     ablation::ablation(model, first_n(plan.ablation_batches), kind, device, &mut push)?;
     pca::dimensionality(model, first_n(plan.dimensionality_batches), kind, device, &mut push)?;
-    let seeds: Vec<Seed> = points.iter().map(|p| p.spec.seed).collect();
-    timescales::timescales(model, &seeds, &plan, kind, device, unroll, &mut push)?;
+    let trials: Vec<&TrialSpec> = points.iter().map(|p| p.spec).collect();
+    timescales::timescales(model, &trials, &plan, kind, device, unroll, &mut push)?;
     Ok(out)
 }
 
 /// `n` fixed batches of `BATCH` sequences per point at its level, from its analysis streams.
 fn fixed_batches(points: &[Checkpoint], n: usize, model: &PackedModel) -> Batches {
-    let hidden = model.dims().hidden as usize;
+    let (hidden, module) = (model.dims().hidden as usize, model.dims().module_units() as usize);
     points
         .iter()
         .map(|p| {
             let mut data = tasks::stream(p.spec.seed, Stream::AnalysisData);
-            let mut h0 = tasks::stream(p.spec.seed, Stream::AnalysisH0);
+            let (mut h0, mut a0) = (tasks::stream(p.spec.seed, Stream::AnalysisH0), tasks::stream(p.spec.seed, Stream::AnalysisA0));
             (0..n)
                 .map(|_| {
                     let batch = tasks::draw_batch(&mut data, p.spec.task, p.level, BATCH);
-                    (batch, tasks::draw_h0(&mut h0, BATCH, hidden))
+                    (batch, tasks::draw_states(&mut h0, &mut a0, p.spec.module_start, BATCH, hidden, module))
                 })
                 .collect()
         })
@@ -97,7 +97,7 @@ mod tests {
     use crate::torch::engine::fastest_unroll;
     use crate::torch::model::{Dims, init_trial};
     use crate::torch::testing::{analysis_plan, one_thread, small_spec};
-    use cbsweep_common::{AnalysisPlan, Arch, Regime, Task};
+    use cbsweep_common::{AnalysisPlan, Arch, Regime, Seed, Task};
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
     use rand_distr::{Distribution, StandardNormal};
