@@ -40,5 +40,7 @@ pub(crate) fn spec(arch: Arch, seed: u64, level: u32, steps: u32) -> TrialSpec {
         },
         analysis: AnalysisPlan { every_levels: 0, ..AnalysisPlan::study() },
         grid_hidden: cbsweep_common::trial::STUDY_SIZE,
+        gru_cell: cbsweep_common::GruCell::of(arch),
+        module_start: cbsweep_common::ModuleStart::Lab.of(arch),
     }
 }

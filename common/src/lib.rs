@@ -21,8 +21,8 @@ pub use spec::{
     parse_spec_with_overrides, spec_hash,
 };
 pub use trial::{
-    AnalysisPlan, Arch, ComparePair, CompareSide, Core, Curriculum, FreezePoint, ModuleKind, PackKey, Regime, RegimeKind, StatsPlan, Task,
-    TrainBudget, TrialSpec, varying_parts,
+    AnalysisPlan, Arch, ComparePair, CompareSide, Core, Curriculum, FreezePoint, GruCell, ModuleKind, ModuleStart, PackKey, Regime,
+    RegimeKind, StatsPlan, Task, TrainBudget, TrialSpec, varying_parts,
 };
 
 /// Version of the trial semantics. It is part of every trial's identity: a change to what a

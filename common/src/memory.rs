@@ -150,6 +150,8 @@ mod tests {
             },
             analysis: AnalysisPlan::study(),
             grid_hidden: 64,
+            gru_cell: crate::trial::GruCell::Original,
+            module_start: crate::trial::ModuleStart::Original,
         }
     }
 

@@ -46,8 +46,9 @@ pub fn rmrnn_params(hidden: u32, granule: u32, purkinje: u32) -> u64 {
     rnn_params(hidden) + recurrent_module_params(hidden, recurrent_module_units(hidden, granule, purkinje))
 }
 
-/// Trainable parameters of a plain GRU with `hidden` units, input size 1 (PyTorch's two bias
-/// vectors per gate) and a 2-class readout: the core 3H^2 + 9H, the readout 2H + 2.
+/// Trainable parameters of a plain GRU with `hidden` units, input size 1 (the lab's cell: per gate
+/// a linear layer on the input and one on the state, each with its bias) and a 2-class readout:
+/// the core 3H^2 + 9H, the readout 2H + 2.
 pub fn gru_params(hidden: u32) -> u64 {
     let h = u64::from(hidden);
     3 * h * h + 9 * h + 2 * h + 2

@@ -13,8 +13,8 @@
 use crate::ids::{Seed, SweepId};
 use crate::model_size;
 use crate::trial::{
-    AnalysisPlan, Arch, ComparePair, CompareSide, Curriculum, FreezePoint, Regime, RegimeKind, STUDY_SIZE, StatsPlan, Task, TrainBudget,
-    TrialSpec,
+    AnalysisPlan, Arch, ComparePair, CompareSide, Curriculum, FreezePoint, GruCell, ModuleStart, Regime, RegimeKind, STUDY_SIZE, StatsPlan,
+    Task, TrainBudget, TrialSpec,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -130,6 +130,9 @@ struct RawModel {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     purkinje: Option<i64>,
     rnn_match: String,
+    /// "lab" (the default) or "near_zero"; absent from the resolved form unless given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    recurrent_module_start: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -587,6 +590,10 @@ fn validate(raw: RawSpec, path: &Path, resolved: String, overrides: Vec<SpecOver
         "closest" => false,
         other => return Err(c.invalid("model.rnn_match", format!("{other:?}"), "expected \"published\" or \"closest\"")),
     };
+    let module_start = match raw.model.recurrent_module_start.as_deref() {
+        None => ModuleStart::Lab,
+        Some(name) => name.parse().map_err(|why: String| c.invalid("model.recurrent_module_start", format!("{name:?}"), &why))?,
+    };
 
     let t = &raw.train;
     let (start_level, max_level, curriculum) = match (t.fixed_level, t.schedule_every) {
@@ -730,6 +737,8 @@ fn validate(raw: RawSpec, path: &Path, resolved: String, overrides: Vec<SpecOver
             budget,
             analysis,
             grid_hidden: hidden,
+            gru_cell: GruCell::of(cell.arch),
+            module_start: module_start.of(cell.arch),
         };
         if seen.insert(trial.cell_key()) {
             trials.push(trial);

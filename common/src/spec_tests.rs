@@ -444,3 +444,19 @@ fn readout_recovery_defaults_to_the_study_and_only_a_change_moves_the_trials() {
     let e = err(&format!("{MINIMAL}[analysis]\nrecovery_steps = -1\n"));
     assert!(e.contains("analysis.recovery_steps"), "{e}");
 }
+
+#[test]
+fn the_recurrent_module_start_is_the_labs_unless_named_and_a_wrong_name_is_refused() {
+    let control = MINIMAL.replace(r#"["cbrnn", "rnn"]"#, r#"["cbrnn", "rmrnn", "cbgru"]"#);
+    let start_of = |text: &str, arch| parse(text).unwrap().trials.iter().find(|t| t.arch == arch).map(|t| t.module_start);
+    assert_eq!(start_of(&control, Arch::Rmrnn), Some(ModuleStart::Lab));
+    let near_zero = format!("{control}[model]\nrecurrent_module_start = \"near_zero\"\n");
+    assert_eq!(start_of(&near_zero, Arch::Rmrnn), Some(ModuleStart::NearZero));
+    // the other architectures have no such module: their specs stay as they were
+    for text in [&control, &near_zero] {
+        assert_eq!(start_of(text, Arch::Cbrnn), Some(ModuleStart::Original));
+        assert_eq!(start_of(text, Arch::Cbgru), Some(ModuleStart::Original));
+    }
+    let e = err(&format!("{control}[model]\nrecurrent_module_start = \"zero\"\n"));
+    assert!(e.ends_with("model.recurrent_module_start = \"zero\": expected one of: \"near_zero\", \"lab\""), "{e}");
+}

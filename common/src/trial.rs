@@ -261,6 +261,88 @@ pub struct TrialSpec {
     /// form at the study's 64, so the trials of sweeps that never varied it keep their ids.
     #[serde(default = "study_size", skip_serializing_if = "is_study_size")]
     pub grid_hidden: u32,
+    /// The GRU cell a `cbgru` or `gru` trial computes; `Original` (left out of the hashed form)
+    /// for the other architectures, so their ids stay as they were.
+    #[serde(default, skip_serializing_if = "GruCell::is_original")]
+    pub gru_cell: GruCell,
+    /// How an `rmrnn` trial's module starts; `Original` (left out of the hashed form) for the
+    /// other architectures, so their ids stay as they were.
+    #[serde(default, skip_serializing_if = "ModuleStart::is_original")]
+    pub module_start: ModuleStart,
+}
+
+/// The GRU cell (docs/science.md#gru-variant). A trial spec without the field is `Original`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GruCell {
+    /// What older cbsweep computed for a GRU trial: PyTorch's GRUCell gate convention, the reset
+    /// applied after the state product. No longer computed: a worker refuses a GRU trial of it.
+    /// Also the value of every architecture without a GRU core (no cell at all).
+    #[default]
+    Original,
+    /// The lab's cell: a linear layer per gate for the input and one for the state, the reset
+    /// before the state product, the rescaling's reference norm without gradient.
+    Lab,
+}
+
+impl GruCell {
+    pub fn is_original(&self) -> bool {
+        *self == GruCell::Original
+    }
+
+    /// The cell a trial of `arch` computes: the lab's for a GRU core, `Original` (none) else.
+    pub fn of(arch: Arch) -> GruCell {
+        match arch.core() {
+            Core::Gru => GruCell::Lab,
+            Core::Elman => GruCell::Original,
+        }
+    }
+}
+
+/// How the recurrent-module control's module starts (docs/science.md#recurrent-module-control;
+/// spec: `model.recurrent_module_start`). A trial spec without the field is `Original`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModuleStart {
+    /// What older cbsweep computed for an `rmrnn` trial: the near-zero start, its timescale drive
+    /// restarting the module's state from 0 at every chunk. No longer computed: a worker refuses
+    /// an `rmrnn` trial of it. Also the value of every architecture without the module.
+    #[default]
+    Original,
+    /// a_0 = 0, the output layer W_out ~ N(0, 0.01^2) with b_out = 0 (`"near_zero"`).
+    NearZero,
+    /// The lab's: a_0 = 0.1 U(0, 1) per unit, like h_0, and the linear-layer default for every
+    /// layer, the output layer included (`"lab"`, the default).
+    Lab,
+}
+
+impl ModuleStart {
+    /// The names a spec may give, in the order of the variants.
+    pub const NAMES: [&str; 2] = ["near_zero", "lab"];
+
+    pub fn is_original(&self) -> bool {
+        *self == ModuleStart::Original
+    }
+
+    /// The start a trial of `arch` takes when the spec asks for `self`: `self` for the
+    /// recurrent-module control, `Original` (no such module) for the others.
+    pub fn of(self, arch: Arch) -> ModuleStart {
+        match arch.module() {
+            Some(ModuleKind::Recurrent) => self,
+            _ => ModuleStart::Original,
+        }
+    }
+}
+
+impl FromStr for ModuleStart {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "near_zero" => Ok(ModuleStart::NearZero),
+            "lab" => Ok(ModuleStart::Lab),
+            _ => Err(format!("expected one of: {}", ModuleStart::NAMES.map(|n| format!("{n:?}")).join(", "))),
+        }
+    }
 }
 
 /// The study's hidden and Purkinje size (docs/science.md), the default of both.
@@ -650,6 +732,8 @@ mod tests {
             },
             analysis: AnalysisPlan::study(),
             grid_hidden: STUDY_SIZE,
+            gru_cell: GruCell::of(arch),
+            module_start: ModuleStart::Lab.of(arch),
         }
     }
 

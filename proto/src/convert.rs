@@ -179,6 +179,17 @@ impl From<&c::TrialSpec> for v1::TrialSpec {
             budget: Some(t.budget.into()),
             analysis: Some(t.analysis.into()),
             grid_hidden: t.grid_hidden,
+            gru_cell: match t.gru_cell {
+                c::GruCell::Original => v1::GruCell::Original,
+                c::GruCell::Lab => v1::GruCell::Lab,
+            }
+            .into(),
+            module_start: match t.module_start {
+                c::ModuleStart::Original => v1::ModuleStart::Original,
+                c::ModuleStart::NearZero => v1::ModuleStart::NearZero,
+                c::ModuleStart::Lab => v1::ModuleStart::Lab,
+            }
+            .into(),
         }
     }
 }
@@ -211,6 +222,17 @@ impl TryFrom<v1::TrialSpec> for c::TrialSpec {
             Ok(v1::RegimeKind::Interleaved) => return Err(ConvertError::Invalid { field: "refresh_every", value: "0".into() }),
             _ => return Err(ConvertError::Invalid { field: "regime", value: t.regime.to_string() }),
         };
+        let gru_cell = match v1::GruCell::try_from(t.gru_cell) {
+            Ok(v1::GruCell::Original) => c::GruCell::Original,
+            Ok(v1::GruCell::Lab) => c::GruCell::Lab,
+            Err(_) => return Err(ConvertError::Invalid { field: "gru_cell", value: t.gru_cell.to_string() }),
+        };
+        let module_start = match v1::ModuleStart::try_from(t.module_start) {
+            Ok(v1::ModuleStart::Original) => c::ModuleStart::Original,
+            Ok(v1::ModuleStart::NearZero) => c::ModuleStart::NearZero,
+            Ok(v1::ModuleStart::Lab) => c::ModuleStart::Lab,
+            Err(_) => return Err(ConvertError::Invalid { field: "module_start", value: t.module_start.to_string() }),
+        };
         for (field, v) in [("hidden", t.hidden), ("granule", t.granule), ("purkinje", t.purkinje)] {
             if v == 0 {
                 return Err(ConvertError::Invalid { field, value: "0".into() });
@@ -232,6 +254,8 @@ impl TryFrom<v1::TrialSpec> for c::TrialSpec {
             budget: t.budget.ok_or(ConvertError::Missing("budget"))?.try_into()?,
             analysis: t.analysis.ok_or(ConvertError::Missing("analysis"))?.into(),
             grid_hidden: if t.grid_hidden == 0 { c::trial::STUDY_SIZE } else { t.grid_hidden },
+            gru_cell,
+            module_start,
         })
     }
 }

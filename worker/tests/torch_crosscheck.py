@@ -2,11 +2,12 @@
 
 Called by the worker's crosscheck test with a directory holding, as .npy files, one pack's
 weights (param_<name>.npy, shaped [M, ...]) and inputs (x [T, M, B], lengths [M, B], h0 [M, B, H],
-labels [M, B]). Builds each trial as ordinary nn.Linear layers (the GRU: torch.nn.GRUCell's
-parameters with its gate math written out, the candidate's tanh replaced by LeakyReLU), runs
-every sequence unpadded for its own length, and writes the logits (logits.npy, [M, B, 2]) and,
-when asked, the gradients of the summed per-trial mean cross-entropy (grad_<name>.npy). It
-computes in the dtype of the weights it is given (float64 or float32).
+labels [M, B], and for the recurrent-module control a0 [M, B, A]). Builds each trial as ordinary
+nn.Linear layers (the GRU: the lab's cell, one nn.Linear per gate for the input and one for the
+state, cut from the stacked parameters r, z, n), runs every sequence unpadded for its own length,
+and writes the logits (logits.npy, [M, B, 2]) and, when asked, the gradients of the summed
+per-trial mean cross-entropy (grad_<name>.npy). It computes in the dtype of the weights it is
+given (float64 or float32).
 
 usage: torch_crosscheck.py DIR {rnn,cbrnn,rmrnn,cbgru,gru} {on,off} {grads,nograds}
 """
@@ -20,8 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 ALPHA = 1.0 / 1.5
-# the GRU: ||b_cb|| <= GRU_CB_NORM_RATIO * ||rest of the candidate's pre-activation||, per sequence
+# the GRU: ||b_cb|| <= GRU_CB_NORM_RATIO * ||rest of the candidate's pre-activation||, per sequence,
+# both norms clamped below at GRU_EPS
 GRU_CB_NORM_RATIO = 1.0
+GRU_EPS = 1e-8
+GATES = ("r", "z", "n")
 
 
 def linear(weight, bias):
@@ -40,17 +44,15 @@ class Trial(nn.Module):
         self.gru = arch in ("gru", "cbgru")
         self.layers = {}
         if self.gru:
-            hidden = w("core.w_hh").shape[1]
-            self.cell = nn.GRUCell(1, hidden).to(w("core.w_hh").dtype)
-            with torch.no_grad():
-                self.cell.weight_ih.copy_(w("core.w_ih"))
-                self.cell.bias_ih.copy_(w("core.b_ih"))
-                self.cell.weight_hh.copy_(w("core.w_hh"))
-                self.cell.bias_hh.copy_(w("core.b_hh"))
-            self.layers["core.w_ih"] = self.cell.weight_ih
-            self.layers["core.b_ih"] = self.cell.bias_ih
-            self.layers["core.w_hh"] = self.cell.weight_hh
-            self.layers["core.b_hh"] = self.cell.bias_hh
+            # per gate an input layer x_<gate> and a state layer h_<gate>, each with its bias
+            hidden = w("core.w_h").shape[1]
+            self.gate = {}
+            for side, weight, bias in (("x", "core.w_x", "core.b_x"), ("h", "core.w_h", "core.b_h")):
+                for k, gate in enumerate(GATES):
+                    rows = slice(k * hidden, (k + 1) * hidden)
+                    layer = linear(w(weight)[rows], w(bias)[rows])
+                    self.add_module(f"{side}_{gate}", layer)
+                    self.gate[f"{side}_{gate}"] = layer
         else:
             self.inp = linear(w("core.w_x"), w("core.b_x"))
             self.hh = linear(w("core.w_h"), w("core.b_h"))
@@ -75,6 +77,18 @@ class Trial(nn.Module):
     def named(self):
         return self.layers
 
+    def grad(self, name):
+        """The gradient of parameter `name`; the GRU's stacked ones gathered from its gates."""
+        if self.gru and name.startswith("core."):
+            side, part = name[len("core."):].split("_")
+            attr = "weight" if side == "w" else "bias"
+            return torch.cat([getattr(self.gate[f"{part}_{g}"], attr).grad for g in GATES])
+        return self.layers[name].grad
+
+    def names(self):
+        core = ["core.w_x", "core.b_x", "core.w_h", "core.b_h"] if self.gru else []
+        return core + list(self.layers)
+
     def module_bias(self, h, x, a):
         """The module's output b_cb for state h [B, H], bit x [B, 1] and the recurrent module's
         state a (None for the cerebellar module); returns (b_cb, next a)."""
@@ -87,34 +101,30 @@ class Trial(nn.Module):
         p = F.relu(self.mods["cb.purkinje"](g))
         return self.mods["cb.dcn"](p), a
 
-    def forward(self, x, h, cb_on):
-        """x: [T, B, 1] bits of sequences all of length T; h: [B, H] initial state."""
+    def candidate(self, x, h, r):
+        """The GRU candidate's pre-activation without the module, the reset before h_n."""
+        return self.gate["x_n"](x) + self.gate["h_n"](r * h)
+
+    def forward(self, x, h, a, cb_on):
+        """x: [T, B, 1] bits of sequences all of length T; h: [B, H] initial state; a: [B, A]
+        the recurrent module's initial state (None without one)."""
         use_module = cb_on and bool(self.mods)
-        a = None
-        if "rm.input" in self.mods:
-            a = torch.zeros(h.shape[0], self.mods["rm.recurrent"].weight.shape[0], dtype=h.dtype)
         for t in range(x.shape[0]):
             if self.gru:
-                c = self.cell
-                gi = x[t] @ c.weight_ih.T + c.bias_ih
-                gh = h @ c.weight_hh.T + c.bias_hh
-                i_r, i_z, i_n = gi.chunk(3, dim=-1)
-                h_r, h_z, h_n = gh.chunk(3, dim=-1)
-                r = torch.sigmoid(i_r + h_r)
-                z = torch.sigmoid(i_z + h_z)
-                rest = i_n + r * h_n
-                if t == 0:
-                    # the gate convention written out is torch.nn.GRUCell's (whose candidate is tanh)
-                    ours = (1.0 - z) * torch.tanh(rest) + z * h
-                    assert torch.allclose(ours, c(x[t], h), rtol=1e-5, atol=1e-6), "GRUCell's gate convention"
+                g = self.gate
+                z = torch.sigmoid(g["x_z"](x[t]) + g["h_z"](h))
+                r = torch.sigmoid(g["x_r"](x[t]) + g["h_r"](h))
+                pre = self.candidate(x[t], h, r)
                 if use_module:
                     b_cb, _ = self.module_bias(h, x[t], a)
-                    rest_norm = torch.linalg.vector_norm(rest, dim=-1, keepdim=True)
-                    cb_norm = torch.linalg.vector_norm(b_cb, dim=-1, keepdim=True)
-                    scale = torch.clamp(GRU_CB_NORM_RATIO * rest_norm / cb_norm, max=1.0)
-                    rest = rest + scale * b_cb
-                n = F.leaky_relu(rest, negative_slope=0.01)
-                h = (1.0 - z) * n + z * h
+                    # the reference norm is recomputed without gradient (the lab's no_grad)
+                    with torch.no_grad():
+                        reference = torch.linalg.vector_norm(self.candidate(x[t], h, r), dim=-1, keepdim=True)
+                    own = torch.linalg.vector_norm(b_cb, dim=-1, keepdim=True).clamp_min(GRU_EPS)
+                    ratio = GRU_CB_NORM_RATIO * reference.clamp_min(GRU_EPS) / own
+                    pre = pre + torch.minimum(torch.ones_like(ratio), ratio) * b_cb
+                n = F.leaky_relu(pre, negative_slope=0.01)
+                h = (1.0 - z) * h + z * n
             else:
                 pre = self.inp(x[t]) + self.hh(h)
                 if use_module:
@@ -129,6 +139,7 @@ def main():
     load = lambda name: np.load(folder / f"{name}.npy")
     weights = {p.stem[len("param_"):]: np.load(p) for p in folder.glob("param_*.npy")}
     x, lengths, h0, labels = load("x"), load("lengths"), load("h0"), load("labels")
+    a0 = load("a0") if (folder / "a0.npy").exists() else None
     dtype = torch.from_numpy(h0).dtype
     m_count, batch = lengths.shape
     trials = [Trial(weights, m, arch) for m in range(m_count)]
@@ -140,7 +151,8 @@ def main():
             idx = [b for b in range(batch) if lengths[m, b] == length]
             xs = torch.tensor(x[:length, m, idx], dtype=dtype).unsqueeze(-1)
             hs = torch.tensor(h0[m, idx], dtype=dtype)
-            res = trial(xs, hs, cb == "on")
+            states = None if a0 is None else torch.tensor(a0[m, idx], dtype=dtype)
+            res = trial(xs, hs, states, cb == "on")
             for k, b in enumerate(idx):
                 out[b] = res[k]
         trial_logits = torch.stack(out)
@@ -149,8 +161,8 @@ def main():
     np.save(folder / "logits.npy", logits.numpy())
     if grads == "grads":
         total.backward()
-        for name in trials[0].named():
-            g = torch.stack([t.named()[name].grad for t in trials])
+        for name in trials[0].names():
+            g = torch.stack([t.grad(name) for t in trials])
             np.save(folder / f"grad_{name}.npy", g.numpy())
 
 

@@ -16,7 +16,7 @@ use super::fused::unroll::unroll as cpu_unroll;
 use super::input::{Batches, PackedInput};
 use super::model::{CbOutput, Dims, Observe, PackedModel};
 use super::regime::Learning;
-use cbsweep_common::TrialSpec;
+use cbsweep_common::{Core, GruCell, ModuleKind, TrialSpec};
 use tch::{Device, Kind, TchError, Tensor};
 
 /// A pack's trainable state as packed tensors, [M, ...] each in `Dims::param_specs` order, on
@@ -80,6 +80,12 @@ impl PackState {
         let expected = first.pack_key();
         if let Some((index, t)) = pack.iter().enumerate().find(|(_, t)| t.pack_key() != expected) {
             return Err(TrainError::MixedPack { index, found: t.pack_key().0, expected: expected.0 });
+        }
+        if let Some(index) = pack.iter().position(|t| t.arch.core() == Core::Gru && t.gru_cell != GruCell::Lab) {
+            return Err(TrainError::RetiredGruCell { index });
+        }
+        if let Some(index) = pack.iter().position(|t| t.arch.module() == Some(ModuleKind::Recurrent) && t.module_start.is_original()) {
+            return Err(TrainError::RetiredModuleStart { index });
         }
         let model = PackedModel::new(Dims::of(first), pack, kind, device)?;
         let momentum = model.params().iter().map(|p| p.f_zeros_like()).collect::<Result<Vec<_>, _>>()?;

@@ -14,6 +14,14 @@ pub(crate) enum TrainError {
     MixedPack { index: usize, found: String, expected: String },
     #[error("an empty pack")]
     EmptyPack,
+    #[error(
+        "trial {index} of the pack asks for the GRU cell of PyTorch's convention, which an older cbsweep expanded and this worker no longer computes (docs/science.md#gru-variant): submit its sweep again to run the lab's cell"
+    )]
+    RetiredGruCell { index: usize },
+    #[error(
+        "trial {index} of the pack asks for the recurrent-module control as an older cbsweep computed it (its timescale drive restarted the module's state at every chunk), which this worker no longer computes: submit its sweep again (model.recurrent_module_start = \"near_zero\" for the same start)"
+    )]
+    RetiredModuleStart { index: usize },
     #[error("training panicked: {0}")]
     Panicked(String),
 }

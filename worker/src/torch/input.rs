@@ -6,8 +6,9 @@
 use super::tasks::TaskBatch;
 use tch::{Device, Kind, TchError, Tensor};
 
-/// Per row of a pack (one trial), its batches, each with its initial states h_0 ([B, H]
-/// row-major). Every row has the same number of sequences.
+/// Per row of a pack (one trial), its batches, each with its sequences' initial states ([B, S]
+/// row-major, S = `Dims::state_units`: h_0, then the recurrent module's a_0 where the model has
+/// one). Every row has the same number of sequences.
 pub(crate) type Batches = Vec<Vec<(TaskBatch, Vec<f64>)>>;
 
 /// The inputs of one packed forward pass. Padding past a sequence's own length is ignored.
@@ -19,8 +20,9 @@ pub(crate) struct PackedInput {
     pub(crate) lengths: Tensor,
     /// The shortest length in `lengths`: steps before it need no masking.
     pub(crate) min_len: i64,
-    /// Initial state, [M, B, H].
-    pub(crate) h0: Tensor,
+    /// Initial states, [M, B, S]: h_0 ([.., H]), then the recurrent module's a_0 where the model
+    /// has one (S = `Dims::state_units`).
+    pub(crate) initial: Tensor,
 }
 
 /// A host vector as a tensor of `kind` on `device` with the given shape.
@@ -48,11 +50,11 @@ pub(crate) fn to_device(t: Tensor, device: Device) -> Result<Tensor, TchError> {
 }
 
 /// Calls `f` on each row's batches packed in passes of at most `per_pass` batches; each row's
-/// batches are sorted by length first, so passes carry little padding.
+/// batches are sorted by length first, so passes carry little padding. `units`: S of the states.
 pub(crate) fn in_passes(
     mut drawn: Batches,
     per_pass: usize,
-    hidden: i64,
+    units: i64,
     kind: Kind,
     device: Device,
     f: &mut dyn FnMut(&PackedInput, &Tensor) -> Result<(), TchError>,
@@ -63,22 +65,22 @@ pub(crate) fn in_passes(
     while let Some(left) = drawn.first().map(Vec::len).filter(|&left| left > 0) {
         let take = left.min(per_pass.max(1));
         let part: Batches = drawn.iter_mut().map(|b| b.drain(..take).collect()).collect();
-        let (input, labels) = pack_batches(&part, hidden, kind, device)?;
+        let (input, labels) = pack_batches(&part, units, kind, device)?;
         f(&input, &labels)?;
     }
     Ok(())
 }
 
-/// Packs per-trial batches (`per_row[m]`: trial m's batches, concatenated along B) into one
-/// padded input and the labels [M, B'].
+/// Packs per-trial batches (`per_row[m]`: trial m's batches, concatenated along B, their states
+/// `units` wide) into one padded input and the labels [M, B'].
 pub(crate) fn pack_batches(
     per_row: &[Vec<(TaskBatch, Vec<f64>)>],
-    hidden: i64,
+    units: i64,
     kind: Kind,
     device: Device,
 ) -> Result<(PackedInput, Tensor), TchError> {
     let m = per_row.len();
-    let h = hidden as usize;
+    let h = units as usize;
     let row_width = |r: &Vec<(TaskBatch, Vec<f64>)>| r.iter().map(|(b, _)| b.labels.len()).sum::<usize>();
     let width = per_row.first().map(row_width).unwrap_or(0);
     if per_row.iter().any(|r| row_width(r) != width) {
@@ -89,7 +91,7 @@ pub(crate) fn pack_batches(
     let mut x = vec![0u8; t_max * m * width]; // [T, M, B']
     let mut lengths = vec![0i64; m * width]; // [M, B']
     let mut labels = vec![0i64; m * width]; // [M, B']
-    let mut h0 = vec![0f64; m * width * h]; // [M, B', H]
+    let mut initial = vec![0f64; m * width * h]; // [M, B', S]
     for (row, batches) in per_row.iter().enumerate() {
         let mut offset = 0;
         for (b, state) in batches {
@@ -101,7 +103,7 @@ pub(crate) fn pack_batches(
             let at = row * width + offset;
             lengths[at..at + n].fill(b.len as i64);
             labels[at..at + n].copy_from_slice(&b.labels);
-            h0[at * h..(at + n) * h].copy_from_slice(state);
+            initial[at * h..(at + n) * h].copy_from_slice(state);
             offset += n;
         }
     }
@@ -109,6 +111,6 @@ pub(crate) fn pack_batches(
     let x = to_device(Tensor::f_from_slice(&x)?.f_view([t_max, m, width])?, device)?.f_to_kind(kind)?; // [T, M, B']
     let lengths = to_device(Tensor::f_from_slice(&lengths)?.f_view([m, width])?, device)?; // [M, B']
     let labels = to_device(Tensor::f_from_slice(&labels)?.f_view([m, width])?, device)?; // [M, B']
-    let h0 = host_tensor(&h0, &[m, width, hidden], kind, device)?; // [M, B', H]
-    Ok((PackedInput { x, lengths, min_len: min_len as i64, h0 }, labels))
+    let initial = host_tensor(&initial, &[m, width, units], kind, device)?; // [M, B', S]
+    Ok((PackedInput { x, lengths, min_len: min_len as i64, initial }, labels))
 }

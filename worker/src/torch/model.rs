@@ -12,7 +12,7 @@
 
 use super::input::{Batches, PackedInput, host_tensor, in_passes};
 use super::tasks::{self, Stream};
-use cbsweep_common::{Arch, Core, ModuleKind, TrialSpec, model_size};
+use cbsweep_common::{Arch, Core, ModuleKind, ModuleStart, TrialSpec, model_size};
 use rand::Rng;
 use rand_distr::{Distribution, Normal};
 use tch::{Device, Kind, TchError, Tensor};
@@ -23,7 +23,7 @@ pub(crate) const ALPHA: f64 = 1.0 / 1.5;
 /// The parts of a model that learn at their own rate and freeze on their own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Module {
-    /// W_x, b_x, W_h, b_h (the GRU: every gate's input and recurrent weights and biases).
+    /// W_x, b_x, W_h, b_h (the GRU: every gate's input and state layers, weights and biases).
     Core,
     /// The 2-class linear readout.
     Readout,
@@ -226,8 +226,15 @@ impl Dims {
         }
     }
 
+    /// Units of a sequence's state that carry from step to step: the core's H, and the recurrent
+    /// module's A after them (the layout of `PackedInput::initial` and of `unroll`'s result).
+    pub(crate) fn state_units(&self) -> i64 {
+        self.hidden + self.module_units()
+    }
+
     /// Every parameter of one trial's model, in draw and storage order: core, readout, then the
-    /// module (cerebellar or recurrent) where the architecture has one.
+    /// module (cerebellar or recurrent) where the architecture has one. The inits are those of
+    /// the lab's start (`param_specs_for` gives the near-zero start's).
     pub(crate) fn param_specs(&self) -> Vec<ParamSpec> {
         let (h, g, p) = (self.hidden, self.granule, self.purkinje);
         let uniform = |fan_in: i64| Init::Uniform { bound: 1.0 / (fan_in as f64).sqrt() };
@@ -240,12 +247,13 @@ impl Dims {
                 spec("core.w_h", Module::Core, &[h, h], uniform(h)),
                 spec("core.b_h", Module::Core, &[h], uniform(h)),
             ],
-            // torch.nn.GRUCell's layout (gates r, z, n stacked) and init: U(-1/sqrt(H), 1/sqrt(H))
+            // the lab's cell: per gate a linear layer on the input and one on the state, each with
+            // its bias and the linear-layer default; the gates' layers stacked r, z, n
             Core::Gru => vec![
-                spec("core.w_ih", Module::Core, &[3 * h, 1], uniform(h)),
-                spec("core.b_ih", Module::Core, &[3 * h], uniform(h)),
-                spec("core.w_hh", Module::Core, &[3 * h, h], uniform(h)),
-                spec("core.b_hh", Module::Core, &[3 * h], uniform(h)),
+                spec("core.w_x", Module::Core, &[3 * h, 1], uniform(1)),
+                spec("core.b_x", Module::Core, &[3 * h], uniform(1)),
+                spec("core.w_h", Module::Core, &[3 * h, h], uniform(h)),
+                spec("core.b_h", Module::Core, &[3 * h], uniform(h)),
             ],
         };
         specs.extend([
@@ -254,15 +262,14 @@ impl Dims {
         ]);
         if self.arch.module() == Some(ModuleKind::Recurrent) {
             let a = self.module_units();
-            // docs/science.md#recurrent-module-control: linear-layer defaults, the output layer
-            // near zero as the cerebellar module's
+            // docs/science.md#recurrent-module-control: the linear-layer default everywhere
             specs.extend([
                 spec("rm.input.weight", Module::Cb, &[a, h + 1], uniform(h + 1)),
                 spec("rm.input.bias", Module::Cb, &[a], uniform(h + 1)),
                 spec("rm.recurrent.weight", Module::Cb, &[a, a], uniform(a)),
                 spec("rm.recurrent.bias", Module::Cb, &[a], uniform(a)),
-                spec("rm.output.weight", Module::Cb, &[h, a], Init::Normal { std: 0.01 }),
-                spec("rm.output.bias", Module::Cb, &[h], Init::Zeros),
+                spec("rm.output.weight", Module::Cb, &[h, a], uniform(a)),
+                spec("rm.output.bias", Module::Cb, &[h], uniform(a)),
             ]);
         }
         if self.arch.module() == Some(ModuleKind::Cerebellar) {
@@ -278,6 +285,17 @@ impl Dims {
         specs
     }
 
+    /// `param_specs` with the inits of a trial whose module starts as `start`: the near-zero
+    /// start's recurrent module has its output layer near zero, W_out ~ N(0, 0.01^2), b_out = 0.
+    pub(crate) fn param_specs_for(&self, start: ModuleStart) -> Vec<ParamSpec> {
+        let mut specs = self.param_specs();
+        if self.arch.module() == Some(ModuleKind::Recurrent) && start != ModuleStart::Lab {
+            specs[W_OUT].init = Init::Normal { std: 0.01 };
+            specs[B_OUT].init = Init::Zeros;
+        }
+        specs
+    }
+
     /// Trainable parameters of one trial's model.
     #[cfg(test)]
     pub(crate) fn param_count(&self) -> i64 {
@@ -288,7 +306,7 @@ impl Dims {
 /// One trial's initial parameters, drawn from its own weight stream, in `param_specs` order.
 pub(crate) fn init_trial(dims: &Dims, spec: &TrialSpec) -> Vec<Vec<f64>> {
     let mut rng = tasks::stream(spec.seed, Stream::Weights);
-    dims.param_specs().iter().map(|p| draw_init(&mut rng, p)).collect()
+    dims.param_specs_for(spec.module_start).iter().map(|p| draw_init(&mut rng, p)).collect()
 }
 
 fn draw_init(rng: &mut impl Rng, p: &ParamSpec) -> Vec<f64> {
@@ -353,24 +371,34 @@ impl PackedModel {
     /// Logits of every trial's final states, [M, B, 2]. Each sequence runs for its own length;
     /// past it the state stays frozen, so padding changes nothing.
     pub(crate) fn forward(&self, input: &PackedInput, cb: CbOutput) -> Result<Tensor, TchError> {
-        let state = self.unroll(input, cb, &mut |_| Ok(()))?; // [M, B, H]
+        let (state, _) = self.unroll_parts(input, cb, &mut |_| Ok(()))?; // [M, B, H]
         let w_o = self.params[W_O].f_transpose(1, 2)?; // [M, H, 2]
         self.params[B_O].f_unsqueeze(1)?.f_baddbmm(&state, &w_o, 1.0, 1.0) // [M, B, 2]
     }
 
-    /// Runs the time loop from `input.h0` and returns the final states, [M, B, H]; `observe`
-    /// sees every step's activity (the state recorded past a sequence's own length is its
-    /// frozen final state).
+    /// Runs the time loop from `input.initial` and returns the final states, [M, B, S] in its
+    /// layout (h_T, then the recurrent module's a_T); `observe` sees every step's activity (the
+    /// state recorded past a sequence's own length is its frozen final state).
     pub(crate) fn unroll(&self, input: &PackedInput, cb: CbOutput, observe: &mut Observe<'_>) -> Result<Tensor, TchError> {
-        match self.dims.arch.core() {
-            Core::Elman => self.unroll_elman(input, cb, observe),
-            Core::Gru => self.unroll_gru(input, cb, observe),
+        match self.unroll_parts(input, cb, observe)? {
+            (state, Some(module)) => Tensor::f_cat(&[&state, &module], 2), // [M, B, H + A]
+            (state, None) => Ok(state),
         }
     }
 
-    /// `unroll` of the Elman core, with the cerebellar module, the recurrent module or none.
-    fn unroll_elman(&self, input: &PackedInput, cb: CbOutput, observe: &mut Observe<'_>) -> Result<Tensor, TchError> {
-        let (t_max, m, b) = input.x.size3()?;
+    /// `unroll`'s final states apart: h_T [M, B, H] and the recurrent module's a_T [M, B, A]
+    /// (its a_0 with the module switched off; None without the module).
+    fn unroll_parts(&self, input: &PackedInput, cb: CbOutput, observe: &mut Observe<'_>) -> Result<(Tensor, Option<Tensor>), TchError> {
+        match self.dims.arch.core() {
+            Core::Elman => self.unroll_elman(input, cb, observe),
+            Core::Gru => Ok((self.unroll_gru(input, cb, observe)?, None)),
+        }
+    }
+
+    /// `unroll_parts` of the Elman core, with the cerebellar module, the recurrent module or
+    /// none.
+    fn unroll_elman(&self, input: &PackedInput, cb: CbOutput, observe: &mut Observe<'_>) -> Result<(Tensor, Option<Tensor>), TchError> {
+        let (t_max, _, _) = input.x.size3()?;
         let h = self.dims.hidden;
         let g = self.dims.granule;
         let p = &self.params;
@@ -427,12 +455,11 @@ impl PackedModel {
         let steps = Tensor::f_arange(t_max, (Kind::Int64, input.x.device()))?.f_view([t_max, 1, 1])?; // [T, 1, 1]
         let active = input.lengths.f_unsqueeze(0)?.f_gt_tensor(&steps)?.f_unsqueeze(-1)?.f_unbind(0)?; // T x [M, B, 1]
 
-        let mut state = input.h0.shallow_clone(); // [M, B, H]
-        // the recurrent module's state a_0 = 0
-        let mut rm_state = match rm_layers {
-            Some(_) => Some(input.h0.f_new_zeros([m, b, a], (input.h0.kind(), input.h0.device()))?), // [M, B, A]
-            None => None,
-        };
+        // (contiguous: a product's kernel, and so its rounding, may depend on the layout)
+        let mut state = input.initial.f_narrow(2, 0, h)?.f_contiguous()?; // [M, B, H]
+        // the recurrent module's state from its a_0
+        let a0 = if a > 0 { Some(input.initial.f_narrow(2, h, a)?.f_contiguous()?) } else { None }; // [M, B, A]
+        let mut rm_state = if rm_layers.is_some() { a0.as_ref().map(Tensor::shallow_clone) } else { None };
         for t in 0..t_max {
             let rec = state.f_bmm(&w_rec)?; // [M, B, H], [M, B, H+G] or [M, B, H+A]
             let mut pre = rec.f_narrow(2, 0, h)?.f_add(&core_in[t as usize])?; // [M, B, H]
@@ -466,65 +493,74 @@ impl PackedModel {
             };
             observe(Step { t, activity: [Some(&state), granule, purkinje, b_cb, rm_state.as_ref()] })?;
         }
-        Ok(state)
+        // the module's state as it ended, or as it started with the module switched off
+        Ok((state, rm_state.or(a0)))
     }
 
-    /// `unroll` of the GRU core (docs/science.md#gru-variant), PyTorch's gate convention with a
-    /// LeakyReLU candidate, with the cerebellar module's output inside the candidate's
-    /// pre-activation, rescaled per sequence to at most the norm of the rest of it.
+    /// `unroll` of the GRU core (docs/science.md#gru-variant), the lab's cell with a LeakyReLU
+    /// candidate, with the cerebellar module's output inside the candidate's pre-activation,
+    /// rescaled per sequence to at most the norm of the rest of it (that norm without gradient).
     fn unroll_gru(&self, input: &PackedInput, cb: CbOutput, observe: &mut Observe<'_>) -> Result<Tensor, TchError> {
-        let (t_max, _m, _b) = input.x.size3()?;
+        let (t_max, _, _) = input.x.size3()?;
         let h = self.dims.hidden;
+        let g = self.dims.granule;
         let p = &self.params;
 
         let x = input.x.f_unsqueeze(-1)?; // [T, M, B, 1]
-        // the gates' input side for all steps at once: x_t W_ih^T + b_ih, gates r, z, n
-        let w_ih = p[W_X].f_transpose(1, 2)?; // [M, 1, 3H]
-        let gates_in = p[B_X].f_unsqueeze(1)?.f_addcmul(&x, &w_ih)?.f_unbind(0)?; // T x [M, B, 3H]
-        let w_hh = p[W_H].f_transpose(1, 2)?; // [M, H, 3H]
-        let b_hh = p[B_H].f_unsqueeze(1)?; // [M, 1, 3H]
+        // every bias and the input layers for all steps at once: W_x x_t + b_x + b_h, gates r, z, n
+        // (the state layer's bias of n adds to W_hn (r h) as the input layer's does)
+        let core_bias = p[B_X].f_add(&p[B_H])?.f_unsqueeze(1)?; // [M, 1, 3H]
+        let w_x = p[W_X].f_transpose(1, 2)?; // [M, 1, 3H]
+        let gates_in = core_bias.f_addcmul(&x, &w_x)?.f_unbind(0)?; // T x [M, B, 3H]
+        let w_hn = p[W_H].f_narrow(1, 2 * h, h)?.f_transpose(1, 2)?; // [M, H, H]
         let cb_layers = if self.dims.arch.module() == Some(ModuleKind::Cerebellar) && cb == CbOutput::On {
             let w_gc_x = p[W_GC].f_narrow(2, h, 1)?.f_transpose(1, 2)?; // [M, 1, G]
-            let w_gc_h = p[W_GC].f_narrow(2, 0, h)?.f_transpose(1, 2)?; // [M, H, G]
-            let layers = CbLayers {
+            Some(CbLayers {
                 granule_in: p[B_GC].f_unsqueeze(1)?.f_addcmul(&x, &w_gc_x)?.f_unbind(0)?, // T x [M, B, G]
                 w_pc: p[W_PC].f_transpose(1, 2)?,                                         // [M, G, P]
                 b_pc: p[B_PC].f_unsqueeze(1)?,                                            // [M, 1, P]
                 w_dcn: p[W_DCN].f_transpose(1, 2)?,                                       // [M, P, H]
                 b_dcn: p[B_DCN].f_unsqueeze(1)?,                                          // [M, 1, H]
-            };
-            Some((layers, w_gc_h))
+            })
         } else {
             None
+        };
+        // the state layers of r and z and the granule layer's recurrent product share one matmul
+        let w_hrz = p[W_H].f_narrow(1, 0, 2 * h)?; // [M, 2H, H]
+        let w_rec = match &cb_layers {
+            Some(_) => Tensor::f_cat(&[&w_hrz, &p[W_GC].f_narrow(2, 0, h)?], 1)?.f_transpose(1, 2)?, // [M, H, 2H+G]
+            None => w_hrz.f_transpose(1, 2)?,                                                        // [M, H, 2H]
         };
 
         let steps = Tensor::f_arange(t_max, (Kind::Int64, input.x.device()))?.f_view([t_max, 1, 1])?; // [T, 1, 1]
         let active = input.lengths.f_unsqueeze(0)?.f_gt_tensor(&steps)?.f_unsqueeze(-1)?.f_unbind(0)?; // T x [M, B, 1]
+        // ||v|| per sequence over units, clamped below at the lab's eps
         let norm = |v: &Tensor| -> Result<Tensor, TchError> {
-            v.f_square()?.f_sum_dim_intlist(Some([2i64].as_slice()), true, None::<Kind>)?.f_clamp_min(MIN_SQUARED_NORM)?.f_sqrt() // [M, B, 1]
+            v.f_norm_scalaropt_dim(2.0, [2i64].as_slice(), true)?.f_clamp_min(GRU_MIN_NORM) // [M, B, 1]
         };
 
-        let mut state = input.h0.shallow_clone(); // [M, B, H]
+        let mut state = input.initial.shallow_clone(); // [M, B, H]
         for t in 0..t_max {
             let gi = &gates_in[t as usize]; // [M, B, 3H]
-            let gh = b_hh.f_baddbmm(&state, &w_hh, 1.0, 1.0)?; // [M, B, 3H]
-            let r = gi.f_narrow(2, 0, h)?.f_add(&gh.f_narrow(2, 0, h)?)?.f_sigmoid()?; // [M, B, H]
-            let z = gi.f_narrow(2, h, h)?.f_add(&gh.f_narrow(2, h, h)?)?.f_sigmoid()?; // [M, B, H]
-            // the candidate's pre-activation without the module's bias
-            let mut pre = gi.f_narrow(2, 2 * h, h)?.f_add(&r.f_mul(&gh.f_narrow(2, 2 * h, h)?)?)?; // [M, B, H]
+            let rec = state.f_bmm(&w_rec)?; // [M, B, 2H] or [M, B, 2H+G]
+            let r = gi.f_narrow(2, 0, h)?.f_add(&rec.f_narrow(2, 0, h)?)?.f_sigmoid()?; // [M, B, H]
+            let z = gi.f_narrow(2, h, h)?.f_add(&rec.f_narrow(2, h, h)?)?.f_sigmoid()?; // [M, B, H]
+            // c_t = W_xn x + b_xn + W_hn (r h) + b_hn, the reset before the state's product
+            let mut pre = gi.f_narrow(2, 2 * h, h)?.f_baddbmm(&r.f_mul(&state)?, &w_hn, 1.0, 1.0)?; // [M, B, H]
             let mut module = None;
-            if let Some((cb, w_gc_h)) = &cb_layers {
-                let granule = state.f_bmm(w_gc_h)?.f_add(&cb.granule_in[t as usize])?.f_relu()?; // [M, B, G]
+            if let Some(cb) = &cb_layers {
+                let granule = rec.f_narrow(2, 2 * h, g)?.f_add(&cb.granule_in[t as usize])?.f_relu()?; // [M, B, G]
                 let purkinje = cb.b_pc.f_baddbmm(&granule, &cb.w_pc, 1.0, 1.0)?.f_relu()?; // [M, B, P]
                 let raw = cb.b_dcn.f_baddbmm(&purkinje, &cb.w_dcn, 1.0, 1.0)?; // [M, B, H]
-                // ||b_cb|| <= GRU_CB_NORM_RATIO ||rest||, per sequence over units
-                let scale = norm(&pre)?.f_mul_scalar(GRU_CB_NORM_RATIO)?.f_div(&norm(&raw)?)?.f_clamp_max(1.0)?; // [M, B, 1]
+                // s = min(1, GRU_CB_NORM_RATIO ||c|| / ||b_cb||), ||c|| a constant (the lab's no_grad)
+                let reference = norm(&pre.f_detach()?)?.f_mul_scalar(GRU_CB_NORM_RATIO)?; // [M, B, 1]
+                let scale = reference.f_div(&norm(&raw)?)?.f_clamp_max(1.0)?; // [M, B, 1]
                 let b_cb = raw.f_mul(&scale)?; // [M, B, H]
                 pre = pre.f_add(&b_cb)?;
                 module = Some([granule, purkinje, b_cb]);
             }
-            // h_t = (1 - z) n + z h_{t-1} = lerp(n, h_{t-1}, z)
-            let next = pre.f_leaky_relu()?.f_lerp_tensor(&state, &z)?; // [M, B, H]
+            // h_t = (1 - z) h_{t-1} + z n = lerp(h_{t-1}, n, z)
+            let next = state.f_lerp_tensor(&pre.f_leaky_relu()?, &z)?; // [M, B, H]
             state = if t >= input.min_len { next.f_where_self(&active[t as usize], &state)? } else { next };
             let [granule, purkinje, b_cb] = match &module {
                 Some([g, p, b]) => [Some(g), Some(p), Some(b)],
@@ -537,11 +573,12 @@ impl PackedModel {
 }
 
 /// The GRU's bound on the cerebellar bias: its norm is at most this times the norm of the rest
-/// of the candidate's pre-activation (the lab's 1.0), per sequence over units.
+/// of the candidate's pre-activation (the lab's `cb_max_ratio`, 1.0), per sequence over units.
 pub(crate) const GRU_CB_NORM_RATIO: f64 = 1.0;
 
-/// Floor under the squared norms of the GRU's rescaling, so a zero vector divides by no zero.
-pub(crate) const MIN_SQUARED_NORM: f64 = 1e-24;
+/// The floor under both norms of the GRU's rescaling (the lab's eps), so a zero vector divides
+/// by no zero.
+pub(crate) const GRU_MIN_NORM: f64 = 1e-8;
 
 /// Per-trial mean cross-entropy of final-step logits [M, B, 2] against labels [M, B], [M].
 pub(crate) fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor, TchError> {
@@ -564,7 +601,7 @@ pub(crate) fn count_correct(model: &PackedModel, drawn: Batches, cb: CbOutput, k
     // test batches evaluated together in one forward pass (sorted by length, so little
     // padding); the memory model sizes packs for this many
     let per_pass = cbsweep_common::memory::TEST_BATCHES_PER_PASS as usize;
-    in_passes(drawn, per_pass, model.dims().hidden, kind, device, &mut |input, labels| {
+    in_passes(drawn, per_pass, model.dims().state_units(), kind, device, &mut |input, labels| {
         let logits = model.forward(input, cb)?; // [M, B', 2]
         correct = correct.f_add(&correct_counts(&logits, labels)?)?;
         Ok(())

@@ -76,7 +76,7 @@ pub(crate) fn decode(bytes: &[u8], spec: &TrialSpec, dims: &Dims, kind: Kind) ->
     if c.epochs_done >= spec.budget.epochs {
         return Err(format!("checkpoint at epoch {} of a budget of {}", c.epochs_done, spec.budget.epochs));
     }
-    if c.stream_words.len() != 2 * Mark::STREAMS {
+    if c.stream_words.len() != 2 * Mark::STREAMS && c.stream_words.len() != 2 * Mark::EARLIER_STREAMS {
         return Err(format!("checkpoint with {} stream words, expected {}", c.stream_words.len(), 2 * Mark::STREAMS));
     }
     let width = if kind == Kind::Double { 8 } else { 4 };
@@ -191,12 +191,15 @@ mod tests {
     /// recurrent-module control and the CB-GRU on the CPU engine.
     #[test]
     fn a_resumed_trial_in_another_pack_ends_bit_identical_to_an_uninterrupted_run() {
-        resumes_bit_identical(Arch::Cbrnn, &[Engine::Fused, Engine::Libtorch]);
-        resumes_bit_identical(Arch::Rmrnn, &[Engine::Fused]);
-        resumes_bit_identical(Arch::Cbgru, &[Engine::Fused]);
+        resumes_bit_identical(Arch::Cbrnn, &[Engine::Fused, Engine::Libtorch], 1);
+        resumes_bit_identical(Arch::Rmrnn, &[Engine::Fused], 1);
+        // seed 1's CB-GRU solves no level in this budget
+        resumes_bit_identical(Arch::Cbgru, &[Engine::Fused], 3);
     }
 
-    fn resumes_bit_identical(arch: Arch, engines: &[Engine]) {
+    /// `a_resumed_trial_in_another_pack_ends_bit_identical_to_an_uninterrupted_run` for a trial
+    /// of `arch` seeded `seed` (one that solves a level in the small budget).
+    fn resumes_bit_identical(arch: Arch, engines: &[Engine], seed: u64) {
         one_thread();
         let budget = cbsweep_common::TrainBudget { epochs: 6, max_level: 40, solve_threshold: 0.55, ..small_budget() };
         let spec = |seed, arch, regime| TrialSpec {
@@ -204,7 +207,7 @@ mod tests {
             analysis: cbsweep_common::AnalysisPlan { save_checkpoints: true, ..analysis_plan() },
             ..small_spec(seed, Task::Dms, arch, regime)
         };
-        let trial = spec(1, arch, Regime::Reservoir { freeze: FreezePoint::Step(35) });
+        let trial = spec(seed, arch, Regime::Reservoir { freeze: FreezePoint::Step(35) });
         let mate = spec(2, arch, Regime::Simult);
         let others: Vec<TrialSpec> = (10..13).map(|s| spec(s, arch, Regime::Reservoir { freeze: FreezePoint::Epoch(2) })).collect();
         for &engine in engines {
@@ -267,5 +270,31 @@ mod tests {
         }
         let wrong = super::decode(&saved.bytes, &trial, &super::super::model::Dims::of(&trial), tch::Kind::Float).unwrap_err();
         assert!(wrong.contains(&other.id().0) && wrong.contains(&trial.id().0), "{wrong}");
+    }
+
+    /// A checkpoint written before the recurrent module's a0 streams (four streams' words) is
+    /// still read, its trial (one that never draws from them) resuming its four streams where
+    /// they were and the a0 streams at their start; a checkpoint of another count is refused.
+    #[test]
+    fn a_checkpoint_of_four_streams_is_still_read() {
+        one_thread();
+        let trial = small_spec(1, Task::Parity, Arch::Cbrnn, Regime::Simult);
+        let dir = tempfile::tempdir().unwrap();
+        let mut cut = Recorder { stop_at: Some(25), ..Recorder::default() };
+        let ends = train(Engine::Fused, &fresh(std::slice::from_ref(&trial)), &mut cut, dir.path());
+        let TrialEnd::Stopped { checkpoint: Some(saved), .. } = &ends[0] else { panic!("stopped with a checkpoint") };
+        let dims = super::super::model::Dims::of(&trial);
+        let read = |words: usize| {
+            let mut c = v1::TrialCheckpoint::decode(saved.bytes.as_slice()).unwrap();
+            c.stream_words.truncate(words);
+            super::decode(&c.encode_to_vec(), &trial, &dims, tch::Kind::Float)
+        };
+        let now = read(12).unwrap();
+        assert!(now.stream_words[..8].iter().any(|&w| w != 0) && now.stream_words[8..].iter().all(|&w| w == 0), "a CB-RNN draws no a0");
+        let older = read(8).unwrap();
+        let resumed = super::super::trial::TrialRun::resumed(&trial, std::time::Instant::now(), &older).unwrap();
+        let words: Vec<u64> = resumed.mark().words.iter().flat_map(|w| [*w as u64, (*w >> 64) as u64]).collect();
+        assert_eq!(words, now.stream_words);
+        assert!(read(10).unwrap_err().contains("10 stream words"));
     }
 }

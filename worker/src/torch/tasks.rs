@@ -2,7 +2,7 @@
 //! per-trial random streams every draw of a trial follows from. No torch RNG is used anywhere:
 //! what a trial sees depends on its seed alone, never on which trials share its pack.
 
-use cbsweep_common::{Seed, Task};
+use cbsweep_common::{ModuleStart, Seed, Task};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -35,6 +35,15 @@ pub(crate) enum Stream {
     RecoveryData = 9,
     /// h_0 of the readout recovery's training batches.
     RecoveryH0 = 10,
+    /// The recurrent module's a_0 (the lab's start of the recurrent-module control) of the
+    /// training batches, the test batches, the analyses' fixed batches, the timescale drive and
+    /// the readout recovery's batches: streams of their own, so the h_0 and data streams are the
+    /// CB-RNN's.
+    TrainA0 = 11,
+    TestA0 = 12,
+    AnalysisA0 = 13,
+    TimescaleA0 = 14,
+    RecoveryA0 = 15,
 }
 
 /// One batch of one trial: B sequences of the same length T.
@@ -112,6 +121,29 @@ pub(crate) fn draw_h0(rng: &mut impl Rng, batch: usize, hidden: usize) -> Vec<f6
     (0..batch * hidden).map(|_| 0.1 * rng.random::<f64>()).collect()
 }
 
+/// The initial states of one batch, [B, H + A] row-major (the layout of `Dims::state_units`):
+/// per sequence h_0 from `h0` as `draw_h0` draws it, then, for a model with a recurrent module
+/// of `module` = A units, its a_0: 0.1 * U(0, 1) per unit from `a0` for the lab's start, 0 for
+/// the near-zero start (nothing drawn). With A = 0 it is `draw_h0`'s batch.
+pub(crate) fn draw_states(
+    h0: &mut impl Rng,
+    a0: &mut impl Rng,
+    start: ModuleStart,
+    batch: usize,
+    hidden: usize,
+    module: usize,
+) -> Vec<f64> {
+    let h = draw_h0(h0, batch, hidden);
+    if module == 0 {
+        return h;
+    }
+    let a = match start {
+        ModuleStart::Lab => draw_h0(a0, batch, module),
+        ModuleStart::NearZero | ModuleStart::Original => vec![0.0; batch * module],
+    };
+    h.chunks(hidden).zip(a.chunks(module)).flat_map(|(h, a)| h.iter().chain(a)).copied().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +215,30 @@ mod tests {
                 assert_eq!(i64::from(label(task, &seq, 3)), y);
             }
         }
+    }
+
+    #[test]
+    fn the_recurrent_modules_a0_comes_from_its_own_stream_and_moves_no_other() {
+        let (b, h, a) = (3, 4, 5);
+        let draw = |start, module| {
+            let (mut h0, mut a0) = (stream(Seed(9), Stream::TrainH0), stream(Seed(9), Stream::TrainA0));
+            let states = draw_states(&mut h0, &mut a0, start, b, h, module);
+            (states, h0.get_word_pos(), a0.get_word_pos())
+        };
+        let h0 = draw_h0(&mut stream(Seed(9), Stream::TrainH0), b, h);
+        let a0 = draw_h0(&mut stream(Seed(9), Stream::TrainA0), b, a);
+        // no module: draw_h0's batch, nothing drawn from the a0 stream
+        let (plain, h_words, a_words) = draw(ModuleStart::Lab, 0);
+        assert_eq!((plain, a_words), (h0.clone(), 0));
+        for (start, module_state) in [(ModuleStart::Lab, a0), (ModuleStart::NearZero, vec![0.0; b * a])] {
+            let (states, words, _) = draw(start, a);
+            assert_eq!(words, h_words, "{start:?}: the h0 stream moves as without the module");
+            for i in 0..b {
+                assert_eq!(states[i * (h + a)..i * (h + a) + h], h0[i * h..(i + 1) * h], "{start:?}: h_0 of sequence {i}");
+                assert_eq!(states[i * (h + a) + h..(i + 1) * (h + a)], module_state[i * a..(i + 1) * a], "{start:?}: a_0 of {i}");
+            }
+        }
+        assert_eq!(draw(ModuleStart::NearZero, a).2, 0, "the near-zero start draws nothing");
     }
 
     #[test]

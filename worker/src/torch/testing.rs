@@ -2,9 +2,10 @@
 //! in a fraction of a second, and packs whose cerebellar module matters. Depends on `model` and
 //! `tasks` only, so every module's tests can use it.
 
+use super::input::Batches;
 use super::model::{Dims, Module, PackedModel, init_trial};
-use super::tasks::{self, Stream};
-use cbsweep_common::{AnalysisPlan, Arch, Regime, Seed, SweepId, Task, TrainBudget, TrialSpec};
+use super::tasks::{self, Stream, draw_batch, draw_states};
+use cbsweep_common::{AnalysisPlan, Arch, Core, GruCell, ModuleStart, Regime, Seed, SweepId, Task, TrainBudget, TrialSpec};
 use rand::Rng;
 use tch::{Device, Kind};
 
@@ -42,27 +43,54 @@ pub(crate) fn small_spec(seed: u64, task: Task, arch: Arch, regime: Regime) -> T
         budget: small_budget(),
         analysis: AnalysisPlan { every_levels: 0, ..AnalysisPlan::study() },
         grid_hidden: 16,
+        gru_cell: GruCell::of(arch),
+        module_start: ModuleStart::Lab.of(arch),
     }
 }
 
-/// A float64 pack of `specs` (shapes `dims`) whose cerebellar weights are drawn from
-/// U(-0.3, 0.3) on weight stream `seed`: the module starts near zero, and larger values make it
-/// matter in a comparison of forward and backward passes.
+/// A float64 pack of `specs` (shapes `dims`) whose module weights are drawn from U(-0.3, 0.3)
+/// on weight stream `seed` (the GRU: U(-0.8, 0.8)): the module starts near zero, and larger
+/// values make it matter in a comparison of forward and backward passes. The GRU's candidate
+/// pre-activation is larger (its input layers start in U(-1, 1)); at 0.8 its rescaling binds in
+/// about half the crosscheck's sequences.
 pub(crate) fn model_with_active_module(dims: Dims, specs: &[TrialSpec], seed: u64) -> PackedModel {
     let mut rng = tasks::stream(Seed(seed), Stream::Weights);
+    let spread = match dims.arch.core() {
+        Core::Elman => 0.3,
+        Core::Gru => 0.8,
+    };
     let inits: Vec<Vec<Vec<f64>>> = specs
         .iter()
         .map(|s| {
             let mut init = init_trial(&dims, s);
             for (p, values) in dims.param_specs().iter().zip(init.iter_mut()) {
                 if p.module == Module::Cb {
-                    values.iter_mut().for_each(|v| *v = 0.6 * rng.random::<f64>() - 0.3);
+                    values.iter_mut().for_each(|v| *v = 2.0 * spread * rng.random::<f64>() - spread);
                 }
             }
             init
         })
         .collect();
     PackedModel::from_host(dims, &inits, Kind::Double, Device::Cpu).unwrap()
+}
+
+/// Per trial m of `trials`: two parity batches of `size` sequences at level 2 + m (so lengths
+/// differ within and between trials), drawn with their initial states (`Dims::state_units`; the
+/// recurrent module's a_0 as the lab's start draws it) from training streams of seed `first + m`.
+pub(crate) fn two_batches_per_trial(dims: &Dims, trials: u32, first: u64, size: usize) -> Batches {
+    let (hidden, module) = (dims.hidden as usize, dims.module_units() as usize);
+    (0..trials)
+        .map(|m| {
+            let seed = Seed(first + u64::from(m));
+            let (mut rng, mut a0) = (tasks::stream(seed, Stream::TrainData), tasks::stream(seed, Stream::TrainA0));
+            (0..2)
+                .map(|_| {
+                    let batch = draw_batch(&mut rng, Task::Parity, 2 + m, size);
+                    (batch, draw_states(&mut rng, &mut a0, ModuleStart::Lab, size, hidden, module))
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// Every analysis at every solved level, at sizes that take a fraction of a second for the

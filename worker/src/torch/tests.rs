@@ -11,7 +11,10 @@ use super::train::build_engine;
 use super::trial::TrialRun;
 use super::{Engine, TorchTrainer};
 use crate::trainer::{Control, Trainer, TrialEnd};
-use cbsweep_common::{AnalysisPlan, Arch, EpochRecord, FreezePoint, Regime, Seed, Task, TrainBudget, TrialOutcome, TrialResult, TrialSpec};
+use cbsweep_common::{
+    AnalysisPlan, Arch, EpochRecord, FreezePoint, GruCell, ModuleStart, Regime, Seed, Task, TrainBudget, TrialOutcome, TrialResult,
+    TrialSpec,
+};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Instant;
@@ -521,6 +524,22 @@ fn a_pack_of_mixed_shapes_fails_as_data() {
     }
     assert!(reported.iter().all(Vec::is_empty));
     assert!(train(&[]).0.is_empty());
+}
+
+/// A GRU trial of the cell older cbsweep computed, or a recurrent-module control of its earlier
+/// start (both expanded by an older cbsweep), fails as data saying why, on either engine.
+#[test]
+fn trials_of_a_retired_computation_fail_naming_it() {
+    let gru = TrialSpec { gru_cell: GruCell::Original, ..small_spec(1, Task::Dms, Arch::Cbgru, Regime::Simult) };
+    let rmrnn = TrialSpec { module_start: ModuleStart::Original, ..small_spec(1, Task::Dms, Arch::Rmrnn, Regime::Simult) };
+    for (spec, why) in [(gru, "GRU cell of PyTorch's convention"), (rmrnn, "recurrent-module control as an older cbsweep")] {
+        for engine in [Engine::Fused, Engine::Libtorch] {
+            let mut trainer = TorchTrainer::new(Device::Cpu).with_engine(engine);
+            let results = finished(trainer.train_pack(std::slice::from_ref(&spec), &mut |_, _| Control::Continue));
+            let TrialOutcome::Failed(reason) = &results[0].outcome else { panic!("expected a failure, got {:?}", results[0].outcome) };
+            assert!(reason.contains(why) && reason.contains("submit its sweep again"), "{reason}");
+        }
+    }
 }
 
 /// One epoch of the main CB-RNN (H = 64, G = 256, P = 64; 100 steps of B = 64 at N = 2, then

@@ -25,6 +25,10 @@ pub(crate) struct TrialRun<'a> {
     train_h0: ChaCha8Rng,
     test_data: ChaCha8Rng,
     test_h0: ChaCha8Rng,
+    /// The recurrent module's a_0 of the training and test batches (drawn from only at the lab's
+    /// start of the recurrent-module control).
+    train_a0: ChaCha8Rng,
+    test_a0: ChaCha8Rng,
     /// The modules that learned in the latest step.
     pub(crate) learning: Learning,
     /// Levels solved so far.
@@ -49,13 +53,17 @@ enum Ending {
 /// next epoch has begun (its curve, level and epochs change only at epoch ends).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Mark {
-    /// Word positions of the training data, training h0, test data and test h0 streams.
+    /// Word positions of the training data, training h0, test data, test h0, training a0 and
+    /// test a0 streams.
     pub(crate) words: [u128; Mark::STREAMS],
     pub(crate) steps_done: u64,
 }
 
 impl Mark {
-    pub(crate) const STREAMS: usize = 4;
+    pub(crate) const STREAMS: usize = 6;
+    /// The streams of a checkpoint written before the a0 streams: a trial that draws from them
+    /// has a newer id, so such a checkpoint's trial never moved them from their start.
+    pub(crate) const EARLIER_STREAMS: usize = 4;
 }
 
 /// Which of a trial's streams a batch comes from.
@@ -78,6 +86,8 @@ impl<'a> TrialRun<'a> {
             train_h0: tasks::stream(spec.seed, Stream::TrainH0),
             test_data: tasks::stream(spec.seed, Stream::TestData),
             test_h0: tasks::stream(spec.seed, Stream::TestH0),
+            train_a0: tasks::stream(spec.seed, Stream::TrainA0),
+            test_a0: tasks::stream(spec.seed, Stream::TestA0),
             learning: Learning { core: false, cb: false },
             levels_solved: 0,
             curve: Vec::new(),
@@ -95,8 +105,9 @@ impl<'a> TrialRun<'a> {
         t.epochs_done = c.epochs_done;
         t.steps_done = c.steps_done;
         t.levels_solved = c.levels_solved;
-        for (k, rng) in [&mut t.train_data, &mut t.train_h0, &mut t.test_data, &mut t.test_h0].into_iter().enumerate() {
-            rng.set_word_pos(u128::from(c.stream_words[2 * k]) | (u128::from(c.stream_words[2 * k + 1]) << 64));
+        let streams = [&mut t.train_data, &mut t.train_h0, &mut t.test_data, &mut t.test_h0, &mut t.train_a0, &mut t.test_a0];
+        for (rng, word) in streams.into_iter().zip(c.stream_words.chunks_exact(2)) {
+            rng.set_word_pos(u128::from(word[0]) | (u128::from(word[1]) << 64));
         }
         t.curve = c.curve.iter().cloned().map(EpochRecord::try_from).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
         t.analyses = c.analyses.iter().cloned().map(Into::into).collect();
@@ -106,7 +117,8 @@ impl<'a> TrialRun<'a> {
     /// Where its streams and steps stand now (take it at an epoch boundary).
     pub(crate) fn mark(&self) -> Mark {
         Mark {
-            words: [&self.train_data, &self.train_h0, &self.test_data, &self.test_h0].map(ChaCha8Rng::get_word_pos),
+            words: [&self.train_data, &self.train_h0, &self.test_data, &self.test_h0, &self.train_a0, &self.test_a0]
+                .map(ChaCha8Rng::get_word_pos),
             steps_done: self.steps_done,
         }
     }
@@ -176,16 +188,17 @@ impl<'a> TrialRun<'a> {
         Learning { core: l.core, cb: l.cb && self.spec.arch.module().is_some() }
     }
 
-    /// The next batch of `data` at the trial's level, with its initial states.
+    /// The next batch of `data` at the trial's level, with its initial states (`draw_states`).
     pub(crate) fn draw(&mut self, data: DataSplit, hidden: usize) -> (TaskBatch, Vec<f64>) {
         let batch = self.spec.budget.batch_size as usize;
-        let (data_rng, h0_rng) = match data {
-            DataSplit::Train => (&mut self.train_data, &mut self.train_h0),
-            DataSplit::Test => (&mut self.test_data, &mut self.test_h0),
+        let (data_rng, h0_rng, a0_rng) = match data {
+            DataSplit::Train => (&mut self.train_data, &mut self.train_h0, &mut self.train_a0),
+            DataSplit::Test => (&mut self.test_data, &mut self.test_h0, &mut self.test_a0),
         };
         let b = tasks::draw_batch(data_rng, self.spec.task, self.level, batch);
-        let h0 = tasks::draw_h0(h0_rng, batch, hidden);
-        (b, h0)
+        let module = self.spec.module_units().unwrap_or(0) as usize;
+        let states = tasks::draw_states(h0_rng, a0_rng, self.spec.module_start, batch, hidden, module);
+        (b, states)
     }
 
     /// The next `n` batches of `data` (as one row of a pack's `Batches`).

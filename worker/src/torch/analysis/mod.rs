@@ -22,7 +22,7 @@ mod timescales;
 use super::input::Batches;
 use super::model::{PackedModel, Unroll};
 use super::tasks::{self, Stream};
-use cbsweep_common::{AnalysisRecord, Seed, TrialSpec};
+use cbsweep_common::{AnalysisRecord, TrialSpec};
 use tch::{Device, Kind, TchError};
 
 pub(crate) use checkpoint::{checkpoint_path, save_checkpoint};
@@ -72,33 +72,34 @@ pub(crate) fn analyse(
     let first_n = |n: u32| fixed.iter().map(|b| b[..n as usize].to_vec()).collect::<Vec<_>>();
     ablation::ablation(model, first_n(plan.ablation_batches), kind, device, &mut push)?;
     if recovers {
-        let train = draw_batches(points, plan.recovery_steps as usize, [Stream::RecoveryData, Stream::RecoveryH0], model);
+        let train =
+            draw_batches(points, plan.recovery_steps as usize, [Stream::RecoveryData, Stream::RecoveryH0, Stream::RecoveryA0], model);
         recovery::recovery(model, train, first_n(recovery_eval), kind, device, &mut push)?;
     }
     pca::dimensionality(model, first_n(plan.dimensionality_batches), kind, device, &mut push)?;
-    let seeds: Vec<Seed> = points.iter().map(|p| p.spec.seed).collect();
-    timescales::timescales(model, &seeds, &plan, kind, device, unroll, &mut push)?;
+    let trials: Vec<&TrialSpec> = points.iter().map(|p| p.spec).collect();
+    timescales::timescales(model, &trials, &plan, kind, device, unroll, &mut push)?;
     Ok(out)
 }
 
 /// `n` fixed batches of `BATCH` sequences per point at its level, from its analysis streams.
 fn fixed_batches(points: &[Checkpoint], n: usize, model: &PackedModel) -> Batches {
-    draw_batches(points, n, [Stream::AnalysisData, Stream::AnalysisH0], model)
+    draw_batches(points, n, [Stream::AnalysisData, Stream::AnalysisH0, Stream::AnalysisA0], model)
 }
 
 /// `n` batches of `BATCH` sequences per point at its level, from the start of its streams of
-/// data and h_0.
-fn draw_batches(points: &[Checkpoint], n: usize, [data, h0]: [Stream; 2], model: &PackedModel) -> Batches {
-    let hidden = model.dims().hidden as usize;
+/// data, h_0 and (the recurrent-module control's) a_0.
+fn draw_batches(points: &[Checkpoint], n: usize, [data, h0, a0]: [Stream; 3], model: &PackedModel) -> Batches {
+    let (hidden, module) = (model.dims().hidden as usize, model.dims().module_units() as usize);
     points
         .iter()
         .map(|p| {
             let mut data = tasks::stream(p.spec.seed, data);
-            let mut h0 = tasks::stream(p.spec.seed, h0);
+            let (mut h0, mut a0) = (tasks::stream(p.spec.seed, h0), tasks::stream(p.spec.seed, a0));
             (0..n)
                 .map(|_| {
                     let batch = tasks::draw_batch(&mut data, p.spec.task, p.level, BATCH);
-                    (batch, tasks::draw_h0(&mut h0, BATCH, hidden))
+                    (batch, tasks::draw_states(&mut h0, &mut a0, p.spec.module_start, BATCH, hidden, module))
                 })
                 .collect()
         })
@@ -111,7 +112,7 @@ mod tests {
     use crate::torch::engine::fastest_unroll;
     use crate::torch::model::{Dims, init_trial};
     use crate::torch::testing::{analysis_plan, one_thread, small_spec};
-    use cbsweep_common::{AnalysisPlan, Arch, Regime, Task};
+    use cbsweep_common::{AnalysisPlan, Arch, Regime, Seed, Task};
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
     use rand_distr::{Distribution, StandardNormal};

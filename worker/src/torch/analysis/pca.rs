@@ -48,7 +48,7 @@ pub(super) fn dimensionality(
     let pops = Population::of(dims.arch);
     let m = batches.len() as i64;
     let mut moments = pops.iter().map(|p| Moments::zeros(m, p.size(&dims), device)).collect::<Result<Vec<_>, _>>()?;
-    in_passes(batches, DIMENSIONALITY_BATCHES_PER_PASS, dims.hidden, kind, device, &mut |input, _| {
+    in_passes(batches, DIMENSIONALITY_BATCHES_PER_PASS, dims.state_units(), kind, device, &mut |input, _| {
         model
             .unroll(input, CbOutput::On, &mut |step| {
                 // steps past a sequence's own length hold its frozen state: left out

@@ -6,7 +6,7 @@ use super::fits::ExpFitter;
 use crate::torch::input::{PackedInput, host_tensor};
 use crate::torch::model::{CbOutput, PackedModel, Population, Unroll};
 use crate::torch::tasks::{self, Stream};
-use cbsweep_common::{AnalysisPlan, Seed};
+use cbsweep_common::{AnalysisPlan, TrialSpec};
 use tch::{Device, Kind, TchError, Tensor};
 
 /// Autocovariance at lags 0..=max_lag of many series fed in chunks of time ([..., T] each).
@@ -46,11 +46,12 @@ const TIMESCALE_FFT_LEN: i64 = 2048;
 
 /// Each population's per-unit time constants and population 1/e lag, from a long drive with
 /// Bernoulli(0.5) bits. Units' autocorrelations are taken to the fitted lags only (the rest
-/// would not be reported), the summed activity's to max_lag. Row r of `model` is the trial of
-/// `seeds[r]`; the drive runs on `unroll`; `push(row, population, metric, value)`.
+/// would not be reported), the summed activity's to max_lag. Row r of `model` is the trial
+/// `trials[r]`; the drive runs on `unroll`, each chunk from the states the last one ended in
+/// (the recurrent module's included); `push(row, population, metric, value)`.
 pub(super) fn timescales(
     model: &PackedModel,
-    seeds: &[Seed],
+    trials: &[&TrialSpec],
     plan: &AnalysisPlan,
     kind: Kind,
     device: Device,
@@ -68,16 +69,22 @@ pub(super) fn timescales(
     let fitter = ExpFitter::new(fit_lags as usize);
     let dims = *model.dims();
     let pops = Population::of(dims.arch);
-    let (m, s) = (seeds.len(), plan.timescale_trials as usize);
+    let (m, s) = (trials.len(), plan.timescale_trials as usize);
     // units' chunks fill an FFT of TIMESCALE_FFT_LEN exactly
     let chunk = (TIMESCALE_FFT_LEN - 2 * fit_lags).max(TIMESCALE_FFT_LEN / 2);
 
-    // per row [T, S] time-major bits, and h_0 [S, H]
+    // per row [T, S] time-major bits, and the initial states [S, H (+ A)]
     let bits: Vec<Vec<u8>> =
-        seeds.iter().map(|&seed| tasks::draw_bits(&mut tasks::stream(seed, Stream::TimescaleInput), steps as usize, s)).collect();
-    let h0: Vec<f64> =
-        seeds.iter().flat_map(|&seed| tasks::draw_h0(&mut tasks::stream(seed, Stream::TimescaleH0), s, dims.hidden as usize)).collect();
-    let mut state = host_tensor(&h0, &[m as i64, s as i64, dims.hidden], kind, device)?; // [M, S, H]
+        trials.iter().map(|t| tasks::draw_bits(&mut tasks::stream(t.seed, Stream::TimescaleInput), steps as usize, s)).collect();
+    let (hidden, module) = (dims.hidden as usize, dims.module_units() as usize);
+    let initial: Vec<f64> = trials
+        .iter()
+        .flat_map(|t| {
+            let (mut h0, mut a0) = (tasks::stream(t.seed, Stream::TimescaleH0), tasks::stream(t.seed, Stream::TimescaleA0));
+            tasks::draw_states(&mut h0, &mut a0, t.module_start, s, hidden, module)
+        })
+        .collect();
+    let mut state = host_tensor(&initial, &[m as i64, s as i64, dims.state_units()], kind, device)?; // [M, S, H (+ A)]
     // per population: its units, and its summed activity
     let mut autocov: Vec<[Autocovariance; 2]> =
         pops.iter().map(|_| [Autocovariance::new(fit_lags), Autocovariance::new(max_lag)]).collect();
@@ -96,7 +103,7 @@ pub(super) fn timescales(
             x: Tensor::f_from_slice(&x)?.f_view([len, m as i64, s as i64])?.f_to_device(device)?.f_to_kind(kind)?,
             lengths: Tensor::f_full([m as i64, s as i64], len, (Kind::Int64, device))?,
             min_len: len,
-            h0: state,
+            initial: state,
         };
         if start < burn_in {
             state = unroll(model, &input, CbOutput::On, &mut |_| Ok(()))?;

@@ -120,7 +120,7 @@ impl LibtorchEngine {
 
 impl PackEngine for LibtorchEngine {
     fn train_step(&mut self, batches: &Batches, flags: &[Learning]) -> Result<(), TrainError> {
-        let (input, labels) = pack_batches(batches, self.dims.hidden, self.kind, self.device)?;
+        let (input, labels) = pack_batches(batches, self.dims.state_units(), self.kind, self.device)?;
         let logits = self.model.forward(&input, CbOutput::On)?; // [M, B, 2]
         let losses = model::cross_entropy(&logits, &labels)?; // [M]
         let norms = self.sgd_step(&losses, flags)?; // [M]

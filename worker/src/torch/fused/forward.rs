@@ -24,9 +24,8 @@ pub(super) fn forward<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, cb: CbOutput,
     let p_all = sized(&mut s.p, if module { steps * b * p } else { 0 });
     let z = sized(&mut s.z, b * n_rec);
     let c_all = sized(&mut s.c, if module { steps * b * h } else { 0 });
-    for (dst, src) in hs[..b * h].iter_mut().zip(job.h0) {
-        *dst = T::of(*src);
-    }
+    // the recurrent-module control with its module switched off runs here: its a_0 stays unread
+    job.load_initial(h, w.dims.module_units() as usize, &mut hs[..b * h], None);
     // the stacked product's columns: all of [H + G] with the module, the core's H without it
     let w_rec_t = w.w_rec_t.block(h, n_rec);
     let (keep, slope) = (T::one() - T::of(ALPHA), T::of(NEGATIVE_SLOPE));

@@ -30,11 +30,7 @@ pub(super) fn forward<T: Real>(w: &Prepared<'_, T>, job: &Job<'_>, cb: CbOutput,
     let u_all = sized(&mut s.g, steps * b * a);
     let c_all = sized(&mut s.c, steps * b * h);
     let z = sized(&mut s.z, b * n_rec);
-    for (dst, src) in hs[..b * h].iter_mut().zip(job.h0) {
-        *dst = T::of(*src);
-    }
-    // a_0 = 0 (docs/science.md#recurrent-module-control)
-    states[..b * a].fill(T::zero());
+    job.load_initial(h, a, &mut hs[..b * h], Some(&mut states[..b * a]));
     let w_rec_t = w.w_rec_t.block(h, n_rec); // [H, H + A]
     let (w_aa_t, w_out_t) = (w.w_pc_t.mat(), w.w_dcn_t.mat()); // [A, A], [A, H]
     let b_out = w.w(model::B_OUT);

@@ -41,14 +41,17 @@ pub(super) struct Scratch<T> {
     /// (two buffers [rows, A]).
     pub(super) states: Vec<T>,
     pub(super) d_states: Vec<T>,
-    /// The GRU (`gru`): per step r, z, W_hn h + b_hn and the candidate's pre-activation without
-    /// the module's output, [T, rows, 4H]; the squared norms of that pre-activation and of the
-    /// module's raw output, [T, rows, 2] (the raw output goes in `c`); the gradients of the
-    /// candidate's input side and of the module's raw output, [T, rows, H] each.
+    /// The GRU (`gru`): per step r, z and the candidate's pre-activation without the module's
+    /// output c, [T, rows, 3H]; the reset state r h_{t-1}, [T, rows, H]; the squared norms of c
+    /// and of the module's raw output, [T, rows, 2] (the raw output goes in `c`); the gradients
+    /// of c and of the module's raw output, [T, rows, H] each, and of one step's reset state
+    /// [rows, H].
     pub(super) gates: Vec<T>,
+    pub(super) reset: Vec<T>,
     pub(super) norms: Vec<T>,
     pub(super) d_candidate: Vec<T>,
     pub(super) d_output: Vec<T>,
+    pub(super) d_reset: Vec<T>,
 }
 
 pub(super) fn sized<T: Real>(v: &mut Vec<T>, n: usize) -> &mut [T] {
@@ -80,14 +83,15 @@ pub(super) fn leaky_relu<T: Real>(x: T, slope: T) -> T {
 /// kernels run fastest on a row-major right operand), and the constant drives of the core and
 /// the granule layer for an input bit of 0 and of 1 (the input's product is a select). The
 /// recurrent module's layers take the cerebellar module's places (its input layer the granule
-/// layer's, W_aa and W_out those of W_pc and W_dcn), and the GRU's stacked gate weights W_hh
-/// ([3H, H]) those of W_h.
+/// layer's, W_aa and W_out those of W_pc and W_dcn); the GRU stacks the state layers of its r and
+/// z gates ([2H, H], the first rows of W_h) where the Elman core has W_h, and keeps the n gate's
+/// state layer W_hn ([H, H]) apart, as its product reads the reset state r h_{t-1}.
 pub(super) struct Prepared<'a, T> {
     pub(super) dims: Dims,
     pub(super) layout: &'a Layout,
     pub(super) params: &'a [T],
     /// [H + G, H] and its transpose [H, H + G] (the RNN: W_h and its transpose; the recurrent
-    /// module: [H + A, H]; the GRU: [3H (+ G), H]).
+    /// module: [H + A, H]; the GRU: [2H (+ G), H]).
     pub(super) w_rec: Weight<T>,
     pub(super) w_rec_t: Weight<T>,
     /// W_pc [P, G] and W_dcn [H, P] for the backward pass, their transposes W_pc^T [G, P] and
@@ -96,10 +100,13 @@ pub(super) struct Prepared<'a, T> {
     pub(super) w_dcn: Weight<T>,
     pub(super) w_pc_t: Weight<T>,
     pub(super) w_dcn_t: Weight<T>,
+    /// The GRU's W_hn [H, H] for the backward pass and W_hn^T for the forward (no weight for
+    /// the Elman core).
+    pub(super) w_hn: Weight<T>,
+    pub(super) w_hn_t: Weight<T>,
     /// W_o^T [H, 2].
     pub(super) w_o_t: Vec<T>,
-    /// b_x + b_h (+ W_x for a 1 bit), [H] each (the GRU: b_ih (+ W_ih), [3H]; its b_hh is added
-    /// to the recurrent product).
+    /// b_x + b_h (+ W_x for a 1 bit), [H] each (the GRU: [3H], gates r, z, n).
     pub(super) core_drive: [Vec<T>; 2],
     /// b_gc (+ W_gc[:, H] for a 1 bit), [G] each (the recurrent module: b_in + b_aa
     /// (+ W_in[:, H]), [A]).
@@ -128,7 +135,12 @@ impl<'a, T: Real> Prepared<'a, T> {
         let (h, g, p) = (dims.hidden as usize, dims.granule as usize, dims.purkinje as usize);
         let w = |i| layout.get(params, i);
         let module = dims.arch.module();
-        let mut w_rec = w(model::W_H).to_vec();
+        // the GRU's n gate reads the reset state: its rows of W_h stay out of the stacked product
+        let (w_h, w_hn) = match dims.arch.core() {
+            Core::Elman => (w(model::W_H), &[][..]),
+            Core::Gru => w(model::W_H).split_at(2 * h * h),
+        };
+        let mut w_rec = w_h.to_vec();
         if module.is_some() {
             // the module's input layer (W_gc or W_in, one position) on the state
             for row in w(model::W_GC).chunks(h + 1) {
@@ -138,9 +150,10 @@ impl<'a, T: Real> Prepared<'a, T> {
         let n_rec = w_rec.len() / h;
         let w_rec_t = Weight::new(transpose(&w_rec, n_rec, h), h, n_rec);
         let w_rec = Weight::new(w_rec, n_rec, h);
-        let core_bias: Vec<T> = match dims.arch.core() {
-            Core::Elman => w(model::B_X).iter().zip(w(model::B_H)).map(|(&a, &b)| a + b).collect(),
-            Core::Gru => w(model::B_X).to_vec(),
+        let core_bias: Vec<T> = w(model::B_X).iter().zip(w(model::B_H)).map(|(&a, &b)| a + b).collect();
+        let (w_hn, w_hn_t) = match w_hn {
+            [] => (Weight::none(), Weight::none()),
+            _ => (Weight::new(w_hn.to_vec(), h, h), Weight::new(transpose(w_hn, h, h), h, h)),
         };
         let core_one = core_bias.iter().zip(w(model::W_X)).map(|(&b, &x)| b + x).collect();
         // the module's second and third layers, [P, G] and [H, P] (the recurrent module's W_aa
@@ -174,6 +187,8 @@ impl<'a, T: Real> Prepared<'a, T> {
             w_dcn,
             w_pc_t,
             w_dcn_t,
+            w_hn,
+            w_hn_t,
             w_o_t: transpose(w(model::W_O), 2, h),
             core_drive: [core_bias, core_one],
             granule_drive,
@@ -199,7 +214,8 @@ impl<'a, T: Real> Prepared<'a, T> {
 pub(super) struct Job<'a> {
     pub(super) row: usize,
     pub(super) batch: &'a TaskBatch,
-    pub(super) h0: &'a [f64],
+    /// The sequences' initial states, [rows, S] (h_0, then the recurrent module's a_0).
+    pub(super) initial: &'a [f64],
     pub(super) start: usize,
     pub(super) rows: usize,
     /// 1 / (sequences of the trial in this call): the loss is a mean over them.
@@ -218,19 +234,34 @@ impl Job<'_> {
     pub(super) fn label(&self, i: usize) -> usize {
         self.batch.labels[self.start + i] as usize
     }
+
+    /// Copies the sequences' h_0 into `h` ([rows, H]) and, given `a`, their a_0 into it
+    /// ([rows, A]), from the initial states' rows of H + `units` (A, 0 without the recurrent
+    /// module).
+    pub(super) fn load_initial<T: Real>(&self, hidden: usize, units: usize, h: &mut [T], a: Option<&mut [T]>) {
+        let rows = self.initial.chunks(hidden + units);
+        for (dst, src) in h.chunks_mut(hidden).zip(rows.clone()) {
+            dst.iter_mut().zip(src).for_each(|(d, &v)| *d = T::of(v));
+        }
+        if let Some(a) = a {
+            for (dst, src) in a.chunks_mut(units).zip(rows) {
+                dst.iter_mut().zip(&src[hidden..]).for_each(|(d, &v)| *d = T::of(v));
+            }
+        }
+    }
 }
 
 pub(super) fn jobs(per_row: &[Vec<(TaskBatch, Vec<f64>)>]) -> Vec<Job<'_>> {
     let mut out = Vec::new();
     for (row, batches) in per_row.iter().enumerate() {
         let n: usize = batches.iter().map(|(b, _)| b.labels.len()).sum();
-        for (batch, h0) in batches {
+        for (batch, initial) in batches {
             let width = batch.labels.len();
-            let hidden = h0.len() / width.max(1);
+            let units = initial.len() / width.max(1);
             for start in (0..width).step_by(CHUNK) {
                 let rows = CHUNK.min(width - start);
-                let h0 = &h0[start * hidden..(start + rows) * hidden];
-                out.push(Job { row, batch, h0, start, rows, scale: 1.0 / n as f64 });
+                let initial = &initial[start * units..(start + rows) * units];
+                out.push(Job { row, batch, initial, start, rows, scale: 1.0 / n as f64 });
             }
         }
     }

@@ -5,9 +5,8 @@ use super::FusedPack;
 use super::unroll::unroll;
 use crate::torch::input::{Batches, PackedInput, pack_batches};
 use crate::torch::model::{CbOutput, Dims, PackedModel, Population, cross_entropy};
-use crate::torch::tasks::{self, Stream, draw_batch, draw_h0};
-use crate::torch::testing::{model_with_active_module, one_thread, small_spec};
-use cbsweep_common::{Arch, Regime, Seed, Task, TrialSpec};
+use crate::torch::testing::{model_with_active_module, one_thread, small_spec, two_batches_per_trial};
+use cbsweep_common::{Arch, Regime, Task, TrialSpec};
 use tch::{Device, Kind, Tensor};
 
 /// Three trials with the module's weights made large enough to matter, and per trial two
@@ -16,13 +15,7 @@ fn setup(arch: Arch) -> (Dims, PackedModel, Batches) {
     let dims = Dims { arch, hidden: 12, granule: 20, purkinje: 7 };
     let specs: Vec<TrialSpec> = (31..34).map(|s| small_spec(s, Task::Parity, arch, Regime::Simult)).collect();
     let model = model_with_active_module(dims, &specs, 77);
-    let per_row = (0..3u32)
-        .map(|m| {
-            let mut rng = tasks::stream(Seed(200 + u64::from(m)), Stream::TrainData);
-            (0..2).map(|_| (draw_batch(&mut rng, Task::Parity, 2 + m, 40), draw_h0(&mut rng, 40, 12))).collect()
-        })
-        .collect();
-    (dims, model, per_row)
+    (dims, model, two_batches_per_trial(&dims, 3, 200, 40))
 }
 
 fn host(model: &PackedModel) -> FusedPack<f64> {
@@ -45,7 +38,7 @@ fn assert_close(ours: &[f64], reference: &[f64], what: &str) -> f64 {
 fn matches_autograd(arch: Arch) {
     one_thread();
     let (dims, model, per_row) = setup(arch);
-    let (input, labels) = pack_batches(&per_row, dims.hidden, Kind::Double, Device::Cpu).unwrap();
+    let (input, labels) = pack_batches(&per_row, dims.state_units(), Kind::Double, Device::Cpu).unwrap();
     let logits = model.forward(&input, CbOutput::On).unwrap();
     let losses = cross_entropy(&logits, &labels).unwrap();
     let grads = Tensor::run_backward(&[losses.sum(None::<Kind>)], model.params(), false, false);
@@ -133,10 +126,10 @@ fn unroll_observes_what_libtorch_computes() {
             x: x.shallow_clone(),
             lengths: Tensor::full([m, b], t_len, (Kind::Int64, Device::Cpu)),
             min_len: t_len,
-            h0: Tensor::rand([m, b, dims.hidden], (Kind::Float, Device::Cpu)) * 0.1,
+            initial: Tensor::rand([m, b, dims.state_units()], (Kind::Float, Device::Cpu)) * 0.1,
         };
         let first = input();
-        let same_h0 = PackedInput { h0: first.h0.copy(), ..input() };
+        let same_h0 = PackedInput { initial: first.initial.copy(), ..input() };
         let (mut ours, mut theirs): (Vec<Vec<Tensor>>, Vec<Vec<Tensor>>) = (Vec::new(), Vec::new());
         let our_state = unroll(&model, &first, cb, &mut |step| {
             ours.push(step.activity.iter().flatten().map(|t| t.copy()).collect());
@@ -163,5 +156,33 @@ fn unroll_observes_what_libtorch_computes() {
         assert!((our_state - their_state).abs().max().double_value(&[]) < 1e-5);
         let padded = PackedInput { min_len: t_len - 1, ..input() };
         assert!(unroll(&model, &padded, cb, &mut |_| Ok(())).unwrap().is_none(), "padding goes to libtorch");
+    }
+}
+
+/// A drive cut in two chunks, the second starting from the states the first ended in (as the
+/// timescale analysis runs it), ends as the drive in one piece on either engine: the recurrent
+/// module's state carries over with the core's.
+#[test]
+fn an_unroll_in_two_chunks_ends_as_one_in_one_piece() {
+    one_thread();
+    let (dims, model, _) = setup(Arch::Rmrnn);
+    let model = PackedModel::from_tensors(dims, model.params().iter().map(|p| p.to_kind(Kind::Float)).collect()).unwrap();
+    let (t_len, m, b) = (40, 3, 8);
+    let x = Tensor::randint(2, [t_len, m, b], (Kind::Float, Device::Cpu));
+    let input = |x: Tensor, initial: Tensor| {
+        let len = x.size()[0];
+        PackedInput { x, lengths: Tensor::full([m, b], len, (Kind::Int64, Device::Cpu)), min_len: len, initial }
+    };
+    let initial = Tensor::rand([m, b, dims.state_units()], (Kind::Float, Device::Cpu)) * 0.1;
+    let engines: [&dyn Fn(&PackedInput) -> Tensor; 2] = [&|i| model.unroll(i, CbOutput::On, &mut |_| Ok(())).unwrap(), &|i| {
+        unroll(&model, i, CbOutput::On, &mut |_| Ok(())).unwrap().expect("a float32 CPU pack")
+    }];
+    for run in engines {
+        let whole = run(&input(x.shallow_clone(), initial.copy()));
+        assert_eq!(whole.size(), [m, b, dims.state_units()]);
+        let half = run(&input(x.narrow(0, 0, t_len / 2), initial.copy()));
+        let rest = run(&input(x.narrow(0, t_len / 2, t_len / 2).contiguous(), half));
+        let diff = (&whole - &rest).abs().max().double_value(&[]);
+        assert!(diff < 1e-6, "the final states differ by {diff}");
     }
 }

@@ -26,7 +26,7 @@ fn phase_times() {
         batch = draw_batch(&mut rng, Task::Dms, 10, 64);
     }
     let h0 = draw_h0(&mut rng, 64, 64);
-    let job = Job { row: 0, batch: &batch, h0: &h0, start: 0, rows: 64, scale: 1.0 / 64.0 };
+    let job = Job { row: 0, batch: &batch, initial: &h0, start: 0, rows: 64, scale: 1.0 / 64.0 };
     let w = Prepared::new(dims, &pack.layout, &pack.rows[0].params);
     let mut s = Scratch::default();
     let mut grads = vec![0f32; pack.layout.total];

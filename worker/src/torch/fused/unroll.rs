@@ -36,7 +36,8 @@ pub(crate) fn unroll(
     let cerebellar = module == Some(ModuleKind::Cerebellar);
     let pack = FusedPack::<f32>::from_tensors(dims, model.params(), model.params(), &vec![[0.0; 3]; m])?;
     let x = Vec::<f32>::try_from(&input.x.f_flatten(0, -1)?)?; // [T, M, B]
-    let h0 = Vec::<f64>::try_from(&input.h0.f_to_kind(Kind::Double)?.f_flatten(0, -1)?)?; // [M, B, H]
+    let units = dims.state_units() as usize;
+    let initial = Vec::<f64>::try_from(&input.initial.f_to_kind(Kind::Double)?.f_flatten(0, -1)?)?; // [M, B, S]
     let batches: Vec<TaskBatch> = (0..m)
         .map(|row| TaskBatch {
             len: t_len,
@@ -48,7 +49,8 @@ pub(crate) fn unroll(
         .into_par_iter()
         .map(|row| {
             let w = Prepared::new(dims, &pack.layout, &pack.rows[row].params);
-            let job = Job { row, batch: &batches[row], h0: &h0[row * b * h..(row + 1) * b * h], start: 0, rows: b, scale: 1.0 };
+            let initial = &initial[row * b * units..(row + 1) * b * units];
+            let job = Job { row, batch: &batches[row], initial, start: 0, rows: b, scale: 1.0 };
             let mut s = Scratch::default();
             forward(&w, &job, cb, true, &mut s);
             if cerebellar && dims.arch.core() == Core::Gru {
@@ -78,6 +80,21 @@ pub(crate) fn unroll(
         let [granule, purkinje, output, state] = [0, 1, 2, 3].map(|i| parts[i].as_ref());
         observe(model::Step { t: t as i64, activity: [Some(&hidden), granule, purkinje, output, state] })?;
     }
-    let last = t_len * b * h;
-    Ok(Some(stacked(&|s| &s.hs[last..last + b * h], h)?))
+    // the final states in the initial states' layout: h_T, then the recurrent module's a_T (its
+    // a_0 with the module switched off)
+    let (last, last_a) = (t_len * b * h, t_len * b * a);
+    let mut end = Vec::with_capacity(m * b * units);
+    for (row, s) in runs.iter().enumerate() {
+        for i in 0..b {
+            end.extend_from_slice(&s.hs[last + i * h..last + (i + 1) * h]);
+            if units > h {
+                let from = (row * b + i) * units + h;
+                match module {
+                    Some(ModuleKind::Recurrent) => end.extend_from_slice(&s.states[last_a + i * a..last_a + (i + 1) * a]),
+                    _ => end.extend(initial[from..from + a].iter().map(|&v| v as f32)),
+                }
+            }
+        }
+    }
+    Ok(Some(Tensor::f_from_slice(&end)?.f_view([m as i64, b as i64, units as i64])?))
 }

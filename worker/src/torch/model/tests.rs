@@ -3,8 +3,7 @@
 
 use super::*;
 use crate::torch::input::pack_batches;
-use crate::torch::tasks::{draw_batch, draw_h0};
-use crate::torch::testing::{model_with_active_module, one_thread, small_spec};
+use crate::torch::testing::{model_with_active_module, one_thread, small_spec, two_batches_per_trial};
 use cbsweep_common::{Regime, Seed, Task, model_size};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -62,13 +61,28 @@ fn initial_weights_follow_the_spec() {
     }
     assert_eq!(dims.param_specs()[0].init, Init::Uniform { bound: 1.0 });
     assert_eq!(dims.param_specs()[2].init, Init::Uniform { bound: 0.25 });
-    // the GRU: torch.nn.GRUCell's U(-1/sqrt(H), 1/sqrt(H)) for every gate parameter (H = 16)
+    // the GRU, the lab's cell: every gate's input layer U(-1, 1) (fan-in 1), its state layer
+    // U(-1/sqrt(H), 1/sqrt(H)) (H = 16)
     let gru = Dims::of(&small_spec(9, Task::Dms, Arch::Gru, Regime::Simult)).param_specs();
-    assert!(gru[..4].iter().all(|p| p.init == Init::Uniform { bound: 0.25 } && p.module == Module::Core));
-    // the recurrent module: its output layer starts near zero, as the cerebellar module's
-    let rm = Dims::of(&small_spec(9, Task::Dms, Arch::Rmrnn, Regime::Simult)).param_specs();
-    assert_eq!(rm[W_OUT].init, Init::Normal { std: 0.01 });
-    assert_eq!(rm[B_OUT].init, Init::Zeros);
+    let bounds: Vec<Init> = gru[..4].iter().map(|p| p.init).collect();
+    assert_eq!(bounds, [1.0, 1.0, 0.25, 0.25].map(|bound| Init::Uniform { bound }));
+    assert!(gru[..4].iter().all(|p| p.module == Module::Core && p.shape[0] == 48));
+    // the recurrent module: the linear-layer default everywhere at the lab's start, its output
+    // layer near zero at the near-zero start
+    let rm = Dims::of(&small_spec(9, Task::Dms, Arch::Rmrnn, Regime::Simult));
+    let a = rm.module_units() as f64;
+    assert_eq!(rm.param_specs()[W_OUT].init, Init::Uniform { bound: 1.0 / a.sqrt() });
+    assert_eq!(rm.param_specs()[B_OUT].init, Init::Uniform { bound: 1.0 / a.sqrt() });
+    assert_eq!(rm.param_specs_for(ModuleStart::Lab), rm.param_specs());
+    let near_zero = rm.param_specs_for(ModuleStart::NearZero);
+    assert_eq!((near_zero[W_OUT].init, near_zero[B_OUT].init), (Init::Normal { std: 0.01 }, Init::Zeros));
+    assert_eq!(near_zero[..W_OUT], rm.param_specs()[..W_OUT]);
+    // a trial draws the inits of its own start: the same numbers up to the output layer
+    let lab = small_spec(9, Task::Dms, Arch::Rmrnn, Regime::Simult);
+    let old = TrialSpec { module_start: ModuleStart::NearZero, ..lab.clone() };
+    let (lab_init, old_init) = (init_trial(&rm, &lab), init_trial(&rm, &old));
+    assert_eq!(lab_init[..W_OUT], old_init[..W_OUT]);
+    assert!(old_init[B_OUT].iter().all(|&v| v == 0.0) && lab_init[B_OUT].iter().any(|&v| v != 0.0));
 }
 
 /// The project's Python (scripts/setup.sh makes it).
@@ -93,9 +107,9 @@ fn assert_close(ours: &Tensor, reference: &Tensor, tolerance: f64, what: &str) -
 }
 
 /// Runs one pack through our forward and backward and through the Python reference, and
-/// compares logits and (with the module on) every parameter's gradient: to 1e-9 in float64.
+/// compares logits and (with the module on) every parameter's gradient: to 1e-10 in float64.
 fn crosscheck(arch: Arch, cb: CbOutput) {
-    crosscheck_in(arch, cb, Kind::Double, 1e-9);
+    crosscheck_in(arch, cb, Kind::Double, 1e-10);
 }
 
 /// `crosscheck` computing in `kind` (the reference too), to `tolerance` relative to each
@@ -106,15 +120,8 @@ fn crosscheck_in(arch: Arch, cb: CbOutput, kind: Kind, tolerance: f64) -> f64 {
     let specs: Vec<TrialSpec> = (21..24).map(|s| small_spec(s, Task::Dms, arch, Regime::Simult)).collect();
     let model = model_with_active_module(dims, &specs, 99);
     let model = PackedModel::from_tensors(dims, model.params().iter().map(|p| p.to_kind(kind)).collect()).unwrap();
-    // trial m: two batches of three sequences at level 2 + m, so lengths differ within and
-    // between trials
-    let per_row: Vec<Vec<_>> = (0..3u32)
-        .map(|m| {
-            let mut rng = tasks::stream(Seed(100 + u64::from(m)), Stream::TrainData);
-            (0..2).map(|_| (draw_batch(&mut rng, Task::Parity, 2 + m, 3), draw_h0(&mut rng, 3, 12))).collect()
-        })
-        .collect();
-    let (input, labels) = pack_batches(&per_row, dims.hidden, kind, Device::Cpu).unwrap();
+    let per_row = two_batches_per_trial(&dims, 3, 100, 3);
+    let (input, labels) = pack_batches(&per_row, dims.state_units(), kind, Device::Cpu).unwrap();
     let logits = model.forward(&input, cb).unwrap();
     let loss = cross_entropy(&logits, &labels).unwrap().sum(None::<Kind>);
     let grads = Tensor::run_backward(&[loss], model.params(), false, false);
@@ -125,7 +132,11 @@ fn crosscheck_in(arch: Arch, cb: CbOutput, kind: Kind, tolerance: f64) -> f64 {
     }
     write_npy(&input.x, dir.path(), "x");
     write_npy(&input.lengths, dir.path(), "lengths");
-    write_npy(&input.h0, dir.path(), "h0");
+    let (h, a) = (dims.hidden, dims.module_units());
+    write_npy(&input.initial.narrow(2, 0, h), dir.path(), "h0");
+    if a > 0 {
+        write_npy(&input.initial.narrow(2, h, a), dir.path(), "a0");
+    }
     write_npy(&labels, dir.path(), "labels");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/torch_crosscheck.py");
     let with_grads = if cb == CbOutput::On { "grads" } else { "nograds" };
@@ -209,13 +220,8 @@ fn the_gru_bias_rescaling_binds_in_the_crosscheck_packs() {
     let dims = Dims { arch: Arch::Cbgru, hidden: 12, granule: 20, purkinje: 7 };
     let specs: Vec<TrialSpec> = (21..24).map(|s| small_spec(s, Task::Dms, Arch::Cbgru, Regime::Simult)).collect();
     let model = model_with_active_module(dims, &specs, 99);
-    let per_row: Vec<Vec<_>> = (0..3u32)
-        .map(|m| {
-            let mut rng = tasks::stream(Seed(100 + u64::from(m)), Stream::TrainData);
-            (0..2).map(|_| (draw_batch(&mut rng, Task::Parity, 2 + m, 3), draw_h0(&mut rng, 3, 12))).collect()
-        })
-        .collect();
-    let (input, _) = pack_batches(&per_row, dims.hidden, Kind::Double, Device::Cpu).unwrap();
+    let per_row = two_batches_per_trial(&dims, 3, 100, 3);
+    let (input, _) = pack_batches(&per_row, dims.state_units(), Kind::Double, Device::Cpu).unwrap();
     let rest_of = |b_cb: &Tensor| b_cb.square().sum_dim_intlist(Some([2i64].as_slice()), false, None::<Kind>).sqrt();
     let (mut bound, mut free) = (0, 0);
     // the observed output is the rescaled one; with the scale at 1 it equals W_dcn p + b_dcn
