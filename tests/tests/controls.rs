@@ -19,7 +19,10 @@ epochs = 4
 steps_per_epoch = 10
 test_batches = 2
 batch_size = 16
-solve_threshold = 0.6
+# every epoch passes (any accuracy above 0), so every trial has checkpoints to analyse (levels 2 and 3) whatever its
+# numbers on this host: what is checked is that each architecture is analysed as it should be
+solve_threshold = 0.000001
+max_level = 3
 [analysis]
 timescale_steps = 400
 timescale_burn_in = 50
@@ -82,7 +85,7 @@ fn a_sweep_of_the_cbrnn_the_recurrent_module_control_and_the_matched_rnn_runs_wi
         if module {
             let [intact, zero_shot, recovered, gap] = ["intact", "zero_shot", "recovered", "gap"].map(|k| r[k].as_f64().unwrap());
             assert!([intact, zero_shot, recovered].iter().all(|a| (0.0..=1.0).contains(a)), "{r}");
-            assert_eq!(gap, intact - recovered, "{r}");
+            assert!((gap - (intact - recovered)).abs() < 1e-12, "{r}"); // through DuckDB's JSON: the last bits may round
         }
     }
     let conditions =

@@ -96,8 +96,9 @@ fn final_states(model: &PackedModel, drawn: Batches, kind: Kind, device: Device)
     while let Some(left) = sorted.first().map(Vec::len).filter(|&left| left > 0) {
         let take = left.min(per_pass);
         let part: Batches = sorted.iter_mut().map(|row| row.drain(..take).map(|(_, batch)| batch).collect()).collect();
-        let (input, _) = pack_batches(&part, h, kind, device)?;
-        passes.push(model.unroll(&input, CbOutput::Off, &mut |_| Ok(()))?); // [M, take B, H]
+        let (input, _) = pack_batches(&part, model.dims().state_units(), kind, device)?;
+        // the core's h_T: the recurrent-module control's state also holds a_T after it
+        passes.push(model.unroll(&input, CbOutput::Off, &mut |_| Ok(()))?.f_narrow(2, 0, h)?); // [M, take B, H]
     }
     let (m, s, b) = (m as i64, s as i64, b as i64);
     let by_length = Tensor::f_cat(&passes, 1)?.f_view([m, s, b, h])?; // [M, S, B, H]
