@@ -164,3 +164,24 @@ pub struct TrialResult {
     #[serde(default)]
     pub analyses: Vec<AnalysisRecord>,
 }
+
+/// The most characters of an error text that the coordinator keeps of a failed trial (the start
+/// and the end, where causes and their last words are).
+pub const ERROR_TEXT_CHARS: usize = 4000;
+
+/// An error text as the coordinator stores and logs it: control characters escaped (a newline or
+/// an ANSI escape in a worker's text can forge no log line and colour no terminal) and at most
+/// `ERROR_TEXT_CHARS` characters kept, the start and the end, saying how much was left out.
+pub fn printable_error(text: &str) -> String {
+    let escaped: String =
+        text.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect();
+    let n = escaped.chars().count();
+    if n <= ERROR_TEXT_CHARS {
+        return escaped;
+    }
+    let half = ERROR_TEXT_CHARS / 2;
+    let head: String = escaped.chars().take(half).collect();
+    let tail: String = escaped.chars().skip(n - half).collect();
+    let cut: usize = escaped.chars().skip(half).take(n - 2 * half).map(char::len_utf8).sum();
+    format!("{head} [... {cut} bytes left out ...] {tail}")
+}

@@ -335,14 +335,23 @@ impl TryFrom<v1::TrialResult> for c::TrialResult {
         let outcome = match v1::OutcomeKind::try_from(r.outcome) {
             Ok(v1::OutcomeKind::Completed) => c::TrialOutcome::Completed,
             Ok(v1::OutcomeKind::Diverged) => c::TrialOutcome::Diverged,
-            Ok(v1::OutcomeKind::Failed) => c::TrialOutcome::Failed(r.error),
+            Ok(v1::OutcomeKind::Failed) => c::TrialOutcome::Failed(c::outcome::printable_error(&r.error)),
             _ => return Err(ConvertError::Invalid { field: "outcome", value: r.outcome.to_string() }),
         };
         let curve = r.curve.into_iter().map(c::EpochRecord::try_from).collect::<Result<Vec<_>, _>>()?;
         if curve.windows(2).any(|w| w[1].epoch != w[0].epoch + 1) {
             return Err(ConvertError::Invalid { field: "curve", value: "epochs not consecutive".into() });
         }
-        let analyses = r.analyses.into_iter().map(Into::into).collect();
+        let analyses: Vec<c::AnalysisRecord> = r.analyses.into_iter().map(Into::into).collect();
+        if let Some(a) = analyses.iter().find(|a| !a.value.is_finite()) {
+            return Err(ConvertError::Invalid {
+                field: "analyses.value",
+                value: format!(
+                    "{} (level {}, population {:?}, metric {:?}): must be a finite number",
+                    a.value, a.level, a.population, a.metric
+                ),
+            });
+        }
         Ok(c::TrialResult { outcome, curve, wall_time_ms: r.wall_time_ms, device: r.device, pack_size: r.pack_size, analyses })
     }
 }
@@ -351,6 +360,34 @@ impl TryFrom<v1::TrialResult> for c::TrialResult {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    /// Hostile round three, item 9: a NaN analysis value is refused naming the field (it gave
+    /// INTERNAL, a NOT NULL constraint, in the store), and a failed trial's error text is kept
+    /// printable and bounded (a newline forged a log line; 3 MB were stored whole).
+    #[test]
+    fn a_result_with_a_nan_analysis_is_refused_and_an_error_text_is_escaped_and_bounded() {
+        let analysis = |value: f64| v1::AnalysisRecord { level: 3, epoch: 4, population: "hidden".into(), metric: "d90".into(), value };
+        let result = |analyses, error: &str| v1::TrialResult {
+            outcome: v1::OutcomeKind::Failed as i32,
+            error: error.into(),
+            analyses,
+            ..Default::default()
+        };
+        assert!(c::TrialResult::try_from(result(vec![analysis(2.0)], "")).is_ok());
+        let e = c::TrialResult::try_from(result(vec![analysis(2.0), analysis(f64::NAN)], "")).unwrap_err().to_string();
+        assert!(e.contains("analyses.value") && e.contains("NaN") && e.contains("d90") && e.contains("finite"), "{e}");
+        let forged = "boom\n2026-12-07T00:00:00Z  INFO cbsweep: all good\x1b[31m";
+        let Ok(c::TrialResult { outcome: c::TrialOutcome::Failed(kept), .. }) = c::TrialResult::try_from(result(vec![], forged)) else {
+            panic!("a failed result")
+        };
+        assert!(!kept.contains('\n') && !kept.contains('\x1b'), "{kept:?}");
+        assert!(kept.contains("boom\\n2026") && kept.contains("\\u{1b}[31m"), "escaped, not dropped: {kept:?}");
+        let huge = "x".repeat(3 << 20);
+        let Ok(c::TrialResult { outcome: c::TrialOutcome::Failed(kept), .. }) = c::TrialResult::try_from(result(vec![], &huge)) else {
+            panic!("a failed result")
+        };
+        assert!(kept.len() < 5000 && kept.contains("bytes left out"), "{} bytes", kept.len());
+    }
 
     #[test]
     fn a_curve_with_a_non_finite_number_is_refused_naming_the_field() {
