@@ -251,6 +251,66 @@ pub fn overrides_text(overrides: &[SpecOverride]) -> String {
     overrides.iter().map(|o| format!("{}={}", o.key, o.value)).collect::<Vec<_>>().join("; ")
 }
 
+/// The most overrides a sweep may record, and the longest key and value of one.
+pub const MAX_OVERRIDES: usize = 64;
+const MAX_OVERRIDE_KEY: usize = 64;
+const MAX_OVERRIDE_VALUE: usize = 256;
+
+impl SweepSpec {
+    /// Checks the overrides this spec records against its resolved text, as a coordinator must
+    /// for a submitted spec (the client applied them and sends the record beside the text): at
+    /// most `MAX_OVERRIDES`, each a dotted key of lowercase letters, digits and `_` that names a
+    /// key of the spec, a short printable value that `overrides_text` can keep, and, for a
+    /// scalar key, the value the resolved spec holds (a record saying `train.epochs=999` beside a
+    /// budget of 2 is refused).
+    pub fn check_overrides(&self, path: &Path) -> Result<(), SpecError> {
+        let c = Checker { path };
+        if self.overrides.len() > MAX_OVERRIDES {
+            return Err(c.invalid("overrides", format!("{} entries", self.overrides.len()), &format!("at most {MAX_OVERRIDES}")));
+        }
+        let resolved: toml::Table =
+            toml::from_str(&self.resolved).map_err(|e| c.invalid("overrides", "(the resolved spec)", &e.to_string()))?;
+        for o in &self.overrides {
+            let field = format!("overrides[{}]", o.key.escape_debug());
+            let well_formed = o.key.len() <= MAX_OVERRIDE_KEY
+                && o.key.split('.').count() >= 2
+                && o.key
+                    .split('.')
+                    .all(|p| !p.is_empty() && p.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_'));
+            if !well_formed {
+                return Err(c.invalid(&field, "(its key)", "must be a dotted spec key such as train.epochs"));
+            }
+            if o.value.chars().count() > MAX_OVERRIDE_VALUE || o.value.chars().any(char::is_control) || o.value.contains("; ") {
+                let shown: String = o.value.chars().take(40).collect();
+                return Err(c.invalid(
+                    &field,
+                    format!("{:?}...", shown.escape_debug().to_string()),
+                    &format!("must be at most {MAX_OVERRIDE_VALUE} printable characters without \"; \""),
+                ));
+            }
+            let mut at: Option<&toml::Value> = None;
+            for (i, part) in o.key.split('.').enumerate() {
+                at = if i == 0 { resolved.get(part) } else { at.and_then(|v| v.get(part)) };
+            }
+            let Some(held) = at else {
+                return Err(c.invalid(&field, &o.value, &format!("{} is no key of the spec", o.key)));
+            };
+            let given = o.value.trim();
+            let agrees = match held {
+                toml::Value::Integer(i) => given.parse::<f64>().is_ok_and(|g| g == *i as f64),
+                toml::Value::Float(f) => given.parse::<f64>().is_ok_and(|g| g == *f),
+                toml::Value::Boolean(b) => given.parse::<bool>().is_ok_and(|g| g == *b),
+                toml::Value::String(t) => given == t,
+                _ => true, // lists and tables: config parses them its own way; the text is what counts
+            };
+            if !agrees {
+                return Err(c.invalid(&field, &o.value, &format!("does not match the submitted spec's {} = {held}", o.key)));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Reads `overrides_text`'s form back; the inverse of it for every override it wrote.
 pub fn parse_overrides_text(text: &str) -> Vec<SpecOverride> {
     text.split("; ")

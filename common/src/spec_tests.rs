@@ -460,3 +460,29 @@ fn the_recurrent_module_start_is_the_labs_unless_named_and_a_wrong_name_is_refus
     let e = err(&format!("{control}[model]\nrecurrent_module_start = \"zero\"\n"));
     assert!(e.ends_with("model.recurrent_module_start = \"zero\": expected one of: \"near_zero\", \"lab\""), "{e}");
 }
+
+/// Hostile round three, item 10: a submitted spec's record of its overrides must agree with the
+/// resolved text it comes with, and be short, printable and few.
+#[test]
+fn recorded_overrides_must_agree_with_the_resolved_spec_and_be_bounded() {
+    let ov = |k: &str, v: &str| SpecOverride { key: k.into(), value: v.into() };
+    let spec = parse_spec_with_overrides(MINIMAL, Path::new("sweeps/test.toml"), vec![ov("train.epochs", "2")]).unwrap();
+    spec.check_overrides(Path::new("sweeps/test.toml")).unwrap();
+    let submitted = |overrides: Vec<SpecOverride>| {
+        let s = parse_resolved(&spec.resolved, Path::new("remote.toml"), overrides).unwrap();
+        s.check_overrides(Path::new("remote.toml")).map_err(|e| e.to_string())
+    };
+    assert!(submitted(vec![ov("train.epochs", "2")]).is_ok());
+    assert!(submitted(vec![ov("train.solve_threshold", "0.98"), ov("model.rnn_match", "published")]).is_ok());
+    let e = submitted(vec![ov("train.epochs", "999")]).unwrap_err();
+    assert!(e.contains("train.epochs") && e.contains("999") && e.contains("does not match") && e.contains("= 2"), "{e}");
+    let e = submitted(vec![ov("train.epocs", "2")]).unwrap_err();
+    assert!(e.contains("no key of the spec"), "{e}");
+    let e = submitted(vec![ov("train.epochs\nforged", "2")]).unwrap_err();
+    assert!(e.contains("dotted spec key"), "{e}");
+    let e = submitted(vec![ov("sweep.description", &"x".repeat(100_000))]).unwrap_err();
+    assert!(e.contains("at most 256"), "{}", &e[..e.len().min(300)]);
+    let many: Vec<SpecOverride> = (0..10_000).map(|i| ov(&format!("train.k{i}"), "1")).collect();
+    let e = submitted(many).unwrap_err();
+    assert!(e.contains("10000 entries") && e.contains("at most 64"), "{e}");
+}

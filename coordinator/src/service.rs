@@ -231,6 +231,7 @@ impl v1::sweep_service_server::SweepService for SweepApi {
         let overrides = r.overrides.into_iter().map(Into::into).collect();
         let spec = cbsweep_common::parse_resolved(&r.spec_toml, Path::new(&path), overrides)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        spec.check_overrides(Path::new(&path)).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let out = self.sched.submit(spec, path).await.map_err(status_of)?;
         Ok(Response::new(v1::SubmitSweepResponse { sweep_id: out.sweep.0, total_trials: out.total, new_trials: out.new }))
     }
