@@ -142,7 +142,7 @@ async fn scrape(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
 
 /// Whether the request carries `Authorization: Bearer <token>` (constant-time comparison).
 fn bearer_matches(headers: &HeaderMap, token: &Token) -> bool {
-    token.matches(headers.get(AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")).unwrap_or(b""))
+    token.matches(headers.get(AUTHORIZATION).map(|v| crate::server::bearer_token(v.as_bytes())).unwrap_or(b""))
 }
 
 /// Prometheus text exposition of the scheduler's metrics report.

@@ -36,11 +36,21 @@ impl tonic::service::Interceptor for Auth {
     }
 }
 
+/// The token of an `Authorization` header's value: what follows the `Bearer` scheme, whose name
+/// is matched without regard to case (RFC 7235: `bearer TOKEN` is as good as `Bearer TOKEN`);
+/// empty for any other value. The gRPC side, /metrics and the dashboard all read it here.
+pub(crate) fn bearer_token(value: &[u8]) -> &[u8] {
+    match value.split_at_checked(7) {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case(b"bearer ") => token,
+        _ => b"",
+    }
+}
+
 fn check_token(req: Request<()>, token: &Token) -> Result<Request<()>, Status> {
     let Some(value) = req.metadata().get("authorization") else {
         return Err(Status::unauthenticated("missing bearer token: pass --token-file or set CBSWEEP_TOKEN"));
     };
-    let given = value.as_bytes().strip_prefix(b"Bearer ").unwrap_or(b"");
+    let given = bearer_token(value.as_bytes());
     if token.matches(given) { Ok(req) } else { Err(Status::unauthenticated("wrong bearer token")) }
 }
 

@@ -178,3 +178,21 @@ async fn a_hostname_that_would_forge_a_log_line_is_refused() {
     assert_eq!(c.register(long).await.unwrap_err().code(), Code::InvalidArgument);
     still_serving(&url).await;
 }
+
+/// The `Bearer` scheme's name is matched without regard to case (RFC 7235): `bearer TOKEN` is
+/// served, a token without the scheme is not (hostile round three, item 12).
+#[tokio::test]
+async fn the_bearer_scheme_is_read_in_any_case() {
+    let (_dir, url, _srv) = start().await;
+    let mut raw = v1::worker_service_client::WorkerServiceClient::connect(url.clone()).await.unwrap();
+    for (header, served) in [(format!("bearer {TOKEN}"), true), (format!("BEARER {TOKEN}"), true), (TOKEN.to_string(), false)] {
+        let mut req = tonic::Request::new(hello(PROTOCOL_VERSION));
+        req.metadata_mut().insert("authorization", header.parse().unwrap());
+        let r = raw.register(req).await;
+        assert_eq!(r.is_ok(), served, "{header}: {r:?}");
+    }
+    // and a coordinator address without a scheme, as the coordinator prints it, is a plain one
+    let bare = url.trim_start_matches("http://").to_string();
+    let mut c = worker_client(&bare, TOKEN).await.expect("an address without http:// connects");
+    assert!(c.register(hello(PROTOCOL_VERSION)).await.is_ok());
+}

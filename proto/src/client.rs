@@ -53,7 +53,15 @@ pub type SweepClient = SweepServiceClient<InterceptedService<Channel, BearerAuth
 /// certificate; without it the system's roots are not consulted and TLS needs it.
 pub const TLS_CA_ENV: &str = "CBSWEEP_TLS_CA";
 
+/// A coordinator address as a URL: `127.0.0.1:50187` (what a coordinator prints as it listens)
+/// reads as `http://127.0.0.1:50187`; an address with a scheme is kept as given.
+pub fn coordinator_url(address: &str) -> String {
+    let address = address.trim();
+    if address.contains("://") { address.to_string() } else { format!("http://{address}") }
+}
+
 async fn channel(url: &str) -> Result<Channel, ClientError> {
+    let url = &coordinator_url(url);
     let mut endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|source| ClientError::BadUrl { url: url.into(), source })?
         .connect_timeout(std::time::Duration::from_secs(5))
@@ -87,4 +95,17 @@ pub fn read_token(file: Option<&std::path::Path>) -> Result<Option<String>, std:
         return Ok(Some(t.trim().to_string()));
     }
     Ok(std::env::var("CBSWEEP_TOKEN").ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::coordinator_url;
+
+    #[test]
+    fn an_address_without_a_scheme_is_a_plain_http_coordinator() {
+        assert_eq!(coordinator_url("127.0.0.1:50187"), "http://127.0.0.1:50187");
+        assert_eq!(coordinator_url(" coord:50051 "), "http://coord:50051");
+        assert_eq!(coordinator_url("https://coord:50051"), "https://coord:50051");
+        assert_eq!(coordinator_url("http://[::1]:1"), "http://[::1]:1");
+    }
 }

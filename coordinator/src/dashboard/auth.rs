@@ -47,7 +47,7 @@ impl Access {
 
     /// The verdict on a request's headers and query string.
     pub(crate) fn check(&self, headers: &HeaderMap, query: Option<&str>) -> Verdict {
-        let bearer = headers.get(AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")).unwrap_or(b"");
+        let bearer = headers.get(AUTHORIZATION).map(|v| crate::server::bearer_token(v.as_bytes())).unwrap_or(b"");
         if self.token.matches(bearer) || cookies(headers).any(|(k, v)| k == COOKIE_NAME && self.session.matches(v.as_bytes())) {
             return Verdict::Allowed;
         }
@@ -120,6 +120,10 @@ mod tests {
         let a = Access::new(Token("s3cret".into()), false);
         assert_eq!(a.check(&headers(&[]), None), Verdict::Refused);
         assert_eq!(a.check(&headers(&[("authorization", "Bearer s3cret")]), None), Verdict::Allowed);
+        // the scheme's name in any case (RFC 7235); a token alone is no header
+        assert_eq!(a.check(&headers(&[("authorization", "bearer s3cret")]), None), Verdict::Allowed);
+        assert_eq!(a.check(&headers(&[("authorization", "BEARER s3cret")]), None), Verdict::Allowed);
+        assert_ne!(a.check(&headers(&[("authorization", "s3cret")]), None), Verdict::Allowed);
         assert_eq!(a.check(&headers(&[("authorization", "Bearer s3cre")]), None), Verdict::Refused);
         assert_eq!(a.check(&headers(&[]), Some("x=1&token=s3cret")), Verdict::LogIn);
         assert_eq!(a.check(&headers(&[]), Some("token=wrong")), Verdict::Refused);
