@@ -459,7 +459,14 @@ fn worker_array_from_deploy_slurm_drains_a_sweep_with_every_cell_once() {
     );
 }
 
+/// Quarantined (issue 32's "keep flaky tests out"): it failed 3 times in 9 runs on 2026-12-07,
+/// alone and beside other tests: after the scancel of task 0, Slurm requeued both tasks of the
+/// array ("Requeuing JobId=1_1", "Requeuing JobId=1_0") and task 0 stayed PENDING past 30 s.
+/// The worker script now requeues only its own array task (the first task's job id is the
+/// array's own, and `scontrol requeue` of it requeued every task); whether that was the cause is
+/// not yet shown. Run it with `--run-ignored all` until it passes reliably, then drop this.
 #[test]
+#[ignore = "flaky under Slurm: a scancelled array task is sometimes requeued instead of cancelled (see its doc comment)"]
 fn scancelled_worker_hands_its_lease_back_and_the_sweep_still_completes_once() {
     let Some(cluster) = Cluster::start("scancelled_worker_hands_its_lease_back_and_the_sweep_still_completes_once") else { return };
     let run = Run::with_running_coordinator(&cluster, "slurmcancel", 2, 10, 100);
