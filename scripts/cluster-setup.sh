@@ -9,6 +9,8 @@
 # Network namespaces (tests/tests/netns.rs) need only iproute2's `ip`, installed the same way.
 # The dashboard's browser test (tests/tests/dashboard.rs) needs Debian's chromium and
 # chromium-driver (headless Chromium and its WebDriver), installed the same way.
+# The lease tests that step a coordinator's wall clock (tests/tests/leases.rs, chaos.rs) need
+# libfaketime (LD_PRELOAD'ed into that one process), installed the same way.
 set -euo pipefail
 
 # the same rule as the tests' (cbsweep_tests::require_all)
@@ -25,6 +27,7 @@ missing() {
   command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
   [ -x /usr/bin/chromium ] || need+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+  compgen -G '/usr/lib/*/faketime/libfaketime.so.1' >/dev/null || need+=(libfaketime)
 }
 # Says why nothing is installed: a note where tests may skip, a failure where they must all run.
 cannot() {
@@ -38,7 +41,7 @@ cannot() {
 
 missing
 if [ ${#need[@]} -eq 0 ]; then
-  echo "cluster-setup: slurm, munge, iproute2, chromium and chromium-driver already installed"
+  echo "cluster-setup: slurm, munge, iproute2, chromium, chromium-driver and libfaketime already installed"
   exit 0
 fi
 [ "$(id -u)" -eq 0 ] || cannot "not root"
@@ -46,7 +49,7 @@ command -v apt-get >/dev/null 2>&1 || cannot "no apt-get here"
 # slurm-wlm pulls slurmctld, slurmd and slurm-client; munge is its authentication daemon.
 pkgs=()
 case " ${need[*]} " in *" slurmctld "*|*" slurmd "*|*" slurm-client "*|*" munge "*) pkgs+=(slurm-wlm munge) ;; esac
-for p in iproute2 chromium chromium-driver; do
+for p in iproute2 chromium chromium-driver libfaketime; do
   case " ${need[*]} " in *" $p "*) pkgs+=("$p") ;; esac
 done
 # a font for the pages' text in the browser test's screenshots

@@ -192,7 +192,7 @@ async fn a_scrape_reads_no_trial_row_and_counts_what_status_tallies() {
     assert_eq!(tallied(&sched.status(None).await.unwrap()), kept(&sched.metrics().await.unwrap()));
     // The small sweep's other leases are not renewed: they expire (30 s; the tick's expiry run as
     // of a minute from now, before the big sweep's 120 s leases), out of attempts.
-    let expired = sched.expire_leases_as_of(std::time::SystemTime::now() + Duration::from_secs(60)).await.unwrap();
+    let expired = sched.expire_leases_within(Duration::from_secs(60)).await.unwrap();
     assert_eq!(expired, 3, "the small sweep's three unrenewed leases");
     let status = sched.status(None).await.unwrap();
     let small_status = status.sweeps.iter().find(|s| s.sweep.as_str() == "small").unwrap();

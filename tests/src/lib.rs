@@ -297,16 +297,73 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 /// A coordinator process on a loopback port with its results in `out`, appending its log
 /// (CBSWEEP_LOG=`level`) to `log`.
 pub fn coordinator_logged(state: &Path, out: &Path, port: u16, token: &str, level: &str, log: &Path) -> Proc {
+    Proc::spawn(&mut coordinator_command(state, out, port, token, level, log))
+}
+
+/// The command `coordinator_logged` runs, for a caller to add to (a `Faketime`).
+pub fn coordinator_command(state: &Path, out: &Path, port: u16, token: &str, level: &str, log: &Path) -> Command {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("coordinator log");
-    Proc::spawn(
-        Command::new(bin("cbsweep"))
-            .args(["coordinator", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--state", state.to_str().expect("utf-8 path"), "--out", out.to_str().expect("utf-8 path")])
-            .env("CBSWEEP_TOKEN", token)
-            .env("CBSWEEP_LOG", level)
-            .stdout(std::process::Stdio::null())
-            .stderr(log),
-    )
+    let mut cmd = Command::new(bin("cbsweep"));
+    cmd.args(["coordinator", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--state", state.to_str().expect("utf-8 path"), "--out", out.to_str().expect("utf-8 path")])
+        .env("CBSWEEP_TOKEN", token)
+        .env("CBSWEEP_LOG", level)
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    cmd
+}
+
+/// A wall clock a test can step for the processes it starts with `apply`: Debian's libfaketime,
+/// preloaded, reads the offset from a file on every call (the monotonic clock stays true, as a
+/// step of the system clock leaves it).
+pub struct Faketime {
+    lib: PathBuf,
+    offset_file: PathBuf,
+}
+
+impl Faketime {
+    /// A clock at the true time, its offset kept in a file under `dir`; or why libfaketime is
+    /// not here (`scripts/cluster-setup.sh` installs it).
+    pub fn new(dir: &Path) -> Result<Faketime, String> {
+        let lib = std::fs::read_dir("/usr/lib")
+            .map_err(|e| format!("cannot read /usr/lib: {e}"))?
+            .flatten()
+            .map(|d| d.path().join("faketime/libfaketime.so.1"))
+            .find(|p| p.is_file())
+            .ok_or("libfaketime is not installed (Debian's libfaketime: /usr/lib/*/faketime/libfaketime.so.1)")?;
+        let t = Faketime { lib, offset_file: dir.join("faketime-offset") };
+        t.step("+0");
+        Ok(t)
+    }
+
+    /// Makes `cmd`'s process read its wall clock through this one.
+    pub fn apply<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        cmd.env("LD_PRELOAD", &self.lib)
+            .env("FAKETIME_TIMESTAMP_FILE", &self.offset_file)
+            .env("FAKETIME_NO_CACHE", "1")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+    }
+
+    /// Sets the offset from the true time, in libfaketime's syntax ("-1h", "+2h", "+0").
+    pub fn step(&self, offset: &str) {
+        std::fs::write(&self.offset_file, format!("{offset}\n")).expect("faketime offset file");
+    }
+}
+
+/// A reader holding a read transaction on the state database `db` (as an export or a backup
+/// would), so that SQLite cannot start its WAL over and every write needs new room; it holds
+/// until killed. Returns once the transaction is open.
+pub fn pin_wal(db: &Path) -> Proc {
+    let script = format!(
+        "import sqlite3, time\nc = sqlite3.connect({db:?}, isolation_level=None)\nc.execute('BEGIN')\n\
+         c.execute('SELECT count(*) FROM trials').fetchall()\nprint('reading', flush=True)\ntime.sleep(600)"
+    );
+    let mut reader = Proc::spawn(Command::new(python()).arg("-c").arg(script).stdout(std::process::Stdio::piped()));
+    let mut line = String::new();
+    let stdout = reader.0.stdout.take().expect("the reader's stdout");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).expect("the reader's first line");
+    assert_eq!(line.trim(), "reading", "a reader holds the WAL of {}", db.display());
+    reader
 }
 
 /// A tmpfs mounted at a folder (as root), unmounted when dropped: a small disk to fill.

@@ -1,12 +1,15 @@
 //! A seeded chaos test over real processes with the fake trainer: for many rounds, kill -9
 //! workers and the coordinator at random moments, stop workers (they hand their leases back
-//! with checkpoints), let leases expire, restart everything, and fill the state's small tmpfs
-//! for a while (as root; elsewhere those rounds are left out, saying so, which fails in CI). At
-//! the end every cell is recorded exactly once, every result a coordinator acknowledged is the
-//! one in the tables, and no trial's attempt number ever went down. The seed is printed;
-//! CBSWEEP_CHAOS_SEED replays a run.
+//! with checkpoints), let leases expire, restart everything, fill the state's small tmpfs for
+//! up to twice the lease term while a reader pins its WAL (as root), and step the coordinator's
+//! wall clock by hours either way (libfaketime); where either is missing those rounds are left
+//! out, saying so, which fails in CI. At the end every cell is recorded exactly once, every
+//! result a coordinator acknowledged is the one in the tables, and no trial's attempt number
+//! ever went down. The seed is printed; CBSWEEP_CHAOS_SEED replays a run.
 
-use cbsweep_tests::{Proc, Tmpfs, bin, coordinator_logged, free_port, results_once, skipped, submit, sweep_done, wait_until, write_spec};
+use cbsweep_tests::{
+    Faketime, Proc, Tmpfs, bin, coordinator_command, free_port, results_once, skipped, submit, sweep_done, wait_until, write_spec,
+};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -80,10 +83,21 @@ fn chaos_every_cell_once_every_acknowledged_result_kept_attempts_only_grow() {
         .map_err(|why| skipped("chaos_every_cell_once_every_acknowledged_result_kept_attempts_only_grow (its disk-filling rounds)", &why))
         .ok();
     let mounted = disk.is_some();
+    // the coordinator's wall clock, stepped by rounds; without libfaketime those are left out
+    let clock = Faketime::new(dir.path())
+        .map_err(|why| skipped("chaos_every_cell_once_every_acknowledged_result_kept_attempts_only_grow (its clock-step rounds)", &why))
+        .ok();
     let out = dir.path().join("out");
     let (port, token) = (free_port(), "t0ken-chaos");
     let coord_log = dir.path().join("coordinator.log");
-    let mut coord = coordinator_logged(&state, &out, port, token, "warn", &coord_log);
+    let start_coordinator = || {
+        let mut cmd = coordinator_command(&state, &out, port, token, "warn", &coord_log);
+        Proc::spawn(match &clock {
+            Some(clock) => clock.apply(&mut cmd),
+            None => &mut cmd,
+        })
+    };
+    let mut coord = start_coordinator();
     let text = "[sweep]\nname = \"chaos\"\n[grid]\ntask = [\"dms\", \"parity\"]\narch = [\"cbrnn\", \"rnn\"]\nseed = [0, 1, 2, 3, 4, 5]\n\
                 [train]\nepochs = 30\n[run]\npack_size = 2\nlease_seconds = 2\nmax_attempts = 100\ncheckpoint_every = 2\n";
     submit(port, token, &write_spec(dir.path(), "chaos.toml", text));
@@ -95,10 +109,12 @@ fn chaos_every_cell_once_every_acknowledged_result_kept_attempts_only_grow() {
     };
     let mut workers: Vec<Proc> = (0..3).map(|_| new_worker(&mut logs)).collect();
     let mut actions = Vec::new();
-    for _ in 0..14 {
+    // the kinds of round this host can play: 0-3 always, 4 with a tmpfs, 5 with libfaketime
+    let kinds: Vec<u64> = (0..6).filter(|k| *k < 4 || (*k == 4 && mounted) || (*k == 5 && clock.is_some())).collect();
+    for _ in 0..16 {
         std::thread::sleep(Duration::from_millis(200 + rng.below(600)));
         let k = rng.below(workers.len() as u64) as usize;
-        match rng.below(if mounted { 5 } else { 4 }) {
+        match kinds[rng.below(kinds.len() as u64) as usize] {
             0 => {
                 actions.push("kill -9 a worker");
                 workers[k].kill9();
@@ -114,7 +130,7 @@ fn chaos_every_cell_once_every_acknowledged_result_kept_attempts_only_grow() {
                 actions.push("kill -9 the coordinator");
                 coord.kill9();
                 std::thread::sleep(Duration::from_millis(rng.below(1500)));
-                coord = coordinator_logged(&state, &out, port, token, "warn", &coord_log);
+                coord = start_coordinator();
             }
             3 => {
                 actions.push("kill -9 a worker, its leases left to expire");
@@ -122,11 +138,20 @@ fn chaos_every_cell_once_every_acknowledged_result_kept_attempts_only_grow() {
                 std::thread::sleep(Duration::from_millis(2500));
                 workers[k] = new_worker(&mut logs);
             }
-            _ => {
-                actions.push("fill the state's disk for a while");
+            4 => {
+                // a reader pins the WAL, so that every write needs room: none can be saved
+                // until the disk has room again, for up to twice the lease term
+                actions.push("fill the state's disk for up to two lease terms");
+                let mut reader = cbsweep_tests::pin_wal(&state.join("cbsweep.sqlite"));
                 let filler = disk.as_ref().map(Tmpfs::fill).expect("a tmpfs to fill");
-                std::thread::sleep(Duration::from_millis(500 + rng.below(1500)));
+                std::thread::sleep(Duration::from_millis(500 + rng.below(3500)));
+                reader.kill9();
                 std::fs::remove_file(&filler).unwrap();
+            }
+            _ => {
+                actions.push("step the coordinator's wall clock");
+                let offsets = ["-1h", "+1h", "-10m", "+3h", "+0"];
+                clock.as_ref().expect("libfaketime").step(offsets[rng.below(offsets.len() as u64) as usize]);
             }
         }
     }

@@ -93,6 +93,43 @@ fn a_full_state_disk_is_a_retryable_status_and_no_result_is_lost() {
 }
 
 #[test]
+fn a_state_disk_outage_longer_than_the_lease_costs_no_lease_and_no_result() {
+    let test = "a_state_disk_outage_longer_than_the_lease_costs_no_lease_and_no_result";
+    let dir = tempfile::tempdir().unwrap();
+    let disk = match Tmpfs::mount(&dir.path().join("state"), "4m") {
+        Ok(disk) => disk,
+        Err(why) => return skipped(test, &why),
+    };
+    let (port, token) = (free_port(), "t0ken-outage");
+    let (out, coord_log, worker_log) = (dir.path().join("out"), dir.path().join("coordinator.log"), dir.path().join("worker.log"));
+    let _coord = coordinator_logged(&disk.0, &out, port, token, "info", &coord_log);
+    // 4 trials in one pack, 60 epochs of 250 ms, leases of 2 s kept by each epoch's progress
+    let text = "[sweep]\nname = \"outage\"\n[grid]\ntask = [\"dms\"]\narch = [\"cbrnn\", \"rnn\"]\nseed = [0, 1]\n[train]\nepochs = 60\n\
+                [run]\npack_size = 4\nlease_seconds = 2\nmax_attempts = 3\n";
+    submit(port, token, &write_spec(dir.path(), "outage.toml", text));
+    let mut w = worker(port, token, 250, &worker_log);
+    wait_until(30, "the pack to train", || std::fs::read_to_string(&worker_log).unwrap_or_default().contains(" training "));
+    // The state's disk is full for three lease terms, and a reader (an export, a backup) pins
+    // the WAL meanwhile, so every write needs new room: no renewal can be saved.
+    let mut reader = cbsweep_tests::pin_wal(&disk.0.join("cbsweep.sqlite"));
+    let filler = disk.fill();
+    wait_until(20, "a refused write", || {
+        std::fs::read_to_string(&worker_log).unwrap_or_default().contains("coordinator unavailable; retrying")
+    });
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    reader.kill9();
+    std::fs::remove_file(filler).unwrap();
+    assert_eq!(w.wait_for(120), Some(0), "the worker finishes once there is room: {}", std::fs::read_to_string(&worker_log).unwrap());
+    wait_until(30, "the export", || sweep_done(&out.join("outage"), 4));
+    results_once(&out.join("outage"), 4, 60);
+    let said = std::fs::read_to_string(&coord_log).unwrap();
+    assert!(said.contains("leases stand still"), "the coordinator says why leases wait:\n{said}");
+    assert!(!said.contains("lease expired"), "the coordinator's own outage cost no lease:\n{said}");
+    let rows = cbsweep_tests::duckdb(&format!("SELECT max(attempts) AS most FROM '{}'", out.join("outage/trials.parquet").display()));
+    assert_eq!(rows[0]["most"].as_u64(), Some(1), "every trial trained once: {rows:?}");
+}
+
+#[test]
 fn a_failed_export_shows_in_status_leaves_no_partial_file_and_lands_once_there_is_room() {
     let test = "a_failed_export_shows_in_status_leaves_no_partial_file_and_lands_once_there_is_room";
     let dir = tempfile::tempdir().unwrap();

@@ -218,7 +218,7 @@ pub(super) enum Command {
         reply: Reply<SweepRow>,
     },
     ExpireLeases {
-        at_ms: i64,
+        ahead: Duration,
         reply: Reply<u32>,
     },
     Metrics {

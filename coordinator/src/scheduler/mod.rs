@@ -5,10 +5,12 @@
 //! replies and events leave only after that commit, so nothing acknowledged is ever lost.
 //!
 //! This file is the handle (the async API); `api.rs` holds the types commands and replies are
-//! made of; `state.rs` the thread that owns the store and handles each command. This file uses
-//! both, `state.rs` uses `api.rs`, and neither uses this file.
+//! made of; `state.rs` the thread that owns the store and handles each command; `clock.rs` the
+//! clock leases expire by. This file uses `api.rs` and `state.rs`, `state.rs` uses `api.rs` and
+//! `clock.rs`, and none uses this file.
 
 mod api;
+mod clock;
 mod state;
 
 pub use api::{
@@ -144,12 +146,11 @@ impl SchedulerHandle {
         Ok(self.metrics().await?.counters)
     }
 
-    /// Expires the leases that have expired by `at` (a time to come, in tests: a lease that must
-    /// expire needs no wait, and one that must not is never short), as the tick does with the
-    /// clock's time; the number expired.
-    pub async fn expire_leases_as_of(&self, at: std::time::SystemTime) -> Result<u32, SchedError> {
-        let at_ms = at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        self.call(|reply| Command::ExpireLeases { at_ms, reply }).await
+    /// Expires the leases that will have expired `ahead` from now on the lease clock (in tests:
+    /// a lease that must expire needs no wait, and one that must not is never short), as the
+    /// tick does with the clock's time; the number expired.
+    pub async fn expire_leases_within(&self, ahead: Duration) -> Result<u32, SchedError> {
+        self.call(|reply| Command::ExpireLeases { ahead, reply }).await
     }
 
     /// The stored row of a sweep (its spec text, for resume).

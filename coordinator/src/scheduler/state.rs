@@ -7,6 +7,7 @@ use super::api::{
     Command, Counters, Event, LeaseGrant, MetricsReport, Reply, SchedError, SchedulerOptions, StatusReport, SubmitOutcome, SweepMetrics,
     SweepStatus, WorkerHello, WorkerStatus,
 };
+use super::clock::LeaseClock;
 use crate::store::{self, Store, StoreError, SweepRow, TrialLease};
 use cbsweep_common::{Attempt, EpochRecord, SweepId, SweepSpec, SweepState, TrialId, TrialOutcome, TrialResult, TrialState, WorkerId};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -16,7 +17,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 /// Sends a command's reply once its batch is committed; given the commit's error if it failed.
-type Answer = Box<dyn FnOnce(Option<&StoreError>)>;
+/// True: the command failed on the state's disk (full, or an I/O error), which stops the lease
+/// clock.
+type Answer = Box<dyn FnOnce(Option<&StoreError>) -> bool>;
 
 /// Most commands one transaction holds.
 const MAX_BATCH: usize = 64;
@@ -34,6 +37,10 @@ const MAX_BATCH: usize = 64;
 /// gave p99 20-27 ms (2 runs).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(5);
 
+/// The longest a worker waits between two tries of a call (its retry backoff's cap): after an
+/// outage of the state, each held lease has at least this and a heartbeat interval left.
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
 /// A worker seen within this long counts as live (status, /metrics).
 const LIVE_WITHIN_MS: i64 = 60_000;
 
@@ -43,7 +50,9 @@ fn answer<T: 'static>(reply: Reply<T>, result: Result<T, SchedError>) -> Answer 
             Some(e) if result.is_ok() => Err(SchedError::Store(StoreError::Commit { detail: e.to_string(), retryable: e.retryable() })),
             _ => result,
         };
+        let disk = matches!(&result, Err(SchedError::Store(e)) if e.retryable());
         let _ = reply.send(result);
+        disk
     })
 }
 
@@ -59,6 +68,11 @@ pub(super) fn spawn(
         if n > 0 {
             tracing::info!(trials = n, "reclaimed leases of a previous run");
         }
+    }
+    let clock = LeaseClock::start();
+    let held = store.restart_lease_terms(clock.now_ms())?;
+    if held > 0 {
+        tracing::info!(trials = held, "leases of a previous run held: each has a whole term to be renewed or handed back");
     }
     let (tx, rx) = mpsc::channel();
     let (events, _) = broadcast::channel(4096);
@@ -77,6 +91,7 @@ pub(super) fn spawn(
         scrapes: Vec::new(),
         workers,
         outbox: Vec::new(),
+        clock,
         _checkpointer: checkpointer,
     };
     std::thread::Builder::new()
@@ -92,7 +107,8 @@ struct Scheduler {
     opts: SchedulerOptions,
     /// In-memory view of live progress: (trial -> latest epoch), not durable.
     live: HashMap<TrialId, EpochRecord>,
-    /// Completion times per sweep, for throughput (not durable: a restart restarts the clock).
+    /// Completion times per sweep (`LeaseClock::elapsed_ms`), for throughput (not durable: a
+    /// restart restarts the clock).
     finished_at: BTreeMap<SweepId, Vec<i64>>,
     counters: Counters,
     /// The trials' number per sweep and state and each sweep's epochs lost, kept as commands
@@ -105,6 +121,8 @@ struct Scheduler {
     workers: HashMap<WorkerId, Seen>,
     /// Events of the batch being handled, sent once it is committed.
     outbox: Vec<Event>,
+    /// The clock leases expire by: monotonic, stopped while the state cannot be written.
+    clock: LeaseClock,
     /// Checkpoints the store off this thread while the scheduler lives.
     _checkpointer: store::checkpoint::Checkpointer,
 }
@@ -279,6 +297,7 @@ impl Scheduler {
     /// nothing a reply or an event tells is uncommitted. Under load one commit serves many
     /// commands; alone, a command waits for no other.
     fn batch(&mut self, first: Option<Command>, rx: &mpsc::Receiver<Command>, tick: bool) {
+        let changes_before = self.store.total_changes();
         // without a batch transaction each call commits its own changes, as it would alone
         let grouped = match self.store.begin_batch() {
             Ok(()) => true,
@@ -293,11 +312,14 @@ impl Scheduler {
             answers.push(self.handle(cmd));
             next = if answers.len() < MAX_BATCH { rx.try_recv().ok() } else { None };
         }
+        let mut disk_failed = false;
         if tick {
-            if let Err(e) = self.expire_leases(store::now_ms()) {
+            if let Err(e) = self.expire_leases(self.clock.now_ms()) {
+                disk_failed |= matches!(&e, SchedError::Store(e) if e.retryable());
                 tracing::error!(error = %e, "lease expiry check failed");
             }
             if let Err(e) = self.write_last_seen() {
+                disk_failed |= matches!(&e, SchedError::Store(e) if e.retryable());
                 tracing::error!(error = %e, "writing workers' last-seen times failed");
             }
         }
@@ -326,11 +348,32 @@ impl Scheduler {
             }
         }
         for answer in answers {
-            answer(committed.as_ref().err());
+            disk_failed |= answer(committed.as_ref().err());
         }
         if committed.is_ok() {
             for e in events {
                 let _ = self.events.send(e);
+            }
+        }
+        self.run_lease_clock(committed.is_err() || disk_failed, changes_before);
+    }
+
+    /// Stops the lease clock once a write of the state fails, and runs it again once a batch
+    /// that wrote something has committed: while the state cannot be written no worker can
+    /// renew a lease, so that time counts against none (each lease keeps the rest of its term).
+    fn run_lease_clock(&mut self, failed: bool, changes_before: u64) {
+        if failed {
+            if !self.clock.stopped() {
+                tracing::warn!("the state cannot be written: leases stand still until it can (no worker loses one to this outage)");
+            }
+            self.clock.stop();
+        } else if self.clock.stopped() && self.store.total_changes() > changes_before {
+            if let Some(d) = self.clock.resume() {
+                // a worker may be waiting out its backoff after the outage: time to call again
+                let grace = i64::try_from((self.opts.heartbeat + RETRY_BACKOFF_MAX).as_millis()).unwrap_or(i64::MAX);
+                let extended = self.store.extend_leases_to(self.clock.now_ms().saturating_add(grace));
+                tracing::info!(stood_still_ms = d.as_millis() as u64, extended = ?extended.ok(),
+                    "the state is written again; leases run on from where they stood");
             }
         }
     }
@@ -370,7 +413,8 @@ impl Scheduler {
             Command::Register { hello, reply } => answer(reply, self.register(hello)),
             Command::Lease { worker, max, memory_budget, reply } => answer(reply, self.lease(&worker, max, memory_budget)),
             Command::Heartbeat { worker, held, reply } => {
-                answer(reply, self.known(&worker).and_then(|()| Ok(self.store.renew(&worker, &held)?)))
+                let now = self.clock.now_ms();
+                answer(reply, self.known(&worker).and_then(|()| Ok(self.store.renew(&worker, &held, now)?)))
             }
             Command::Progress { worker, items, reply } => answer(reply, self.progress(&worker, items)),
             Command::Complete { worker, trial, attempt, result, next, reply } => {
@@ -394,9 +438,12 @@ impl Scheduler {
             // fails a scrape nor shows it a change that was undone
             Command::Metrics { reply } => {
                 self.scrapes.push(reply);
-                Box::new(|_: Option<&StoreError>| {})
+                Box::new(|_: Option<&StoreError>| false)
             }
-            Command::ExpireLeases { at_ms, reply } => answer(reply, self.expire_leases(at_ms)),
+            Command::ExpireLeases { ahead, reply } => {
+                let at = self.clock.now_ms().saturating_add(i64::try_from(ahead.as_millis()).unwrap_or(i64::MAX));
+                answer(reply, self.expire_leases(at))
+            }
             Command::Spec { sweep, reply } => {
                 answer(reply, self.store.sweep(&sweep).map_err(SchedError::from).and_then(|s| s.ok_or(SchedError::UnknownSweep(sweep))))
             }
@@ -463,7 +510,12 @@ impl Scheduler {
     fn lease(&mut self, worker: &WorkerId, max: u32, memory_budget: Option<NonZeroU64>) -> Result<LeaseGrant, SchedError> {
         self.known(worker)?;
         self.counters.lease_requests += 1;
-        let trials = self.store.lease(worker, max, memory_budget)?;
+        let now = self.clock.now_ms();
+        let mut trials = self.store.lease(worker, max, memory_budget, now)?;
+        let wall = store::now_ms();
+        for t in &mut trials {
+            t.expires_ms = wall + (t.expires_ms - now);
+        }
         self.counters.trials_leased += trials.len() as u64;
         for t in &trials {
             self.tally.moved(&t.spec.sweep, Some(TrialState::Pending), TrialState::Leased, 1);
@@ -487,7 +539,7 @@ impl Scheduler {
     fn progress(&mut self, worker: &WorkerId, items: Vec<(TrialId, Attempt, EpochRecord)>) -> Result<Vec<TrialId>, SchedError> {
         self.known(worker)?;
         let held: Vec<(TrialId, Attempt)> = items.iter().map(|(t, a, _)| (t.clone(), *a)).collect();
-        let revoked = self.store.renew(worker, &held)?;
+        let revoked = self.store.renew(worker, &held, self.clock.now_ms())?;
         for (trial, _, record) in items {
             if revoked.contains(&trial) {
                 continue;
@@ -533,7 +585,7 @@ impl Scheduler {
     ) -> Result<bool, SchedError> {
         self.holds(worker, trial, attempt)?;
         let stored = self.store.save_checkpoint(trial, attempt, epochs_done, sha256, data)?;
-        self.store.renew(worker, &[(trial.clone(), attempt)])?;
+        self.store.renew(worker, &[(trial.clone(), attempt)], self.clock.now_ms())?;
         self.store.note_progress(trial, attempt, epochs_done)?;
         self.counters.checkpoints_saved += u64::from(stored);
         self.counters.checkpoint_bytes_saved += if stored { data.len() as u64 } else { 0 };
@@ -592,7 +644,7 @@ impl Scheduler {
         error: Option<String>,
     ) -> Result<(), SchedError> {
         let TrialLease { sweep, cell, .. } = lease;
-        self.finished_at.entry(sweep.clone()).or_default().push(store::now_ms());
+        self.finished_at.entry(sweep.clone()).or_default().push(self.clock.elapsed_ms());
         self.counters.trials_finished += 1;
         self.emit(Event::TrialFinished {
             sweep: sweep.clone(),
@@ -620,8 +672,8 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Puts back (or fails, out of attempts) every lease that has expired by `now` (ms since the
-    /// epoch); how many.
+    /// Puts back (or fails, out of attempts) every lease that has expired by `now` (the lease
+    /// clock's time); how many.
     fn expire_leases(&mut self, now: i64) -> Result<u32, SchedError> {
         let expired = self.store.expired(now)?;
         let n = expired.len() as u32;

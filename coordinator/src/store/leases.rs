@@ -11,9 +11,9 @@ use std::num::NonZeroU64;
 impl Store {
     /// Leases up to `max` pending trials of one pack key to `worker`, oldest cell first, from
     /// running sweeps, no more than fit in `memory_budget` (at least one). Each leased trial's
-    /// attempt (the fencing token) goes up by one.
-    pub fn lease(&mut self, worker: &WorkerId, max: u32, memory_budget: Option<NonZeroU64>) -> Result<Vec<Leased>, StoreError> {
-        let now = now_ms();
+    /// attempt (the fencing token) goes up by one. `now`: the lease clock's time (the
+    /// scheduler's `LeaseClock`, not the wall clock); each lease expires a term after it.
+    pub fn lease(&mut self, worker: &WorkerId, max: u32, memory_budget: Option<NonZeroU64>, now: i64) -> Result<Vec<Leased>, StoreError> {
         let tx = self.conn.savepoint()?;
         // Oldest running sweep first, then its oldest pending cell: each step an index lookup.
         let running: Vec<(String, u32, u32, (u32, u32))> = {
@@ -79,13 +79,13 @@ impl Store {
         Ok(out)
     }
 
-    /// Extends the leases `worker` still holds among `held`; returns the ones it no longer holds.
-    pub fn renew(&mut self, worker: &WorkerId, held: &[(TrialId, Attempt)]) -> Result<Vec<TrialId>, StoreError> {
+    /// Extends the leases `worker` still holds among `held` to a term after `now` (the lease
+    /// clock's time); returns the ones it no longer holds.
+    pub fn renew(&mut self, worker: &WorkerId, held: &[(TrialId, Attempt)], now: i64) -> Result<Vec<TrialId>, StoreError> {
         let mut revoked = Vec::new();
         if held.is_empty() {
             return Ok(revoked);
         }
-        let now = now_ms();
         let tx = self.conn.savepoint()?;
         {
             let mut upd = tx.prepare_cached(sql(
@@ -209,7 +209,8 @@ impl Store {
         Ok(n)
     }
 
-    /// Leases past their expiry: (trial, attempt, the attempts that count, max_attempts).
+    /// Leases past their expiry by `now`, the lease clock's time: (trial, attempt, the attempts
+    /// that count, max_attempts).
     pub fn expired(&self, now: i64) -> Result<Vec<(TrialId, u32, u32, u32)>, StoreError> {
         let mut stmt = self.conn.prepare_cached(sql(
             "SELECT t.trial_id, t.attempt, t.attempt - t.uncounted, s.max_attempts FROM trials t JOIN sweeps s ON s.sweep_id = t.sweep_id
@@ -218,6 +219,26 @@ impl Store {
         let rows =
             stmt.query_map(params![now], |r| Ok((TrialId(r.get(0)?), r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
+    }
+
+    /// Every held lease gets a whole term from `now`, the time of a lease clock that has just
+    /// started: the expiries stored by an earlier run are on that run's clock, and the time the
+    /// coordinator was away counts against no lease (its workers renew or hand back as before).
+    pub fn restart_lease_terms(&self, now: i64) -> Result<u32, StoreError> {
+        Ok(self.conn.execute(
+            sql("UPDATE trials SET lease_expires_ms = ?1 + 1000 * (SELECT lease_seconds FROM sweeps s WHERE s.sweep_id = trials.sweep_id)
+                 WHERE state = {leased}"),
+            params![now],
+        )? as u32)
+    }
+
+    /// Every held lease that would expire before `at` (the lease clock's time) expires then
+    /// instead: after an outage of the state, time for the workers to call again.
+    pub fn extend_leases_to(&self, at: i64) -> Result<u32, StoreError> {
+        Ok(self
+            .conn
+            .execute(sql("UPDATE trials SET lease_expires_ms = ?1 WHERE state = {leased} AND lease_expires_ms < ?1"), params![at])?
+            as u32)
     }
 
     /// Every lease, whatever its expiry, goes back to the queue: for an embedded coordinator

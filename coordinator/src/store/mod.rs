@@ -124,6 +124,8 @@ CREATE TABLE IF NOT EXISTS trials(
   -- attempts that do not count toward max_attempts: leases handed back, attempts before a retry
   uncounted INTEGER NOT NULL DEFAULT 0,
   worker_id TEXT,
+  -- on the running coordinator's lease clock (monotonic, stopped while the state cannot be
+  -- written, restarted at each start: see scheduler/clock.rs), not Unix time
   lease_expires_ms INTEGER,
   last_error TEXT,
   outcome TEXT,
@@ -216,6 +218,8 @@ pub struct Leased {
     pub id: TrialId,
     pub attempt: Attempt,
     pub spec: TrialSpec,
+    /// When the lease expires unless renewed: on the lease clock as the store returns it; the
+    /// scheduler turns it into Unix ms (an estimate, for the worker's information).
     pub expires_ms: i64,
     /// The checkpoint this attempt resumes from: (epochs done, bytes); None: from scratch.
     pub resume: Option<(u32, u64)>,
@@ -345,6 +349,12 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Rows this connection has inserted, changed or deleted since it opened (rolled back ones
+    /// included): a batch that changed it wrote something.
+    pub fn total_changes(&self) -> u64 {
+        self.conn.total_changes()
     }
 
     /// Opens a transaction that the following calls join (each as a savepoint) until
