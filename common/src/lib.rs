@@ -6,6 +6,7 @@
 //! This crate must not depend on tonic, prost, tch, arrow or tokio: it is pure data and rules,
 //! so both sides (and the tests) can use it without a runtime, a GPU library or a wire format.
 
+pub mod bounds;
 pub mod ids;
 pub mod measures;
 pub mod memory;
@@ -14,6 +15,7 @@ pub mod outcome;
 pub mod spec;
 pub mod trial;
 
+pub use bounds::OutOfBudget;
 pub use ids::{Attempt, Seed, SweepId, TrialId, WorkerId};
 pub use outcome::{AnalysisRecord, EpochRecord, SweepState, TrialOutcome, TrialResult, TrialState};
 pub use spec::{

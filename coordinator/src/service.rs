@@ -22,6 +22,7 @@ fn status_of(e: SchedError) -> Status {
             Status::failed_precondition(msg)
         }
         SchedError::Conflict { .. } => Status::already_exists(msg),
+        SchedError::OutOfBudget { .. } => Status::invalid_argument(msg),
         // a full disk or an I/O error: nothing of the call took effect, and it may pass; the
         // workers retry such a status, keeping their results
         SchedError::Store(e) if e.retryable() => Status::unavailable(format!(

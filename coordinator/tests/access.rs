@@ -196,3 +196,82 @@ async fn the_bearer_scheme_is_read_in_any_case() {
     let mut c = worker_client(&bare, TOKEN).await.expect("an address without http:// connects");
     assert!(c.register(hello(PROTOCOL_VERSION)).await.is_ok());
 }
+
+#[tokio::test]
+async fn reports_outside_the_trials_budget_are_refused_naming_the_field_and_the_bound() {
+    use sha2::Digest;
+    let (_dir, url, _srv) = start().await;
+    let spec =
+        "[sweep]\nname = \"budget\"\n[grid]\ntask = [\"dms\"]\narch = [\"rnn\"]\nseed = [0]\n[train]\nepochs = 10\nmax_level = 150\n";
+    let submit = v1::SubmitSweepRequest { spec_toml: spec.into(), spec_path: "budget.toml".into(), ..Default::default() };
+    sweep_client(&url, TOKEN).await.unwrap().submit_sweep(submit).await.unwrap();
+    let mut c = worker_client(&url, TOKEN).await.unwrap();
+    let worker_id = c.register(hello(PROTOCOL_VERSION)).await.unwrap().into_inner().worker_id;
+    let lease =
+        c.lease(v1::LeaseRequest { worker_id: worker_id.clone(), max_trials: 1, memory_budget_bytes: 0 }).await.unwrap().into_inner();
+    let (trial, attempt) = (lease.trials[0].trial_id.clone(), lease.trials[0].attempt);
+    let rec = |epoch: u32, level: u32| v1::EpochRecord {
+        epoch,
+        level,
+        train_loss: 0.5,
+        test_accuracy: 0.5,
+        grad_norm: 1.0,
+        ..Default::default()
+    };
+    let progress = |r: v1::EpochRecord| v1::ProgressRequest {
+        worker_id: worker_id.clone(),
+        progress: vec![v1::TrialProgress { trial_id: trial.clone(), attempt, epoch: Some(r) }],
+    };
+    for (r, said) in [
+        (rec(4_000_000_000, 1), "progress.epoch = 4000000000 is outside the trial's budget: epochs are numbered 1 to 10"),
+        (rec(11, 1), "progress.epoch = 11"),
+        (rec(0, 1), "progress.epoch = 0"),
+        (rec(3, 1_000_000), "progress.level = 1000000 is outside the trial's budget: the level cap is 150"),
+    ] {
+        let e = c.report_progress(progress(r)).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+        assert!(e.message().contains(said) && e.message().contains(&trial), "{}", e.message());
+    }
+    c.report_progress(progress(rec(1, 1))).await.expect("a report within the budget is taken");
+
+    let complete = |curve: Vec<v1::EpochRecord>| v1::CompleteRequest {
+        worker_id: worker_id.clone(),
+        trial_id: trial.clone(),
+        attempt,
+        result: Some(v1::TrialResult {
+            outcome: v1::OutcomeKind::Completed.into(),
+            curve,
+            device: "cpu".into(),
+            pack_size: 1,
+            ..Default::default()
+        }),
+        next: None,
+    };
+    let e = c.complete(complete((1..=20).map(|e| rec(e, 1)).collect())).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert!(e.message().contains("result.curve[10].epoch = 11"), "{}", e.message());
+    let e = c.complete(complete((0..3).map(|e| rec(e, 1)).collect())).await.unwrap_err();
+    assert!(e.message().contains("result.curve[0].epoch = 0"), "{}", e.message());
+
+    let data = vec![1u8; 64];
+    let header = v1::CheckpointHeader {
+        worker_id: worker_id.clone(),
+        trial_id: trial.clone(),
+        attempt,
+        epochs_done: 1_000_000,
+        size_bytes: data.len() as u64,
+        sha256: hex::encode(sha2::Sha256::digest(&data)),
+    };
+    let chunk = v1::CheckpointChunk { header: Some(header), data };
+    let e = c.save_checkpoint(tokio_stream::iter(vec![chunk])).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert!(
+        e.message().contains("checkpoint.epochs_done = 1000000 is outside the trial's budget: the budget is 10 epochs"),
+        "{}",
+        e.message()
+    );
+
+    // nothing refused took the lease away: the trial's good result is recorded
+    let done = c.complete(complete((1..=10).map(|e| rec(e, 1)).collect())).await.expect("a result within the budget is recorded");
+    assert!(done.into_inner().recorded);
+}

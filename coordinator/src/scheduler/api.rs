@@ -26,6 +26,9 @@ pub enum SchedError {
     NotOwner { trial: TrialId, worker: WorkerId },
     #[error("trial {0} belongs to a cancelled sweep")]
     Cancelled(TrialId),
+    /// A report (progress, result, checkpoint) outside the trial's budget: nothing of it is kept.
+    #[error("trial {trial}: {why}")]
+    OutOfBudget { trial: TrialId, why: cbsweep_common::OutOfBudget },
     #[error("sweep {sweep} already has cells whose meaning this spec changes:\n{diff}")]
     Conflict { sweep: SweepId, diff: String },
     #[error(transparent)]

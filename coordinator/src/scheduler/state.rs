@@ -9,7 +9,9 @@ use super::api::{
 };
 use super::clock::LeaseClock;
 use crate::store::{self, Store, StoreError, SweepRow, TrialLease};
-use cbsweep_common::{Attempt, EpochRecord, SweepId, SweepSpec, SweepState, TrialId, TrialOutcome, TrialResult, TrialState, WorkerId};
+use cbsweep_common::{
+    Attempt, EpochRecord, SweepId, SweepSpec, SweepState, TrainBudget, TrialId, TrialOutcome, TrialResult, TrialState, WorkerId,
+};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroU64;
 use std::sync::mpsc;
@@ -40,6 +42,9 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(5);
 /// The longest a worker waits between two tries of a call (its retry backoff's cap): after an
 /// outage of the state, each held lease has at least this and a heartbeat interval left.
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Most budgets `Scheduler::budgets` keeps (then it starts over: a cache).
+const BUDGETS_KEPT: usize = 100_000;
 
 /// A worker seen within this long counts as live (status, /metrics).
 const LIVE_WITHIN_MS: i64 = 60_000;
@@ -92,6 +97,7 @@ pub(super) fn spawn(
         workers,
         outbox: Vec::new(),
         clock,
+        budgets: HashMap::new(),
         _checkpointer: checkpointer,
     };
     std::thread::Builder::new()
@@ -123,6 +129,8 @@ struct Scheduler {
     outbox: Vec<Event>,
     /// The clock leases expire by: monotonic, stopped while the state cannot be written.
     clock: LeaseClock,
+    /// Budgets of trials leased lately, to check their reports by (a cache of the store's).
+    budgets: HashMap<TrialId, TrainBudget>,
     /// Checkpoints the store off this thread while the scheduler lives.
     _checkpointer: store::checkpoint::Checkpointer,
 }
@@ -529,6 +537,7 @@ impl Scheduler {
                     }
                 }
             }
+            self.keep_budget(&t.id, t.spec.budget);
             tracing::debug!(trial_id = %t.id, attempt = t.attempt.0, worker_id = %worker, "leased");
             self.emit(Event::TrialLeased { sweep: t.spec.sweep.clone(), trial: t.id.clone(), worker: worker.clone() });
         }
@@ -538,6 +547,11 @@ impl Scheduler {
 
     fn progress(&mut self, worker: &WorkerId, items: Vec<(TrialId, Attempt, EpochRecord)>) -> Result<Vec<TrialId>, SchedError> {
         self.known(worker)?;
+        for (trial, _, record) in &items {
+            if let Some(budget) = self.budget(trial)? {
+                budget.check_epoch("progress", record).map_err(|why| SchedError::OutOfBudget { trial: trial.clone(), why })?;
+            }
+        }
         let held: Vec<(TrialId, Attempt)> = items.iter().map(|(t, a, _)| (t.clone(), *a)).collect();
         let revoked = self.store.renew(worker, &held, self.clock.now_ms())?;
         for (trial, _, record) in items {
@@ -572,6 +586,37 @@ impl Scheduler {
         }
     }
 
+    /// The budget of `trial` (None: no such trial), from the cache or the store.
+    fn budget(&mut self, trial: &TrialId) -> Result<Option<TrainBudget>, SchedError> {
+        if let Some(b) = self.budgets.get(trial) {
+            return Ok(Some(*b));
+        }
+        let budget = self.store.trial_budget(trial)?;
+        if let Some(b) = budget {
+            self.keep_budget(trial, b);
+        }
+        Ok(budget)
+    }
+
+    fn keep_budget(&mut self, trial: &TrialId, budget: TrainBudget) {
+        if self.budgets.len() >= BUDGETS_KEPT {
+            self.budgets.clear();
+        }
+        self.budgets.insert(trial.clone(), budget);
+    }
+
+    /// Refuses a report of `trial` that `check` finds outside its budget.
+    fn within_budget(
+        &mut self,
+        trial: &TrialId,
+        check: impl FnOnce(&TrainBudget) -> Result<(), cbsweep_common::OutOfBudget>,
+    ) -> Result<(), SchedError> {
+        match self.budget(trial)? {
+            Some(b) => check(&b).map_err(|why| SchedError::OutOfBudget { trial: trial.clone(), why }),
+            None => Err(SchedError::UnknownTrial(trial.clone())),
+        }
+    }
+
     /// Stores a checkpoint from the lease's holder (fenced as a result is); the lease is
     /// renewed with it.
     fn save_checkpoint(
@@ -584,6 +629,7 @@ impl Scheduler {
         data: &[u8],
     ) -> Result<bool, SchedError> {
         self.holds(worker, trial, attempt)?;
+        self.within_budget(trial, |b| b.check_checkpoint(epochs_done))?;
         let stored = self.store.save_checkpoint(trial, attempt, epochs_done, sha256, data)?;
         self.store.renew(worker, &[(trial.clone(), attempt)], self.clock.now_ms())?;
         self.store.note_progress(trial, attempt, epochs_done)?;
@@ -610,7 +656,9 @@ impl Scheduler {
             }
             TrialState::Leased => {}
         }
+        self.within_budget(trial, |b| b.check_result(&result))?;
         self.live.remove(trial);
+        self.budgets.remove(trial);
         match &result.outcome {
             TrialOutcome::Completed | TrialOutcome::Diverged => {
                 self.store.record_done(trial, &result)?;
@@ -682,6 +730,7 @@ impl Scheduler {
             let error = format!("lease of attempt {attempt} expired (worker lost or too slow to heartbeat)");
             self.store.record_failure(&trial, &error, terminal)?;
             self.live.remove(&trial);
+            self.budgets.remove(&trial);
             tracing::warn!(trial_id = %trial, attempt, terminal, "lease expired");
             let Some(lease) = self.store.trial_lease(&trial)? else { continue };
             self.tally.moved(&lease.sweep, Some(TrialState::Leased), after_failure(terminal), 1);

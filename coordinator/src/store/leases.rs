@@ -4,7 +4,7 @@
 
 use super::{Leased, Store, StoreError, TrialLease, now_ms, parse_spec, parse_state, sql};
 use cbsweep_common::memory;
-use cbsweep_common::{Attempt, SweepId, TrialId, TrialOutcome, TrialResult, TrialState, WorkerId};
+use cbsweep_common::{Attempt, SweepId, TrainBudget, TrialId, TrialOutcome, TrialResult, TrialState, WorkerId};
 use rusqlite::{OptionalExtension, params};
 use std::num::NonZeroU64;
 
@@ -100,6 +100,16 @@ impl Store {
         }
         tx.commit()?;
         Ok(revoked)
+    }
+
+    /// A trial's budget (its spec's), for checking what its worker reports.
+    pub fn trial_budget(&self, id: &TrialId) -> Result<Option<TrainBudget>, StoreError> {
+        let json: Option<String> = self
+            .conn
+            .prepare_cached("SELECT spec_json FROM trials WHERE trial_id = ?1")?
+            .query_row(params![id.as_str()], |r| r.get(0))
+            .optional()?;
+        json.map(|j| parse_spec(&j).map(|s| s.budget)).transpose()
     }
 
     /// The lease state of a trial, for deciding whether a completion is current.
