@@ -375,14 +375,15 @@ impl Scheduler {
                 tracing::warn!("the state cannot be written: leases stand still until it can (no worker loses one to this outage)");
             }
             self.clock.stop();
-        } else if self.clock.stopped() && self.store.total_changes() > changes_before {
-            if let Some(d) = self.clock.resume() {
-                // a worker may be waiting out its backoff after the outage: time to call again
-                let grace = i64::try_from((self.opts.heartbeat + RETRY_BACKOFF_MAX).as_millis()).unwrap_or(i64::MAX);
-                let extended = self.store.extend_leases_to(self.clock.now_ms().saturating_add(grace));
-                tracing::info!(stood_still_ms = d.as_millis() as u64, extended = ?extended.ok(),
-                    "the state is written again; leases run on from where they stood");
-            }
+        } else if self.clock.stopped()
+            && self.store.total_changes() > changes_before
+            && let Some(d) = self.clock.resume()
+        {
+            // a worker may be waiting out its backoff after the outage: time to call again
+            let grace = i64::try_from((self.opts.heartbeat + RETRY_BACKOFF_MAX).as_millis()).unwrap_or(i64::MAX);
+            let extended = self.store.extend_leases_to(self.clock.now_ms().saturating_add(grace));
+            tracing::info!(stood_still_ms = d.as_millis() as u64, extended = ?extended.ok(),
+                "the state is written again; leases run on from where they stood");
         }
     }
 
