@@ -99,7 +99,7 @@ pub async fn serve_with(listen: SocketAddr, sched: SchedulerHandle, token: Token
     let addr = listener.local_addr()?;
     let (shutdown, rx) = oneshot::channel::<()>();
     let auth = Auth(token);
-    let workers = WorkerServiceServer::new(WorkerApi { sched: sched.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let workers = WorkerServiceServer::new(WorkerApi::new(sched.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let sweeps = SweepServiceServer::new(SweepApi { sched }).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let mut builder = tonic::transport::Server::builder();
     if let Some(t) = tls {

@@ -195,6 +195,12 @@ pub(super) enum Command {
         data: Vec<u8>,
         reply: Reply<bool>,
     },
+    CheckLease {
+        worker: WorkerId,
+        trial: TrialId,
+        attempt: Attempt,
+        reply: Reply<()>,
+    },
     FetchCheckpoint {
         worker: WorkerId,
         trial: TrialId,

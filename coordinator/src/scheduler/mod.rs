@@ -111,6 +111,12 @@ impl SchedulerHandle {
         self.call(|reply| Command::SaveCheckpoint { worker, trial, attempt, epochs_done, sha256, data, reply }).await
     }
 
+    /// Whether `worker` holds attempt `attempt`'s lease of `trial` now: Ok, or the refusal that
+    /// `save_checkpoint` would give (checked before a checkpoint's bytes are taken in).
+    pub async fn check_lease(&self, worker: WorkerId, trial: TrialId, attempt: Attempt) -> Result<(), SchedError> {
+        self.call(|reply| Command::CheckLease { worker, trial, attempt, reply }).await
+    }
+
     /// A trial's latest checkpoint, for the worker holding attempt `attempt`'s lease.
     pub async fn fetch_checkpoint(
         &self,

@@ -384,6 +384,7 @@ impl Scheduler {
             Command::SaveCheckpoint { worker, trial, attempt, epochs_done, sha256, data, reply } => {
                 answer(reply, self.save_checkpoint(&worker, &trial, attempt, epochs_done, &sha256, &data))
             }
+            Command::CheckLease { worker, trial, attempt, reply } => answer(reply, self.holds(&worker, &trial, attempt).map(|_| ())),
             Command::FetchCheckpoint { worker, trial, attempt, reply } => {
                 answer(reply, self.holds(&worker, &trial, attempt).and_then(|_| Ok(self.store.checkpoint(&trial)?)))
             }
