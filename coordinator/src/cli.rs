@@ -268,6 +268,9 @@ pub async fn coordinator(
         }),
         None => None,
     };
+    if let Some(limit) = server::raise_open_file_limit() {
+        tracing::info!(open_files = limit, "open-file limit");
+    }
     let sched = SchedulerHandle::start(state, SchedulerOptions::default())?;
     let mut events = sched.subscribe();
     let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

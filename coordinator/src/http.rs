@@ -6,7 +6,9 @@
 //! answered from the counts the scheduler keeps in memory and reads no trial row, so scrapers
 //! cannot slow the scheduler down however many trials there are. The dashboard's pages, when
 //! served (`serve_with`), are `crate::dashboard`'s routes merged into this router; with the
-//! coordinator's TLS files everything here is served over TLS (rustls, HTTP/1.1).
+//! coordinator's TLS files everything here is served over TLS (rustls, HTTP/1.1). A client gets
+//! `HttpLimits`: a bounded number of connections, and a deadline for each request's head, so
+//! half-sent requests cannot pile up and take the process's file descriptors.
 
 use crate::scheduler::{MetricsReport, SchedulerHandle};
 use crate::server::Token;
@@ -20,6 +22,8 @@ use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::Semaphore;
 
 /// Who may read /metrics (the probes answer everyone).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -46,6 +50,30 @@ struct Ctx {
     gate: Gate,
 }
 
+/// Most HTTP connections served at once (probes, scrapes, dashboard pages and their event
+/// streams); one over it is closed as soon as it is accepted. Far below the process's open-file
+/// limit, so a flood of connections here leaves descriptors for the gRPC side and the state.
+pub const HTTP_MAX_CONNECTIONS: usize = 256;
+
+/// How long a client has to finish its TLS handshake, and then each request's head (request
+/// line and headers), before its connection is closed; an idle kept-alive connection is closed
+/// after as long.
+pub const HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the HTTP side allows a client: a half-sent request or an idle connection is closed after
+/// `header_timeout`, and at most `max_connections` are served at once.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits { max_connections: HTTP_MAX_CONNECTIONS, header_timeout: HTTP_HEADER_TIMEOUT }
+    }
+}
+
 /// Serves the HTTP endpoints on `addr`; `ready` turns true once gRPC serves. `token` is the
 /// coordinator's, checked on /metrics when `metrics` is `MetricsAccess::Token`.
 pub async fn serve(
@@ -55,7 +83,19 @@ pub async fn serve(
     metrics: MetricsAccess,
     token: Token,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    serve_with(addr, sched, ready, metrics, token, None, None).await
+    serve_limited(addr, sched, ready, metrics, token, HttpLimits::default()).await
+}
+
+/// Like `serve`, within `limits` instead of the default ones.
+pub async fn serve_limited(
+    addr: SocketAddr,
+    sched: SchedulerHandle,
+    ready: Arc<AtomicBool>,
+    metrics: MetricsAccess,
+    token: Token,
+    limits: HttpLimits,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    listen(addr, router(sched, ready, metrics, token, None), None, limits).await
 }
 
 /// Like `serve`, with the dashboard's pages and data when `dashboard` is given, over TLS when
@@ -70,57 +110,98 @@ pub async fn serve_with(
     tls: Option<&crate::server::TlsFiles>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let tls = tls.map(crate::server::TlsFiles::rustls_config).transpose()?;
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
+    listen(addr, router(sched, ready, metrics, token, dashboard), tls, HttpLimits::default()).await
+}
+
+/// The probes, /metrics and, when given, the dashboard's routes.
+fn router(
+    sched: SchedulerHandle,
+    ready: Arc<AtomicBool>,
+    metrics: MetricsAccess,
+    token: Token,
+    dashboard: Option<crate::dashboard::Dashboard>,
+) -> Router {
     let gate = match metrics {
         MetricsAccess::Open => Gate::Open,
         MetricsAccess::Token => Gate::Token(token),
     };
-    let mut app = Router::new()
+    let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(scrape))
         .with_state(Ctx { sched: sched.clone(), ready, gate });
-    if let Some(d) = dashboard {
-        app = app.merge(crate::dashboard::router(d, sched));
+    match dashboard {
+        Some(d) => app.merge(crate::dashboard::router(d, sched)),
+        None => app,
     }
-    let task = match tls {
-        None => tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "http endpoint stopped");
-            }
-        }),
-        Some(config) => tokio::spawn(serve_tls(listener, app, tokio_rustls::TlsAcceptor::from(config))),
-    };
-    tracing::info!(addr = %local, metrics = ?metrics, "http endpoint listening");
-    Ok((local, task))
 }
 
-/// Accepts connections, completes each TLS handshake and serves HTTP/1.1 on it, one task per
-/// connection (a failed handshake ends only its own connection).
-async fn serve_tls(listener: tokio::net::TcpListener, app: Router, acceptor: tokio_rustls::TlsAcceptor) {
+/// Binds `addr` and serves `app` there (over TLS with `tls`) within `limits`.
+async fn listen(
+    addr: SocketAddr,
+    app: Router,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    limits: HttpLimits,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+    tracing::info!(addr = %local, tls = tls.is_some(), max_connections = limits.max_connections, "http endpoint listening");
+    Ok((local, tokio::spawn(accept_loop(listener, app, tls, limits))))
+}
+
+/// Accepts connections and serves HTTP/1.1 on each, one task per connection, after its TLS
+/// handshake when `tls` is given. A connection over `limits.max_connections` is closed at once
+/// (queued, it would hold a descriptor all the same); a handshake or a request head not done
+/// within `limits.header_timeout` ends its connection. A failed handshake ends only its own
+/// connection.
+async fn accept_loop(listener: tokio::net::TcpListener, app: Router, tls: Option<tokio_rustls::TlsAcceptor>, limits: HttpLimits) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
+                // out of descriptors (EMFILE) or a connection reset before it was accepted
                 tracing::warn!(error = %e, "http endpoint: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let (acceptor, app) = (acceptor.clone(), app.clone());
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, max = limits.max_connections, "http endpoint: too many connections; closed a new one");
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let (tls, app) = (tls.clone(), app.clone());
         tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(t) => t,
-                Err(e) => return tracing::debug!(%peer, error = %e, "http endpoint: TLS handshake failed"),
+            let _slot = slot;
+            let served = match tls {
+                None => serve_connection(tcp, app, limits).await,
+                Some(acceptor) => match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => serve_connection(stream, app, limits).await,
+                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "http endpoint: TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%peer, "http endpoint: TLS handshake timed out"),
+                },
             };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tls), service);
-            if let Err(e) = conn.await {
+            if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "http endpoint: connection ended");
             }
         });
     }
+}
+
+/// Serves HTTP/1.1 on one connection until the client or the server closes it.
+async fn serve_connection<IO>(io: IO, app: Router, limits: HttpLimits) -> Result<(), hyper::Error>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .await
 }
 
 async fn readyz(State(ctx): State<Ctx>) -> (StatusCode, &'static str) {

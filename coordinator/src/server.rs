@@ -4,10 +4,29 @@ use crate::scheduler::SchedulerHandle;
 use crate::service::{MAX_MESSAGE_BYTES, SweepApi, WorkerApi};
 use cbsweep_proto::v1::{sweep_service_server::SweepServiceServer, worker_service_server::WorkerServiceServer};
 use std::net::SocketAddr;
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Status};
+
+/// Most requests one connection has in progress at once.
+pub const GRPC_CONCURRENCY_PER_CONNECTION: usize = 256;
+
+/// Longest a request may take, a checkpoint upload's whole stream included.
+pub const GRPC_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How often an idle connection is pinged (HTTP/2 PING), and how long its answer may take
+/// before the connection is closed: a peer that vanished without closing lets its connection
+/// and its descriptor go.
+pub const GRPC_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const GRPC_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// TCP keepalive on accepted connections, for a peer that cannot even answer a ping.
+pub const GRPC_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// Longest a TLS handshake may take before its connection is closed.
+pub const GRPC_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The shared secret every RPC must carry as `authorization: Bearer <token>`.
 #[derive(Clone)]
@@ -88,6 +107,18 @@ impl TlsFiles {
     }
 }
 
+/// Raises the process's soft limit on open files to its hard limit (the soft one is often 1,024,
+/// which a few hundred stuck clients would reach); the soft limit in force afterwards, or None
+/// when it cannot be read. Every connection, on either side, holds a descriptor.
+pub fn raise_open_file_limit() -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return Some(hard);
+    }
+    Some(soft)
+}
+
 /// Binds `listen` (port 0 picks a free one) and serves both services in plain text.
 pub async fn serve(listen: SocketAddr, sched: SchedulerHandle, token: Token) -> std::io::Result<Running> {
     serve_with(listen, sched, token, None).await
@@ -99,28 +130,25 @@ pub async fn serve_with(listen: SocketAddr, sched: SchedulerHandle, token: Token
     let addr = listener.local_addr()?;
     let (shutdown, rx) = oneshot::channel::<()>();
     let auth = Auth(token);
-    let workers = WorkerServiceServer::new(WorkerApi { sched: sched.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let workers = WorkerServiceServer::new(WorkerApi::new(sched.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let sweeps = SweepServiceServer::new(SweepApi { sched }).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let mut builder = tonic::transport::Server::builder();
     if let Some(t) = tls {
         let identity = tonic::transport::Identity::from_pem(t.cert, t.key);
         builder = builder
-            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity).timeout(GRPC_TLS_HANDSHAKE_TIMEOUT))
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("TLS certificate or key: {e}")))?;
     }
     let router = builder
-        .concurrency_limit_per_connection(256)
-        .timeout(std::time::Duration::from_secs(60))
+        .concurrency_limit_per_connection(GRPC_CONCURRENCY_PER_CONNECTION)
+        .timeout(GRPC_REQUEST_TIMEOUT)
+        .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
         .add_service(InterceptedService::new(workers, auth.clone()))
         .add_service(InterceptedService::new(sweeps, auth));
     // Small request/response pairs: without TCP_NODELAY, Nagle's algorithm and delayed ACKs
     // add tens of milliseconds to a round trip.
-    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
-        if let Ok(stream) = &s {
-            let _ = stream.set_nodelay(true);
-        }
-        s
-    });
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(GRPC_TCP_KEEPALIVE));
     let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = rx.await;
     }));

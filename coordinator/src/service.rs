@@ -8,6 +8,7 @@ use cbsweep_proto::{CHECKPOINT_CHUNK_BYTES, MAX_CHECKPOINT_BYTES, PROTOCOL_VERSI
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::pin::Pin;
+use tokio::sync::Semaphore;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
@@ -70,8 +71,35 @@ fn lease_response(grant: LeaseGrant) -> v1::LeaseResponse {
     v1::LeaseResponse { trials, drained: grant.drained, retry_after_ms: 500, checkpoint_every_epochs, checkpoint_every_seconds }
 }
 
+/// Most checkpoint uploads taken in at once; one more is refused with RESOURCE_EXHAUSTED, which
+/// a worker retries (workers send their checkpoints one at a time, so this is about as many
+/// workers checkpointing at the same moment).
+pub const MAX_CONCURRENT_UPLOADS: usize = 64;
+
+/// Most checkpoint bytes held in memory across uploads at once: an upload counts its declared
+/// size from its first chunk until it is stored, and one that would pass this is refused with
+/// RESOURCE_EXHAUSTED. Room for two checkpoints of the largest size.
+pub const MAX_UPLOAD_BYTES_IN_FLIGHT: u64 = 2 * MAX_CHECKPOINT_BYTES;
+
+// the largest checkpoint fits, and the budget counts in a semaphore's u32 permits
+const _: () = assert!(MAX_CHECKPOINT_BYTES <= MAX_UPLOAD_BYTES_IN_FLIGHT && MAX_UPLOAD_BYTES_IN_FLIGHT <= u32::MAX as u64);
+
 pub struct WorkerApi {
-    pub sched: SchedulerHandle,
+    sched: SchedulerHandle,
+    /// One permit per upload in progress.
+    uploads: Semaphore,
+    /// One permit per checkpoint byte held by the uploads in progress.
+    upload_bytes: Semaphore,
+}
+
+impl WorkerApi {
+    pub fn new(sched: SchedulerHandle) -> Self {
+        WorkerApi {
+            sched,
+            uploads: Semaphore::new(MAX_CONCURRENT_UPLOADS),
+            upload_bytes: Semaphore::new(MAX_UPLOAD_BYTES_IN_FLIGHT as usize),
+        }
+    }
 }
 
 pub struct SweepApi {
@@ -94,23 +122,41 @@ impl v1::worker_service_server::WorkerService for WorkerApi {
         let h = first.header.ok_or_else(|| Status::invalid_argument("missing field `header` on the first checkpoint chunk"))?;
         let worker = WorkerId(required("header.worker_id", &h.worker_id)?.to_string());
         let trial = TrialId(required("header.trial_id", &h.trial_id)?.to_string());
-        if h.size_bytes > MAX_CHECKPOINT_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "checkpoint of trial {trial}: header.size_bytes = {} exceeds the {MAX_CHECKPOINT_BYTES} bytes a coordinator takes",
-                h.size_bytes
-            )));
-        }
-        let mut data = Vec::with_capacity(h.size_bytes as usize);
-        data.extend_from_slice(&first.data);
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk?;
-            if data.len() + chunk.data.len() > h.size_bytes as usize {
+        let attempt = Attempt(h.attempt);
+        // Everything is decided on the first chunk, before another byte is read: the declared
+        // size, a slot among the uploads, the lease (fenced as the save will be) and the epochs within the budget, and room in the
+        // bytes all uploads may hold at once.
+        let size = match u32::try_from(h.size_bytes) {
+            Ok(size) if h.size_bytes <= MAX_CHECKPOINT_BYTES => size,
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "checkpoint of trial {trial}: header.size_bytes = {} exceeds the {MAX_CHECKPOINT_BYTES} bytes a coordinator takes",
+                    h.size_bytes
+                )));
+            }
+        };
+        let _slot = self.uploads.try_acquire().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "checkpoint of trial {trial}: {MAX_CONCURRENT_UPLOADS} checkpoint uploads in progress already; retry later"
+            ))
+        })?;
+        self.sched.check_checkpoint(worker.clone(), trial.clone(), attempt, h.epochs_done).await.map_err(status_of)?;
+        let _room = self.upload_bytes.try_acquire_many(size).map_err(|_| {
+            Status::resource_exhausted(format!(
+                "checkpoint of trial {trial}: its {size} bytes would pass the {MAX_UPLOAD_BYTES_IN_FLIGHT} bytes of uploads a coordinator holds at once; retry later"
+            ))
+        })?;
+        let mut data = Vec::with_capacity(size as usize);
+        let mut next = Some(first.data);
+        while let Some(chunk) = next {
+            if data.len() + chunk.len() > size as usize {
                 return Err(Status::invalid_argument(format!(
                     "checkpoint of trial {trial}: more data than header.size_bytes = {}",
                     h.size_bytes
                 )));
             }
-            data.extend_from_slice(&chunk.data);
+            data.extend_from_slice(&chunk);
+            next = chunks.next().await.transpose()?.map(|c| c.data);
         }
         if data.len() as u64 != h.size_bytes {
             return Err(Status::invalid_argument(format!(
@@ -126,7 +172,7 @@ impl v1::worker_service_server::WorkerService for WorkerApi {
                 h.sha256
             )));
         }
-        self.sched.save_checkpoint(worker, trial, Attempt(h.attempt), h.epochs_done, sha256, data).await.map_err(status_of)?;
+        self.sched.save_checkpoint(worker, trial, attempt, h.epochs_done, sha256, data).await.map_err(status_of)?;
         Ok(Response::new(v1::SaveCheckpointResponse {}))
     }
 

@@ -275,3 +275,141 @@ async fn reports_outside_the_trials_budget_are_refused_naming_the_field_and_the_
     let done = c.complete(complete((1..=10).map(|e| rec(e, 1)).collect())).await.expect("a result within the budget is recorded");
     assert!(done.into_inner().recorded);
 }
+
+/// A served coordinator with one sweep submitted and one trial leased to a registered worker:
+/// (state dir, url, server, worker id, trial id, attempt).
+async fn start_with_a_lease() -> (tempfile::TempDir, String, server::Running, String, String, u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let sched = SchedulerHandle::start(dir.path(), SchedulerOptions::default()).unwrap();
+    let spec = cbsweep_common::parse_spec(
+        "[sweep]\nname = \"u\"\n[grid]\ntask = [\"dms\"]\narch = [\"rnn\"]\nseed = [0, 1]\n",
+        std::path::Path::new("u.toml"),
+    )
+    .unwrap();
+    sched.submit(spec, "u.toml".into()).await.unwrap();
+    let hello = cbsweep_coordinator::scheduler::WorkerHello { hostname: "h".into(), device: "cpu".into(), pid: 1 };
+    let worker = sched.register(hello).await.unwrap();
+    let leased = sched.lease(worker.clone(), 1, None).await.unwrap().trials.remove(0);
+    let running = server::serve("127.0.0.1:0".parse().unwrap(), sched, Token(TOKEN.into())).await.unwrap();
+    let url = format!("http://{}", running.addr);
+    (dir, url, running, worker.0, leased.id.0, leased.attempt.0)
+}
+
+fn chunk(worker: &str, trial: &str, attempt: u32, size_bytes: u64, sha256: &str, data: Vec<u8>) -> v1::CheckpointChunk {
+    let header = v1::CheckpointHeader {
+        worker_id: worker.into(),
+        trial_id: trial.into(),
+        attempt,
+        epochs_done: 1,
+        size_bytes,
+        sha256: sha256.into(),
+    };
+    v1::CheckpointChunk { header: Some(header), data }
+}
+
+type Stalled = (tokio::sync::mpsc::Sender<v1::CheckpointChunk>, tokio::task::JoinHandle<Result<(), tonic::Status>>);
+
+/// Starts an upload that sends `first` and then nothing: its sender, kept open, and the task
+/// that awaits the coordinator's answer.
+fn stalled_upload(c: &cbsweep_proto::client::WorkerClient, first: v1::CheckpointChunk) -> Stalled {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.try_send(first).unwrap();
+    let mut c = c.clone();
+    let answer = tokio::spawn(async move { c.save_checkpoint(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map(|_| ()) });
+    (tx, answer)
+}
+
+/// A whole small checkpoint, sent in one chunk.
+async fn upload(c: &mut cbsweep_proto::client::WorkerClient, worker: &str, trial: &str, attempt: u32) -> Result<(), tonic::Status> {
+    use sha2::Digest;
+    let data = vec![7u8; 1000];
+    let sha256 = hex::encode(sha2::Sha256::digest(&data));
+    c.save_checkpoint(tokio_stream::iter([chunk(worker, trial, attempt, data.len() as u64, &sha256, data)])).await.map(|_| ())
+}
+
+/// An upload is refused on its first chunk, before the client sends the rest, when its trial
+/// does not exist, is another worker's, names a stale attempt or declares more than a
+/// coordinator takes: six uploads of 255 MiB naming no trial used to be read whole first
+/// (hostile round three, item 5).
+#[tokio::test]
+async fn a_checkpoint_upload_without_the_lease_is_refused_on_its_first_chunk() {
+    let (_dir, url, _srv, worker, trial, attempt) = start_with_a_lease().await;
+    let mut c = worker_client(&url, TOKEN).await.unwrap();
+    let other = c.register(hello(PROTOCOL_VERSION)).await.unwrap().into_inner().worker_id;
+    let declared = 200 << 20;
+    let cases = [
+        (chunk(&worker, "no-such-trial", 1, declared, "", vec![0; 1 << 20]), Code::NotFound, "no-such-trial"),
+        (chunk(&other, &trial, attempt, declared, "", vec![0; 1 << 20]), Code::FailedPrecondition, trial.as_str()),
+        (chunk(&worker, &trial, attempt + 1, declared, "", vec![0; 1 << 20]), Code::FailedPrecondition, trial.as_str()),
+        (chunk(&worker, &trial, attempt, cbsweep_proto::MAX_CHECKPOINT_BYTES + 1, "", vec![0; 1 << 20]), Code::InvalidArgument, "exceeds"),
+    ];
+    for (first, code, named) in cases {
+        // the stream stays open with 199 MiB unsent: only an answer on the first chunk arrives
+        let (_more, answer) = stalled_upload(&c, first);
+        let e = tokio::time::timeout(std::time::Duration::from_secs(10), answer)
+            .await
+            .expect("answered on the first chunk, without waiting for the rest")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.code(), code, "{}", e.message());
+        assert!(e.message().contains(named), "{}", e.message());
+    }
+    upload(&mut c, &worker, &trial, attempt).await.expect("the lease's holder still saves its checkpoint");
+}
+
+/// Waits until one of `stalled` is answered: that answer, and the others (unanswered then).
+async fn first_answer(mut stalled: Vec<Stalled>) -> (tonic::Status, Vec<Stalled>) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(i) = stalled.iter().position(|(_, answer)| answer.is_finished()) {
+            let (_, answer) = stalled.swap_remove(i);
+            return (answer.await.unwrap().expect_err("an upload that sent half its data fails"), stalled);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no upload answered: none was refused");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Past `MAX_CONCURRENT_UPLOADS` uploads at once, or `MAX_UPLOAD_BYTES_IN_FLIGHT` declared
+/// bytes, a new upload is refused with RESOURCE_EXHAUSTED (which workers retry) instead of
+/// being held in memory; once the others end, a checkpoint is taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_uploads_past_the_limits_are_refused_as_resource_exhausted() {
+    use cbsweep_coordinator::service::{MAX_CONCURRENT_UPLOADS, MAX_UPLOAD_BYTES_IN_FLIGHT};
+    use cbsweep_proto::MAX_CHECKPOINT_BYTES;
+    let (_dir, url, _srv, worker, trial, attempt) = start_with_a_lease().await;
+    let mut c = worker_client(&url, TOKEN).await.unwrap();
+    let cut = |e: &tonic::Status| e.code() == Code::InvalidArgument && e.message().contains("the stream was cut");
+
+    // one more upload than the slots, each sending the first kilobyte of 1 MiB: one is refused
+    let stalled: Vec<Stalled> =
+        (0..=MAX_CONCURRENT_UPLOADS).map(|_| stalled_upload(&c, chunk(&worker, &trial, attempt, 1 << 20, "", vec![0; 1024]))).collect();
+    let (e, held) = first_answer(stalled).await;
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    assert!(e.message().contains(&format!("{MAX_CONCURRENT_UPLOADS} checkpoint uploads in progress")), "{}", e.message());
+    assert_eq!(held.len(), MAX_CONCURRENT_UPLOADS);
+    for (more, answer) in held {
+        assert!(!answer.is_finished(), "an upload within the limit waits for its data");
+        drop(more);
+        let e = answer.await.unwrap().unwrap_err();
+        assert!(cut(&e), "{}", e.message());
+    }
+    upload(&mut c, &worker, &trial, attempt).await.expect("taken once the slots are free");
+
+    // one more upload of the largest size than the bytes budget holds, each holding its first
+    // kilobyte: one is refused
+    let n = (MAX_UPLOAD_BYTES_IN_FLIGHT / MAX_CHECKPOINT_BYTES) as usize;
+    let stalled: Vec<Stalled> =
+        (0..=n).map(|_| stalled_upload(&c, chunk(&worker, &trial, attempt, MAX_CHECKPOINT_BYTES, "", vec![0; 1024]))).collect();
+    let (e, held) = first_answer(stalled).await;
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    assert!(e.message().contains(&format!("{MAX_UPLOAD_BYTES_IN_FLIGHT} bytes of uploads")), "{}", e.message());
+    assert_eq!(held.len(), n);
+    let e = upload(&mut c, &worker, &trial, attempt).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "even a small one waits for room: {}", e.message());
+    for (more, answer) in held {
+        drop(more);
+        assert!(cut(&answer.await.unwrap().unwrap_err()));
+    }
+    upload(&mut c, &worker, &trial, attempt).await.expect("taken once the bytes are free");
+}

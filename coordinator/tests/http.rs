@@ -252,3 +252,74 @@ async fn metrics_can_ask_for_the_token_while_the_probes_never_do() {
     assert_eq!(ask("/healthz", "").await.unwrap(), (200, "ok\n".to_string()));
     assert_eq!(ask("/readyz", "").await.unwrap(), (200, "ready\n".to_string()));
 }
+
+/// Half-sent requests cannot hold the HTTP side (hostile round three, item 6): past
+/// `max_connections` a new connection is closed at once, each served one is closed once
+/// `header_timeout` passes without a whole request head, and a fresh /healthz is answered
+/// meanwhile, as soon as those slots are free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_are_closed_and_healthz_still_answers() {
+    use cbsweep_coordinator::http::HttpLimits;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const FLOOD: usize = 300;
+    let limits = HttpLimits { max_connections: 64, header_timeout: Duration::from_secs(2) };
+    let dir = tempfile::tempdir().unwrap();
+    let sched = SchedulerHandle::start(dir.path(), SchedulerOptions::default()).unwrap();
+    let ready = Arc::new(AtomicBool::new(true));
+    let (addr, _task) = cbsweep_coordinator::http::serve_limited(
+        "127.0.0.1:0".parse().unwrap(),
+        sched,
+        ready,
+        MetricsAccess::Open,
+        Token("t".into()),
+        limits,
+    )
+    .await
+    .unwrap();
+
+    let t0 = tokio::time::Instant::now();
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..FLOOD {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        flood.spawn(async move {
+            // half a request line, never finished; the socket stays open on this side
+            let _ = s.write_all(b"GET /healthz HT").await;
+            let mut rest = Vec::new();
+            let closed = tokio::time::timeout(Duration::from_secs(8), s.read_to_end(&mut rest)).await.is_ok();
+            (closed.then(|| t0.elapsed()), s)
+        });
+    }
+    // a fresh probe, tried until answered, while the flood holds its sockets open
+    let probe = tokio::task::spawn_blocking(move || {
+        loop {
+            let answer = std::panic::catch_unwind(|| get(addr, "/healthz"));
+            if let Ok(answer) = answer {
+                return (answer, t0.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let (answer, answered_after) = tokio::time::timeout(Duration::from_secs(8), probe).await.expect("/healthz answers").unwrap();
+    assert_eq!(answer, (200, "ok\n".to_string()));
+    assert!(answered_after < limits.header_timeout + Duration::from_secs(3), "/healthz answered after {answered_after:?}");
+
+    let mut at_once = 0;
+    let mut timed_out = Vec::new();
+    let mut sockets = Vec::new();
+    while let Some(r) = flood.join_next().await {
+        let (closed_after, socket) = r.unwrap();
+        sockets.push(socket);
+        let closed_after = closed_after.expect("the server closes every half-sent request");
+        if closed_after < limits.header_timeout / 2 {
+            at_once += 1;
+        } else {
+            timed_out.push(closed_after);
+        }
+    }
+    assert_eq!(timed_out.len(), limits.max_connections, "one served connection per slot; the others closed at once ({at_once})");
+    for after in timed_out {
+        assert!(after >= limits.header_timeout - Duration::from_millis(100), "closed after {after:?}, before the header timeout");
+        assert!(after < limits.header_timeout + Duration::from_secs(3), "closed after {after:?}");
+    }
+    assert_eq!(at_once, FLOOD - limits.max_connections);
+}

@@ -198,6 +198,13 @@ pub(super) enum Command {
         data: Vec<u8>,
         reply: Reply<bool>,
     },
+    CheckCheckpoint {
+        worker: WorkerId,
+        trial: TrialId,
+        attempt: Attempt,
+        epochs_done: u32,
+        reply: Reply<()>,
+    },
     FetchCheckpoint {
         worker: WorkerId,
         trial: TrialId,

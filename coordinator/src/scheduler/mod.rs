@@ -113,6 +113,13 @@ impl SchedulerHandle {
         self.call(|reply| Command::SaveCheckpoint { worker, trial, attempt, epochs_done, sha256, data, reply }).await
     }
 
+    /// Whether `worker` holds attempt `attempt`'s lease of `trial` now and a checkpoint of
+    /// `epochs_done` epochs is within the trial's budget: Ok, or the refusal that
+    /// `save_checkpoint` would give (checked before a checkpoint's bytes are taken in).
+    pub async fn check_checkpoint(&self, worker: WorkerId, trial: TrialId, attempt: Attempt, epochs_done: u32) -> Result<(), SchedError> {
+        self.call(|reply| Command::CheckCheckpoint { worker, trial, attempt, epochs_done, reply }).await
+    }
+
     /// A trial's latest checkpoint, for the worker holding attempt `attempt`'s lease.
     pub async fn fetch_checkpoint(
         &self,

@@ -437,6 +437,10 @@ impl Scheduler {
             Command::SaveCheckpoint { worker, trial, attempt, epochs_done, sha256, data, reply } => {
                 answer(reply, self.save_checkpoint(&worker, &trial, attempt, epochs_done, &sha256, &data))
             }
+            Command::CheckCheckpoint { worker, trial, attempt, epochs_done, reply } => answer(
+                reply,
+                self.holds(&worker, &trial, attempt).and_then(|_| self.within_budget(&trial, |b| b.check_checkpoint(epochs_done))),
+            ),
             Command::FetchCheckpoint { worker, trial, attempt, reply } => {
                 answer(reply, self.holds(&worker, &trial, attempt).and_then(|_| Ok(self.store.checkpoint(&trial)?)))
             }
