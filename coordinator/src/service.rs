@@ -124,8 +124,8 @@ impl v1::worker_service_server::WorkerService for WorkerApi {
         let trial = TrialId(required("header.trial_id", &h.trial_id)?.to_string());
         let attempt = Attempt(h.attempt);
         // Everything is decided on the first chunk, before another byte is read: the declared
-        // size, a slot among the uploads, the lease (fenced as the save will be) and the epochs within the budget, and room in the
-        // bytes all uploads may hold at once.
+        // size, a slot among the uploads, the lease (fenced as the save will be) with the epochs
+        // within the trial's budget, and room in the bytes all uploads may hold at once.
         let size = match u32::try_from(h.size_bytes) {
             Ok(size) if h.size_bytes <= MAX_CHECKPOINT_BYTES => size,
             _ => {
