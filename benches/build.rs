@@ -1,8 +1,8 @@
-//! The same link set-up as the worker (rpath to libtorch, its path for loading libtorch_cuda): one script.
+//! The same link set-up as the training crate (rpath to libtorch, its path for loading libtorch_cuda): one script.
 
-#[path = "../worker/build.rs"]
-mod worker_build;
+#[path = "../train/build.rs"]
+mod train_build;
 
 fn main() {
-    worker_build::main();
+    train_build::main();
 }

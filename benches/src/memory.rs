@@ -7,7 +7,7 @@
 use crate::shared::spec;
 use anyhow::Context;
 use cbsweep_common::{Arch, EpochRecord, TrialSpec};
-use cbsweep_worker::trainer::{Control, Trainer};
+use cbsweep_train::trainer::{Control, Trainer};
 
 /// A field of /proc/self/status in bytes (VmRSS: resident now, VmHWM: its peak).
 fn proc_status_bytes(field: &str) -> anyhow::Result<u64> {
@@ -18,8 +18,8 @@ fn proc_status_bytes(field: &str) -> anyhow::Result<u64> {
 /// The child of `bench_memory`: a warm-up pack of one (libtorch's kernels and thread pools are
 /// loaded before the baseline is read), the peak reset to the resident set, then the pack.
 pub(crate) fn memory_child(engine: &str, m: usize, level: u32, steps: u32) -> anyhow::Result<()> {
-    let engine: cbsweep_worker::torch::Engine = engine.parse().map_err(|e| anyhow::anyhow!("--engines {e}"))?;
-    let mut trainer = cbsweep_worker::torch::TorchTrainer::new(tch::Device::Cpu).with_engine(engine);
+    let engine: cbsweep_train::Engine = engine.parse().map_err(|e| anyhow::anyhow!("--engines {e}"))?;
+    let mut trainer = cbsweep_train::TorchTrainer::new(tch::Device::Cpu).with_engine(engine);
     let _ = trainer.train_pack(&[spec(Arch::Cbrnn, 10_000, 2, 1)], &mut |_: usize, _: &EpochRecord| Control::Continue);
     // "5" resets VmHWM to the current resident set (Linux 4.0+); the peak is read either way
     let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();

@@ -12,7 +12,7 @@ use crate::peak::{large_gemm_rate, measured_peak};
 use crate::shared::spec;
 use anyhow::Context;
 use cbsweep_common::{Arch, EpochRecord, TrialSpec};
-use cbsweep_worker::trainer::{Control, Trainer};
+use cbsweep_train::trainer::{Control, Trainer};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -135,9 +135,9 @@ enum Row {
     /// The study's loop, one process of one thread per core (one on a GPU).
     Baseline,
     /// A pack of M trials in this process, on its threads.
-    Pack(cbsweep_worker::torch::Engine, usize),
+    Pack(cbsweep_train::Engine, usize),
     /// `cbsweep run`'s way on a CPU node: one single-thread process per thread, one trial each.
-    PerProcess(cbsweep_worker::torch::Engine),
+    PerProcess(cbsweep_train::Engine),
 }
 
 /// The rates of one row over the rounds, and its ratios to the baseline of the same round.
@@ -147,10 +147,10 @@ struct Measured {
     ratios: Vec<f64>,
 }
 
-fn engine_name(e: cbsweep_worker::torch::Engine) -> &'static str {
+fn engine_name(e: cbsweep_train::Engine) -> &'static str {
     match e {
-        cbsweep_worker::torch::Engine::Fused => "fused",
-        cbsweep_worker::torch::Engine::Libtorch => "libtorch",
+        cbsweep_train::Engine::Fused => "fused",
+        cbsweep_train::Engine::Libtorch => "libtorch",
     }
 }
 
@@ -168,13 +168,13 @@ fn median(v: &[f64]) -> f64 {
 }
 
 pub(crate) fn bench_train(b: &TrainBench, files: &Baseline) -> anyhow::Result<()> {
-    use cbsweep_worker::torch::Engine;
+    use cbsweep_train::Engine;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let device = b.device.as_str();
     let dev = match device {
         "cpu" => tch::Device::Cpu,
         d => {
-            cbsweep_worker::torch::cuda::load().map_err(|why| anyhow::anyhow!("--device {d}: {why}"))?;
+            cbsweep_train::cuda::load().map_err(|why| anyhow::anyhow!("--device {d}: {why}"))?;
             tch::Device::Cuda(d.strip_prefix("cuda:").and_then(|n| n.parse().ok()).context("--device: cpu or cuda:N")?)
         }
     };
@@ -296,7 +296,7 @@ const ESTIMATE_STEPS: u32 = 10;
 /// that climb evenly from 2 to `top` cost about the mean of the two, and every epoch at `top`
 /// bounds the run from above. The checkpoint analyses are not included.
 fn estimate_main_comparison(dev: tch::Device, device: &str, top: u32) -> anyhow::Result<()> {
-    use cbsweep_worker::torch::Engine;
+    use cbsweep_train::Engine;
     let (engine, name) = if dev == tch::Device::Cpu { (Engine::Fused, "fused") } else { (Engine::Libtorch, "libtorch") };
     println!(
         "main comparison: 2 tasks x 2 archs x 8 seeds, {STUDY_EPOCHS} epochs of {STUDY_STEPS} SGD steps + {STUDY_TESTS} test batches; each arch's {MAIN_TRIALS_PER_ARCH} trials as one pack, the two packs in turn, {name} engine on {device}"
@@ -321,7 +321,7 @@ fn estimate_main_comparison(dev: tch::Device, device: &str, top: u32) -> anyhow:
 /// Seconds one study epoch (`STUDY_STEPS` SGD steps, then `STUDY_TESTS` test batches) of a pack
 /// of `m` trials takes at level `level`: `ESTIMATE_STEPS` steps and half as many test batches
 /// timed (after a warm-up epoch of the same shape) and scaled up.
-fn epoch_seconds(arch: Arch, engine: cbsweep_worker::torch::Engine, dev: tch::Device, m: usize, level: u32) -> anyhow::Result<f64> {
+fn epoch_seconds(arch: Arch, engine: cbsweep_train::Engine, dev: tch::Device, m: usize, level: u32) -> anyhow::Result<f64> {
     let shaped = |seed: u64, steps: u32| {
         let mut t = spec(arch, seed, level, steps);
         t.budget.test_batches = (steps * STUDY_TESTS / STUDY_STEPS).max(1);
@@ -334,14 +334,7 @@ fn epoch_seconds(arch: Arch, engine: cbsweep_worker::torch::Engine, dev: tch::De
 
 /// Trial-steps per second of one timed pack of `m` trials (after a warm-up pack of the same
 /// shape: allocator, kernels), on this process's threads.
-fn time_pack(
-    arch: Arch,
-    engine: cbsweep_worker::torch::Engine,
-    dev: tch::Device,
-    m: usize,
-    level: u32,
-    trial_steps: usize,
-) -> anyhow::Result<f64> {
+fn time_pack(arch: Arch, engine: cbsweep_train::Engine, dev: tch::Device, m: usize, level: u32, trial_steps: usize) -> anyhow::Result<f64> {
     let steps = (trial_steps / m).max(2) as u32;
     let pack: Vec<TrialSpec> = (0..m as u64).map(|s| spec(arch, s, level, steps)).collect();
     let warm: Vec<TrialSpec> = pack.iter().map(|t| spec(arch, t.seed.0 + 10_000, level, 1)).collect();
@@ -349,8 +342,8 @@ fn time_pack(
 }
 
 /// Seconds `pack` takes to train on `dev`, after `warm` (allocator, kernels) on the same trainer.
-fn timed_pack(engine: cbsweep_worker::torch::Engine, dev: tch::Device, warm: &[TrialSpec], pack: &[TrialSpec]) -> anyhow::Result<f64> {
-    let mut trainer = cbsweep_worker::torch::TorchTrainer::new(dev).with_engine(engine);
+fn timed_pack(engine: cbsweep_train::Engine, dev: tch::Device, warm: &[TrialSpec], pack: &[TrialSpec]) -> anyhow::Result<f64> {
+    let mut trainer = cbsweep_train::TorchTrainer::new(dev).with_engine(engine);
     let _ = trainer.train_pack(warm, &mut |_: usize, _: &EpochRecord| Control::Continue);
     let t0 = Instant::now();
     let results = trainer.train_pack(pack, &mut |_: usize, _: &EpochRecord| Control::Continue);

@@ -16,12 +16,19 @@ pub const LAYERS: &[(&str, &[&str], &[&str])] = &[
     ("cbsweep-proto", &["cbsweep-common"], &["tch", "torch-sys", "arrow-array", "parquet", "rusqlite"]),
     ("cbsweep-results", &["cbsweep-common"], &["tonic", "prost", "tokio", "tch", "torch-sys", "rusqlite"]),
     ("cbsweep-coordinator", &["cbsweep-common", "cbsweep-proto", "cbsweep-results"], &["tch", "torch-sys"]),
-    ("cbsweep-worker", &["cbsweep-common", "cbsweep-proto"], &["arrow-array", "parquet", "rusqlite"]),
+    ("cbsweep-train", &["cbsweep-common"], &["cbsweep-proto", "tonic", "tokio", "arrow-array", "parquet", "rusqlite"]),
+    ("cbsweep-worker", &["cbsweep-common", "cbsweep-proto", "cbsweep-train"], &["arrow-array", "parquet", "rusqlite"]),
 ];
 
 /// Crates whose normal dependency tree must not contain a package: a coordinator node needs
-/// no CUDA, so nothing the coordinator links may pull libtorch in.
-pub const NEVER_REACHES: &[(&str, &str)] = &[("cbsweep-coordinator", "torch-sys"), ("cbsweep-results", "torch-sys")];
+/// no CUDA, so nothing the coordinator links may pull libtorch in; training knows no wire
+/// protocol, so nothing it links may pull in the gRPC stack.
+pub const NEVER_REACHES: &[(&str, &str)] = &[
+    ("cbsweep-coordinator", "torch-sys"),
+    ("cbsweep-results", "torch-sys"),
+    ("cbsweep-train", "tonic"),
+    ("cbsweep-train", "cbsweep-proto"),
+];
 
 /// Every .rs file under `root`, skipping build output, git, virtual environments and nested
 /// checkouts (folders holding their own `.git`).

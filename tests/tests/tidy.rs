@@ -101,14 +101,14 @@ fn the_coordinator_reaching_libtorch_through_another_crate_is_named() {
 
 #[test]
 fn a_path_architecture_names_that_does_not_exist_is_named() {
-    let text = "# A\n`Cargo.toml` and `coordinator/src/nowhere.rs`.\n### worker (`cbsweep-worker`)\n`src/client.rs`, `torch/gone.rs`, \
-                `OUT/SWEEP/logs`, `/metrics`, `fused::unroll`, `ldd target/release/cbsweep`\n- `src/torch/`: `run.rs` and\n  \
-                `engine/cpu.rs`\n- `run.rs` alone\n";
+    let text = "# A\n`Cargo.toml` and `coordinator/src/nowhere.rs`.\n### train (`cbsweep-train`)\n`src/trainer.rs`, `torch/gone.rs`, \
+                `OUT/SWEEP/logs`, `/metrics`, `fused::unroll`, `ldd target/release/cbsweep`\n- `src/fused/`: `unroll.rs` and\n  \
+                `step.rs`\n- `unroll.rs` alone\n";
     let wrong = missing_paths(&root(), text);
     assert_eq!(wrong.len(), 3, "{wrong:?}");
     assert!(wrong[0].contains("ARCHITECTURE.md:2: `coordinator/src/nowhere.rs`"), "{wrong:?}");
     assert!(wrong[1].contains("`torch/gone.rs`"), "{wrong:?}");
-    assert!(wrong[2].contains("ARCHITECTURE.md:7: `run.rs`"), "a folder named in another bullet does not count: {wrong:?}");
+    assert!(wrong[2].contains("ARCHITECTURE.md:7: `unroll.rs`"), "a folder named in another bullet does not count: {wrong:?}");
 }
 
 #[test]

@@ -3,10 +3,10 @@
 //! coordinator that goes away for a while (retries with backoff) and hands its leases back
 //! when told to stop.
 
-use crate::trainer::{Cadence, Control, PackEvents, PackTrial, Saved, Trainer, TrialEnd};
 use cbsweep_common::{Attempt, EpochRecord, TrialId, TrialOutcome, TrialResult, TrialSpec};
 use cbsweep_proto::client::{self, ClientError, WorkerClient};
 use cbsweep_proto::{CHECKPOINT_CHUNK_BYTES, PROTOCOL_VERSION, v1};
+use cbsweep_train::trainer::{Cadence, Control, PackEvents, PackTrial, Saved, Trainer, TrialEnd};
 use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::num::NonZeroU64;

@@ -3,10 +3,9 @@
 //! and resumes as the real one does (its state is its level and curve), so the fault tests can
 //! count the epochs an interruption costs.
 
-use crate::trainer::{Cadence, Control, PackEvents, PackTrial, Saved, Trainer, TrialEnd};
 use cbsweep_common::{EpochRecord, TrialOutcome, TrialResult, TrialSpec};
-use cbsweep_proto::v1;
-use prost::Message;
+use cbsweep_train::codec::SavedTrial;
+use cbsweep_train::trainer::{Cadence, Control, PackEvents, PackTrial, Saved, Trainer, TrialEnd};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -66,9 +65,9 @@ fn fake_epoch(t: &TrialSpec, epoch: u32, level: u32) -> EpochRecord {
     }
 }
 
-/// A fake trial's checkpoint: its level and curve, as a `v1::TrialCheckpoint`.
+/// A fake trial's checkpoint: its level and curve, as a `SavedTrial` of kind "fake".
 fn fake_checkpoint(t: &TrialSpec, level: u32, curve: &[EpochRecord]) -> Saved {
-    let message = v1::TrialCheckpoint {
+    let message = SavedTrial {
         format: 1,
         trial_id: t.id().0,
         epochs_done: curve.len() as u32,
@@ -82,9 +81,8 @@ fn fake_checkpoint(t: &TrialSpec, level: u32, curve: &[EpochRecord]) -> Saved {
 
 /// The level and curve of a fake checkpoint of `t`; None for anything else.
 fn read_checkpoint(t: &TrialSpec, bytes: &[u8]) -> Option<(u32, Vec<EpochRecord>)> {
-    let c = v1::TrialCheckpoint::decode(bytes).ok().filter(|c| c.kind == "fake" && c.trial_id == t.id().0)?;
-    let curve = c.curve.into_iter().map(EpochRecord::try_from).collect::<Result<Vec<_>, _>>().ok()?;
-    Some((c.level, curve))
+    let c = SavedTrial::decode(bytes).ok().filter(|c| c.kind == "fake" && c.trial_id == t.id().0)?;
+    Some((c.level, c.curve()))
 }
 
 impl Trainer for FakeTrainer {

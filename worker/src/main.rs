@@ -2,9 +2,9 @@
 //! and device, and the exit codes. The loop itself is `client`; only this file uses anyhow.
 
 use anyhow::Context;
+use cbsweep_train::trainer::Trainer;
 use cbsweep_worker::client::{self, Ended, Shutdown, WorkerConfig};
 use cbsweep_worker::fake::{FakeConfig, FakeTrainer};
-use cbsweep_worker::trainer::Trainer;
 use clap::Parser;
 use std::num::NonZeroU64;
 use std::path::PathBuf;
@@ -48,7 +48,7 @@ struct Args {
     /// What trains on the CPU: fused (hand-written forward and backward through time, the
     /// default) or libtorch (its operations and autograd). GPUs always use libtorch.
     #[arg(long, default_value = "fused")]
-    engine: cbsweep_worker::torch::Engine,
+    engine: cbsweep_train::Engine,
     /// Most trials trained together as one pack (the sweep's run.pack_size also caps it).
     /// Default: 64 on a GPU; on the CPU one per thread (the CPU engine spreads a pack's trials
     /// over its threads; more per pack would only make the leases coarser).
@@ -114,7 +114,7 @@ struct Args {
 fn torch_device(name: &str) -> anyhow::Result<tch::Device> {
     match name {
         "cpu" => Ok(tch::Device::Cpu),
-        "auto" => match cbsweep_worker::torch::cuda::load() {
+        "auto" => match cbsweep_train::cuda::load() {
             Ok(()) => Ok(tch::Device::cuda_if_available()),
             Err(why) => {
                 tracing::info!(reason = %why, "--device auto: training on the CPU");
@@ -124,7 +124,7 @@ fn torch_device(name: &str) -> anyhow::Result<tch::Device> {
         other => {
             let n = other.strip_prefix("cuda:").or((other == "cuda").then_some("0"));
             let n: usize = n.and_then(|n| n.parse().ok()).with_context(|| format!("--device {other:?}: expected cpu, cuda:N or auto"))?;
-            cbsweep_worker::torch::cuda::load().map_err(|why| anyhow::anyhow!("--device {other}: {why}"))?;
+            cbsweep_train::cuda::load().map_err(|why| anyhow::anyhow!("--device {other}: {why}"))?;
             anyhow::ensure!(tch::Cuda::is_available(), "--device {other}: no CUDA device is available to libtorch on this node");
             anyhow::ensure!(
                 n < tch::Cuda::device_count() as usize,
@@ -143,24 +143,15 @@ fn trainers(args: &Args) -> anyhow::Result<Vec<Box<dyn Trainer>>> {
     match args.trainer.as_str() {
         "torch" => {
             // a libtorch of another release than the build's fails every trial: refuse at start
-            if let Some(why) = cbsweep_worker::torch::libtorch_version::check()? {
+            if let Some(why) = cbsweep_train::libtorch_version::check()? {
                 tracing::warn!(reason = %why, "cannot confirm that the loaded libtorch is the release this worker was built against");
             }
             let device = torch_device(&args.device)?;
             let threads = if args.threads > 0 { args.threads as usize } else { cores() };
-            // With the CPU engine libtorch only runs the checkpoint analyses, between training
-            // steps: one thread, so that its OpenMP threads never spin against the engine's.
-            let cpu_engine = device == tch::Device::Cpu && args.engine == cbsweep_worker::torch::Engine::Fused;
-            tch::set_num_threads(if cpu_engine { 1 } else { threads as i32 });
-            tch::set_num_interop_threads(1);
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .thread_name(|i| format!("cbsweep-cpu-{i}"))
-                .build_global()
-                .context("cannot start the CPU engine's threads")?;
+            cbsweep_train::start_threads(device, args.engine, threads).context("cannot start the CPU engine's threads")?;
             Ok(slots
                 .map(|_| {
-                    let trainer = cbsweep_worker::torch::TorchTrainer::new(device).with_engine(args.engine);
+                    let trainer = cbsweep_train::TorchTrainer::new(device).with_engine(args.engine);
                     Box::new(trainer.with_checkpoint_dir(args.checkpoint_dir.clone())) as Box<dyn Trainer>
                 })
                 .collect())
@@ -188,7 +179,7 @@ fn cores() -> usize {
 /// the runtime cannot say (then `budget`'s fixed default applies).
 fn gpu_budget(device: &str) -> Option<NonZeroU64> {
     let n: usize = device.strip_prefix("cuda:")?.parse().ok()?;
-    let (free, total) = cbsweep_worker::torch::cuda::memory_info(n)?;
+    let (free, total) = cbsweep_train::cuda::memory_info(n)?;
     let bytes = NonZeroU64::new(free / 10 * 9)?;
     tracing::info!(bytes = bytes.get(), free, total, device, "default memory budget: 90% of the device's free memory");
     Some(bytes)
