@@ -112,7 +112,7 @@ fi
 
 echo "build-against-torch: torch $version at $torch_dir -> tch $tch; building cbsweep-worker and cbsweep-bench into $target/release" >&2
 # torch-sys reads LIBTORCH/LIBTORCH_INCLUDE/LIBTORCH_LIB and then adds include/ and lib/ itself;
-# nothing is downloaded. worker/build.rs records the version (CBSWEEP_TORCH_VERSION) and the run
+# nothing is downloaded. train/build.rs (which worker/build.rs runs) records the version (CBSWEEP_TORCH_VERSION) and the run
 # paths (the lib folder, then CBSWEEP_EXTRA_RPATH).
 unset LIBTORCH_USE_PYTORCH LIBTORCH_STATIC CARGO_TARGET_DIR
 extra=$(IFS=:; echo "${rpaths[*]:-}")
