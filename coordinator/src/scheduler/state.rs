@@ -135,6 +135,14 @@ struct Scheduler {
     _checkpointer: store::checkpoint::Checkpointer,
 }
 
+/// What the fencing rule (`Scheduler::fence`) says of a call that it does not refuse.
+enum Fence {
+    /// The caller holds the attempt's lease now.
+    Holds(TrialLease),
+    /// The attempt has ended: its trial is done or failed.
+    Ended,
+}
+
 /// When a worker was last seen, and whether the store has that time.
 struct Seen {
     last_seen_ms: i64,
@@ -573,21 +581,31 @@ impl Scheduler {
         Ok(revoked)
     }
 
-    /// The lease of `trial` when `worker` (registered) holds its attempt `attempt` now; else
-    /// the refusal that says why.
-    fn holds(&mut self, worker: &WorkerId, trial: &TrialId, attempt: Attempt) -> Result<TrialLease, SchedError> {
+    /// The fencing rule, the one place it is decided: a call about attempt `attempt` of `trial`
+    /// counts only from the registered worker that holds that attempt's lease now. An attempt
+    /// that has ended (its trial done or failed) is `Fence::Ended`: a repeat of a recorded result
+    /// is acknowledged without change, anything else is refused by the caller.
+    fn fence(&mut self, worker: &WorkerId, trial: &TrialId, attempt: Attempt) -> Result<Fence, SchedError> {
         self.known(worker)?;
         let lease = self.store.trial_lease(trial)?.ok_or_else(|| SchedError::UnknownTrial(trial.clone()))?;
         if attempt.0 == 0 || attempt.0 != lease.attempt {
             return Err(SchedError::StaleAttempt { trial: trial.clone(), attempt: attempt.0, current: lease.attempt });
         }
         match lease.state {
-            TrialState::Leased if lease.worker.as_deref() == Some(worker.as_str()) => Ok(lease),
+            TrialState::Leased if lease.worker.as_deref() == Some(worker.as_str()) => Ok(Fence::Holds(lease)),
             TrialState::Leased => Err(SchedError::NotOwner { trial: trial.clone(), worker: worker.clone() }),
             TrialState::Cancelled => Err(SchedError::Cancelled(trial.clone())),
-            TrialState::Pending | TrialState::Done | TrialState::Failed => {
-                Err(SchedError::NotLeased { trial: trial.clone(), attempt: attempt.0 })
-            }
+            TrialState::Pending => Err(SchedError::NotLeased { trial: trial.clone(), attempt: attempt.0 }),
+            TrialState::Done | TrialState::Failed => Ok(Fence::Ended),
+        }
+    }
+
+    /// The lease of `trial` when `worker` holds its attempt `attempt` now (`fence`); else the
+    /// refusal that says why.
+    fn holds(&mut self, worker: &WorkerId, trial: &TrialId, attempt: Attempt) -> Result<TrialLease, SchedError> {
+        match self.fence(worker, trial, attempt)? {
+            Fence::Holds(lease) => Ok(lease),
+            Fence::Ended => Err(SchedError::NotLeased { trial: trial.clone(), attempt: attempt.0 }),
         }
     }
 
@@ -645,22 +663,11 @@ impl Scheduler {
     }
 
     fn complete(&mut self, worker: &WorkerId, trial: &TrialId, attempt: Attempt, result: TrialResult) -> Result<bool, SchedError> {
-        // Fencing: a result counts only from the registered worker that holds this attempt's
-        // lease now. A repeat of a recorded attempt is acknowledged without change.
-        self.known(worker)?;
-        let lease = self.store.trial_lease(trial)?.ok_or_else(|| SchedError::UnknownTrial(trial.clone()))?;
-        if attempt.0 == 0 || attempt.0 != lease.attempt {
-            return Err(SchedError::StaleAttempt { trial: trial.clone(), attempt: attempt.0, current: lease.attempt });
-        }
-        match lease.state {
-            TrialState::Done | TrialState::Failed => return Ok(false),
-            TrialState::Cancelled => return Err(SchedError::Cancelled(trial.clone())),
-            TrialState::Pending => return Err(SchedError::NotLeased { trial: trial.clone(), attempt: attempt.0 }),
-            TrialState::Leased if lease.worker.as_deref() != Some(worker.as_str()) => {
-                return Err(SchedError::NotOwner { trial: trial.clone(), worker: worker.clone() });
-            }
-            TrialState::Leased => {}
-        }
+        // a repeat of a recorded attempt is acknowledged without change
+        let lease = match self.fence(worker, trial, attempt)? {
+            Fence::Holds(lease) => lease,
+            Fence::Ended => return Ok(false),
+        };
         self.within_budget(trial, |b| b.check_result(&result))?;
         self.live.remove(trial);
         self.budgets.remove(trial);
