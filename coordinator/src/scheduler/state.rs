@@ -89,7 +89,6 @@ pub(super) fn spawn(
         store,
         events: events.clone(),
         opts: opts.clone(),
-        live: HashMap::new(),
         finished_at: BTreeMap::new(),
         counters,
         tally,
@@ -111,8 +110,6 @@ struct Scheduler {
     store: Store,
     events: broadcast::Sender<Event>,
     opts: SchedulerOptions,
-    /// In-memory view of live progress: (trial -> latest epoch), not durable.
-    live: HashMap<TrialId, EpochRecord>,
     /// Completion times per sweep (`LeaseClock::elapsed_ms`), for throughput (not durable: a
     /// restart restarts the clock).
     finished_at: BTreeMap<SweepId, Vec<i64>>,
@@ -576,7 +573,6 @@ impl Scheduler {
             }
             let attempt = held.iter().find(|(t, _)| *t == trial).map_or(Attempt(0), |(_, a)| *a);
             self.store.note_progress(&trial, attempt, record.epoch)?;
-            self.live.insert(trial, record);
         }
         Ok(revoked)
     }
@@ -669,7 +665,6 @@ impl Scheduler {
             Fence::Ended => return Ok(false),
         };
         self.within_budget(trial, |b| b.check_result(&result))?;
-        self.live.remove(trial);
         self.budgets.remove(trial);
         match &result.outcome {
             TrialOutcome::Completed | TrialOutcome::Diverged => {
@@ -741,7 +736,6 @@ impl Scheduler {
             let terminal = counted >= max_attempts;
             let error = format!("lease of attempt {attempt} expired (worker lost or too slow to heartbeat)");
             self.store.record_failure(&trial, &error, terminal)?;
-            self.live.remove(&trial);
             self.budgets.remove(&trial);
             tracing::warn!(trial_id = %trial, attempt, terminal, "lease expired");
             let Some(lease) = self.store.trial_lease(&trial)? else { continue };
