@@ -185,6 +185,67 @@ pub struct RunPolicy {
     pub checkpoint_seconds: u32,
 }
 
+impl RunPolicy {
+    /// The settings that differ from `before`, in the order of `[run]`, as spec keys
+    /// (`run.lease_seconds`).
+    pub fn changes_from(&self, before: &RunPolicy) -> Vec<RunChange> {
+        [
+            ("run.max_attempts", before.max_attempts, self.max_attempts),
+            ("run.pack_size", before.pack_size, self.pack_size),
+            ("run.lease_seconds", before.lease_seconds, self.lease_seconds),
+            ("run.checkpoint_every", before.checkpoint_every, self.checkpoint_every),
+            ("run.checkpoint_seconds", before.checkpoint_seconds, self.checkpoint_seconds),
+        ]
+        .into_iter()
+        .filter(|(_, b, a)| b != a)
+        .map(|(key, before, after)| RunChange { key: key.to_string(), before, after })
+        .collect()
+    }
+}
+
+/// One `[run]` setting a resubmission changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunChange {
+    /// The dotted spec key: `run.lease_seconds`.
+    pub key: String,
+    pub before: u32,
+    pub after: u32,
+}
+
+/// What a submission of a sweep already stored (the same name) did besides adding cells: a
+/// resubmission only adds cells, so the stored cells its spec no longer has stay; its `[run]`
+/// settings replace the stored ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resubmission {
+    /// Cells of the stored sweep that the submitted spec does not have.
+    pub kept: u32,
+    /// The `[run]` settings it changed, applied from then on.
+    pub run_changes: Vec<RunChange>,
+}
+
+impl Resubmission {
+    /// What to tell the user, one line each (none when there is nothing to say).
+    pub fn notes(&self, sweep: &SweepId) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.run_changes.is_empty() {
+            let changes: Vec<String> = self.run_changes.iter().map(|c| format!("{} {} -> {}", c.key, c.before, c.after)).collect();
+            out.push(format!(
+                "sweep {sweep}: {} changed: applied to its leases from now on (a trial leased already keeps its checkpoint cadence)",
+                changes.join(", ")
+            ));
+        }
+        if self.kept > 0 {
+            let n = if self.kept == 1 {
+                "1 cell of the stored sweep is".to_string()
+            } else {
+                format!("{} cells of the stored sweep are", self.kept)
+            };
+            out.push(format!("sweep {sweep}: {n} not in this spec; they stay (cancel the sweep or use a new name to drop them)"));
+        }
+        out
+    }
+}
+
 /// A validated sweep: its name, its policy and the trials of its grid, in grid order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SweepSpec {

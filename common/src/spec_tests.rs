@@ -530,3 +530,22 @@ fn recorded_overrides_must_agree_with_the_resolved_spec_and_be_bounded() {
     let e = submitted(many).unwrap_err();
     assert!(e.contains("10000 entries") && e.contains("at most 64"), "{e}");
 }
+
+#[test]
+fn a_resubmission_names_the_run_settings_it_changed_and_the_cells_it_keeps() {
+    let before = parse(MINIMAL).unwrap().run;
+    let after = parse(&format!("{MINIMAL}[run]\nlease_seconds = 600\nmax_attempts = {}\n", before.max_attempts)).unwrap().run;
+    let changes = after.changes_from(&before);
+    assert_eq!(changes, [RunChange { key: "run.lease_seconds".into(), before: before.lease_seconds, after: 600 }]);
+    assert!(before.changes_from(&before).is_empty());
+    let sweep = SweepId("t".into());
+    assert!(Resubmission::default().notes(&sweep).is_empty(), "nothing to say of a plain resubmission");
+    let notes = Resubmission { kept: 4, run_changes: changes }.notes(&sweep);
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(notes[0].contains(&format!("run.lease_seconds {} -> 600", before.lease_seconds)) && notes[0].contains("applied"), "{notes:?}");
+    assert_eq!(
+        notes[1],
+        "sweep t: 4 cells of the stored sweep are not in this spec; they stay (cancel the sweep or use a new name to drop them)"
+    );
+    assert!(Resubmission { kept: 1, run_changes: vec![] }.notes(&sweep)[0].contains("1 cell of the stored sweep is not"));
+}

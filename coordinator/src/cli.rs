@@ -357,6 +357,11 @@ pub async fn submit(url: &str, token_file: Option<&Path>, spec_path: &Path) -> R
         .await?
         .into_inner();
     println!("sweep {}: {} trials ({} new)", r.sweep_id, r.total_trials, r.new_trials);
+    let resubmission =
+        cbsweep_common::Resubmission { kept: r.kept_trials, run_changes: r.run_changes.into_iter().map(Into::into).collect() };
+    for note in resubmission.notes(&SweepId(r.sweep_id)) {
+        println!("{note}");
+    }
     Ok(())
 }
 

@@ -126,6 +126,9 @@ pub async fn run(spec: SweepSpec, spec_path: &Path, opts: RunOptions) -> Result<
     let short =
         Box::new(cbsweep_common::varying_parts(spec.trials.iter().map(|t| t.cell_key()).collect::<Vec<_>>().iter().map(String::as_str)));
     let submitted = sched.submit(spec, spec_path.display().to_string()).await?;
+    for note in submitted.resubmission.notes(&sweep) {
+        eprintln!("cbsweep: {note}");
+    }
     let status = sched.status(Some(sweep.clone())).await?;
     let counts = &status.sweeps[0].counts;
     let already = counts.iter().filter(|(s, _)| s.is_terminal()).map(|(_, n)| *n).sum::<u32>();

@@ -210,6 +210,19 @@ pub struct SweepRow {
     pub checkpoint_seconds: u32,
 }
 
+impl SweepRow {
+    /// The `[run]` settings the row holds.
+    pub fn run_policy(&self) -> cbsweep_common::RunPolicy {
+        cbsweep_common::RunPolicy {
+            max_attempts: self.max_attempts,
+            pack_size: self.pack_size,
+            lease_seconds: self.lease_seconds,
+            checkpoint_every: self.checkpoint_every,
+            checkpoint_seconds: self.checkpoint_seconds,
+        }
+    }
+}
+
 /// A trial handed to a worker.
 #[derive(Clone, Debug)]
 pub struct Leased {
