@@ -39,6 +39,11 @@ pub enum CliError {
     Store(#[from] crate::store::StoreError),
     #[error("no token: pass --token-file FILE or set CBSWEEP_TOKEN (the coordinator printed where it wrote its token)")]
     NoToken,
+    #[error("token file {} is empty (or only whitespace): no worker or client could use this coordinator; write a token into it (e.g. `openssl rand -hex 16 > {}`), or leave out --token-file to have one made in {}", file.display(), file.display(), state.join("token").display())]
+    EmptyTokenFile { file: PathBuf, state: PathBuf },
+    /// --tls-cert or --tls-key cannot serve: what is wrong with which file.
+    #[error("{0}")]
+    Tls(String),
     #[error("no `cbsweep run` is serving {}: {} is missing (it exists while a run's coordinator is up)", out.display(), file.display())]
     NoLocalRun { out: PathBuf, file: PathBuf },
     #[error("sweep {sweep} is not in {}: run it first with `cbsweep run SPEC --out {}`", state.display(), out.display())]
@@ -66,6 +71,7 @@ fn print_out(text: impl std::fmt::Display) -> Result<(), CliError> {
 /// learning rates of its core, readout and module.
 pub fn validate(spec_path: &Path) -> Result<(), CliError> {
     let spec = load_spec(spec_path)?;
+    warn_if_too_big(&spec);
     let mut conditions: Vec<(String, &cbsweep_common::TrialSpec, u32)> = Vec::new();
     let mut index = std::collections::HashMap::<String, usize>::new();
     for t in &spec.trials {
@@ -126,9 +132,49 @@ pub fn validate(spec_path: &Path) -> Result<(), CliError> {
     print_out(table)
 }
 
+/// Most memory one trial may need before `validate` and `run` warn, where /proc/meminfo does
+/// not say this machine's.
+const LARGE_TRIAL_BYTES: u64 = 1 << 40;
+
+/// Warns when a trial of `spec` needs more memory (by the memory model) than this machine has:
+/// no worker here could train it. Names the largest such condition and its figure.
+fn warn_if_too_big(spec: &cbsweep_common::SweepSpec) {
+    let machine = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let kib = m.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+        Some(kib * 1024)
+    });
+    if let Some(warning) = too_big(spec, machine) {
+        eprintln!("cbsweep: warning: {warning}");
+    }
+}
+
+/// `warn_if_too_big`'s message for a machine of `machine` bytes (None: unknown), if any.
+fn too_big(spec: &cbsweep_common::SweepSpec, machine: Option<u64>) -> Option<String> {
+    use cbsweep_common::memory::{format_bytes, trial_memory_bytes};
+    let limit = machine.unwrap_or(LARGE_TRIAL_BYTES);
+    let mut over: Vec<(u64, String)> = Vec::new();
+    for t in &spec.trials {
+        let bytes = trial_memory_bytes(t);
+        if bytes > limit && !over.iter().any(|(_, c)| *c == t.condition()) {
+            over.push((bytes, t.condition()));
+        }
+    }
+    let (bytes, condition) = over.iter().max()?;
+    let more = if over.len() > 1 { format!(" (and {} more conditions)", over.len() - 1) } else { String::new() };
+    let than = match machine {
+        Some(m) => format!("this machine's {}", format_bytes(m)),
+        None => format!("{} (this machine's memory is unknown)", format_bytes(LARGE_TRIAL_BYTES)),
+    };
+    Some(format!(
+        "one trial of condition [{condition}]{more} needs about {} by the memory model, more than {than}: no worker here can train it; lower train.batch_size, train.max_level or the model sizes",
+        format_bytes(*bytes)
+    ))
+}
+
 /// `cbsweep run SPEC`.
 pub async fn run(spec_path: &Path, opts: RunOptions) -> Result<RunSummary, CliError> {
     let spec = load_spec(spec_path)?;
+    warn_if_too_big(&spec);
     let summary = local::run(spec, spec_path, opts).await?;
     print_summary(&summary);
     Ok(summary)
@@ -215,6 +261,10 @@ pub fn plot(state: &Path, sweep: &SweepId, out: &Path) -> Result<Vec<PathBuf>, C
 fn coordinator_token(token_file: Option<&Path>, state: &Path) -> Result<Token, CliError> {
     if let Some(f) = token_file {
         warn_if_loose(f);
+        // a coordinator started with no token could be used by nobody
+        if std::fs::read_to_string(f).is_ok_and(|t| t.trim().is_empty()) {
+            return Err(CliError::EmptyTokenFile { file: f.to_owned(), state: state.to_owned() });
+        }
     }
     if let Some(t) = client::read_token(token_file).map_err(io("token"))? {
         return Ok(Token(t));

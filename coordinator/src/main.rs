@@ -38,8 +38,9 @@ struct RunArgs {
     /// Results and state go under this folder: OUT/SWEEP/*.parquet, OUT/.cbsweep/ (state).
     #[arg(long, default_value = "out")]
     out: PathBuf,
-    /// Number of local worker processes.
-    #[arg(long, default_value_t = 2)]
+    /// Number of local worker processes (at least 1; more than the machine's cores only share
+    /// them, and warn).
+    #[arg(long, default_value_t = 2, value_parser = worker_count)]
     workers: u32,
     /// Device for the workers: cpu, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
@@ -73,11 +74,20 @@ struct StateFsArgs {
     allow_network_state: bool,
 }
 
+/// `--workers N`: a positive count.
+fn worker_count(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<u32>() {
+        Ok(0) => Err("a run needs at least one worker: use --workers 1 or more".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e} (expected a number of worker processes, e.g. --workers 2)")),
+    }
+}
+
 impl RunArgs {
     fn options(&self) -> RunOptions {
         RunOptions {
             out: self.out.clone(),
-            workers: self.workers.max(1),
+            workers: self.workers,
             device: self.device.clone(),
             threads: self.threads,
             worker_args: ["--trainer".to_string(), self.trainer.clone()].into_iter().chain(self.worker_arg.iter().cloned()).collect(),

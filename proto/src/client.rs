@@ -87,11 +87,21 @@ pub async fn sweep_client(url: &str, token: &str) -> Result<SweepClient, ClientE
     Ok(SweepServiceClient::with_interceptor(channel(url).await?, auth).max_decoding_message_size(16 * 1024 * 1024))
 }
 
-/// Reads a token: the file if given, else the CBSWEEP_TOKEN environment variable.
+/// Reads a token: the file if given, else the CBSWEEP_TOKEN environment variable. A file that
+/// holds no token (empty, or only whitespace) is an error naming it: no call could pass with it.
 pub fn read_token(file: Option<&std::path::Path>) -> Result<Option<String>, std::io::Error> {
     if let Some(f) = file {
         let t = std::fs::read_to_string(f)
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot read token file {}: {e}", f.display())))?;
+        if t.trim().is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "token file {} is empty (or only whitespace): put the coordinator's token in it (the coordinator prints where it wrote its token)",
+                    f.display()
+                ),
+            ));
+        }
         return Ok(Some(t.trim().to_string()));
     }
     Ok(std::env::var("CBSWEEP_TOKEN").ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()))
