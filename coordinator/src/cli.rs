@@ -284,6 +284,41 @@ fn coordinator_token(token_file: Option<&Path>, state: &Path) -> Result<Token, C
     Ok(Token(t))
 }
 
+/// Reads `--tls-cert` and `--tls-key` and checks that they make a TLS identity, naming the file
+/// at fault: a coordinator serving a bad one would start, and fail every client's handshake.
+fn tls_files(cert: &Path, key: &Path) -> Result<server::TlsFiles, CliError> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |why: String| CliError::Tls(why);
+    let files = server::TlsFiles {
+        cert: std::fs::read(cert).map_err(io(format!("cannot read --tls-cert {}", cert.display())))?,
+        key: std::fs::read(key).map_err(io(format!("cannot read --tls-key {}", key.display())))?,
+    };
+    let certs = CertificateDer::pem_slice_iter(&files.cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("cannot read the certificate in --tls-cert {}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(bad(format!(
+            "no certificate in --tls-cert {} (expected PEM, -----BEGIN CERTIFICATE-----): give the server's certificate chain",
+            cert.display()
+        )));
+    }
+    PrivateKeyDer::from_pem_slice(&files.key).map_err(|e| {
+        bad(format!(
+            "cannot read the key in --tls-key {}: {e} (expected a PEM private key, -----BEGIN PRIVATE KEY----- or its RSA or EC form)",
+            key.display()
+        ))
+    })?;
+    files.rustls_config().map_err(|e| {
+        bad(format!(
+            "--tls-cert {} and --tls-key {} do not make a TLS identity: {e} (is the key that of the certificate?)",
+            cert.display(),
+            key.display()
+        ))
+    })?;
+    Ok(files)
+}
+
 /// Says so when a token file can be read by others than its owner.
 fn warn_if_loose(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
@@ -311,13 +346,7 @@ pub async fn coordinator(
     tls: Option<(&Path, &Path)>,
 ) -> Result<(), CliError> {
     let token = coordinator_token(token_file, state)?;
-    let tls = match tls {
-        Some((cert, key)) => Some(server::TlsFiles {
-            cert: std::fs::read(cert).map_err(io(format!("cannot read --tls-cert {}", cert.display())))?,
-            key: std::fs::read(key).map_err(io(format!("cannot read --tls-key {}", key.display())))?,
-        }),
-        None => None,
-    };
+    let tls = tls.map(|(cert, key)| tls_files(cert, key)).transpose()?;
     let sched = SchedulerHandle::start(state, SchedulerOptions::default())?;
     let mut events = sched.subscribe();
     let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -394,6 +423,18 @@ async fn sweep_client(url: &str, token_file: Option<&Path>) -> Result<client::Sw
     Ok(client::sweep_client(url, &token).await?)
 }
 
+/// A call's answer; its failure as the coordinator's refusal, or as what it says of a wrong
+/// port, scheme or CA (`client::misdirected`).
+async fn answer<T>(url: &str, result: Result<tonic::Response<T>, tonic::Status>) -> Result<T, CliError> {
+    match result {
+        Ok(r) => Ok(r.into_inner()),
+        Err(status) => Err(match client::misdirected(url, &status).await {
+            Some(why) => CliError::Client(ClientError::Misdirected { url: client::coordinator_url(url), why }),
+            None => CliError::Rpc(status),
+        }),
+    }
+}
+
 /// `cbsweep submit SPEC`: validate here, then hand to a running coordinator.
 pub async fn submit(url: &str, token_file: Option<&Path>, spec_path: &Path) -> Result<(), CliError> {
     let spec = load_spec(spec_path)?;
@@ -404,8 +445,8 @@ pub async fn submit(url: &str, token_file: Option<&Path>, spec_path: &Path) -> R
             spec_path: spec_path.display().to_string(),
             overrides: spec.overrides.iter().map(Into::into).collect(),
         })
-        .await?
-        .into_inner();
+        .await;
+    let r = answer(url, r).await?;
     println!("sweep {}: {} trials ({} new)", r.sweep_id, r.total_trials, r.new_trials);
     let resubmission =
         cbsweep_common::Resubmission { kept: r.kept_trials, run_changes: r.run_changes.into_iter().map(Into::into).collect() };
@@ -433,7 +474,7 @@ pub fn local_run(out: &Path, token_file: Option<&Path>) -> Result<(String, PathB
 /// dashboard's /api/status also answers.
 pub async fn status(url: &str, token_file: Option<&Path>, sweep: Option<&str>, json: bool) -> Result<v1::SweepStatusResponse, CliError> {
     let mut c = sweep_client(url, token_file).await?;
-    let r = c.sweep_status(v1::SweepStatusRequest { sweep_id: sweep.unwrap_or("").to_string() }).await?.into_inner();
+    let r = answer(url, c.sweep_status(v1::SweepStatusRequest { sweep_id: sweep.unwrap_or("").to_string() }).await).await?;
     if json {
         let text = serde_json::to_string_pretty(&crate::status_json::StatusJson::from(&r))
             .map_err(|e| CliError::Io { what: "cannot encode the status as JSON".into(), source: std::io::Error::other(e) })?;
@@ -478,7 +519,7 @@ pub async fn status(url: &str, token_file: Option<&Path>, sweep: Option<&str>, j
 /// `cbsweep cancel SWEEP`.
 pub async fn cancel(url: &str, token_file: Option<&Path>, sweep: &str) -> Result<(), CliError> {
     let mut c = sweep_client(url, token_file).await?;
-    let r = c.cancel_sweep(v1::CancelSweepRequest { sweep_id: sweep.into() }).await?.into_inner();
+    let r = answer(url, c.cancel_sweep(v1::CancelSweepRequest { sweep_id: sweep.into() }).await).await?;
     println!("sweep {sweep}: cancelled {} unfinished trials", r.cancelled_trials);
     Ok(())
 }
@@ -486,7 +527,7 @@ pub async fn cancel(url: &str, token_file: Option<&Path>, sweep: &str) -> Result
 /// `cbsweep retry-failed SWEEP`.
 pub async fn retry_failed(url: &str, token_file: Option<&Path>, sweep: &str) -> Result<(), CliError> {
     let mut c = sweep_client(url, token_file).await?;
-    let r = c.retry_failed(v1::RetryFailedRequest { sweep_id: sweep.into() }).await?.into_inner();
+    let r = answer(url, c.retry_failed(v1::RetryFailedRequest { sweep_id: sweep.into() }).await).await?;
     println!("sweep {sweep}: {} trials back in the queue", r.requeued_trials);
     Ok(())
 }
