@@ -49,6 +49,19 @@ impl SweepId {
         }
         Ok(())
     }
+
+    /// `check`, and what a new sweep's name must also be: it does not start with '-', as it is
+    /// typed on command lines (`cbsweep status NAME`), where `-rf` would read as options. (Only
+    /// new specs are held to it: a stored sweep of an older name still exports.)
+    pub fn check_new(name: &str) -> Result<(), String> {
+        Self::check(name)?;
+        if name.starts_with('-') {
+            let bare = name.trim_start_matches('-');
+            let e_g = if bare.is_empty() { String::new() } else { format!(", e.g. {bare:?}") };
+            return Err(format!("must not start with '-' (it would read as an option on the command line): rename it{e_g}"));
+        }
+        Ok(())
+    }
 }
 
 string_id!(

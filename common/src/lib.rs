@@ -19,8 +19,8 @@ pub use bounds::OutOfBudget;
 pub use ids::{Attempt, Seed, SweepId, TrialId, WorkerId};
 pub use outcome::{AnalysisRecord, EpochRecord, SweepState, TrialOutcome, TrialResult, TrialState};
 pub use spec::{
-    SpecError, SpecOverride, SweepSpec, env_overrides, load_spec, overrides_text, parse_overrides_text, parse_resolved, parse_spec,
-    parse_spec_with_overrides, spec_hash,
+    Resubmission, RunChange, RunPolicy, SpecError, SpecOverride, SweepSpec, env_overrides, load_spec, overrides_text, parse_overrides_text,
+    parse_resolved, parse_spec, parse_spec_with_overrides, spec_hash,
 };
 pub use trial::{
     AnalysisPlan, Arch, ComparePair, CompareSide, Core, Curriculum, FreezePoint, GruCell, ModuleKind, ModuleStart, PackKey, Regime,

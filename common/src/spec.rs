@@ -185,6 +185,67 @@ pub struct RunPolicy {
     pub checkpoint_seconds: u32,
 }
 
+impl RunPolicy {
+    /// The settings that differ from `before`, in the order of `[run]`, as spec keys
+    /// (`run.lease_seconds`).
+    pub fn changes_from(&self, before: &RunPolicy) -> Vec<RunChange> {
+        [
+            ("run.max_attempts", before.max_attempts, self.max_attempts),
+            ("run.pack_size", before.pack_size, self.pack_size),
+            ("run.lease_seconds", before.lease_seconds, self.lease_seconds),
+            ("run.checkpoint_every", before.checkpoint_every, self.checkpoint_every),
+            ("run.checkpoint_seconds", before.checkpoint_seconds, self.checkpoint_seconds),
+        ]
+        .into_iter()
+        .filter(|(_, b, a)| b != a)
+        .map(|(key, before, after)| RunChange { key: key.to_string(), before, after })
+        .collect()
+    }
+}
+
+/// One `[run]` setting a resubmission changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunChange {
+    /// The dotted spec key: `run.lease_seconds`.
+    pub key: String,
+    pub before: u32,
+    pub after: u32,
+}
+
+/// What a submission of a sweep already stored (the same name) did besides adding cells: a
+/// resubmission only adds cells, so the stored cells its spec no longer has stay; its `[run]`
+/// settings replace the stored ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resubmission {
+    /// Cells of the stored sweep that the submitted spec does not have.
+    pub kept: u32,
+    /// The `[run]` settings it changed, applied from then on.
+    pub run_changes: Vec<RunChange>,
+}
+
+impl Resubmission {
+    /// What to tell the user, one line each (none when there is nothing to say).
+    pub fn notes(&self, sweep: &SweepId) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.run_changes.is_empty() {
+            let changes: Vec<String> = self.run_changes.iter().map(|c| format!("{} {} -> {}", c.key, c.before, c.after)).collect();
+            out.push(format!(
+                "sweep {sweep}: {} changed: applied to its leases from now on (a trial leased already keeps its checkpoint cadence)",
+                changes.join(", ")
+            ));
+        }
+        if self.kept > 0 {
+            let n = if self.kept == 1 {
+                "1 cell of the stored sweep is".to_string()
+            } else {
+                format!("{} cells of the stored sweep are", self.kept)
+            };
+            out.push(format!("sweep {sweep}: {n} not in this spec; they stay (cancel the sweep or use a new name to drop them)"));
+        }
+        out
+    }
+}
+
 /// A validated sweep: its name, its policy and the trials of its grid, in grid order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SweepSpec {
@@ -522,6 +583,18 @@ pub const UPPER_BOUNDS: &[(&str, f64)] = &[
 /// The most trials one sweep may expand to.
 pub const MAX_TRIALS: usize = 1_000_000;
 
+/// A number in a message as a person reads it: as written when short (0.01, 4096), otherwise
+/// the shorter of that and scientific notation (1e300, not 301 digits).
+struct Num(f64);
+
+impl std::fmt::Display for Num {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plain = self.0.to_string();
+        let sci = format!("{:e}", self.0);
+        f.write_str(if plain.len() <= 12 || plain.len() <= sci.len() { &plain } else { &sci })
+    }
+}
+
 struct Checker<'a> {
     path: &'a Path,
 }
@@ -553,9 +626,9 @@ impl Checker<'_> {
 
     fn rate_as(&self, field: &str, bound: &str, v: f64) -> Result<f64, SpecError> {
         if !(v.is_finite() && v >= 0.0) {
-            return Err(self.invalid(field, v, "must be a finite number >= 0"));
+            return Err(self.invalid(field, Num(v), "must be a finite number >= 0"));
         }
-        self.bounded_as(field, bound, v, v).map(|()| v)
+        self.bounded_as(field, bound, v, Num(v)).map(|()| v)
     }
 
     fn bounded(&self, field: &str, v: f64, shown: impl std::fmt::Display) -> Result<(), SpecError> {
@@ -565,7 +638,7 @@ impl Checker<'_> {
     /// Refuses `v` above `bound`'s entry in `UPPER_BOUNDS`, naming `field` and the bound.
     fn bounded_as(&self, field: &str, bound: &str, v: f64, shown: impl std::fmt::Display) -> Result<(), SpecError> {
         match UPPER_BOUNDS.iter().find(|(f, _)| *f == bound) {
-            Some(&(_, max)) if v > max => Err(self.invalid(field, shown, &format!("must be at most {max} (a bound against typos)"))),
+            Some(&(_, max)) if v > max => Err(self.invalid(field, shown, &format!("must be at most {} (a bound against typos)", Num(max)))),
             _ => Ok(()),
         }
     }
@@ -583,7 +656,7 @@ impl Checker<'_> {
 fn validate(raw: RawSpec, path: &Path, resolved: String, overrides: Vec<SpecOverride>) -> Result<SweepSpec, SpecError> {
     let c = Checker { path };
     let name = raw.sweep.name.trim();
-    SweepId::check(name).map_err(|why| c.invalid("sweep.name", format!("{:?}", raw.sweep.name), &why))?;
+    SweepId::check_new(name).map_err(|why| c.invalid("sweep.name", format!("{:?}", raw.sweep.name), &why))?;
     let g = &raw.grid;
     let tasks: Vec<Task> = c.parse_each("grid.task", &g.task)?;
     let archs: Vec<Arch> = c.parse_each("grid.arch", &g.arch)?;
@@ -697,13 +770,13 @@ fn validate(raw: RawSpec, path: &Path, resolved: String, overrides: Vec<SpecOver
         return Err(c.invalid("train.max_level", max_level, "must be at least train.start_level"));
     }
     if !(t.solve_threshold > 0.0 && t.solve_threshold <= 1.0) {
-        return Err(c.invalid("train.solve_threshold", t.solve_threshold, "must be in (0, 1]"));
+        return Err(c.invalid("train.solve_threshold", Num(t.solve_threshold), "must be in (0, 1]"));
     }
     if !(t.momentum.is_finite() && (0.0..1.0).contains(&t.momentum)) {
-        return Err(c.invalid("train.momentum", t.momentum, "must be in [0, 1)"));
+        return Err(c.invalid("train.momentum", Num(t.momentum), "must be in [0, 1)"));
     }
     if !(t.clip_norm.is_finite() && t.clip_norm > 0.0) {
-        return Err(c.invalid("train.clip_norm", t.clip_norm, "must be a positive number"));
+        return Err(c.invalid("train.clip_norm", Num(t.clip_norm), "must be a positive number"));
     }
     let budget = TrainBudget {
         epochs: c.positive("train.epochs", t.epochs)?,
@@ -1089,7 +1162,7 @@ impl Checker<'_> {
 
     /// The reduced-plasticity factor: in (0, 1].
     fn factor(&self, field: &str, f: f64) -> Result<f64, SpecError> {
-        if f.is_finite() && f > 0.0 && f <= 1.0 { Ok(f) } else { Err(self.invalid(field, f, "must be in (0, 1]")) }
+        if f.is_finite() && f > 0.0 && f <= 1.0 { Ok(f) } else { Err(self.invalid(field, Num(f), "must be in (0, 1]")) }
     }
 
     fn seed(&self, field: &str, s: i64) -> Result<Seed, SpecError> {

@@ -151,7 +151,7 @@ fn absurd_values_are_refused_naming_the_bound() {
         ("[train]\nstart_level = 1000000000\nmax_level = 1000000000", "train.start_level = 1000000000", "at most 1000"),
         ("[run]\nlease_seconds = 2147483648", "run.lease_seconds = 2147483648", "at most 86400"),
         ("[run]\nlease_seconds = 9999999999", "run.lease_seconds = 9999999999", "positive integer"),
-        ("[train]\nlr_readout = 1e300", "train.lr_readout = 1000000000000000", "at most 10"),
+        ("[train]\nlr_readout = 1e300", "train.lr_readout = 1e300:", "at most 10 "),
     ] {
         let e = err(&format!("{MINIMAL}{key}\n"));
         assert!(e.contains(value) && e.contains(bound), "{key}: {e}");
@@ -159,7 +159,51 @@ fn absurd_values_are_refused_naming_the_bound() {
     let e = err(&MINIMAL.replace("seed = [0, 1]", "seed = [0, 1]\ngranule = [4000000000]"));
     assert!(e.contains("grid.granule = 4000000000"), "{e}");
     let e = err(&MINIMAL.replace("seed = [0, 1]", "seed = [0, 1]\nlr_core = [1e300]"));
-    assert!(e.contains("grid.lr_core") && e.contains("at most 10"), "{e}");
+    assert!(e.contains("grid.lr_core = 1e300:") && e.contains("at most 10 "), "{e}");
+}
+
+#[test]
+fn numbers_in_messages_are_short() {
+    // as written when short, scientific when that is shorter: never 300 digits
+    for (x, shown) in [(1e300, "1e300"), (10.0, "10"), (0.01, "0.01"), (4096.0, "4096"), (1e12, "1e12"), (-2.5e-20, "-2.5e-20")] {
+        assert_eq!(Num(x).to_string(), shown);
+    }
+    for (key, shown) in [
+        ("[train]\nlr_readout = 1e300", "train.lr_readout = 1e300: must be at most 10 (a bound against typos)"),
+        ("[train]\nclip_norm = -1e300", "train.clip_norm = -1e300: must be a positive number"),
+        ("[train]\nmomentum = 1e200", "train.momentum = 1e200: must be in [0, 1)"),
+        ("[train]\nsolve_threshold = 1e-300", ""),
+    ] {
+        let e = parse(&format!("{MINIMAL}{key}\n")).map(|_| String::new()).unwrap_or_else(|e| e.to_string());
+        assert!(e.contains(shown) && e.len() < 120, "{key}: {e}");
+    }
+    for (axis, shown) in [
+        ("lr_core = [1e300]", "grid.lr_core = 1e300:"),
+        ("lr_cb = { from = 0.1, to = 1e300, count = 3 }", "grid.lr_cb = 5e299:"),
+        ("core_plasticity = [1e300]", "grid.core_plasticity = 1e300:"),
+    ] {
+        let e = err(&MINIMAL.replace("seed = [0, 1]", &format!("seed = [0, 1]\n{axis}")));
+        assert!(e.contains(shown) && e.len() < 120, "{axis}: {e}");
+    }
+}
+
+#[test]
+fn a_sweep_name_that_reads_as_an_option_is_refused() {
+    for (name, hint) in [("-rf", "e.g. \"rf\""), ("--help", "e.g. \"help\""), ("-", "rename it")] {
+        let e = err(&MINIMAL.replace("name = \"t\"", &format!("name = \"{name}\"")));
+        assert!(
+            e.contains(&format!("sweep.name = \"{name}\"")) && e.contains("must not start with '-'") && e.contains(hint),
+            "{name}: {e}"
+        );
+    }
+    // what else a name must not hold: it names a folder and is typed on command lines
+    for name in ["a/b", "..", "a b", "a;rm", "$(x)", "é"] {
+        let e = err(&MINIMAL.replace("name = \"t\"", &format!("name = \"{name}\"")));
+        assert!(e.contains("sweep.name") && e.contains("only letters, digits"), "{name}: {e}");
+    }
+    for name in ["rf-", "_rf", "0rf", "r-f_2"] {
+        parse(&MINIMAL.replace("name = \"t\"", &format!("name = \"{name}\""))).unwrap();
+    }
 }
 
 #[test]
@@ -485,4 +529,23 @@ fn recorded_overrides_must_agree_with_the_resolved_spec_and_be_bounded() {
     let many: Vec<SpecOverride> = (0..10_000).map(|i| ov(&format!("train.k{i}"), "1")).collect();
     let e = submitted(many).unwrap_err();
     assert!(e.contains("10000 entries") && e.contains("at most 64"), "{e}");
+}
+
+#[test]
+fn a_resubmission_names_the_run_settings_it_changed_and_the_cells_it_keeps() {
+    let before = parse(MINIMAL).unwrap().run;
+    let after = parse(&format!("{MINIMAL}[run]\nlease_seconds = 600\nmax_attempts = {}\n", before.max_attempts)).unwrap().run;
+    let changes = after.changes_from(&before);
+    assert_eq!(changes, [RunChange { key: "run.lease_seconds".into(), before: before.lease_seconds, after: 600 }]);
+    assert!(before.changes_from(&before).is_empty());
+    let sweep = SweepId("t".into());
+    assert!(Resubmission::default().notes(&sweep).is_empty(), "nothing to say of a plain resubmission");
+    let notes = Resubmission { kept: 4, run_changes: changes }.notes(&sweep);
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(notes[0].contains(&format!("run.lease_seconds {} -> 600", before.lease_seconds)) && notes[0].contains("applied"), "{notes:?}");
+    assert_eq!(
+        notes[1],
+        "sweep t: 4 cells of the stored sweep are not in this spec; they stay (cancel the sweep or use a new name to drop them)"
+    );
+    assert!(Resubmission { kept: 1, run_changes: vec![] }.notes(&sweep)[0].contains("1 cell of the stored sweep is not"));
 }

@@ -39,6 +39,11 @@ pub enum CliError {
     Store(#[from] crate::store::StoreError),
     #[error("no token: pass --token-file FILE or set CBSWEEP_TOKEN (the coordinator printed where it wrote its token)")]
     NoToken,
+    #[error("token file {} is empty (or only whitespace): no worker or client could use this coordinator; write a token into it (e.g. `openssl rand -hex 16 > {}`), or leave out --token-file to have one made in {}", file.display(), file.display(), state.join("token").display())]
+    EmptyTokenFile { file: PathBuf, state: PathBuf },
+    /// --tls-cert or --tls-key cannot serve: what is wrong with which file.
+    #[error("{0}")]
+    Tls(String),
     #[error("no `cbsweep run` is serving {}: {} is missing (it exists while a run's coordinator is up)", out.display(), file.display())]
     NoLocalRun { out: PathBuf, file: PathBuf },
     #[error("sweep {sweep} is not in {}: run it first with `cbsweep run SPEC --out {}`", state.display(), out.display())]
@@ -66,6 +71,7 @@ fn print_out(text: impl std::fmt::Display) -> Result<(), CliError> {
 /// learning rates of its core, readout and module.
 pub fn validate(spec_path: &Path) -> Result<(), CliError> {
     let spec = load_spec(spec_path)?;
+    warn_if_too_big(&spec);
     let mut conditions: Vec<(String, &cbsweep_common::TrialSpec, u32)> = Vec::new();
     let mut index = std::collections::HashMap::<String, usize>::new();
     for t in &spec.trials {
@@ -126,9 +132,49 @@ pub fn validate(spec_path: &Path) -> Result<(), CliError> {
     print_out(table)
 }
 
+/// Most memory one trial may need before `validate` and `run` warn, where /proc/meminfo does
+/// not say this machine's.
+const LARGE_TRIAL_BYTES: u64 = 1 << 40;
+
+/// Warns when a trial of `spec` needs more memory (by the memory model) than this machine has:
+/// no worker here could train it. Names the largest such condition and its figure.
+fn warn_if_too_big(spec: &cbsweep_common::SweepSpec) {
+    let machine = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let kib = m.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+        Some(kib * 1024)
+    });
+    if let Some(warning) = too_big(spec, machine) {
+        eprintln!("cbsweep: warning: {warning}");
+    }
+}
+
+/// `warn_if_too_big`'s message for a machine of `machine` bytes (None: unknown), if any.
+fn too_big(spec: &cbsweep_common::SweepSpec, machine: Option<u64>) -> Option<String> {
+    use cbsweep_common::memory::{format_bytes, trial_memory_bytes};
+    let limit = machine.unwrap_or(LARGE_TRIAL_BYTES);
+    let mut over: Vec<(u64, String)> = Vec::new();
+    for t in &spec.trials {
+        let bytes = trial_memory_bytes(t);
+        if bytes > limit && !over.iter().any(|(_, c)| *c == t.condition()) {
+            over.push((bytes, t.condition()));
+        }
+    }
+    let (bytes, condition) = over.iter().max()?;
+    let more = if over.len() > 1 { format!(" (and {} more conditions)", over.len() - 1) } else { String::new() };
+    let than = match machine {
+        Some(m) => format!("this machine's {}", format_bytes(m)),
+        None => format!("{} (this machine's memory is unknown)", format_bytes(LARGE_TRIAL_BYTES)),
+    };
+    Some(format!(
+        "one trial of condition [{condition}]{more} needs about {} by the memory model, more than {than}: no worker here can train it; lower train.batch_size, train.max_level or the model sizes",
+        format_bytes(*bytes)
+    ))
+}
+
 /// `cbsweep run SPEC`.
 pub async fn run(spec_path: &Path, opts: RunOptions) -> Result<RunSummary, CliError> {
     let spec = load_spec(spec_path)?;
+    warn_if_too_big(&spec);
     let summary = local::run(spec, spec_path, opts).await?;
     print_summary(&summary);
     Ok(summary)
@@ -215,6 +261,10 @@ pub fn plot(state: &Path, sweep: &SweepId, out: &Path) -> Result<Vec<PathBuf>, C
 fn coordinator_token(token_file: Option<&Path>, state: &Path) -> Result<Token, CliError> {
     if let Some(f) = token_file {
         warn_if_loose(f);
+        // a coordinator started with no token could be used by nobody
+        if std::fs::read_to_string(f).is_ok_and(|t| t.trim().is_empty()) {
+            return Err(CliError::EmptyTokenFile { file: f.to_owned(), state: state.to_owned() });
+        }
     }
     if let Some(t) = client::read_token(token_file).map_err(io("token"))? {
         return Ok(Token(t));
@@ -232,6 +282,41 @@ fn coordinator_token(token_file: Option<&Path>, state: &Path) -> Result<Token, C
     local::write_private(&path, &t).map_err(io(format!("cannot write {}", path.display())))?;
     eprintln!("cbsweep coordinator: wrote a new token to {} (give it to workers with --token-file)", path.display());
     Ok(Token(t))
+}
+
+/// Reads `--tls-cert` and `--tls-key` and checks that they make a TLS identity, naming the file
+/// at fault: a coordinator serving a bad one would start, and fail every client's handshake.
+fn tls_files(cert: &Path, key: &Path) -> Result<server::TlsFiles, CliError> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |why: String| CliError::Tls(why);
+    let files = server::TlsFiles {
+        cert: std::fs::read(cert).map_err(io(format!("cannot read --tls-cert {}", cert.display())))?,
+        key: std::fs::read(key).map_err(io(format!("cannot read --tls-key {}", key.display())))?,
+    };
+    let certs = CertificateDer::pem_slice_iter(&files.cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("cannot read the certificate in --tls-cert {}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(bad(format!(
+            "no certificate in --tls-cert {} (expected PEM, -----BEGIN CERTIFICATE-----): give the server's certificate chain",
+            cert.display()
+        )));
+    }
+    PrivateKeyDer::from_pem_slice(&files.key).map_err(|e| {
+        bad(format!(
+            "cannot read the key in --tls-key {}: {e} (expected a PEM private key, -----BEGIN PRIVATE KEY----- or its RSA or EC form)",
+            key.display()
+        ))
+    })?;
+    files.rustls_config().map_err(|e| {
+        bad(format!(
+            "--tls-cert {} and --tls-key {} do not make a TLS identity: {e} (is the key that of the certificate?)",
+            cert.display(),
+            key.display()
+        ))
+    })?;
+    Ok(files)
 }
 
 /// Says so when a token file can be read by others than its owner.
@@ -261,13 +346,7 @@ pub async fn coordinator(
     tls: Option<(&Path, &Path)>,
 ) -> Result<(), CliError> {
     let token = coordinator_token(token_file, state)?;
-    let tls = match tls {
-        Some((cert, key)) => Some(server::TlsFiles {
-            cert: std::fs::read(cert).map_err(io(format!("cannot read --tls-cert {}", cert.display())))?,
-            key: std::fs::read(key).map_err(io(format!("cannot read --tls-key {}", key.display())))?,
-        }),
-        None => None,
-    };
+    let tls = tls.map(|(cert, key)| tls_files(cert, key)).transpose()?;
     if let Some(limit) = server::raise_open_file_limit() {
         tracing::info!(open_files = limit, "open-file limit");
     }
@@ -347,6 +426,18 @@ async fn sweep_client(url: &str, token_file: Option<&Path>) -> Result<client::Sw
     Ok(client::sweep_client(url, &token).await?)
 }
 
+/// A call's answer; its failure as the coordinator's refusal, or as what it says of a wrong
+/// port, scheme or CA (`client::misdirected`).
+async fn answer<T>(url: &str, result: Result<tonic::Response<T>, tonic::Status>) -> Result<T, CliError> {
+    match result {
+        Ok(r) => Ok(r.into_inner()),
+        Err(status) => Err(match client::misdirected(url, &status).await {
+            Some(why) => CliError::Client(ClientError::Misdirected { url: client::coordinator_url(url), why }),
+            None => CliError::Rpc(status),
+        }),
+    }
+}
+
 /// `cbsweep submit SPEC`: validate here, then hand to a running coordinator.
 pub async fn submit(url: &str, token_file: Option<&Path>, spec_path: &Path) -> Result<(), CliError> {
     let spec = load_spec(spec_path)?;
@@ -357,9 +448,14 @@ pub async fn submit(url: &str, token_file: Option<&Path>, spec_path: &Path) -> R
             spec_path: spec_path.display().to_string(),
             overrides: spec.overrides.iter().map(Into::into).collect(),
         })
-        .await?
-        .into_inner();
+        .await;
+    let r = answer(url, r).await?;
     println!("sweep {}: {} trials ({} new)", r.sweep_id, r.total_trials, r.new_trials);
+    let resubmission =
+        cbsweep_common::Resubmission { kept: r.kept_trials, run_changes: r.run_changes.into_iter().map(Into::into).collect() };
+    for note in resubmission.notes(&SweepId(r.sweep_id)) {
+        println!("{note}");
+    }
     Ok(())
 }
 
@@ -381,7 +477,7 @@ pub fn local_run(out: &Path, token_file: Option<&Path>) -> Result<(String, PathB
 /// dashboard's /api/status also answers.
 pub async fn status(url: &str, token_file: Option<&Path>, sweep: Option<&str>, json: bool) -> Result<v1::SweepStatusResponse, CliError> {
     let mut c = sweep_client(url, token_file).await?;
-    let r = c.sweep_status(v1::SweepStatusRequest { sweep_id: sweep.unwrap_or("").to_string() }).await?.into_inner();
+    let r = answer(url, c.sweep_status(v1::SweepStatusRequest { sweep_id: sweep.unwrap_or("").to_string() }).await).await?;
     if json {
         let text = serde_json::to_string_pretty(&crate::status_json::StatusJson::from(&r))
             .map_err(|e| CliError::Io { what: "cannot encode the status as JSON".into(), source: std::io::Error::other(e) })?;
@@ -426,7 +522,7 @@ pub async fn status(url: &str, token_file: Option<&Path>, sweep: Option<&str>, j
 /// `cbsweep cancel SWEEP`.
 pub async fn cancel(url: &str, token_file: Option<&Path>, sweep: &str) -> Result<(), CliError> {
     let mut c = sweep_client(url, token_file).await?;
-    let r = c.cancel_sweep(v1::CancelSweepRequest { sweep_id: sweep.into() }).await?.into_inner();
+    let r = answer(url, c.cancel_sweep(v1::CancelSweepRequest { sweep_id: sweep.into() }).await).await?;
     println!("sweep {sweep}: cancelled {} unfinished trials", r.cancelled_trials);
     Ok(())
 }
@@ -434,7 +530,7 @@ pub async fn cancel(url: &str, token_file: Option<&Path>, sweep: &str) -> Result
 /// `cbsweep retry-failed SWEEP`.
 pub async fn retry_failed(url: &str, token_file: Option<&Path>, sweep: &str) -> Result<(), CliError> {
     let mut c = sweep_client(url, token_file).await?;
-    let r = c.retry_failed(v1::RetryFailedRequest { sweep_id: sweep.into() }).await?.into_inner();
+    let r = answer(url, c.retry_failed(v1::RetryFailedRequest { sweep_id: sweep.into() }).await).await?;
     println!("sweep {sweep}: {} trials back in the queue", r.requeued_trials);
     Ok(())
 }

@@ -125,7 +125,13 @@ pub async fn run(spec: SweepSpec, spec_path: &Path, opts: RunOptions) -> Result<
     let sweep = spec.id.clone();
     let short =
         Box::new(cbsweep_common::varying_parts(spec.trials.iter().map(|t| t.cell_key()).collect::<Vec<_>>().iter().map(String::as_str)));
+    // what one worker may hold at once, for the warning on more workers than cores
+    let largest_trial = spec.trials.iter().map(cbsweep_common::memory::trial_memory_bytes).max().unwrap_or(0);
+    let pack_size = spec.run.pack_size;
     let submitted = sched.submit(spec, spec_path.display().to_string()).await?;
+    for note in submitted.resubmission.notes(&sweep) {
+        eprintln!("cbsweep: {note}");
+    }
     let status = sched.status(Some(sweep.clone())).await?;
     let counts = &status.sweeps[0].counts;
     let already = counts.iter().filter(|(s, _)| s.is_terminal()).map(|(_, n)| *n).sum::<u32>();
@@ -158,8 +164,13 @@ pub async fn run(spec: SweepSpec, spec_path: &Path, opts: RunOptions) -> Result<
         let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
         // On a GPU the workers are slots of one process: one CUDA context and the device's
         // free memory split among them, where separate processes would each count it whole.
-        let (procs, slots) = if opts.device.starts_with("cuda") { (1, opts.workers.max(1)) } else { (opts.workers, 1) };
-        let threads = if opts.threads > 0 { opts.threads } else { (cores / procs.max(1)).max(1) };
+        let (procs, slots) = if opts.device.starts_with("cuda") { (1, opts.workers.max(1)) } else { (opts.workers.max(1), 1) };
+        let threads = if opts.threads > 0 { opts.threads } else { (cores / procs).max(1) };
+        // a CPU worker packs up to its threads' number of trials (the worker's --max-pack default)
+        let held = largest_trial.saturating_mul(u64::from(pack_size.min(threads)));
+        if let Some(warning) = more_workers_than_cores(procs, cores, held) {
+            eprintln!("cbsweep: warning: {warning}");
+        }
         let mut children = Vec::new();
         for i in 0..procs {
             let log_path = logs.join(format!("worker-{i}.log"));
@@ -301,6 +312,17 @@ fn signal_all(children: &[Child], sig: nix::sys::signal::Signal) {
             let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), sig);
         }
     }
+}
+
+/// What to say when `procs` worker processes would share `cores` cores (None when they fit):
+/// each process holds its own runtime and up to `held` bytes of trials (the memory model's).
+fn more_workers_than_cores(procs: u32, cores: u32, held: u64) -> Option<String> {
+    (procs > cores).then(|| {
+        format!(
+            "--workers {procs} on {cores} core(s): the {procs} processes share the cores, each with its own runtime (a few hundred MiB for libtorch) and up to {} of trials by the memory model; --workers {cores} is usually as fast with less memory",
+            cbsweep_common::memory::format_bytes(held)
+        )
+    })
 }
 
 /// SIGTERM (a worker hands back what it holds and exits), a grace period, then SIGKILL for any

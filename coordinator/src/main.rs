@@ -38,8 +38,9 @@ struct RunArgs {
     /// Results and state go under this folder: OUT/SWEEP/*.parquet, OUT/.cbsweep/ (state).
     #[arg(long, default_value = "out")]
     out: PathBuf,
-    /// Number of local worker processes.
-    #[arg(long, default_value_t = 2)]
+    /// Number of local worker processes (at least 1; more than the machine's cores only share
+    /// them, and warn).
+    #[arg(long, default_value_t = 2, value_parser = worker_count)]
     workers: u32,
     /// Device for the workers: cpu, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
@@ -73,11 +74,20 @@ struct StateFsArgs {
     allow_network_state: bool,
 }
 
+/// `--workers N`: a positive count.
+fn worker_count(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<u32>() {
+        Ok(0) => Err("a run needs at least one worker: use --workers 1 or more".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e} (expected a number of worker processes, e.g. --workers 2)")),
+    }
+}
+
 impl RunArgs {
     fn options(&self) -> RunOptions {
         RunOptions {
             out: self.out.clone(),
-            workers: self.workers.max(1),
+            workers: self.workers,
             device: self.device.clone(),
             threads: self.threads,
             worker_args: ["--trainer".to_string(), self.trainer.clone()].into_iter().chain(self.worker_arg.iter().cloned()).collect(),
@@ -412,15 +422,28 @@ fn finished(summary: &cbsweep_coordinator::local::RunSummary) -> u8 {
 }
 
 /// A command whose reader went away (`cbsweep status | head -1`, `stats | true`) ends there,
-/// quietly, as `cat` or `ls` do: SIGPIPE back to its default for the one-shot commands. (Rust
-/// ignores it, so a closed pipe became a panic in `print!`.) The long-running commands keep it
-/// ignored; their sockets never raise it (sends use MSG_NOSIGNAL).
-#[allow(unsafe_code, reason = "signal(2) is unsafe in nix; restoring SIGPIPE's default disposition runs no handler")]
+/// quietly, as `cat` or `ls` do: by SIGPIPE, for the one-shot commands. (Rust ignores it, so a
+/// closed pipe became a panic in `print!`.) A SIGPIPE from a socket (a vectored write to a peer
+/// that closed, as a TLS port does to a plain-text client) is not the reader's: the handler lets
+/// that write fail with EPIPE, so the client can say what went wrong. The long-running commands
+/// keep it ignored.
+#[allow(unsafe_code, reason = "signal(2) is unsafe in nix; the handler calls only poll(2), signal(2) and raise(3)")]
 fn quiet_on_broken_pipe() {
     use nix::sys::signal::{SigHandler, Signal, signal};
-    // SAFETY: restores the default disposition, no handler runs; done before any thread of ours
+    /// Ends the process by SIGPIPE when standard output or error is a pipe nobody reads.
+    extern "C" fn on_sigpipe(_: libc::c_int) {
+        let mut fds = [1, 2].map(|fd| libc::pollfd { fd, events: 0, revents: 0 });
+        // SAFETY: poll(2), signal(2) and raise(3) are async-signal-safe; `fds` lives on this stack
+        unsafe {
+            if libc::poll(fds.as_mut_ptr(), 2, 0) > 0 && fds.iter().any(|f| f.revents & libc::POLLERR != 0) {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                libc::raise(libc::SIGPIPE);
+            }
+        }
+    }
+    // SAFETY: the handler is async-signal-safe (above); installed before any thread of ours
     // writes to standard output.
-    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::Handler(on_sigpipe)) };
 }
 
 /// Runs a command; Ok carries the exit code of a command that ran to its end.

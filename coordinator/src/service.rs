@@ -280,7 +280,13 @@ impl v1::sweep_service_server::SweepService for SweepApi {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         spec.check_overrides(Path::new(&path)).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let out = self.sched.submit(spec, path).await.map_err(status_of)?;
-        Ok(Response::new(v1::SubmitSweepResponse { sweep_id: out.sweep.0, total_trials: out.total, new_trials: out.new }))
+        Ok(Response::new(v1::SubmitSweepResponse {
+            sweep_id: out.sweep.0,
+            total_trials: out.total,
+            new_trials: out.new,
+            kept_trials: out.resubmission.kept,
+            run_changes: out.resubmission.run_changes.iter().map(Into::into).collect(),
+        }))
     }
 
     async fn sweep_status(&self, req: Request<v1::SweepStatusRequest>) -> Result<Response<v1::SweepStatusResponse>, Status> {

@@ -151,6 +151,25 @@ async fn growing_a_finished_sweep_by_two_seeds_adds_only_the_new_cells() {
 }
 
 #[tokio::test]
+async fn a_resubmission_says_which_cells_it_keeps_and_applies_its_run_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SchedulerHandle::start(dir.path(), opts()).unwrap();
+    let first = s.submit(spec("[0, 1, 2]", "[run]\nlease_seconds = 30\npack_size = 8\n"), "s.toml".into()).await.unwrap();
+    assert_eq!(first.resubmission, cbsweep_common::Resubmission::default(), "a first submission has nothing to say");
+    // seeds 1 and 2 dropped, a longer lease and packs of one
+    let again = s.submit(spec("[0]", "[run]\nlease_seconds = 600\npack_size = 1\n"), "s.toml".into()).await.unwrap();
+    assert_eq!((again.total, again.new, again.resubmission.kept), (6, 0, 4), "{again:?}");
+    let changed: Vec<_> = again.resubmission.run_changes.iter().map(|c| (c.key.as_str(), c.before, c.after)).collect();
+    assert_eq!(changed, [("run.pack_size", 8, 1), ("run.lease_seconds", 30, 600)]);
+    // applied: packs of one, and the stored row holds the new lease
+    let w = worker(&s, "w").await;
+    assert_eq!(s.lease(w.clone(), 8, None).await.unwrap().trials.len(), 1, "packs of one now");
+    drop(s);
+    let row = cbsweep_coordinator::store::Store::open_read_only(dir.path()).unwrap().sweep(&"s".into()).unwrap().unwrap();
+    assert_eq!((row.lease_seconds, row.pack_size), (600, 1));
+}
+
+#[tokio::test]
 async fn spec_that_changes_an_existing_cell_is_refused_with_a_diff() {
     let dir = tempfile::tempdir().unwrap();
     let s = SchedulerHandle::start(dir.path(), opts()).unwrap();

@@ -272,6 +272,18 @@ impl From<v1::SpecOverride> for c::SpecOverride {
     }
 }
 
+impl From<&c::RunChange> for v1::RunChange {
+    fn from(r: &c::RunChange) -> Self {
+        v1::RunChange { key: r.key.clone(), before: r.before, after: r.after }
+    }
+}
+
+impl From<v1::RunChange> for c::RunChange {
+    fn from(r: v1::RunChange) -> Self {
+        c::RunChange { key: r.key, before: r.before, after: r.after }
+    }
+}
+
 impl From<&c::EpochRecord> for v1::EpochRecord {
     fn from(e: &c::EpochRecord) -> Self {
         v1::EpochRecord {

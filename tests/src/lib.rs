@@ -366,6 +366,56 @@ pub fn pin_wal(db: &Path) -> Proc {
     reader
 }
 
+fn openssl(dir: &Path, args: &[&str]) {
+    let o = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
+    assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A test CA (ca.pem, ca.key) and a certificate for 127.0.0.1 and localhost signed by it
+/// (server.pem, server.key), made with the openssl binary in `dir`.
+pub fn certificates(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=cbsweep test CA",
+        ],
+    );
+    openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+}
+
 /// A tmpfs mounted at a folder (as root), unmounted when dropped: a small disk to fill.
 pub struct Tmpfs(pub PathBuf);
 
@@ -385,6 +435,13 @@ impl Tmpfs {
             return Err(format!("cannot mount a tmpfs at {}: {}", dir.display(), String::from_utf8_lossy(&o.stderr).trim()));
         }
         Ok(Tmpfs(dir.to_owned()))
+    }
+
+    /// Remounts it read-only (`read_only`) or read-write again.
+    pub fn remount(&self, read_only: bool) {
+        let how = if read_only { "remount,ro" } else { "remount,rw" };
+        let o = Command::new("mount").args(["-o", how]).arg(&self.0).output().expect("mount runs");
+        assert!(o.status.success(), "mount -o {how} {}: {}", self.0.display(), String::from_utf8_lossy(&o.stderr));
     }
 
     /// Fills the mount to the last byte with a file FILLER; returns its path.

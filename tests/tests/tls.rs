@@ -3,58 +3,9 @@
 //! bearer token's file: written owner-only, a loose one warned about. And the HTTP side (the
 //! dashboard, health, metrics) over TLS with the same certificate, its session cookie Secure.
 
-use cbsweep_tests::{Proc, bin, duckdb, free_port, skipped, text, wait_until, write_spec};
+use cbsweep_tests::{Proc, bin, certificates, duckdb, free_port, skipped, text, wait_until, write_spec};
 use std::path::Path;
 use std::process::Command;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let o = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
-    assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-}
-
-/// A CA and a server certificate for 127.0.0.1 signed by it.
-fn certificates(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=cbsweep test CA",
-        ],
-    );
-    openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n").unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ],
-    );
-}
 
 /// A coordinator on loopback `port` serving TLS with the test certificate in `dir`, with `args`.
 fn tls_coordinator(dir: &std::path::Path, port: u16, token: &str, args: &[&str]) -> Proc {

@@ -140,6 +140,10 @@ impl Session {
             match self.client.register(req.clone()).await {
                 Ok(r) => break r.into_inner(),
                 Err(s) if transient(&s) => {
+                    // a wrong port, scheme or CA: no retry mends it
+                    if let Some(why) = client::misdirected(&self.cfg.coordinator, &s).await {
+                        return Err(ClientError::Misdirected { url: client::coordinator_url(&self.cfg.coordinator), why }.into());
+                    }
                     if start.elapsed() > self.cfg.give_up_after {
                         return Err(WorkerError::GaveUp { what: "registration", secs: self.cfg.give_up_after.as_secs() });
                     }
@@ -147,7 +151,12 @@ impl Session {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
-                Err(status) => return Err(WorkerError::Refused { what: "registration", status }),
+                Err(status) => {
+                    return Err(match client::misdirected(&self.cfg.coordinator, &status).await {
+                        Some(why) => ClientError::Misdirected { url: client::coordinator_url(&self.cfg.coordinator), why }.into(),
+                        None => WorkerError::Refused { what: "registration", status },
+                    });
+                }
             }
         };
         self.worker_id = r.worker_id;

@@ -74,6 +74,8 @@ pub struct SubmitOutcome {
     pub sweep: SweepId,
     pub total: u32,
     pub new: u32,
+    /// What a resubmission (the sweep was stored) kept and changed besides adding cells.
+    pub resubmission: cbsweep_common::Resubmission,
 }
 
 #[derive(Clone, Debug)]

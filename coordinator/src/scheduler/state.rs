@@ -492,7 +492,15 @@ impl Scheduler {
         if !diff.is_empty() {
             return Err(SchedError::Conflict { sweep: spec.id.clone(), diff: diff.join("\n") });
         }
-        let created_ms = self.store.sweep(&spec.id)?.map(|s| s.created_ms).unwrap_or_else(store::now_ms);
+        let stored = self.store.sweep(&spec.id)?;
+        let created_ms = stored.as_ref().map_or_else(store::now_ms, |s| s.created_ms);
+        // A resubmission only adds cells: the stored ones its spec lacks stay, and the user is
+        // told so; its [run] settings replace the stored ones (the row below), and it says which.
+        let cells: HashSet<String> = spec.trials.iter().map(|t| t.cell_key()).collect();
+        let resubmission = cbsweep_common::Resubmission {
+            kept: existing.iter().filter(|(k, _, _)| !cells.contains(k)).count() as u32,
+            run_changes: stored.as_ref().map_or_else(Vec::new, |s| spec.run.changes_from(&s.run_policy())),
+        };
         let row = SweepRow {
             id: spec.id.clone(),
             description: spec.description.clone(),
@@ -512,7 +520,7 @@ impl Scheduler {
         self.tally.add_sweep(&spec.id, created_ms);
         self.tally.moved(&spec.id, None, TrialState::Pending, new.len() as u32);
         tracing::info!(sweep = %spec.id, total = existing.len() + new.len(), new = new.len(), "sweep submitted");
-        let out = SubmitOutcome { sweep: spec.id.clone(), total: (existing.len() + new.len()) as u32, new: new.len() as u32 };
+        let out = SubmitOutcome { sweep: spec.id.clone(), total: (existing.len() + new.len()) as u32, new: new.len() as u32, resubmission };
         self.check_finished(&spec.id)?;
         Ok(out)
     }

@@ -59,26 +59,33 @@ impl Store {
         let tmp = parent.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
         let result = self.snapshot_to(&tmp, to).and_then(|()| {
             let copy = Connection::open_with_flags(&tmp, OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .map_err(|source| StoreError::Backup { path: to.to_owned(), source })?;
+                .map_err(|source| StoreError::BackupWrite { path: to.to_owned(), source })?;
             check_integrity(&copy, to)?;
             drop(copy);
             std::fs::rename(&tmp, to).map_err(|source| StoreError::File { path: to.to_owned(), source })
         });
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+        // the temporary file and whatever SQLite made beside it; a copy in place has none
+        let beside = ["", "-journal", "-wal", "-shm"].map(|s| PathBuf::from(format!("{}{s}", tmp.display())));
+        for f in &beside[usize::from(result.is_ok())..] {
+            let _ = std::fs::remove_file(f);
         }
         result
     }
 
     /// Copies every page of this database to a new file `tmp` in one backup step: one read
-    /// transaction, one consistent snapshot, however much the state is written meanwhile.
+    /// transaction, one consistent snapshot, however much the state is written meanwhile. The
+    /// copy is one file (a rollback journal, not the state's write-ahead log): nothing is left
+    /// beside it, and it can be moved as it is.
     fn snapshot_to(&self, tmp: &Path, to: &Path) -> Result<(), StoreError> {
-        let err = |source| StoreError::Backup { path: to.to_owned(), source };
+        let err = |source| StoreError::BackupWrite { path: to.to_owned(), source };
         let mut dst = Connection::open(tmp).map_err(err)?;
         let backup = Backup::new(&self.conn, &mut dst).map_err(err)?;
         loop {
             match backup.step(-1).map_err(err)? {
-                StepResult::Done => return Ok(()),
+                StepResult::Done => {
+                    drop(backup);
+                    return dst.pragma_update(None, "journal_mode", "DELETE").map_err(err);
+                }
                 // a writer held the lock for a moment: the next step copies the whole snapshot again
                 StepResult::More | StepResult::Busy | StepResult::Locked => std::thread::sleep(std::time::Duration::from_millis(20)),
                 _ => std::thread::sleep(std::time::Duration::from_millis(20)),

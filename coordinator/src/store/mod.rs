@@ -71,6 +71,11 @@ pub enum StoreError {
     /// The state file is missing, empty or damaged in a folder that held a state before.
     #[error("coordinator state {} {what}: restore a backup with `cbsweep restore --state {} FILE`, or move the folder away to start anew", path.display(), path.parent().unwrap_or(Path::new(".")).display())]
     Damaged { path: PathBuf, what: String },
+    /// The state file cannot be read: why, and what to do.
+    #[error("cannot read coordinator state {}: {why}", path.display())]
+    Unreadable { path: PathBuf, why: String },
+    #[error("cannot write the backup {}: {source} (check that its folder exists and this user may write it)", path.display())]
+    BackupWrite { path: PathBuf, source: rusqlite::Error },
     #[error("cannot back up or restore coordinator state {}: {source}", path.display())]
     Backup { path: PathBuf, source: rusqlite::Error },
     /// A backup or restore that would destroy or lose a state, refused before it wrote anything.
@@ -212,6 +217,19 @@ pub struct SweepRow {
     pub checkpoint_seconds: u32,
 }
 
+impl SweepRow {
+    /// The `[run]` settings the row holds.
+    pub fn run_policy(&self) -> cbsweep_common::RunPolicy {
+        cbsweep_common::RunPolicy {
+            max_attempts: self.max_attempts,
+            pack_size: self.pack_size,
+            lease_seconds: self.lease_seconds,
+            checkpoint_every: self.checkpoint_every,
+            checkpoint_seconds: self.checkpoint_seconds,
+        }
+    }
+}
+
 /// A trial handed to a worker.
 #[derive(Clone, Debug)]
 pub struct Leased {
@@ -338,13 +356,56 @@ impl Store {
         Ok(Store { conn, path, _lock: Some(lock) })
     }
 
-    /// Opens the database read-only, for exports beside a running scheduler.
+    /// Opens the database read-only, for exports beside a running scheduler, and reads its
+    /// schema, so that a state it cannot read is refused here, naming the file and why. A state
+    /// on a read-only disk (or in a folder this user may not write) is read as it is on disk
+    /// (SQLite's `immutable`): its write-ahead log's shared memory cannot be made there, and no
+    /// process can be writing it, which the state's lock confirms.
     pub fn open_read_only(state_dir: &Path) -> Result<Store, StoreError> {
         let path = state_dir.join(DB_FILE);
-        let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|source| StoreError::Open { path: path.clone(), source })?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        Ok(Store { conn, path, _lock: None })
+        let unreadable = |why: String| StoreError::Unreadable { path: path.clone(), why };
+        if let Err(e) = std::fs::File::open(&path) {
+            return Err(unreadable(match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    "no such file: name the folder the coordinator keeps its state in (--state DIR, or the --out OUT of `cbsweep run`)"
+                        .into()
+                }
+                std::io::ErrorKind::PermissionDenied => "permission denied: run this as a user who may read it".into(),
+                _ => e.to_string(),
+            }));
+        }
+        let probe = |conn: Connection| -> Result<Store, rusqlite::Error> {
+            conn.busy_timeout(std::time::Duration::from_secs(10))?;
+            conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))?;
+            Ok(Store { conn, path: path.clone(), _lock: None })
+        };
+        let first = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).and_then(probe);
+        match first {
+            Ok(store) => Ok(store),
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::CannotOpen) => {
+                // A WAL database needs its -shm file, which SQLite makes beside it: not on a
+                // read-only disk. Read the file as it is, if that is all there is to read.
+                let wal = PathBuf::from(format!("{}-wal", path.display()));
+                if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+                    return Err(unreadable(format!(
+                        "its folder is not writable, and its write-ahead log {} holds commits SQLite can only read with a -shm file beside it: copy the folder somewhere writable and read the copy",
+                        wal.display()
+                    )));
+                }
+                if let Some(holder) = lock_holder(state_dir) {
+                    return Err(unreadable(format!(
+                        "its folder is not writable for this user while {holder} writes it: run this as that process's user, or read a `cbsweep backup` of it"
+                    )));
+                }
+                Connection::open_with_flags(
+                    immutable_uri(&path),
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+                )
+                .and_then(probe)
+                .map_err(|e| unreadable(format!("{e}: check that this user may read it")))
+            }
+            Err(e) => Err(unreadable(format!("{e}: check that it is a cbsweep state and that this user may read it"))),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -429,6 +490,38 @@ fn lock_state(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, Stor
             Err((_, e)) => return Err(lock_err(std::io::Error::from(e))),
         }
     }
+}
+
+/// Who holds the lock of `state_dir` (a coordinator or `cbsweep run` writing it), if anyone: a
+/// shared lock is tried on the lock file, opened for reading only.
+fn lock_holder(state_dir: &Path) -> Option<String> {
+    use nix::fcntl::{Flock, FlockArg};
+    let path = state_dir.join(LOCK_FILE);
+    let file = std::fs::File::open(&path).ok()?;
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(_) => None,
+        Err(_) => Some(
+            std::fs::read_to_string(&path)
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "another process".into()),
+        ),
+    }
+}
+
+/// An SQLite URI that reads `path` as it is on disk, taking no lock and making no file beside
+/// it (`immutable=1`): for a state that nothing can write.
+fn immutable_uri(path: &Path) -> String {
+    let mut uri = String::from("file:");
+    for b in path.as_os_str().as_encoded_bytes() {
+        match b {
+            b'?' | b'#' | b'%' => uri.push_str(&format!("%{b:02X}")),
+            b if b.is_ascii_graphic() => uri.push(char::from(*b)),
+            b => uri.push_str(&format!("%{b:02X}")),
+        }
+    }
+    uri + "?immutable=1"
 }
 
 /// Brings a state file written by an earlier version up to this schema: columns added since
