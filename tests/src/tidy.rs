@@ -1,9 +1,14 @@
 //! The house rules a reviewer would otherwise check by eye, as functions that return what is
 //! wrong (empty when all is well): every .rs file opens with a `//!` paragraph, crates depend
 //! only downwards (common < proto < the rest; results beside proto; the coordinator never
-//! reaches libtorch), every path ARCHITECTURE.md names exists, the tree is rustfmt-clean, and
-//! the science is cited from docs/science.md, not from a file outside the repository.
+//! reaches libtorch), no files of a crate import each other around a loop (`imports`), every
+//! path ARCHITECTURE.md names exists, the tree is rustfmt-clean, and the science is cited from
+//! docs/science.md, not from a file outside the repository.
 //! tests/tests/tidy.rs runs them on the workspace and on planted violations.
+
+mod imports;
+
+pub use imports::{Circle, import_circles};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

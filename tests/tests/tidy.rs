@@ -1,10 +1,12 @@
 //! The house rules hold for the workspace (every .rs file opens with `//!`, crates depend only
-//! downwards and the coordinator never reaches libtorch, ARCHITECTURE.md names only paths that
-//! exist, the tree is rustfmt-clean), and each check fails on a planted violation.
+//! downwards and the coordinator never reaches libtorch, no files of a crate import each other
+//! around a loop, ARCHITECTURE.md names only paths that exist, the tree is rustfmt-clean), and
+//! each check fails on a planted violation.
 
 use cbsweep_tests::root;
 use cbsweep_tests::tidy::{
-    OUTSIDE_SPEC, cargo_metadata, layering_violations, missing_openings, missing_paths, outside_citations, rust_files, unformatted,
+    OUTSIDE_SPEC, cargo_metadata, import_circles, layering_violations, missing_openings, missing_paths, outside_citations, rust_files,
+    unformatted,
 };
 
 fn assert_none(what: &str, wrong: Vec<String>) {
@@ -21,6 +23,12 @@ fn every_rust_file_opens_with_what_it_owns() {
 #[test]
 fn crates_depend_only_downwards_and_the_coordinator_never_reaches_libtorch() {
     assert_none("dependencies against the layering", layering_violations(&cargo_metadata(&root())));
+}
+
+#[test]
+fn no_files_of_a_crate_import_each_other() {
+    let circles: Vec<String> = import_circles(&root()).iter().map(ToString::to_string).collect();
+    assert_none("import circles (break each: move what both sides need below both)", circles);
 }
 
 #[test]
@@ -122,4 +130,63 @@ fn an_unformatted_file_is_named() {
     assert!(unformatted(std::slice::from_ref(&good), &config).is_empty());
     let wrong = unformatted(&[good, bad], &config);
     assert!(wrong.len() == 1 && wrong[0].contains("bad.rs"), "{wrong:?}");
+}
+
+/// Writes `files` (path, text) under a new temporary folder.
+fn planted_tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in files {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn a_planted_import_circle_is_named() {
+    let dir = planted_tree(&[
+        ("x/src/lib.rs", "//! Root.\nmod a;\nmod b;\nmod store;\npub use a::f;\npub const VERSION: u32 = 1;\n"),
+        // a -> b by a `use`, b -> a by a path through the root's re-export of `f`
+        ("x/src/a.rs", "//! A.\nuse crate::b::g;\npub fn f() -> u32 {\n    g()\n}\n"),
+        ("x/src/b.rs", "//! B.\npub fn g() -> u32 {\n    crate::f() + crate::VERSION\n}\n"),
+        // a mod.rs that uses a child which uses it: a circle
+        ("x/src/store/mod.rs", "//! Store.\nmod fs;\npub struct StoreError;\npub fn open() -> u32 {\n    fs::check()\n}\n"),
+        ("x/src/store/fs.rs", "//! Fs.\nuse super::StoreError;\npub fn check() -> u32 {\n    let _ = StoreError;\n    0\n}\n"),
+    ]);
+    let circles = import_circles(dir.path());
+    let keys: Vec<&str> = circles.iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(keys, ["x/src/a.rs <-> x/src/b.rs", "x/src/store/fs.rs <-> x/src/store/mod.rs"], "{circles:#?}");
+    let ab = circles[0].to_string();
+    assert!(ab.contains("x/src/a.rs -> x/src/b.rs: use crate::b::g"), "{ab}");
+    assert!(ab.contains("x/src/b.rs -> x/src/a.rs: crate::f"), "the root's re-export leads to a.rs: {ab}");
+    assert!(!ab.contains("lib.rs"), "re-exports and `mod` declarations tie nothing: {ab}");
+    let store = circles[1].to_string();
+    assert!(store.contains("x/src/store/mod.rs -> x/src/store/fs.rs: fs::check"), "{store}");
+    assert!(store.contains("x/src/store/fs.rs -> x/src/store/mod.rs: use super::StoreError"), "{store}");
+}
+
+#[test]
+fn declarations_inline_modules_tests_comments_and_strings_make_no_circle() {
+    // Each of these would close a circle if it counted as an import.
+    let b_names_c_but_in_code = "//! B, below `crate::c::h`.\n/* crate::c::h */\npub fn g() -> &'static str {\n    // crate::c::h()\n    \
+                                 \"crate::c::h\"\n}\n#[cfg(test)]\nmod tests {\n    use crate::c::h;\n}\n";
+    let dir = planted_tree(&[
+        // the root declares a, and a uses the root's item
+        ("x/src/lib.rs", "//! Root.\nmod a;\nmod b;\n#[path = \"c_impl.rs\"]\nmod c;\npub struct Shared;\n"),
+        // a's inline module and a use each other: one file
+        (
+            "x/src/a.rs",
+            "//! A.\nuse crate::Shared;\npub fn f(_: Shared) {\n    inner::q()\n}\nmod inner {\n    pub fn q() {\n        let _ = super::f;\n    }\n}\n",
+        ),
+        // c uses b; b names c in a comment, a string and its tests only
+        ("x/src/b.rs", b_names_c_but_in_code),
+        ("x/src/c_impl.rs", "//! C, found through #[path].\npub fn h() -> &'static str {\n    crate::b::g()\n}\n"),
+    ]);
+    let circles = import_circles(dir.path());
+    assert!(circles.is_empty(), "{circles:#?}");
+    // b's code really using c closes the circle
+    std::fs::write(dir.path().join("x/src/b.rs"), "//! B.\npub fn g() -> &'static str {\n    super::c::h()\n}\n").unwrap();
+    let keys: Vec<String> = import_circles(dir.path()).into_iter().map(|c| c.key).collect();
+    assert_eq!(keys, ["x/src/b.rs <-> x/src/c_impl.rs"]);
 }

@@ -9,11 +9,12 @@
 //! a stopped one (or a copy), which WAL does not corrupt.
 //!
 //! `classify` is a pure function of statfs(2)'s `f_type` (the Linux magic numbers of
-//! linux/magic.h and the vendors' own); `check` probes the folder and judges. FUSE only warns:
+//! linux/magic.h and the vendors' own); `check` probes the folder and judges, naming the
+//! filesystem it refuses (the store makes that its `StoreError::NetworkFs`: this file knows no
+//! store). FUSE only warns:
 //! its one magic covers sshfs and gcsfuse as well as local filesystems (bindfs, ntfs-3g,
 //! gocryptfs, virtiofs in container runtimes), and refusing those would block sound uses.
 
-use super::StoreError;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -67,10 +68,10 @@ pub fn allow_network_state() {
     ALLOW_NETWORK_STATE.store(true, Ordering::Relaxed);
 }
 
-/// Refuses `dir` for writing when it is on a network filesystem and the user did not override;
-/// warns when it goes on there anyway (FUSE, or the override). A folder whose filesystem cannot
-/// be probed is not refused.
-pub(super) fn check(dir: &Path) -> Result<(), StoreError> {
+/// Refuses `dir` for writing when it is on a network filesystem and the user did not override
+/// (`Err`: that filesystem's name); warns when it goes on there anyway (FUSE, or the override).
+/// A folder whose filesystem cannot be probed is not refused.
+pub(super) fn check(dir: &Path) -> Result<(), &'static str> {
     let policy = if ALLOW_NETWORK_STATE.load(Ordering::Relaxed) { NetworkState::Allow } else { NetworkState::Refuse };
     match magic(dir) {
         Ok(Some(m)) => judge(dir, classify(m), policy),
@@ -91,11 +92,11 @@ fn classify(magic: u32) -> FsKind {
     NETWORK.iter().find(|(m, _)| *m == magic).map_or(FsKind::Local, |(_, name)| FsKind::Network(name))
 }
 
-/// The verdict on a folder of `kind` under `policy`.
-fn judge(dir: &Path, kind: FsKind, policy: NetworkState) -> Result<(), StoreError> {
+/// The verdict on a folder of `kind` under `policy` (`Err`: the network filesystem refused).
+fn judge(dir: &Path, kind: FsKind, policy: NetworkState) -> Result<(), &'static str> {
     match (kind, policy) {
         (FsKind::Local, _) => Ok(()),
-        (FsKind::Network(kind), NetworkState::Refuse) => Err(StoreError::NetworkFs { dir: dir.to_owned(), kind }),
+        (FsKind::Network(kind), NetworkState::Refuse) => Err(kind),
         (FsKind::Network(kind), NetworkState::Allow) => {
             tracing::warn!(dir = %dir.display(), fs = kind, "state on a network filesystem, as allowed: SQLite's WAL can be corrupted there");
             Ok(())
@@ -132,7 +133,7 @@ fn magic(dir: &Path) -> std::io::Result<Option<u32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{DB_FILE, LOCK_FILE, Store};
+    use crate::store::{DB_FILE, LOCK_FILE, Store, StoreError};
     use std::cell::Cell;
 
     thread_local! {
@@ -182,9 +183,9 @@ mod tests {
     #[test]
     fn a_network_state_is_refused_with_what_to_do_unless_allowed() {
         let dir = Path::new("/shared/cbsweep");
-        let e = judge(dir, FsKind::Network("Lustre"), NetworkState::Refuse).unwrap_err();
-        assert!(matches!(e, StoreError::NetworkFs { kind: "Lustre", .. }), "{e:?}");
-        let msg = e.to_string();
+        let kind = judge(dir, FsKind::Network("Lustre"), NetworkState::Refuse).unwrap_err();
+        assert_eq!(kind, "Lustre");
+        let msg = StoreError::NetworkFs { dir: dir.to_owned(), kind }.to_string();
         for part in [
             "/shared/cbsweep",
             "Lustre",

@@ -459,7 +459,7 @@ fn check_integrity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
 fn lock_state(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, StoreError> {
     use nix::fcntl::{Flock, FlockArg};
     use std::io::Write;
-    fs::check(state_dir)?;
+    fs::check(state_dir).map_err(|kind| StoreError::NetworkFs { dir: state_dir.to_owned(), kind })?;
     let path = state_dir.join(LOCK_FILE);
     let lock_err = |source| StoreError::Lock { path: path.clone(), source };
     let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(lock_err)?;

@@ -220,7 +220,7 @@ pub(super) fn matmul<T: Real>(dst: &mut [T], ld: usize, lhs: Mat<'_, T>, rhs: Ma
 /// Float32 products by a packed `Weight` on CPUs with FMA and without AVX-512: `gemm`'s own FMA
 /// microkernels, tile by tile over the weight's panels, the left operand read in place. `gemm`
 /// packs the weight again on every call; here it is packed once per training step (a trial-step
-/// 1.05-1.14x as fast, ARCHITECTURE.md). With k in one block (as `gemm` runs every k up to 512),
+/// 1.05-1.14x as fast, docs/decisions.md). With k in one block (as `gemm` runs every k up to 512),
 /// each output is the same sum in the same order by the same kernel, so the bits are `gemm`'s.
 #[cfg(target_arch = "x86_64")]
 mod fma {
