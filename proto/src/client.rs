@@ -115,6 +115,12 @@ pub async fn misdirected(url: &str, error: &(dyn std::error::Error + Send + Sync
             "it speaks TLS but not gRPC: is this the coordinator's HTTP port (--http-listen) rather than its gRPC port (--listen)?".into(),
         );
     }
+    if !https && !text.contains("tcp connect error") && answers_http1(&url).await {
+        return Some(
+            "it answered HTTP/1.1, not gRPC: is this the coordinator's HTTP port (--http-listen) rather than its gRPC port (--listen)?"
+                .into(),
+        );
+    }
     if !https && !text.contains("tcp connect error") && speaks_tls(&url).await {
         return Some(format!(
             "the coordinator speaks TLS: use https://{} and set {TLS_CA_ENV} to the CA that signed its certificate",
@@ -127,20 +133,31 @@ pub async fn misdirected(url: &str, error: &(dyn std::error::Error + Send + Sync
 /// Whether the server at `url` (host and port) answers a TLS ClientHello with a TLS record (a
 /// ServerHello or an alert): a plain HTTP/2 server answers it otherwise or not at all.
 async fn speaks_tls(url: &str) -> bool {
+    // a handshake (22) or alert (21) record of TLS 1.x
+    probe(url, &CLIENT_HELLO).await.is_some_and(|head| matches!(head, [21 | 22, 3, ..]))
+}
+
+/// Whether the server at `url` answers a plain HTTP/1.1 request as an HTTP/1 server does (the
+/// coordinator's HTTP side, which speaks no HTTP/2 and so no gRPC).
+async fn answers_http1(url: &str) -> bool {
+    probe(url, b"GET /healthz HTTP/1.1\r\nHost: cbsweep\r\nConnection: close\r\n\r\n")
+        .await
+        .is_some_and(|head| head.starts_with(b"HTTP/1."))
+}
+
+/// The first bytes the server at `url` (host and port) answers `request` with, within 3 s.
+async fn probe(url: &str, request: &[u8]) -> Option<[u8; 7]> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Some(authority) = url.parse::<tonic::codegen::http::Uri>().ok().and_then(|u| u.authority().cloned()) else {
-        return false;
-    };
+    let authority = url.parse::<tonic::codegen::http::Uri>().ok()?.authority().cloned()?;
     let addr = format!("{}:{}", authority.host().trim_start_matches('[').trim_end_matches(']'), authority.port_u16().unwrap_or(80));
-    let probe = async {
+    let ask = async {
         let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
-        s.write_all(&CLIENT_HELLO).await.ok()?;
-        let mut head = [0u8; 2];
+        s.write_all(request).await.ok()?;
+        let mut head = [0u8; 7];
         s.read_exact(&mut head).await.ok()?;
-        // a handshake (22) or alert (21) record of TLS 1.x
-        Some(matches!(head, [21 | 22, 3]))
+        Some(head)
     };
-    tokio::time::timeout(std::time::Duration::from_secs(3), probe).await.ok().flatten().unwrap_or(false)
+    tokio::time::timeout(std::time::Duration::from_secs(3), ask).await.ok().flatten()
 }
 
 /// A TLS 1.2 ClientHello offering one cipher suite and no extensions: enough for a TLS server to
