@@ -7,6 +7,7 @@
 //! so both sides (and the tests) can use it without a runtime, a GPU library or a wire format.
 
 pub mod bounds;
+pub mod exit;
 pub mod ids;
 pub mod measures;
 pub mod memory;

@@ -11,19 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Named exit codes.
-mod exit {
-    pub(crate) const FAILURE: u8 = 1;
-    /// Bad input: an invalid spec, a conflicting resubmission.
-    pub(crate) const BAD_INPUT: u8 = 2;
-    /// `run` or `resume` finished, and at least one trial ended failed (out of attempts): its
-    /// error is in trials.parquet; `cbsweep retry-failed` or a new `run` queues it again.
-    pub(crate) const TRIALS_FAILED: u8 = 3;
-    /// The coordinator could not be reached.
-    pub(crate) const UNAVAILABLE: u8 = 69;
-    /// Stopped by Ctrl-C; the state is saved and the sweep can be resumed.
-    pub(crate) const INTERRUPTED: u8 = 130;
-}
+use cbsweep_common::exit;
 
 /// cbsweep: hyperparameter sweeps of CB-RNN versus parameter-matched RNN experiments.
 #[derive(Parser)]

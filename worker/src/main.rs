@@ -11,21 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Named exit codes.
-mod exit {
-    pub(crate) const SUCCESS: u8 = 0;
-    pub(crate) const FAILURE: u8 = 1;
-    pub(crate) const BAD_INPUT: u8 = 2;
-    /// The process that started this worker (`cbsweep run`, whose embedded coordinator it
-    /// served) is gone.
-    pub(crate) const PARENT_GONE: u8 = 3;
-    /// Its deadline came (`--deadline`, or the Slurm job's end): its trials went back with
-    /// their checkpoints and the sweep may have work left. deploy/slurm requeues the job on it
-    /// (EX_TEMPFAIL).
-    pub(crate) const DEADLINE: u8 = 75;
-    /// A second signal: the leases went back at once, without checkpoints.
-    pub(crate) const INTERRUPTED: u8 = 130;
-}
+use cbsweep_common::exit;
 
 /// cbsweep-worker: leases trials from a cbsweep coordinator and trains them.
 #[derive(Parser)]
