@@ -4,6 +4,7 @@
 
 use crate::scheduler::{LeaseGrant, NextLease, SchedError, SchedulerHandle, WorkerHello};
 use cbsweep_common::{Attempt, SweepId, TrialId, TrialResult, TrialState, WorkerId};
+use cbsweep_proto::errors::ErrorKind;
 use cbsweep_proto::{CHECKPOINT_CHUNK_BYTES, MAX_CHECKPOINT_BYTES, PROTOCOL_VERSION, v1};
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -18,7 +19,8 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 fn status_of(e: SchedError) -> Status {
     let msg = e.to_string();
     match e {
-        SchedError::UnknownSweep(_) | SchedError::UnknownTrial(_) | SchedError::UnknownWorker(_) => Status::not_found(msg),
+        SchedError::UnknownWorker(_) => ErrorKind::UnknownWorker.mark(Status::not_found(msg)),
+        SchedError::UnknownSweep(_) | SchedError::UnknownTrial(_) => Status::not_found(msg),
         SchedError::StaleAttempt { .. } | SchedError::NotLeased { .. } | SchedError::NotOwner { .. } | SchedError::Cancelled(_) => {
             Status::failed_precondition(msg)
         }

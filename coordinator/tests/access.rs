@@ -413,3 +413,14 @@ async fn checkpoint_uploads_past_the_limits_are_refused_as_resource_exhausted() 
     }
     upload(&mut c, &worker, &trial, attempt).await.expect("taken once the bytes are free");
 }
+
+#[tokio::test]
+async fn an_unknown_worker_is_refused_with_a_kind_the_worker_reads_not_a_text() {
+    let (_dir, url, _srv) = start().await;
+    let mut c = worker_client(&url, TOKEN).await.unwrap();
+    let e = c.heartbeat(v1::HeartbeatRequest { worker_id: "nobody-1-0000".into(), held: vec![] }).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{}", e.message());
+    assert_eq!(cbsweep_proto::errors::ErrorKind::of(&e), Some(cbsweep_proto::errors::ErrorKind::UnknownWorker), "{e:?}");
+    let e = c.lease(v1::LeaseRequest { worker_id: "nobody-1-0000".into(), max_trials: 1, memory_budget_bytes: 0 }).await.unwrap_err();
+    assert_eq!(cbsweep_proto::errors::ErrorKind::of(&e), Some(cbsweep_proto::errors::ErrorKind::UnknownWorker), "{e:?}");
+}

@@ -13,6 +13,7 @@ pub mod v1 {
 
 pub mod client;
 mod convert;
+pub mod errors;
 
 pub use convert::ConvertError;
 

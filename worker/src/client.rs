@@ -5,6 +5,7 @@
 
 use cbsweep_common::{Attempt, EpochRecord, TrialId, TrialOutcome, TrialResult, TrialSpec};
 use cbsweep_proto::client::{self, ClientError, WorkerClient};
+use cbsweep_proto::errors::ErrorKind;
 use cbsweep_proto::{CHECKPOINT_CHUNK_BYTES, PROTOCOL_VERSION, v1};
 use cbsweep_train::trainer::{Cadence, Control, PackEvents, PackTrial, Saved, Trainer, TrialEnd};
 use sha2::{Digest, Sha256};
@@ -98,7 +99,7 @@ impl Session {
         loop {
             match f(self.client.clone(), self.worker_id.clone()).await {
                 Ok(v) => return Ok(v),
-                Err(s) if s.code() == Code::NotFound && s.message().starts_with("unknown worker") => {
+                Err(s) if ErrorKind::of(&s) == Some(ErrorKind::UnknownWorker) => {
                     tracing::warn!("coordinator forgot this worker; registering again");
                     self.register().await?;
                 }
