@@ -13,6 +13,7 @@ pub mod measures;
 pub mod memory;
 pub mod model_size;
 pub mod outcome;
+pub mod retry;
 pub mod spec;
 pub mod trial;
 

@@ -3,6 +3,7 @@
 //! coordinator that goes away for a while (retries with backoff) and hands its leases back
 //! when told to stop.
 
+use cbsweep_common::retry::Backoff;
 use cbsweep_common::{Attempt, EpochRecord, TrialId, TrialOutcome, TrialResult, TrialSpec};
 use cbsweep_proto::client::{self, ClientError, WorkerClient};
 use cbsweep_proto::errors::ErrorKind;
@@ -95,7 +96,7 @@ impl Session {
         Fut: Future<Output = Result<T, Status>>,
     {
         let start = tokio::time::Instant::now();
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::default();
         loop {
             match f(self.client.clone(), self.worker_id.clone()).await {
                 Ok(v) => return Ok(v),
@@ -107,9 +108,9 @@ impl Session {
                     if start.elapsed() > self.cfg.give_up_after {
                         return Err(WorkerError::GaveUp { what, secs: self.cfg.give_up_after.as_secs() });
                     }
-                    tracing::warn!(error = %s.message(), retry_in_ms = backoff.as_millis() as u64, "coordinator unavailable; retrying {what}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    let wait = backoff.wait();
+                    tracing::warn!(error = %s.message(), retry_in_ms = wait.as_millis() as u64, "coordinator unavailable; retrying {what}");
+                    tokio::time::sleep(wait).await;
                 }
                 Err(status) => return Err(WorkerError::Refused { what, status }),
             }
@@ -136,7 +137,7 @@ impl Session {
         // a coordinator that is away or cannot write its state (a full disk) is waited for, as
         // for every other call; a refusal (token, protocol version) is final
         let start = tokio::time::Instant::now();
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::default();
         let r = loop {
             match self.client.register(req.clone()).await {
                 Ok(r) => break r.into_inner(),
@@ -148,9 +149,9 @@ impl Session {
                     if start.elapsed() > self.cfg.give_up_after {
                         return Err(WorkerError::GaveUp { what: "registration", secs: self.cfg.give_up_after.as_secs() });
                     }
-                    tracing::warn!(error = %s.message(), retry_in_ms = backoff.as_millis() as u64, "coordinator unavailable; retrying registration");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    let wait = backoff.wait();
+                    tracing::warn!(error = %s.message(), retry_in_ms = wait.as_millis() as u64, "coordinator unavailable; retrying registration");
+                    tokio::time::sleep(wait).await;
                 }
                 Err(status) => {
                     return Err(match client::misdirected(&self.cfg.coordinator, &status).await {
@@ -177,14 +178,13 @@ struct Held {
 
 async fn connect(cfg: &WorkerConfig) -> Result<WorkerClient, WorkerError> {
     let start = tokio::time::Instant::now();
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::default();
     loop {
         match client::worker_client(&cfg.coordinator, &cfg.token).await {
             Ok(c) => return Ok(c),
             Err(ClientError::Connect { .. }) if start.elapsed() < cfg.give_up_after => {
                 tracing::warn!(coordinator = %cfg.coordinator, "coordinator not reachable yet; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.wait()).await;
             }
             Err(e) => return Err(e.into()),
         }

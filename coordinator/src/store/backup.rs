@@ -261,7 +261,7 @@ mod tests {
             let (stop, written, db) = (stop.clone(), written.clone(), db.clone());
             std::thread::spawn(move || {
                 let conn = Connection::open(&db).unwrap();
-                conn.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+                conn.busy_timeout(super::super::BUSY_TIMEOUT).unwrap();
                 while !stop.load(Ordering::Relaxed) {
                     conn.execute("INSERT INTO load VALUES (randomblob(100))", []).unwrap();
                     written.fetch_add(1, Ordering::Relaxed);

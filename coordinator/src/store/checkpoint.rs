@@ -2,7 +2,7 @@
 //! connection of its own, so the writer's commits only append to the WAL. It changes no
 //! content; it only moves what a commit already made durable.
 
-use super::{Store, StoreError};
+use super::{BUSY_TIMEOUT, Store, StoreError};
 use rusqlite::Connection;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -36,7 +36,7 @@ impl Store {
     /// checkpoints only as a backstop.
     pub fn checkpoint_in_background(&self, every: Duration) -> Result<Checkpointer, StoreError> {
         let conn = Connection::open(&self.path).map_err(|source| StoreError::Open { path: self.path.clone(), source })?;
-        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         let (stop, rx) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("cbsweep-checkpoint".into())

@@ -41,6 +41,11 @@ pub const LOCK_FILE: &str = "lock";
 /// is just letting go of the same state (a restart), far shorter than any real run.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// How long a connection waits for another's lock before its statement fails (SQLite's
+/// busy_timeout), for every connection of the state: the writer's, the checkpoint thread's, the
+/// readers'.
+pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Prepared statements kept per connection (more than the store has).
 const STATEMENT_CACHE: usize = 64;
 
@@ -346,7 +351,7 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         // Query plans that never depend on bound values: otherwise a cached statement with
         // `LIMIT ?` is compiled again on every call. A cache that holds every hot statement.
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map_err(open_err)?;
@@ -375,7 +380,7 @@ impl Store {
             }));
         }
         let probe = |conn: Connection| -> Result<Store, rusqlite::Error> {
-            conn.busy_timeout(std::time::Duration::from_secs(10))?;
+            conn.busy_timeout(BUSY_TIMEOUT)?;
             conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))?;
             Ok(Store { conn, path: path.clone(), _lock: None })
         };
