@@ -9,6 +9,7 @@
 pub mod bounds;
 pub mod exit;
 pub mod ids;
+pub mod kinds;
 pub mod measures;
 pub mod memory;
 pub mod model_size;
@@ -19,6 +20,7 @@ pub mod trial;
 
 pub use bounds::OutOfBudget;
 pub use ids::{Attempt, Seed, SweepId, TrialId, WorkerId};
+pub use kinds::TrainerKind;
 pub use outcome::{AnalysisRecord, EpochRecord, SweepState, TrialOutcome, TrialResult, TrialState};
 pub use spec::{
     Resubmission, RunChange, RunPolicy, SpecError, SpecOverride, SweepSpec, env_overrides, load_spec, overrides_text, parse_overrides_text,

@@ -37,8 +37,8 @@ struct RunArgs {
     #[arg(long, default_value_t = 0)]
     threads: u32,
     /// The trainer the workers use: torch (real libtorch training) or fake (scheduler tests).
-    #[arg(long, default_value = "torch")]
-    trainer: String,
+    #[arg(long, default_value_t = cbsweep_common::TrainerKind::Torch)]
+    trainer: cbsweep_common::TrainerKind,
     /// An extra argument for every worker, e.g. --worker-arg=--max-pack=16 (repeatable).
     #[arg(long = "worker-arg", allow_hyphen_values = true)]
     worker_arg: Vec<String>,
@@ -78,7 +78,7 @@ impl RunArgs {
             workers: self.workers,
             device: self.device.clone(),
             threads: self.threads,
-            worker_args: ["--trainer".to_string(), self.trainer.clone()].into_iter().chain(self.worker_arg.iter().cloned()).collect(),
+            worker_args: ["--trainer".to_string(), self.trainer.to_string()].into_iter().chain(self.worker_arg.iter().cloned()).collect(),
             worker_binary: self.worker_binary.clone(),
             dashboard_listen: self.dashboard_listen,
         }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cbsweep_common::exit;
+use cbsweep_common::{TrainerKind, exit};
 
 /// cbsweep-worker: leases trials from a cbsweep coordinator and trains them.
 #[derive(Parser)]
@@ -81,8 +81,8 @@ struct Args {
     #[arg(long)]
     checkpoint_dir: Option<PathBuf>,
     /// Trainer: torch (libtorch) or fake (no training; for scheduler tests).
-    #[arg(long, default_value = "torch")]
-    trainer: String,
+    #[arg(long, default_value_t = cbsweep_common::TrainerKind::Torch)]
+    trainer: cbsweep_common::TrainerKind,
     /// fake trainer: milliseconds per epoch.
     #[arg(long, default_value_t = 10)]
     fake_epoch_ms: u64,
@@ -126,8 +126,8 @@ fn torch_device(name: &str) -> anyhow::Result<tch::Device> {
 /// device, the thread pools) done once.
 fn trainers(args: &Args) -> anyhow::Result<Vec<Box<dyn Trainer>>> {
     let slots = 0..args.slots;
-    match args.trainer.as_str() {
-        "torch" => {
+    match args.trainer {
+        TrainerKind::Torch => {
             // a libtorch of another release than the build's fails every trial: refuse at start
             if let Some(why) = cbsweep_train::libtorch_version::check()? {
                 tracing::warn!(reason = %why, "cannot confirm that the loaded libtorch is the release this worker was built against");
@@ -142,7 +142,7 @@ fn trainers(args: &Args) -> anyhow::Result<Vec<Box<dyn Trainer>>> {
                 })
                 .collect())
         }
-        "fake" => Ok(slots
+        TrainerKind::Fake => Ok(slots
             .map(|_| {
                 Box::new(FakeTrainer::new(FakeConfig {
                     epoch_ms: args.fake_epoch_ms,
@@ -152,7 +152,6 @@ fn trainers(args: &Args) -> anyhow::Result<Vec<Box<dyn Trainer>>> {
                 })) as Box<dyn Trainer>
             })
             .collect()),
-        other => anyhow::bail!("--trainer {other:?}: expected torch or fake"),
     }
 }
 
