@@ -8,8 +8,8 @@
 //! fsynced and renamed into place, by as many concurrent writers.
 
 use anyhow::Context;
-use cbsweep_proto::{CHECKPOINT_CHUNK_BYTES, PROTOCOL_VERSION, v1};
-use sha2::{Digest, Sha256};
+use cbsweep_proto::chunks;
+use cbsweep_proto::{PROTOCOL_VERSION, v1};
 use std::time::{Duration, Instant};
 
 /// Options of `cbsweep-bench checkpoint`.
@@ -70,7 +70,7 @@ async fn saver(url: String, index: usize, o: CheckpointBench) -> anyhow::Result<
         c.lease(v1::LeaseRequest { worker_id: worker_id.clone(), max_trials: o.pack as u32, memory_budget_bytes: 0 }).await?.into_inner();
     anyhow::ensure!(lease.trials.len() == o.pack, "worker {index} leased {} trials, expected {}", lease.trials.len(), o.pack);
     let data = payload(o.bytes, index as u64);
-    let sha256 = hex::encode(Sha256::digest(&data));
+    let sha256 = chunks::sha256_hex(&data);
     let mut ms = Vec::new();
     for round in 0..o.rounds {
         for t in &lease.trials {
@@ -82,11 +82,9 @@ async fn saver(url: String, index: usize, o: CheckpointBench) -> anyhow::Result<
                 size_bytes: data.len() as u64,
                 sha256: sha256.clone(),
             };
-            let mut chunks: Vec<v1::CheckpointChunk> =
-                data.chunks(CHECKPOINT_CHUNK_BYTES).map(|d| v1::CheckpointChunk { header: None, data: d.to_vec() }).collect();
-            chunks[0].header = Some(header);
+            let parts = chunks::chunks(header, &data);
             let t0 = Instant::now();
-            c.save_checkpoint(tokio_stream::iter(chunks)).await.context("SaveCheckpoint")?;
+            c.save_checkpoint(tokio_stream::iter(parts)).await.context("SaveCheckpoint")?;
             ms.push(t0.elapsed().as_secs_f64() * 1e3);
         }
     }

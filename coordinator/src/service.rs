@@ -4,9 +4,9 @@
 
 use crate::scheduler::{LeaseGrant, NextLease, SchedError, SchedulerHandle, WorkerHello};
 use cbsweep_common::{Attempt, SweepId, TrialId, TrialResult, TrialState, WorkerId};
+use cbsweep_proto::chunks::{self, Assembly, ChunkError};
 use cbsweep_proto::errors::ErrorKind;
-use cbsweep_proto::{CHECKPOINT_CHUNK_BYTES, MAX_CHECKPOINT_BYTES, PROTOCOL_VERSION, v1};
-use sha2::{Digest, Sha256};
+use cbsweep_proto::{MAX_CHECKPOINT_BYTES, PROTOCOL_VERSION, v1};
 use std::path::Path;
 use std::pin::Pin;
 use tokio::sync::Semaphore;
@@ -148,32 +148,14 @@ impl v1::worker_service_server::WorkerService for WorkerApi {
                 "checkpoint of trial {trial}: its {size} bytes would pass the {MAX_UPLOAD_BYTES_IN_FLIGHT} bytes of uploads a coordinator holds at once; retry later"
             ))
         })?;
-        let mut data = Vec::with_capacity(size as usize);
+        let cut = |e: ChunkError| Status::invalid_argument(format!("checkpoint of trial {trial}: {e}"));
+        let mut whole = Assembly::new(&h);
         let mut next = Some(first.data);
         while let Some(chunk) = next {
-            if data.len() + chunk.len() > size as usize {
-                return Err(Status::invalid_argument(format!(
-                    "checkpoint of trial {trial}: more data than header.size_bytes = {}",
-                    h.size_bytes
-                )));
-            }
-            data.extend_from_slice(&chunk);
+            whole.push(&chunk).map_err(cut)?;
             next = chunks.next().await.transpose()?.map(|c| c.data);
         }
-        if data.len() as u64 != h.size_bytes {
-            return Err(Status::invalid_argument(format!(
-                "checkpoint of trial {trial}: {} bytes arrived, header.size_bytes = {} (the stream was cut?)",
-                data.len(),
-                h.size_bytes
-            )));
-        }
-        let sha256 = hex::encode(Sha256::digest(&data));
-        if sha256 != h.sha256 {
-            return Err(Status::invalid_argument(format!(
-                "checkpoint of trial {trial}: SHA-256 {sha256} differs from header.sha256 = {}",
-                h.sha256
-            )));
-        }
+        let (data, sha256) = whole.finish().map_err(cut)?;
         self.sched.save_checkpoint(worker, trial, attempt, h.epochs_done, sha256, data).await.map_err(status_of)?;
         Ok(Response::new(v1::SaveCheckpointResponse {}))
     }
@@ -192,12 +174,7 @@ impl v1::worker_service_server::WorkerService for WorkerApi {
             size_bytes: saved.data.len() as u64,
             sha256: saved.sha256,
         };
-        let mut chunks: Vec<Result<v1::CheckpointChunk, Status>> =
-            saved.data.chunks(CHECKPOINT_CHUNK_BYTES).map(|c| Ok(v1::CheckpointChunk { header: None, data: c.to_vec() })).collect();
-        match chunks.first_mut() {
-            Some(Ok(first)) => first.header = Some(header),
-            _ => chunks.push(Ok(v1::CheckpointChunk { header: Some(header), data: Vec::new() })),
-        }
+        let chunks: Vec<Result<v1::CheckpointChunk, Status>> = chunks::chunks(header, &saved.data).into_iter().map(Ok).collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 

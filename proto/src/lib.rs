@@ -11,6 +11,7 @@ pub mod v1 {
     tonic::include_proto!("cbsweep.v1");
 }
 
+pub mod chunks;
 pub mod client;
 mod convert;
 pub mod errors;

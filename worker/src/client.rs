@@ -5,11 +5,11 @@
 
 use cbsweep_common::retry::Backoff;
 use cbsweep_common::{Attempt, EpochRecord, TrialId, TrialOutcome, TrialResult, TrialSpec};
+use cbsweep_proto::chunks::{self, Assembly};
 use cbsweep_proto::client::{self, ClientError, WorkerClient};
 use cbsweep_proto::errors::ErrorKind;
-use cbsweep_proto::{CHECKPOINT_CHUNK_BYTES, PROTOCOL_VERSION, v1};
+use cbsweep_proto::{PROTOCOL_VERSION, v1};
 use cbsweep_train::trainer::{Cadence, Control, PackEvents, PackTrial, Saved, Trainer, TrialEnd};
-use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::num::NonZeroU64;
 use std::sync::Arc;
@@ -322,7 +322,7 @@ async fn fetch_checkpoint(s: &mut Session, id: &TrialId, attempt: Attempt) -> Re
                 let mut data = Vec::new();
                 while let Some(chunk) = stream.message().await? {
                     header = header.or(chunk.header);
-                    data.extend_from_slice(&chunk.data);
+                    data.push(chunk.data);
                 }
                 Ok((header, data))
             }
@@ -336,14 +336,21 @@ async fn fetch_checkpoint(s: &mut Session, id: &TrialId, attempt: Attempt) -> Re
         }
         Err(e) => return Err(e),
     };
-    let sha256 = hex::encode(Sha256::digest(&data));
-    match header {
-        Some(h) if h.size_bytes == data.len() as u64 && h.sha256 == sha256 => {
-            tracing::info!(trial_id = %id, epochs_done = h.epochs_done, bytes = data.len(), "checkpoint fetched");
+    let checked = match &header {
+        None => Err("no header".to_string()),
+        Some(h) => {
+            let mut whole = Assembly::new(h);
+            data.iter().try_for_each(|d| whole.push(d)).and_then(|()| whole.finish()).map_err(|e| e.to_string())
+        }
+    };
+    match checked {
+        Ok((data, _)) => {
+            let epochs_done = header.map_or(0, |h| h.epochs_done);
+            tracing::info!(trial_id = %id, epochs_done, bytes = data.len(), "checkpoint fetched");
             Ok(Some(data))
         }
-        _ => {
-            tracing::warn!(trial_id = %id, bytes = data.len(), "the checkpoint arrived damaged (size or SHA-256); starting afresh");
+        Err(why) => {
+            tracing::warn!(trial_id = %id, reason = %why, "the checkpoint arrived damaged; starting afresh");
             Ok(None)
         }
     }
@@ -352,7 +359,7 @@ async fn fetch_checkpoint(s: &mut Session, id: &TrialId, attempt: Attempt) -> Re
 /// Sends a trial's checkpoint to the coordinator in chunks; false when the coordinator refused
 /// it (the lease is no longer this worker's).
 async fn save_checkpoint(s: &mut Session, id: &TrialId, attempt: Attempt, saved: &Saved) -> Result<bool, WorkerError> {
-    let sha256 = hex::encode(Sha256::digest(&saved.bytes));
+    let sha256 = chunks::sha256_hex(&saved.bytes);
     let r = s
         .retry("save a checkpoint", |mut c, worker_id| {
             let header = v1::CheckpointHeader {
@@ -363,13 +370,8 @@ async fn save_checkpoint(s: &mut Session, id: &TrialId, attempt: Attempt, saved:
                 size_bytes: saved.bytes.len() as u64,
                 sha256: sha256.clone(),
             };
-            let mut chunks: Vec<v1::CheckpointChunk> =
-                saved.bytes.chunks(CHECKPOINT_CHUNK_BYTES).map(|d| v1::CheckpointChunk { header: None, data: d.to_vec() }).collect();
-            match chunks.first_mut() {
-                Some(first) => first.header = Some(header),
-                None => chunks.push(v1::CheckpointChunk { header: Some(header), data: Vec::new() }),
-            }
-            async move { c.save_checkpoint(tokio_stream::iter(chunks)).await.map(|_| ()) }
+            let parts = chunks::chunks(header, &saved.bytes);
+            async move { c.save_checkpoint(tokio_stream::iter(parts)).await.map(|_| ()) }
         })
         .await;
     match r {
