@@ -1,9 +1,9 @@
-//! The scheduler's vocabulary: what a command asks (`Command`, answered on a oneshot `Reply`),
-//! what comes back (grants, outcomes, the status report, the metrics report), what it refuses
-//! (`SchedError`), what it tells listeners (`Event`), and its options and counters.
+//! The scheduler's vocabulary: what comes back to a command (on a oneshot `Reply`: grants,
+//! outcomes, the status report, the metrics report), what it refuses (`SchedError`), what it
+//! tells listeners (`Event`), and its options and counters.
 
-use crate::store::{Leased, ResumeTally, StoreError, StoredCheckpoint, SweepRow};
-use cbsweep_common::{Attempt, EpochRecord, SweepId, SweepSpec, SweepState, TrialId, TrialResult, TrialState, WorkerId};
+use crate::store::{Leased, ResumeTally, StoreError};
+use cbsweep_common::{EpochRecord, SweepId, SweepState, TrialId, TrialState, WorkerId};
 use cbsweep_results::ConditionTally;
 use std::num::NonZeroU64;
 use std::time::Duration;
@@ -150,92 +150,6 @@ pub(super) type Reply<T> = oneshot::Sender<Result<T, SchedError>>;
 pub struct NextLease {
     pub max: u32,
     pub memory_budget: Option<NonZeroU64>,
-}
-
-pub(super) enum Command {
-    Submit {
-        spec: SweepSpec,
-        path: String,
-        reply: Reply<SubmitOutcome>,
-    },
-    Register {
-        hello: WorkerHello,
-        reply: Reply<WorkerId>,
-    },
-    Lease {
-        worker: WorkerId,
-        max: u32,
-        memory_budget: Option<NonZeroU64>,
-        reply: Reply<LeaseGrant>,
-    },
-    Heartbeat {
-        worker: WorkerId,
-        held: Vec<(TrialId, Attempt)>,
-        reply: Reply<Vec<TrialId>>,
-    },
-    Progress {
-        worker: WorkerId,
-        items: Vec<(TrialId, Attempt, EpochRecord)>,
-        reply: Reply<Vec<TrialId>>,
-    },
-    Complete {
-        worker: WorkerId,
-        trial: TrialId,
-        attempt: Attempt,
-        result: TrialResult,
-        next: Option<NextLease>,
-        reply: Reply<(bool, Option<LeaseGrant>)>,
-    },
-    Release {
-        worker: WorkerId,
-        trials: Vec<TrialId>,
-        reply: Reply<u32>,
-    },
-    SaveCheckpoint {
-        worker: WorkerId,
-        trial: TrialId,
-        attempt: Attempt,
-        epochs_done: u32,
-        sha256: String,
-        data: Vec<u8>,
-        reply: Reply<bool>,
-    },
-    CheckCheckpoint {
-        worker: WorkerId,
-        trial: TrialId,
-        attempt: Attempt,
-        epochs_done: u32,
-        reply: Reply<()>,
-    },
-    FetchCheckpoint {
-        worker: WorkerId,
-        trial: TrialId,
-        attempt: Attempt,
-        reply: Reply<Option<StoredCheckpoint>>,
-    },
-    Status {
-        sweep: Option<SweepId>,
-        reply: Reply<StatusReport>,
-    },
-    Cancel {
-        sweep: SweepId,
-        reply: Reply<u32>,
-    },
-    RetryFailed {
-        sweep: SweepId,
-        reply: Reply<u32>,
-    },
-    Spec {
-        sweep: SweepId,
-        reply: Reply<SweepRow>,
-    },
-    ExpireLeases {
-        ahead: Duration,
-        reply: Reply<u32>,
-    },
-    Metrics {
-        reply: Reply<MetricsReport>,
-    },
 }
 
 /// Monotonic counters since the scheduler started, for /metrics.
