@@ -38,10 +38,6 @@ const MAX_BATCH: usize = 64;
 /// gave p99 20-27 ms (2 runs).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(5);
 
-/// The longest a worker waits between two tries of a call (its retry backoff's cap): after an
-/// outage of the state, each held lease has at least this and a heartbeat interval left.
-const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
-
 /// Sends `result` on `reply` once the batch is committed: a command's usual answer.
 pub(super) fn answer<T: 'static>(reply: Reply<T>, result: Result<T, SchedError>) -> Answer {
     Box::new(move |failed: Option<&StoreError>| {
@@ -200,8 +196,9 @@ impl Scheduler {
             && self.store.total_changes() > changes_before
             && let Some(d) = self.clock.resume()
         {
-            // a worker may be waiting out its backoff after the outage: time to call again
-            let grace = i64::try_from((self.opts.heartbeat + RETRY_BACKOFF_MAX).as_millis()).unwrap_or(i64::MAX);
+            // a worker may be waiting out its backoff after the outage (at most the retry
+            // policy's longest wait): time to call again
+            let grace = i64::try_from((self.opts.heartbeat + cbsweep_common::retry::MAX).as_millis()).unwrap_or(i64::MAX);
             let extended = self.store.extend_leases_to(self.clock.now_ms().saturating_add(grace));
             tracing::info!(stood_still_ms = d.as_millis() as u64, extended = ?extended.ok(),
                 "the state is written again; leases run on from where they stood");
