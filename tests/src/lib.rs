@@ -366,6 +366,13 @@ pub fn pin_wal(db: &Path) -> Proc {
     reader
 }
 
+/// A self-signed certificate STEM.pem with its key STEM.key, for the common name `cn`, made
+/// with the openssl binary in `dir` (a test CA, or a stranger's certificate).
+pub fn self_signed(dir: &Path, stem: &str, cn: &str) {
+    let (key, pem, subject) = (format!("{stem}.key"), format!("{stem}.pem"), format!("/CN={cn}"));
+    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &pem, "-days", "2", "-subj", &subject]);
+}
+
 fn openssl(dir: &Path, args: &[&str]) {
     let o = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
     assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
@@ -374,24 +381,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 /// A test CA (ca.pem, ca.key) and a certificate for 127.0.0.1 and localhost signed by it
 /// (server.pem, server.key), made with the openssl binary in `dir`.
 pub fn certificates(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=cbsweep test CA",
-        ],
-    );
+    self_signed(dir, "ca", "cbsweep test CA");
     openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
     std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n").unwrap();
     openssl(

@@ -250,26 +250,7 @@ fn a_wrong_port_scheme_or_ca_is_named_with_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     cbsweep_tests::certificates(dir.path());
     let other = dir.path().join("other.pem");
-    let o = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "other.key",
-            "-out",
-            "other.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=other",
-        ])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    cbsweep_tests::self_signed(dir.path(), "other", "other");
     let (ca, token) = (dir.path().join("ca.pem"), "t0ken-misdirected");
     let [tls, tls_http, plain, plain_http] = [free_port(), free_port(), free_port(), free_port()];
     let coordinator = |grpc: u16, http: u16, tls_files: &[&str]| {
