@@ -1,7 +1,12 @@
 //! Tests of spec loading and validation: expansion, refusals naming key and value, bounds, the
 //! resolved form and overrides.
 
+use super::checks::Num;
 use super::*;
+use crate::ids::{Seed, SweepId};
+use crate::model_size;
+use crate::trial::{Arch, ComparePair, Curriculum, ModuleStart, Regime, StatsPlan, Task};
+use std::collections::BTreeSet;
 
 const MINIMAL: &str = r#"
 [sweep]
