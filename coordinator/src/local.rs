@@ -334,7 +334,8 @@ async fn stop_workers(children: &mut [Child]) {
     signal_all(children, nix::sys::signal::Signal::SIGTERM);
     for c in children.iter_mut() {
         if tokio::time::timeout(grace, c.wait()).await.is_err() {
-            let _ = c.start_kill();
+            // the whole group, as a second Ctrl-C does: anything the worker started goes too
+            signal_all(std::slice::from_ref(c), nix::sys::signal::Signal::SIGKILL);
             let _ = c.wait().await;
         }
     }
