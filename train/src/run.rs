@@ -250,8 +250,8 @@ impl PackRun {
                 let (level, epoch) = (point.level, point.epoch);
                 tracing::debug!(%trial_id, level, epoch, wall_time_ms, "checkpoint analysed");
                 if let (true, Some(dir)) = (plan.save_checkpoints, dir) {
-                    let path = analysis::checkpoint_path(dir, point.spec, point.level);
-                    if let Err(e) = analysis::save_checkpoint(&model, r as i64, &path) {
+                    let path = analysis::weights_path(dir, point.spec, point.level);
+                    if let Err(e) = analysis::save_weights(&model, r as i64, &path) {
                         let reason = error_chain(&e);
                         tracing::warn!(%trial_id, level, reason = %reason, "checkpoint not saved");
                     }
@@ -279,7 +279,7 @@ fn save_finals(state: &PackState, trials: &[TrialRun], rows: &[usize], finals: &
     for &r in finals {
         let spec = trials[rows[r]].spec;
         let path = dir.join(spec.id().as_str()).join("final.safetensors");
-        if let Err(e) = analysis::save_checkpoint(&state.model, r as i64, &path) {
+        if let Err(e) = analysis::save_weights(&state.model, r as i64, &path) {
             tracing::warn!(trial_id = %spec.id(), reason = %error_chain(&e), "final weights not saved");
         }
     }

@@ -36,7 +36,7 @@ const MAX_BATCH: usize = 64;
 /// (`wal_checkpoint(RESTART)` once it held 4,096 frames) blocked the writer 5-20 ms each time
 /// (p99 23-26 ms against 4.6-6.1 ms, 2 runs each); leaving checkpoints to the writer's backstop
 /// gave p99 20-27 ms (2 runs).
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(5);
+const WAL_MERGE_EVERY: Duration = Duration::from_millis(5);
 
 /// Sends `result` on `reply` once the batch is committed: a command's usual answer.
 pub(super) fn answer<T: 'static>(reply: Reply<T>, result: Result<T, SchedError>) -> Answer {
@@ -72,7 +72,7 @@ pub(super) fn spawn(
     let (tx, rx) = mpsc::channel();
     let (events, _) = broadcast::channel(4096);
     let workers = store.workers()?.into_iter().map(|(id, last_seen_ms)| (id, Seen { last_seen_ms, written: true })).collect();
-    let checkpointer = store.checkpoint_in_background(CHECKPOINT_EVERY)?;
+    let wal_merger = store.merge_wal_in_background(WAL_MERGE_EVERY)?;
     let tally = Tally::load(&store)?;
     let counters = Counters { trial_rows_read: tally.trials(), ..Counters::default() };
     let mut sched = Scheduler {
@@ -87,7 +87,7 @@ pub(super) fn spawn(
         outbox: Vec::new(),
         clock,
         budgets: HashMap::new(),
-        _checkpointer: checkpointer,
+        _wal_merger: wal_merger,
     };
     std::thread::Builder::new()
         .name("cbsweep-scheduler".into())

@@ -36,7 +36,7 @@ pub(super) struct Scheduler {
     /// Budgets of trials leased lately, to check their reports by (a cache of the store's).
     pub(super) budgets: HashMap<TrialId, TrainBudget>,
     /// Checkpoints the store off this thread while the scheduler lives.
-    pub(super) _checkpointer: store::checkpoint::Checkpointer,
+    pub(super) _wal_merger: store::wal::WalMerger,
 }
 
 /// When a worker was last seen, and whether the store has that time.

@@ -12,17 +12,17 @@
 //! This file: opening (schema, migration of older state files), batches, the row types and the
 //! helpers the others share; `sweeps.rs` (sweeps, workers), `leases.rs` (the trial queue),
 //! `read.rs` (what the results read), `resume.rs` (trials' checkpoints and what interruptions
-//! cost), `checkpoint.rs` (the WAL checkpoint thread, unrelated to trials' checkpoints), `fs.rs`
+//! cost), `wal.rs` (the WAL merge: the thread that copies the WAL into the database file, SQLite's "checkpoint", unrelated to trials' checkpoints), `fs.rs`
 //! (the refusal of a state folder on a network filesystem). The children use this file; it uses
 //! none of them but `fs.rs`, which the lock calls.
 
 mod backup;
-pub mod checkpoint;
 pub mod fs;
 mod leases;
 mod read;
 mod resume;
 mod sweeps;
+pub mod wal;
 
 use cbsweep_common::{Attempt, SweepId, SweepState, TrialId, TrialSpec, TrialState};
 use rusqlite::config::DbConfig;

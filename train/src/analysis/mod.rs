@@ -13,11 +13,11 @@
 //! loop the caller passes (`PackEngine::unroll`), so they know no engine.
 
 mod ablation;
-pub(crate) mod checkpoint;
 mod fits;
 mod pca;
 mod recovery;
 mod timescales;
+pub(crate) mod weights;
 
 use super::input::Batches;
 use super::model::{PackedModel, Unroll};
@@ -25,7 +25,7 @@ use super::tasks::{self, Stream};
 use cbsweep_common::{AnalysisRecord, TrialSpec};
 use tch::{Device, Kind, TchError};
 
-pub(crate) use checkpoint::{checkpoint_path, save_checkpoint};
+pub(crate) use weights::{save_weights, weights_path};
 
 /// Sequences per batch of the ablation, recovery and dimensionality analyses (the study's 64).
 const BATCH: usize = 64;

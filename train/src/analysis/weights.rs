@@ -1,4 +1,5 @@
-//! A checkpoint's weights as safetensors: one file per trial and level, one tensor per
+//! Level weights: a trial's weights when it solves a level, as safetensors (not a checkpoint,
+//! which is a trial's saved training state): one file per trial and level, one tensor per
 //! parameter named as in the parameter table, written through a temporary name.
 
 use crate::model::PackedModel;
@@ -17,7 +18,7 @@ pub(crate) enum CheckpointError {
 
 /// Writes row `row` of `model` to `path` as safetensors, one tensor per parameter named as in
 /// the parameter table (core.w_h, ...) with its per-trial shape, through a temporary file.
-pub(crate) fn save_checkpoint(model: &PackedModel, row: i64, path: &Path) -> Result<(), CheckpointError> {
+pub(crate) fn save_weights(model: &PackedModel, row: i64, path: &Path) -> Result<(), CheckpointError> {
     let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
@@ -35,7 +36,7 @@ pub(crate) fn save_checkpoint(model: &PackedModel, row: i64, path: &Path) -> Res
 }
 
 /// Where a trial's checkpoint at `level` is saved under `dir`.
-pub(crate) fn checkpoint_path(dir: &Path, spec: &TrialSpec, level: u32) -> PathBuf {
+pub(crate) fn weights_path(dir: &Path, spec: &TrialSpec, level: u32) -> PathBuf {
     dir.join(spec.id().as_str()).join(format!("level-{level}.safetensors"))
 }
 

@@ -1,4 +1,5 @@
-//! The checkpoint thread: it copies committed pages from the WAL into the database file on a
+//! The WAL merge (SQLite calls it a checkpoint; cbsweep keeps that word for a trial's saved
+//! training state): a thread that copies committed pages from the WAL into the database file on a
 //! connection of its own, so the writer's commits only append to the WAL. It changes no
 //! content; it only moves what a commit already made durable.
 
@@ -8,7 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 /// WAL pages (256 MiB) at which the writing connection checkpoints by itself while a
-/// `Checkpointer` runs beside it (SQLite's default is 1000): only a backstop, since each such
+/// `WalMerger` runs beside it (SQLite's default is 1000): only a backstop, since each such
 /// checkpoint holds up the writer's commit (measured: 5-20 ms at 4,000 trials/s).
 const BACKSTOP_CHECKPOINT_PAGES: i64 = 65_536;
 
@@ -16,12 +17,12 @@ const BACKSTOP_CHECKPOINT_PAGES: i64 = 65_536;
 /// checkpoint) on a connection of its own, so that the writer's commits only append to the WAL
 /// and never wait for a checkpoint's copying and fsyncs. It changes no content: what a commit
 /// made durable stays so. Dropping it stops the thread after a last checkpoint.
-pub struct Checkpointer {
+pub struct WalMerger {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Drop for Checkpointer {
+impl Drop for WalMerger {
     fn drop(&mut self) {
         drop(self.stop.take());
         if let Some(t) = self.thread.take() {
@@ -32,9 +33,9 @@ impl Drop for Checkpointer {
 
 impl Store {
     /// Checkpoints this database every `every` while it is written, and ten times less often
-    /// while it is not, on a thread of its own (see `Checkpointer`); this connection then
+    /// while it is not, on a thread of its own (see `WalMerger`); this connection then
     /// checkpoints only as a backstop.
-    pub fn checkpoint_in_background(&self, every: Duration) -> Result<Checkpointer, StoreError> {
+    pub fn merge_wal_in_background(&self, every: Duration) -> Result<WalMerger, StoreError> {
         let conn = Connection::open(&self.path).map_err(|source| StoreError::Open { path: self.path.clone(), source })?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         let (stop, rx) = mpsc::channel::<()>();
@@ -60,6 +61,6 @@ impl Store {
             })
             .map_err(StoreError::Thread)?;
         self.conn.pragma_update(None, "wal_autocheckpoint", BACKSTOP_CHECKPOINT_PAGES)?;
-        Ok(Checkpointer { stop: Some(stop), thread: Some(thread) })
+        Ok(WalMerger { stop: Some(stop), thread: Some(thread) })
     }
 }
