@@ -49,14 +49,14 @@ mod tests {
     use tch::{Device, Kind};
 
     #[test]
-    fn a_saved_checkpoint_reads_back_as_the_weights() {
+    fn saved_level_weights_read_back_as_the_weights() {
         one_thread();
         let specs: Vec<TrialSpec> = (1..3).map(|s| small_spec(s, Task::Dms, Arch::Cbrnn, Regime::Simult)).collect();
         let dims = Dims::of(&specs[0]);
         let model = PackedModel::new(dims, &specs, Kind::Float, Device::Cpu).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let path = checkpoint_path(dir.path(), &specs[1], 3);
-        save_checkpoint(&model, 1, &path).unwrap();
+        let path = weights_path(dir.path(), &specs[1], 3);
+        save_weights(&model, 1, &path).unwrap();
         assert_eq!(path, dir.path().join(specs[1].id().as_str()).join("level-3.safetensors"));
         let files: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(files, ["level-3.safetensors"], "no temporary file is left");
@@ -71,6 +71,6 @@ mod tests {
         // a directory that cannot be made is an error to report, not a panic
         let blocked = dir.path().join("file");
         std::fs::write(&blocked, b"").unwrap();
-        assert!(save_checkpoint(&model, 0, &blocked.join("x").join("level-2.safetensors")).is_err());
+        assert!(save_weights(&model, 0, &blocked.join("x").join("level-2.safetensors")).is_err());
     }
 }
