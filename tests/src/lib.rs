@@ -217,6 +217,21 @@ pub fn fake_worker(port: u16, token: &str, exec_log: &Path, epoch_ms: u64, extra
     )
 }
 
+/// A fake-trainer worker taking `epoch_ms` per epoch, logging at info level to `log` (the lines
+/// tests read: " training ", "result recorded", "coordinator unavailable; retrying"), waiting up
+/// to 120 s for a coordinator that is away.
+pub fn logged_fake_worker(port: u16, token: &str, epoch_ms: u64, log: &Path) -> Proc {
+    Proc::spawn(
+        Command::new(bin("cbsweep-worker"))
+            .args(["--coordinator", &format!("http://127.0.0.1:{port}"), "--trainer", "fake", "--exit-when-drained"])
+            .args(["--fake-epoch-ms", &epoch_ms.to_string(), "--give-up-after-s", "120"])
+            .env("CBSWEEP_TOKEN", token)
+            .env("CBSWEEP_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).expect("worker log")),
+    )
+}
+
 /// `cbsweep submit` to a local coordinator, retried while it starts.
 pub fn submit(port: u16, token: &str, spec: &Path) {
     wait_until(20, "the coordinator to accept the sweep", || {

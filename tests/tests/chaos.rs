@@ -8,11 +8,11 @@
 //! ever went down. The seed is printed; CBSWEEP_CHAOS_SEED replays a run.
 
 use cbsweep_tests::{
-    Faketime, Proc, Tmpfs, bin, coordinator_command, free_port, results_once, skipped, submit, sweep_done, wait_until, write_spec,
+    Faketime, Proc, Tmpfs, coordinator_command, free_port, logged_fake_worker, results_once, skipped, submit, sweep_done, wait_until,
+    write_spec,
 };
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// A small deterministic generator (splitmix64): the same seed, the same rounds.
@@ -30,18 +30,6 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-}
-
-fn spawn_worker(port: u16, token: &str, log: &Path) -> Proc {
-    Proc::spawn(
-        Command::new(bin("cbsweep-worker"))
-            .args(["--coordinator", &format!("http://127.0.0.1:{port}"), "--trainer", "fake", "--exit-when-drained"])
-            .args(["--fake-epoch-ms", "100", "--give-up-after-s", "120"])
-            .env("CBSWEEP_TOKEN", token)
-            .env("CBSWEEP_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap()),
-    )
 }
 
 /// The value of `key=` in a log line.
@@ -105,7 +93,7 @@ fn chaos_every_cell_once_every_acknowledged_result_kept_attempts_only_grow() {
     let new_worker = |logs: &mut Vec<PathBuf>| {
         let log = dir.path().join(format!("worker-{}.log", logs.len()));
         logs.push(log.clone());
-        spawn_worker(port, token, &log)
+        logged_fake_worker(port, token, 100, &log)
     };
     let mut workers: Vec<Proc> = (0..3).map(|_| new_worker(&mut logs)).collect();
     let mut actions = Vec::new();

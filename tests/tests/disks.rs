@@ -5,28 +5,17 @@
 //! small tmpfs mounts, so as root only: elsewhere they say why they skip (`cbsweep_tests::skipped`),
 //! and fail where every test must run (CI).
 
-use cbsweep_tests::{Proc, Tmpfs, bin, coordinator_logged, free_port, results_once, skipped, submit, sweep_done, wait_until, write_spec};
+use cbsweep_tests::{
+    Tmpfs, bin, coordinator_logged, free_port, logged_fake_worker, results_once, skipped, submit, sweep_done, wait_until, write_spec,
+};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 fn spec_text(name: &str, seeds: usize, epochs: u32) -> String {
     let seeds: Vec<String> = (0..seeds).map(|s| s.to_string()).collect();
     format!(
         "[sweep]\nname = \"{name}\"\n[grid]\ntask = [\"dms\", \"parity\"]\narch = [\"cbrnn\", \"rnn\"]\nseed = [{}]\n[train]\nepochs = {epochs}\n[run]\npack_size = 1\nlease_seconds = 30\nmax_attempts = 3\n",
         seeds.join(", ")
-    )
-}
-
-/// A fake-trainer worker logging to `log`.
-fn worker(port: u16, token: &str, epoch_ms: u64, log: &Path) -> Proc {
-    Proc::spawn(
-        Command::new(bin("cbsweep-worker"))
-            .args(["--coordinator", &format!("http://127.0.0.1:{port}"), "--trainer", "fake", "--exit-when-drained"])
-            .args(["--fake-epoch-ms", &epoch_ms.to_string(), "--give-up-after-s", "120"])
-            .env("CBSWEEP_TOKEN", token)
-            .env("CBSWEEP_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap()),
     )
 }
 
@@ -66,7 +55,7 @@ fn a_full_state_disk_is_a_retryable_status_and_no_result_is_lost() {
     let (out, coord_log, worker_log) = (dir.path().join("out"), dir.path().join("coordinator.log"), dir.path().join("worker.log"));
     let _coord = coordinator_logged(&disk.0, &out, port, token, "info", &coord_log);
     submit(port, token, &write_spec(dir.path(), "full.toml", &spec_text("fullstate", 30, 4)));
-    let mut w = worker(port, token, 20, &worker_log);
+    let mut w = logged_fake_worker(port, token, 20, &worker_log);
     // the worker's own word that results are in (status's table always says "done")
     wait_until(60, "a few trials recorded", || {
         std::fs::read_to_string(&worker_log).unwrap_or_default().matches("result recorded").count() >= 3
@@ -107,7 +96,7 @@ fn a_state_disk_outage_longer_than_the_lease_costs_no_lease_and_no_result() {
     let text = "[sweep]\nname = \"outage\"\n[grid]\ntask = [\"dms\"]\narch = [\"cbrnn\", \"rnn\"]\nseed = [0, 1]\n[train]\nepochs = 60\n\
                 [run]\npack_size = 4\nlease_seconds = 2\nmax_attempts = 3\n";
     submit(port, token, &write_spec(dir.path(), "outage.toml", text));
-    let mut w = worker(port, token, 250, &worker_log);
+    let mut w = logged_fake_worker(port, token, 250, &worker_log);
     wait_until(30, "the pack to train", || std::fs::read_to_string(&worker_log).unwrap_or_default().contains(" training "));
     // The state's disk is full for three lease terms, and a reader (an export, a backup) pins
     // the WAL meanwhile, so every write needs new room: no renewal can be saved.
@@ -142,7 +131,7 @@ fn a_failed_export_shows_in_status_leaves_no_partial_file_and_lands_once_there_i
     let state = dir.path().join("state");
     let _coord = coordinator_logged(&state, &disk.0, port, token, "info", &dir.path().join("coordinator.log"));
     submit(port, token, &write_spec(dir.path(), "export.toml", &spec_text("fullout", 2, 3)));
-    let mut w = worker(port, token, 20, &dir.path().join("worker.log"));
+    let mut w = logged_fake_worker(port, token, 20, &dir.path().join("worker.log"));
     assert_eq!(w.wait_for(120), Some(0));
     wait_until(30, "status to show the failed export", || status(port, token).contains("export FAILED"));
     let said = status(port, token);

@@ -3,27 +3,15 @@
 //! nor expires a live worker's. Real processes with the fake trainer; without libfaketime the
 //! test says why it skips (`cbsweep_tests::skipped`), and fails where every test must run (CI).
 
-use cbsweep_tests::{Faketime, Proc, bin, coordinator_command, free_port, skipped, submit, sweep_done, wait_until, write_spec};
+use cbsweep_tests::{
+    Faketime, Proc, coordinator_command, free_port, logged_fake_worker, skipped, submit, sweep_done, wait_until, write_spec,
+};
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 fn spec_text(name: &str, epochs: u32) -> String {
     format!(
         "[sweep]\nname = \"{name}\"\n[grid]\ntask = [\"dms\"]\narch = [\"rnn\"]\nseed = [0]\n[train]\nepochs = {epochs}\n\
          [run]\npack_size = 1\nlease_seconds = 3\nmax_attempts = 5\n"
-    )
-}
-
-/// A fake-trainer worker taking `epoch_ms` per epoch, logging at info level to `log`.
-fn worker(port: u16, token: &str, epoch_ms: u64, log: &Path) -> Proc {
-    Proc::spawn(
-        Command::new(bin("cbsweep-worker"))
-            .args(["--coordinator", &format!("http://127.0.0.1:{port}"), "--trainer", "fake", "--exit-when-drained"])
-            .args(["--fake-epoch-ms", &epoch_ms.to_string(), "--give-up-after-s", "60"])
-            .env("CBSWEEP_TOKEN", token)
-            .env("CBSWEEP_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap()),
     )
 }
 
@@ -47,12 +35,12 @@ fn a_step_of_the_coordinators_wall_clock_neither_keeps_nor_expires_a_lease() {
     // expire 3 s later by the monotonic clock (by the wall clock it would take an hour and 3 s).
     submit(port, token, &write_spec(dir.path(), "back.toml", &spec_text("clockback", 2)));
     let dead_log = dir.path().join("dead.log");
-    let mut dead = worker(port, token, 600_000, &dead_log);
+    let mut dead = logged_fake_worker(port, token, 600_000, &dead_log);
     wait_until(30, "the first worker to take the trial", || read(&dead_log).contains(" training "));
     dead.kill9();
     clock.step("-1h");
     let started = std::time::Instant::now();
-    let mut rescuer = worker(port, token, 20, &dir.path().join("rescuer.log"));
+    let mut rescuer = logged_fake_worker(port, token, 20, &dir.path().join("rescuer.log"));
     wait_until(30, "the dead worker's lease to expire and another worker to finish the trial", || sweep_done(&out.join("clockback"), 1));
     let took = started.elapsed();
     assert_eq!(rescuer.wait_for(30), Some(0), "the second worker drains and exits");
@@ -62,7 +50,7 @@ fn a_step_of_the_coordinators_wall_clock_neither_keeps_nor_expires_a_lease() {
     // clock jumps two hours ahead. Its lease must not expire under it.
     submit(port, token, &write_spec(dir.path(), "ahead.toml", &spec_text("clockahead", 8)));
     let live_log = dir.path().join("live.log");
-    let mut live = worker(port, token, 700, &live_log);
+    let mut live = logged_fake_worker(port, token, 700, &live_log);
     wait_until(30, "the live worker to take the trial", || read(&live_log).contains(" training "));
     std::thread::sleep(std::time::Duration::from_millis(1500));
     clock.step("+2h");
